@@ -1,0 +1,42 @@
+"""Typed face of the compiled `engine._channels` (source: src_pyx/_channels.pyx).
+
+Same API as the pure-Python twin `engine.channels` (whose trie is `PyChannelTrie`).
+"""
+
+from typing import Final, final
+
+__all__ = [
+    "CHANNEL_INVALID",
+    "CHANNEL_OK_CONCRETE",
+    "CHANNEL_OK_PATTERN",
+    "KIND_BROADCAST",
+    "KIND_META",
+    "KIND_SERVICE",
+    "ChannelTrie",
+    "channel_kind",
+    "normalize_channel",
+    "validate_channel",
+]
+
+CHANNEL_INVALID: Final = 0
+CHANNEL_OK_CONCRETE: Final = 1
+CHANNEL_OK_PATTERN: Final = 2
+KIND_BROADCAST: Final = 0
+KIND_SERVICE: Final = 1
+KIND_META: Final = 2
+
+def validate_channel(name: object) -> int: ...
+def normalize_channel(name: str) -> str: ...
+def channel_kind(name: str) -> int: ...
+
+@final
+class ChannelTrie:
+    def __init__(self) -> None: ...
+    def add(self, pattern: str, subscriber: object) -> bool: ...
+    def remove(self, pattern: str, subscriber: object) -> bool: ...
+    def match(self, channel: str) -> list[object]: ...
+    def count(self, pattern: str) -> int: ...
+    def count_matching(self, channel: str) -> int: ...
+    def patterns(self) -> list[str]: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...

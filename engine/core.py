@@ -1,0 +1,606 @@
+"""The Bayeux protocol core: sessions, meta channels, publish, held connects.
+
+Transports decode a request into a list of message objects and hand it to
+`BayeuxCore.process` with an `Exchange`; the core answers through that
+exchange, at once or, for a held `/meta/connect`, later.  Data flows one way:
+transport -> core -> broker -> session queue -> exchange.
+
+Rules follow bayeux.md (the section numbers in comments point there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from engine import errors
+from engine._batch import encode_all, encode_message
+from engine._channels import (
+    CHANNEL_INVALID,
+    CHANNEL_OK_PATTERN,
+    normalize_channel,
+    validate_channel,
+)
+from engine.broker import Broker, LocalBroker
+from engine.options import ServerOptions
+from engine.policy import SecurityPolicy
+from engine.session import Exchange, Hold, Session
+from engine.stats import Counters
+from engine.timers import TimerWheel
+
+__all__ = ["BayeuxCore", "ServiceHandler"]
+
+log = logging.getLogger("engine.core")
+
+Message = dict[str, Any]
+ServiceHandler = Callable[[Session, Message], None]
+
+META_HANDSHAKE = "/meta/handshake"
+META_CONNECT = "/meta/connect"
+META_DISCONNECT = "/meta/disconnect"
+META_SUBSCRIBE = "/meta/subscribe"
+META_UNSUBSCRIBE = "/meta/unsubscribe"
+META_CHANNELS = frozenset(
+    (META_HANDSHAKE, META_CONNECT, META_DISCONNECT, META_SUBSCRIBE, META_UNSUBSCRIBE)
+)
+HTTP_TRANSPORTS = frozenset(("long-polling", "callback-polling"))
+
+# Fields a publisher may not pass on to subscribers: its identity, its own
+# request id, and fields that would make a delivery look like a reply or
+# steer the receivers' reconnection (Faye acts on advice in any message).
+_STRIPPED_ON_DELIVERY = ("clientId", "id", "successful", "advice", "error")
+
+HOLD_RESOLUTION = 0.1  # s; held connects are answered at most this late
+EXPIRY_RESOLUTION = 0.5  # s; the session sweep's granularity
+
+
+def _valid_id(value: object) -> bool:
+    """CometD's message id validation: alphanumeric strings; numbers tolerated."""
+    if type(value) is str:
+        return value.isascii() and value.isalnum() and len(value) <= 64
+    return type(value) is int
+
+
+class BayeuxCore:
+    def __init__(
+        self,
+        options: ServerOptions,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        node_id: str,
+        policy: SecurityPolicy | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.options = options
+        self.loop = loop
+        self.node_id = node_id
+        self.policy = policy or SecurityPolicy()
+        self.broker: Broker = broker or LocalBroker(self.deliver)
+        self.services: dict[str, ServiceHandler] = {}
+        self.sessions: dict[str, Session] = {}
+        # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
+        self.browsers: dict[str, int] = {}
+        self.stats = Counters()
+        self.draining = False
+        now = loop.time()
+        self.holds: TimerWheel[Hold] = TimerWheel(HOLD_RESOLUTION, now)
+        self.expiry: TimerWheel[Session] = TimerWheel(EXPIRY_RESOLUTION, now)
+        self._dirty: list[Session] = []
+        self._flush_scheduled = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+        o = options
+        self.timeout_s = o.timeout / 1000.0
+        self.max_interval_s = o.max_interval / 1000.0
+        self.after_reply_s = (o.interval + o.max_interval) / 1000.0
+        self.transports = list(o.transports)
+        self.advice = {"reconnect": "retry", "interval": o.interval, "timeout": o.timeout}
+        self.advice_none = {"reconnect": "none", "interval": o.interval, "timeout": o.timeout}
+        self.advice_handshake = {"reconnect": "handshake", "interval": 0}
+        self.advice_refused = {"reconnect": "none", "interval": 0}
+
+    # ------------------------------------------------------------------ life
+
+    def start(self) -> None:
+        self._tick_handle = self.loop.call_later(HOLD_RESOLUTION, self._tick)
+
+    def drain(self) -> None:
+        """Shutting down: answer every held connect now with `reconnect: retry`."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            if session.hold is not None:
+                self._release(session.hold, self.advice)
+
+    def close(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        for hold in self.holds.due(now):
+            if hold.session.hold is hold:
+                self._release(hold, None)
+        for session in self.expiry.due(now):
+            if not session.removed and session.hold is None and session.expires_at <= now:
+                self.stats.sessions_expired += 1
+                self.remove_session(session)
+        self._tick_handle = self.loop.call_later(HOLD_RESOLUTION, self._tick)
+
+    # -------------------------------------------------------------- sessions
+
+    def new_client_id(self) -> str:
+        # 128 random bits from the CSPRNG behind the owning node's id (principle 7).
+        return self.node_id + secrets.token_hex(16)
+
+    def _expire_at(self, session: Session, when: float) -> None:
+        session.expires_at = when
+        slot = self.expiry.slot_of(when)
+        if slot != session.expiry_slot:
+            self.expiry.add_to_slot(slot, session)
+            session.expiry_slot = slot
+
+    def _touch(self, session: Session) -> None:
+        """Any message other than a held connect keeps the session alive (6.5)."""
+        if session.hold is None:
+            when = self.loop.time() + self.max_interval_s
+            if when > session.expires_at:
+                self._expire_at(session, when)
+
+    def lookup(self, message: Message, exchange: Exchange) -> Session | None:
+        client_id = message.get("clientId")
+        if type(client_id) is not str:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        # HTTP sessions are bound to the browser cookie they were created
+        # under: a stolen clientId with another cookie is unknown (section 11).
+        if (
+            session.browser_id is not None
+            and exchange.transport in HTTP_TRANSPORTS
+            and exchange.browser_id != session.browser_id
+        ):
+            self.stats.browser_mismatch += 1
+            return None
+        return session
+
+    def remove_session(self, session: Session) -> None:
+        """Disconnect, expiry or server-side removal: forget everything of it."""
+        if session.removed:
+            return
+        session.removed = True
+        self.sessions.pop(session.id, None)
+        if session.subscriptions:
+            for pattern in session.subscriptions:
+                self.broker.unsubscribe(session, pattern)
+            session.subscriptions = None
+        if session.hold is not None:
+            self._release(session.hold, self.advice_none)
+        if session.queue:
+            self.stats.discarded += len(session.queue)
+        session.queue = None
+
+    # -------------------------------------------------------------- delivery
+
+    def deliver(self, session: Session, encoded: bytes) -> None:
+        """Queue one encoded message for a session; wake its held connect soon."""
+        queue = session.queue
+        if queue is None:
+            session.queue = [encoded]
+        else:
+            if len(queue) >= self.options.max_queue:
+                del queue[0]
+                session.dropped += 1
+                self.stats.dropped_queue_full += 1
+                if session.dropped == 1 or session.dropped % 1000 == 0:
+                    log.warning(
+                        "session %s: queue full (max_queue=%d), %d oldest message(s) dropped",
+                        session.id,
+                        self.options.max_queue,
+                        session.dropped,
+                    )
+            queue.append(encoded)
+        self.stats.delivered += 1
+        if session.hold is not None and not session.flush_pending:
+            # Not now: a request being processed may still take the queue
+            # into its own response (piggy-backing), and several publishes in
+            # one loop turn should leave in one response.
+            session.flush_pending = True
+            self._dirty.append(session)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session.flush_pending = False
+            if session.hold is not None and session.queue:
+                self._release(session.hold, None)
+
+    # ---------------------------------------------------------- held connects
+
+    def _connect_reply(self, message_id: Any, advice: dict[str, Any] | None) -> bytes:
+        reply: Message = {"channel": META_CONNECT, "successful": True}
+        if message_id is not None:
+            reply["id"] = message_id
+        if advice is not None:
+            reply["advice"] = advice
+        return encode_message(reply)
+
+    def _unhold(self, hold: Hold) -> Session:
+        session = hold.session
+        session.hold = None
+        hold.exchange.hold = None
+        browser = hold.counted_browser
+        if browser is not None:
+            left = self.browsers.get(browser, 1) - 1
+            if left > 0:
+                self.browsers[browser] = left
+            else:
+                self.browsers.pop(browser, None)
+        if not session.removed:
+            self._expire_at(session, self.loop.time() + self.after_reply_s)
+        return session
+
+    def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None:
+        """Answer a held connect: the queued events, then the connect reply."""
+        session = self._unhold(hold)
+        if advice is None and hold.advise:
+            advice = self.advice
+        parts = session.take_queue()
+        parts.append(self._connect_reply(hold.message_id, advice))
+        hold.exchange.send(parts)
+
+    def abandon(self, hold: Hold) -> None:
+        """The connection of a held connect went away: drop the hold quietly."""
+        if hold.session.hold is hold:
+            self._unhold(hold)
+
+    def _supersede(self, hold: Hold) -> None:
+        """A newer connect ends the held one (CometD: HTTP 500; WebSocket: dropped)."""
+        self._unhold(hold)
+        self.stats.superseded += 1
+        hold.exchange.fail(500, "superseded by a newer /meta/connect")
+
+    # ------------------------------------------------------------ processing
+
+    def process(self, messages: list[Any], exchange: Exchange) -> None:
+        """Handle one request's messages in order and answer through `exchange`."""
+        stats = self.stats
+        stats.messages_in += len(messages)
+        for message in messages:
+            if type(message) is dict and message.get("channel") == META_HANDSHAKE:
+                if len(messages) > 1:
+                    # Spec: a handshake ignores the rest of its batch (section 12).
+                    stats.dropped_with_handshake += len(messages) - 1
+                    log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
+                exchange.send([encode_message(self._handshake(message, exchange))])
+                return
+
+        alone = len(messages) == 1
+        replies: list[Message] = []
+        owner: Session | None = None
+        for message in messages:
+            if type(message) is not dict:
+                replies.append({"successful": False, "error": "400::message_invalid"})
+                continue
+            reply = self._dispatch(message, exchange, alone)
+            if reply is None:  # a held connect: answered later
+                return
+            replies.append(reply)
+            if owner is None:
+                owner = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+
+        parts: list[bytes] = []
+        if owner is not None and owner.queue and exchange.transport == "long-polling":
+            parts = owner.take_queue()  # piggy-backing (7.2)
+        parts.extend(encode_all(replies))
+        exchange.send(parts)
+
+    def _dispatch(self, message: Message, exchange: Exchange, alone: bool) -> Message | None:
+        channel = message.get("channel")
+        message_id = message.get("id")
+        if message_id is not None and not _valid_id(message_id):
+            return self._failure(message, errors.MESSAGE_ID_INVALID, echo_id=False)
+        if channel is None:
+            return self._failure(message, errors.CHANNEL_MISSING)
+        if type(channel) is not str:
+            return self._failure(message, errors.CHANNEL_INVALID)
+        if channel == META_CONNECT:
+            return self._connect(message, exchange, alone)
+        if channel == META_SUBSCRIBE:
+            return self._subscribe(message, exchange)
+        if channel == META_UNSUBSCRIBE:
+            return self._unsubscribe(message, exchange)
+        if channel == META_DISCONNECT:
+            return self._disconnect(message, exchange)
+        return self._publish(message, exchange, channel)
+
+    @staticmethod
+    def _failure(message: Message, error: str, echo_id: bool = True) -> Message:
+        reply: Message = {"successful": False, "error": error}
+        channel = message.get("channel")
+        if type(channel) is str:
+            reply["channel"] = channel
+        message_id = message.get("id")
+        if echo_id and message_id is not None:
+            reply["id"] = message_id
+        return reply
+
+    def _unknown_session(self, message: Message, meta: bool) -> Message:
+        self.stats.unknown_session += 1
+        reply = self._failure(message, errors.SESSION_UNKNOWN)
+        if meta:
+            # Only failed connects (and handshakes) carry handshake advice
+            # (6.3 rule 2): the JS client would throw on it anywhere else.
+            reply["advice"] = self.advice_handshake
+        return reply
+
+    # ------------------------------------------------------------- handshake
+
+    def _handshake(self, message: Message, exchange: Exchange) -> Message:
+        stats = self.stats
+        client_types = message.get("supportedConnectionTypes", self.transports)
+        if type(client_types) is not list:
+            client_types = []
+        common = [t for t in self.transports if t in client_types]
+        if not common or self.draining:
+            stats.handshakes_refused += 1
+            reply = self._failure(
+                message,
+                errors.connection_types_not_supported([t for t in client_types if type(t) is str]),
+            )
+            reply["advice"] = self.advice_refused
+            return reply
+        try:
+            allowed = self.policy.can_handshake(message)
+        except Exception:
+            log.exception("security policy can_handshake raised; handshake denied")
+            allowed = False
+        if not allowed:
+            stats.handshakes_refused += 1
+            reply = self._failure(message, errors.HANDSHAKE_DENIED)
+            reply["advice"] = self.advice_refused
+            return reply
+
+        browser_id: str | None = None
+        if exchange.transport in HTTP_TRANSPORTS:
+            browser_id = exchange.browser_id
+            if browser_id is None:
+                browser_id = exchange.new_browser_id = secrets.token_hex(16)
+        session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+        self.sessions[session.id] = session
+        self._expire_at(session, self.loop.time() + self.after_reply_s)
+        stats.handshakes += 1
+        reply = {
+            "channel": META_HANDSHAKE,
+            "successful": True,
+            "version": "1.0",
+            "minimumVersion": "1.0",
+            "clientId": session.id,
+            "supportedConnectionTypes": self.transports,
+            "advice": self.advice,
+        }
+        if message.get("id") is not None:
+            reply["id"] = message["id"]
+        return reply
+
+    # --------------------------------------------------------------- connect
+
+    def _connect(self, message: Message, exchange: Exchange, alone: bool) -> Message | None:
+        session = self.lookup(message, exchange)
+        if session is None:
+            return self._unknown_session(message, meta=True)
+        self.stats.connects += 1
+        first = not session.connected
+        session.connected = True
+        session.transport = exchange.transport
+        if session.hold is not None:
+            self._supersede(session.hold)
+
+        timeout = self.timeout_s
+        client_advice = message.get("advice")
+        advised = type(client_advice) is dict
+        if advised:
+            wanted = client_advice.get("timeout")  # type: ignore[union-attr]
+            if type(wanted) in (int, float) and wanted >= 0:
+                timeout = min(wanted / 1000.0, self.timeout_s)
+        advise = first or advised or session.advice_dirty
+        session.advice_dirty = False
+
+        # Answer at once instead of holding (5.2).
+        if first or timeout <= 0 or session.queue or not alone or self.draining:
+            self._expire_at(session, self.loop.time() + self.after_reply_s)
+            return self._connect_now(message, advise)
+
+        browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
+        limit = self.options.max_sessions_per_browser
+        if browser is not None and limit >= 0 and self.browsers.get(browser, 0) >= limit:
+            return self._multiple_clients(session, message)
+
+        hold = Hold(session, exchange, message.get("id"), self.loop.time() + timeout, advise)
+        if browser is not None:
+            self.browsers[browser] = self.browsers.get(browser, 0) + 1
+            hold.counted_browser = browser
+        session.hold = hold
+        exchange.hold = hold
+        session.expires_at = float("inf")  # never expires while held (6.5)
+        self.holds.add(hold.deadline, hold)
+        return None
+
+    def _connect_now(self, message: Message, advise: bool) -> Message:
+        reply: Message = {"channel": META_CONNECT, "successful": True}
+        if message.get("id") is not None:
+            reply["id"] = message["id"]
+        if advise:
+            reply["advice"] = self.advice
+        return reply
+
+    def _multiple_clients(self, session: Session, message: Message) -> Message:
+        """The browser already holds its quota of long-polls (section 9)."""
+        self.stats.multiple_clients += 1
+        o = self.options
+        reply: Message = {"channel": META_CONNECT}
+        if message.get("id") is not None:
+            reply["id"] = message["id"]
+        if o.multi_session_interval <= 0:
+            reply["successful"] = False
+            reply["advice"] = {"multiple-clients": True, "reconnect": "none", "interval": 0}
+            return reply
+        reply["successful"] = True
+        reply["advice"] = {
+            "multiple-clients": True,
+            "reconnect": "retry",
+            "interval": o.multi_session_interval,
+            "timeout": o.timeout,
+        }
+        session.advice_dirty = True
+        self._expire_at(
+            session, self.loop.time() + (o.multi_session_interval + o.max_interval) / 1000.0
+        )
+        return reply
+
+    # ------------------------------------------------------------ disconnect
+
+    def _disconnect(self, message: Message, exchange: Exchange) -> Message:
+        session = self.lookup(message, exchange)
+        if session is None:
+            return self._unknown_session(message, meta=False)
+        self.stats.disconnects += 1
+        self.remove_session(session)
+        reply: Message = {"channel": META_DISCONNECT, "successful": True}
+        if message.get("id") is not None:
+            reply["id"] = message["id"]
+        return reply
+
+    # ---------------------------------------------------- (un)subscriptions
+
+    def _subscriptions(self, message: Message) -> tuple[list[str] | None, str | None]:
+        """The `subscription` field as a list, or the error string."""
+        value = message.get("subscription")
+        if value is None:
+            return None, errors.SUBSCRIPTION_MISSING
+        items = [value] if type(value) is str else value
+        if type(items) is not list or not items or any(type(i) is not str for i in items):
+            return None, errors.SUBSCRIPTION_INVALID
+        return items, None
+
+    def _subscription_reply(self, message: Message, error: str | None) -> Message:
+        reply = (
+            self._failure(message, error)
+            if error
+            else {"channel": message["channel"], "successful": True}
+        )
+        if error is None and message.get("id") is not None:
+            reply["id"] = message["id"]
+        reply["subscription"] = message.get("subscription")
+        return reply
+
+    def _subscribe(self, message: Message, exchange: Exchange) -> Message:
+        session = self.lookup(message, exchange)
+        if session is None:
+            return self._unknown_session(message, meta=False)
+        self._touch(session)
+        items, error = self._subscriptions(message)
+        if items is not None:
+            error = self._subscribe_all(session, items, message)
+        return self._subscription_reply(message, error)
+
+    def _subscribe_all(self, session: Session, items: list[str], message: Message) -> str | None:
+        """Subscribe each entry in order; stop at the first failure (CometD)."""
+        for raw in items:
+            pattern = normalize_channel(raw)
+            if validate_channel(pattern) == CHANNEL_INVALID:
+                return errors.SUBSCRIPTION_INVALID
+            if pattern.startswith("/meta/"):
+                # An existing meta channel: subscribe denied; any other would
+                # have to be created first: create denied (CometD's policy).
+                return errors.SUBSCRIBE_DENIED if pattern in META_CHANNELS else errors.CREATE_DENIED
+            if pattern.startswith("/service/"):
+                continue  # accepted, nothing recorded (2.5)
+            try:
+                allowed = self.policy.can_subscribe(session, pattern, message)
+            except Exception:
+                log.exception("security policy can_subscribe raised; subscription denied")
+                allowed = False
+            if not allowed:
+                return errors.SUBSCRIBE_DENIED
+            subs = session.subscriptions
+            if subs is None:
+                subs = session.subscriptions = set()
+            if pattern in subs:
+                continue
+            if len(subs) >= self.options.max_subscriptions:
+                return errors.TOO_MANY_SUBSCRIPTIONS
+            subs.add(pattern)
+            self.broker.subscribe(session, pattern)
+            self.stats.subscribes += 1
+        return None
+
+    def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
+        session = self.lookup(message, exchange)
+        if session is None:
+            return self._unknown_session(message, meta=False)
+        self._touch(session)
+        items, error = self._subscriptions(message)
+        if items is not None:
+            for raw in items:
+                pattern = normalize_channel(raw)
+                if validate_channel(pattern) == CHANNEL_INVALID:
+                    error = errors.SUBSCRIPTION_INVALID
+                    break
+                if pattern.startswith("/meta/"):
+                    error = errors.UNSUBSCRIBE_FAILED
+                    break
+                subs = session.subscriptions
+                if subs is not None and pattern in subs:
+                    subs.discard(pattern)
+                    self.broker.unsubscribe(session, pattern)
+                    if not subs:
+                        session.subscriptions = None
+        return self._subscription_reply(message, error)
+
+    # --------------------------------------------------------------- publish
+
+    def _publish(self, message: Message, exchange: Exchange, channel: str) -> Message:
+        session = self.lookup(message, exchange)
+        if session is None:
+            return self._unknown_session(message, meta=False)
+        self._touch(session)
+        if channel.startswith("/meta/"):
+            return self._failure(message, errors.CHANNEL_CREATE_DENIED)
+        name = normalize_channel(channel)
+        code = validate_channel(name)
+        if code == CHANNEL_INVALID or code == CHANNEL_OK_PATTERN:
+            return self._failure(message, errors.CHANNEL_INVALID)
+        if "data" not in message:
+            return self._failure(message, errors.DATA_MISSING)
+        try:
+            allowed = self.policy.can_publish(session, name, message)
+        except Exception:
+            log.exception("security policy can_publish raised; publish denied")
+            allowed = False
+        if not allowed:
+            return self._failure(message, errors.PUBLISH_DENIED)
+
+        reply: Message = {"channel": channel, "successful": True}
+        if message.get("id") is not None:
+            reply["id"] = message["id"]
+        if name.startswith("/service/"):
+            handler = self.services.get(name)
+            if handler is not None:
+                handler(session, message)
+            return reply
+
+        delivery = {k: v for k, v in message.items() if k not in _STRIPPED_ON_DELIVERY}
+        delivery["channel"] = name
+        self.stats.published += 1
+        # Encoded once, whatever the number of subscribers (principle 1).
+        self.broker.publish(name, encode_message(delivery))
+        return reply

@@ -1,0 +1,58 @@
+"""Bayeux error strings, exactly as CometD 8 sends them (bayeux.md section 4).
+
+Format `code:args:message`; args and message stay inside Faye's error grammar
+(no extra colons, no quotes).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CHANNEL_MISSING",
+    "CHANNEL_INVALID",
+    "CHANNEL_CREATE_DENIED",
+    "CREATE_DENIED",
+    "DATA_MISSING",
+    "HANDSHAKE_DENIED",
+    "HANDSHAKE_FAILED",
+    "MESSAGE_DELETED",
+    "MESSAGE_ID_INVALID",
+    "PUBLISH_DENIED",
+    "SESSION_UNKNOWN",
+    "SUBSCRIBE_DENIED",
+    "SUBSCRIPTION_INVALID",
+    "SUBSCRIPTION_MISSING",
+    "TOO_MANY_SUBSCRIPTIONS",
+    "UNSUBSCRIBE_FAILED",
+    "connection_types_not_supported",
+    "denied",
+]
+
+POLICY = "denied_by_security_policy"
+
+CHANNEL_MISSING = "400::channel_missing"
+DATA_MISSING = "400::data_missing"
+SESSION_UNKNOWN = "402::session_unknown"
+HANDSHAKE_DENIED = "403::handshake_denied"
+HANDSHAKE_FAILED = "403::handshake_failed"
+SUBSCRIPTION_MISSING = "403::subscription_missing"
+SUBSCRIPTION_INVALID = "403::subscription_invalid"
+UNSUBSCRIBE_FAILED = "403::unsubscribe_failed"
+TOO_MANY_SUBSCRIPTIONS = "403::subscription_limit_reached"
+CREATE_DENIED = f"403:{POLICY}:create_denied"
+SUBSCRIBE_DENIED = f"403:{POLICY}:subscribe_denied"
+CHANNEL_CREATE_DENIED = f"403:{POLICY}:channel_create_denied"
+PUBLISH_DENIED = f"403:{POLICY}:publish_denied"
+MESSAGE_DELETED = "404::message_deleted"
+CHANNEL_INVALID = "405::channel_invalid"
+MESSAGE_ID_INVALID = "405::message_id_invalid"
+
+
+def denied(reason: str, what: str) -> str:
+    """`403:<reason>:<what>`, e.g. denied("denied_by_not_granting", "publish_denied")."""
+    return f"403:{reason}:{what}"
+
+
+def connection_types_not_supported(client_types: list[str]) -> str:
+    """Faye's wording for a handshake with no transport in common (code 301)."""
+    safe = [t for t in client_types if t.replace("-", "").isalnum()]
+    return f"301:{','.join(safe)}:Connection types not supported"

@@ -1,0 +1,386 @@
+"""HTTP/1.1 on httptools: keep-alive, pipelining, CORS, and the long-polling transport.
+
+One `HttpConnection` per TCP connection.  httptools calls back while it
+parses; a complete request becomes an `HttpExchange` that the core answers
+(at once, or later for a held `/meta/connect`).  Responses leave in request
+order, as HTTP/1.1 pipelining requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import httptools
+import orjson
+
+from engine._batch import splice_http
+from engine.session import Hold
+
+if TYPE_CHECKING:
+    from engine.server import BayeuxServer
+
+__all__ = ["HttpConnection", "HttpExchange"]
+
+log = logging.getLogger("engine.http")
+
+COOKIE_NAME = "BAYEUX_BROWSER"
+MAX_HEAD_BYTES = 16384  # request line + headers
+MAX_PIPELINE = 16  # requests waiting for their turn before reading pauses
+
+JSON_TYPE = b"Content-Type: application/json;charset=UTF-8\r\n"
+NO_CACHE = b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
+REASONS = {
+    200: b"OK",
+    204: b"No Content",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+HEAD_OK = b"HTTP/1.1 200 OK\r\n" + JSON_TYPE + NO_CACHE
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback to stop parsing with an HTTP error."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def error_body(status: int, detail: str) -> bytes:
+    return orjson.dumps(
+        {"error": f"{status} {REASONS.get(status, b'').decode()}", "detail": detail}
+    )
+
+
+def origin_host(origin: str) -> str:
+    """`http://example.com:8080` -> `example.com:8080`."""
+    return origin.split("://", 1)[-1].rstrip("/")
+
+
+class HttpExchange:
+    """One HTTP request waiting for its response."""
+
+    __slots__ = (
+        "conn",
+        "transport",
+        "browser_id",
+        "new_browser_id",
+        "hold",
+        "cors_origin",
+        "keep_alive",
+        "response",
+    )
+
+    def __init__(self, conn: HttpConnection, keep_alive: bool) -> None:
+        self.conn = conn
+        self.transport = "long-polling"
+        self.browser_id: str | None = conn.cookie_browser
+        self.new_browser_id: str | None = None
+        self.hold: Hold | None = None
+        self.cors_origin: bytes | None = conn.cors_origin
+        self.keep_alive = keep_alive
+        self.response: bytes | None = None
+
+    def head(self, status_line: bytes = b"HTTP/1.1 200 OK\r\n") -> bytes:
+        extra = b""
+        if self.new_browser_id is not None:
+            extra += b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (
+                COOKIE_NAME.encode(),
+                self.new_browser_id.encode(),
+            )
+        if self.cors_origin is not None:
+            extra += (
+                b"Access-Control-Allow-Origin: %s\r\n"
+                b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n" % self.cors_origin
+            )
+        if not self.keep_alive:
+            extra += b"Connection: close\r\n"
+        if not extra and status_line == b"HTTP/1.1 200 OK\r\n":
+            return HEAD_OK
+        return status_line + JSON_TYPE + NO_CACHE + extra
+
+    def send(self, parts: list[bytes]) -> None:
+        self.conn.complete(self, splice_http(self.head(), parts))
+
+    def fail(self, status: int, detail: str = "") -> None:
+        self.conn.complete(self, self.conn.error_response(status, detail, self.keep_alive))
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = (
+        "server",
+        "core",
+        "parser",
+        "transport",
+        "url",
+        "head_bytes",
+        "headers",
+        "body",
+        "body_size",
+        "pending",
+        "closed",
+        "cookie_browser",
+        "cors_origin",
+        "reading_paused",
+    )
+
+    def __init__(self, server: BayeuxServer) -> None:
+        self.server = server
+        self.core = server.core
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.head_bytes = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        # Exchanges in request order; the first one's response goes out first.
+        self.pending: list[HttpExchange] = []
+        self.closed = False
+        self.cookie_browser: str | None = None
+        self.cors_origin: bytes | None = None
+        self.reading_paused = False
+
+    # ----------------------------------------------------------- connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for exchange in self.pending:
+            if exchange.hold is not None:
+                self.core.abandon(exchange.hold)
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        # The peer reads slowly: stop reading its requests until it catches up.
+        if self.transport is not None and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.reading_paused and not self.closed:
+            self.transport.resume_reading()
+            self.reading_paused = False
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, _Abort):
+                self.abort(cause.status, cause.detail)
+            else:
+                log.exception("internal error handling a request")
+                self.abort(500, "internal error")
+        except httptools.HttpParserUpgrade:
+            self.abort(400, "protocol upgrade is not supported on this path")
+        except httptools.HttpParserError as exc:
+            self.server.core.stats.http_errors += 1
+            self.abort(400, f"malformed HTTP request: {exc}")
+
+    def abort(self, status: int, detail: str) -> None:
+        """A transport-level error: answer it after what is pending, then close."""
+        if self.closed or self.transport is None:
+            return
+        exchange = HttpExchange(self, keep_alive=False)
+        self.pending.append(exchange)
+        self.complete(exchange, self.error_response(status, detail, keep_alive=False))
+        self.parser = httptools.HttpRequestParser(self)  # stop using the broken stream
+        self.transport.pause_reading()
+        self.reading_paused = True
+
+    def error_response(self, status: int, detail: str, keep_alive: bool) -> bytes:
+        self.server.core.stats.http_errors += 1
+        body = error_body(status, detail)
+        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")) + JSON_TYPE
+        if not keep_alive:
+            head += b"Connection: close\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def complete(self, exchange: HttpExchange, response: bytes) -> None:
+        """Store a response; write every finished one at the head of the line."""
+        exchange.response = response
+        pending = self.pending
+        if self.closed or not pending or pending[0] is not exchange:
+            return
+        transport = self.transport
+        assert transport is not None
+        while pending and pending[0].response is not None:
+            done = pending.pop(0)
+            transport.write(done.response)  # type: ignore[arg-type]
+            if not done.keep_alive:
+                pending.clear()
+                transport.close()
+                self.closed = True
+                return
+        if self.reading_paused and len(pending) < MAX_PIPELINE:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    # ------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.head_bytes = 0
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _Abort(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _Abort(431, "request headers too large")
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.server.max_body:
+            raise _Abort(
+                413, f"body of {int(length)} bytes exceeds max_message_size={self.server.max_body}"
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.server.max_body:
+            raise _Abort(413, f"body exceeds max_message_size={self.server.max_body}")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.core.stats.http_requests += 1
+        keep_alive = self.parser.should_keep_alive() and not self.core.draining
+        self.read_cookie_and_origin()
+        exchange = HttpExchange(self, keep_alive)
+        self.pending.append(exchange)
+        if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        try:
+            self.route(exchange)
+        except Exception:
+            log.exception("internal error handling a request")
+            if exchange.response is None and exchange.hold is None:
+                exchange.fail(500, "internal error")
+
+    # --------------------------------------------------------------- routing
+
+    def read_cookie_and_origin(self) -> None:
+        self.cookie_browser = None
+        cookie = self.headers.get(b"cookie")
+        if cookie:
+            for item in cookie.split(b";"):
+                name, _, value = item.strip().partition(b"=")
+                if name == b"BAYEUX_BROWSER" and value:
+                    self.cookie_browser = value.decode("latin-1")
+                    break
+        self.cors_origin = None
+        origin = self.headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            host = self.headers.get(b"host", b"").decode("latin-1")
+            if origin_host(text) != host and self.server.origin_allowed(text):
+                self.cors_origin = origin
+
+    def cross_origin_refused(self) -> bool:
+        origin = self.headers.get(b"origin")
+        if origin is None:
+            return False
+        text = origin.decode("latin-1")
+        host = self.headers.get(b"host", b"").decode("latin-1")
+        return origin_host(text) != host and not self.server.origin_allowed(text)
+
+    def route(self, exchange: HttpExchange) -> None:
+        path, _, query = self.url.partition(b"?")
+        base = self.server.base_path
+        if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
+            exchange.fail(404, "no Bayeux endpoint at this path")
+            return
+        method = self.parser.get_method()
+        if self.cross_origin_refused():
+            exchange.fail(403, "origin not allowed (see --allowed-origins)")
+            return
+        if method == b"POST":
+            self.long_poll(exchange)
+        elif method == b"OPTIONS":
+            self.preflight(exchange)
+        elif method == b"GET":
+            exchange.fail(400, "GET requests need the callback-polling transport (jsonp)")
+        else:
+            exchange.fail(405, f"method {method.decode('latin-1')} not allowed")
+
+    def preflight(self, exchange: HttpExchange) -> None:
+        if exchange.cors_origin is None:
+            self.complete(exchange, self.plain_response(204, b"", exchange.keep_alive))
+            return
+        wanted = self.headers.get(b"access-control-request-headers", b"Content-Type")
+        head = (
+            b"HTTP/1.1 200 OK\r\n"
+            b"Access-Control-Allow-Origin: %s\r\n"
+            b"Access-Control-Allow-Credentials: true\r\n"
+            b"Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+            b"Access-Control-Allow-Headers: %s\r\n"
+            b"Access-Control-Max-Age: 86400\r\nVary: Origin\r\n" % (exchange.cors_origin, wanted)
+        )
+        if not exchange.keep_alive:
+            head += b"Connection: close\r\n"
+        self.complete(exchange, head + b"Content-Length: 0\r\n\r\n")
+
+    @staticmethod
+    def plain_response(status: int, body: bytes, keep_alive: bool) -> bytes:
+        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))
+        if not keep_alive:
+            head += b"Connection: close\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def long_poll(self, exchange: HttpExchange) -> None:
+        body = b"".join(self.body)
+        self.body = []
+        if body.startswith(b"message="):
+            # Form body (Faye's cross-origin-long-polling, the spec's form).
+            values = parse_qs(body.decode("ascii", "replace")).get("message")
+            if not values:
+                exchange.fail(400, "form body without a message parameter")
+                return
+            body = values[0].encode()
+        messages = self.server.decode_batch(body, exchange)
+        if messages is not None:
+            self.core.process(messages, exchange)
+
+
+def decode_messages(body: bytes, max_batch: int) -> tuple[list[Any] | None, str]:
+    """A request body as a list of message objects, or None and why not."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc}"
+    if type(value) is dict:
+        return [value], ""
+    if type(value) is not list:
+        return None, "a Bayeux request is a JSON array of message objects"
+    if not value:
+        return None, "empty message array"
+    if len(value) > max_batch:
+        return None, f"batch of {len(value)} messages exceeds max_batch={max_batch}"
+    for index, item in enumerate(value):
+        if type(item) is not dict:
+            return None, f"message {index} is not a JSON object"
+    return value, ""

@@ -1,0 +1,111 @@
+"""Server options: CometD's names in snake_case, CometD's defaults.
+
+One frozen dataclass is the single source of truth: the command line is
+generated from its fields (see `engine.cli`), and the API takes it as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["ServerOptions", "TRANSPORTS"]
+
+# Transport names in our order of preference, as listed in handshake replies.
+# WebSocket and callback-polling are the next steps (issue 3).
+TRANSPORTS: tuple[str, ...] = ("long-polling",)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "TCP port to listen on (0 picks a free one)"})
+    path: str = field(default="/cometd", metadata={"help": "URL path of the Bayeux endpoint"})
+    timeout: int = field(
+        default=30000, metadata={"help": "ms a /meta/connect is held without events"}
+    )
+    interval: int = field(
+        default=0,
+        metadata={"help": "ms a client waits between a connect reply and its next connect"},
+    )
+    max_interval: int = field(
+        default=10000,
+        metadata={"help": "ms without a connect after which a session expires"},
+    )
+    max_queue: int = field(
+        default=1000,
+        metadata={
+            "help": "messages queued per session; beyond it the oldest is dropped and counted"
+        },
+    )
+    max_message_size: int = field(
+        default=65536, metadata={"help": "bytes in one request body or WebSocket message"}
+    )
+    max_batch: int = field(default=1000, metadata={"help": "messages in one request"})
+    max_subscriptions: int = field(
+        default=1000, metadata={"help": "subscriptions one session may hold"}
+    )
+    max_sessions_per_browser: int = field(
+        default=1,
+        metadata={"help": "held long-polls per browser (BAYEUX_BROWSER cookie); <0 = unlimited"},
+    )
+    multi_session_interval: int = field(
+        default=2000,
+        metadata={
+            "help": "poll interval (ms) advised to a browser's extra sessions; <=0 refuses them"
+        },
+    )
+    allowed_origins: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated Origins allowed cross-origin (CORS, WebSocket); "
+            "'*' allows any; empty allows same-origin only"
+        },
+    )
+    allowed_transports: str = field(
+        default=",".join(TRANSPORTS),
+        metadata={"help": "comma-separated transports offered to clients"},
+    )
+    node_id: str = field(
+        default="",
+        metadata={"help": "this node's id, the prefix of every clientId (random when empty)"},
+    )
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.path.startswith("/"):
+            problems.append("path must start with '/'")
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be within 0..65535")
+        for name in ("timeout", "interval", "max_interval"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        for name in ("max_queue", "max_message_size", "max_batch", "max_subscriptions"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        unknown = set(self.transports) - set(TRANSPORTS)
+        if unknown:
+            problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
+        if not self.transports:
+            problems.append("allowed_transports lists no transport")
+        if self.node_id and not (self.node_id.isascii() and self.node_id.isalnum()):
+            problems.append("node_id must be ASCII letters and digits")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            problems.append("log_level must be debug, info, warning or error")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """Allowed transports, in our order of preference."""
+        wanted = {t.strip() for t in self.allowed_transports.split(",") if t.strip()}
+        known = [t for t in TRANSPORTS if t in wanted]
+        return tuple(known) + tuple(sorted(wanted - set(known)))
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
+
+    def replace(self, **changes: object) -> ServerOptions:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,129 @@
+"""The server object: options, the core, the listening socket, graceful stop.
+
+    server = BayeuxServer(ServerOptions(port=8080))
+    server.run()                 # blocking, uvloop, until SIGINT/SIGTERM
+
+or, inside a running loop: `await server.start()` ... `await server.stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from typing import Any
+
+import uvloop
+
+from engine.core import BayeuxCore
+from engine.http import HttpConnection, HttpExchange, decode_messages
+from engine.options import ServerOptions
+from engine.policy import SecurityPolicy
+
+__all__ = ["BayeuxServer"]
+
+log = logging.getLogger("engine.server")
+
+
+class BayeuxServer:
+    def __init__(
+        self, options: ServerOptions | None = None, *, policy: SecurityPolicy | None = None
+    ) -> None:
+        self.options = options or ServerOptions()
+        self.policy = policy
+        self.node_id = self.options.node_id or secrets.token_hex(3)
+        self.base_path = self.options.path.rstrip("/").encode()
+        self.max_body = self.options.max_message_size
+        self.origins = self.options.origins
+        self.connections: set[HttpConnection] = set()
+        self._core: BayeuxCore | None = None
+        self._listener: asyncio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+
+    # The core needs the running loop, so it is made by start().
+    @property
+    def core(self) -> BayeuxCore:
+        if self._core is None:
+            raise RuntimeError("the server is not started")
+        return self._core
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}{self.options.path}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._listener is None or not self._listener.sockets:
+            return self.options.host, self.options.port
+        name = self._listener.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    def origin_allowed(self, origin: str) -> bool:
+        return "*" in self.origins or origin in self.origins
+
+    def decode_batch(self, body: bytes, exchange: HttpExchange) -> list[Any] | None:
+        messages, why = decode_messages(body, self.options.max_batch)
+        if messages is None:
+            exchange.fail(400, why)
+        return messages
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._core = BayeuxCore(self.options, loop, node_id=self.node_id, policy=self.policy)
+        self._core.start()
+        self._stopped = asyncio.Event()
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            host=self.options.host,
+            port=self.options.port,
+            backlog=4096,
+            reuse_address=True,
+        )
+        log.info("listening on %s (node %s)", self.url, self.node_id)
+
+    async def stop(self) -> None:
+        """Stop accepting, answer held connects with `reconnect: retry`, close."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        self.core.drain()
+        for conn in list(self.connections):
+            transport = conn.transport
+            if transport is not None and not conn.pending:
+                transport.close()
+        # Give written responses a moment to leave, then close what remains.
+        for _ in range(50):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.core.close()
+        await self._listener.wait_closed()
+        self._listener = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_until_signalled(self, ready: Any = None) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready(self)
+        await stop.wait()
+        log.info("signal received: draining")
+        await self.stop()
+
+    def run(self, ready: Any = None) -> None:
+        """Serve on uvloop until SIGINT or SIGTERM; then stop gracefully."""
+        if sys.version_info >= (3, 12):
+            uvloop.run(self.serve_until_signalled(ready))
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            asyncio.run(self.serve_until_signalled(ready))

@@ -1,0 +1,99 @@
+"""A Bayeux session and its held /meta/connect.
+
+Sessions are what the server keeps per idle client, so they are small:
+`__slots__`, no timer, no queue object until a message is actually queued.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.broker import Broker
+
+__all__ = ["Exchange", "Hold", "Session"]
+
+
+class Exchange(Protocol):
+    """One request/response of a transport, as the core sees it.
+
+    An HTTP request, or one WebSocket frame of messages.  The core completes
+    it exactly once: `send` with encoded messages, or `fail` with an HTTP
+    status (a superseded long-poll ends with 500, as CometD does).
+    """
+
+    transport: str
+    browser_id: str | None
+    new_browser_id: str | None
+    hold: Hold | None
+
+    def send(self, parts: list[bytes]) -> None: ...
+
+    def fail(self, status: int, detail: str = "") -> None: ...
+
+
+class Hold:
+    """A /meta/connect waiting for an event or its deadline."""
+
+    __slots__ = ("session", "exchange", "message_id", "deadline", "counted_browser", "advise")
+
+    def __init__(
+        self, session: Session, exchange: Exchange, message_id: Any, deadline: float, advise: bool
+    ) -> None:
+        self.session = session
+        self.exchange = exchange
+        self.message_id = message_id
+        self.deadline = deadline
+        # The browser whose held-connect quota this hold uses (HTTP only).
+        self.counted_browser: str | None = None
+        # Whether the reply carries full advice (client sent advice, first hold...).
+        self.advise = advise
+
+
+class Session:
+    """Server-side state of one client (one clientId)."""
+
+    __slots__ = (
+        "id",
+        "browser_id",
+        "transport",
+        "queue",
+        "subscriptions",
+        "hold",
+        "expires_at",
+        "expiry_slot",
+        "connected",
+        "removed",
+        "flush_pending",
+        "advice_dirty",
+        "dropped",
+        "broker",
+    )
+
+    def __init__(self, client_id: str, browser_id: str | None, transport: str, broker: Broker):
+        self.id = client_id
+        self.browser_id = browser_id
+        self.transport = transport
+        # Encoded messages waiting for delivery; None while empty (the common,
+        # idle case) so an idle session carries no list.
+        self.queue: list[bytes] | None = None
+        self.subscriptions: set[str] | None = None
+        self.hold: Hold | None = None
+        self.expires_at = 0.0
+        self.expiry_slot = -1
+        self.connected = False
+        self.removed = False
+        self.flush_pending = False
+        # True after temporary advice (multiple-clients): the next connect
+        # reply carries the normal advice again (bayeux.md 6.3 rule 4).
+        self.advice_dirty = False
+        self.dropped = 0
+        self.broker = broker
+
+    def take_queue(self) -> list[bytes]:
+        queue = self.queue
+        self.queue = None
+        return queue if queue is not None else []
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.transport}{' removed' if self.removed else ''}>"

@@ -1,0 +1,201 @@
+"""Test support: the server in a background thread, and a small Bayeux HTTP client.
+
+The server runs in-process on its own uvloop loop so tests can look at its
+state; clients are blocking `http.client` connections.  `request()` and
+`getresponse()` are separate calls, so a test can leave a /meta/connect held
+on one connection while it publishes on another, without threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvloop
+
+from engine import BayeuxServer, ServerOptions
+
+__all__ = ["Browser", "Response", "running_server", "raw_exchange"]
+
+
+@contextmanager
+def running_server(**options: Any) -> Iterator[BayeuxServer]:
+    options.setdefault("port", 0)
+    server = BayeuxServer(ServerOptions(**options))
+    loop = uvloop.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as exc:  # reported to the test below
+            failure.append(exc)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    if failure:
+        raise failure[0]
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+class Response:
+    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes, took: float):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.took = took
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        value = json.loads(self.body)
+        assert isinstance(value, list), value
+        return value
+
+    def reply(self, channel: str) -> dict[str, Any]:
+        found = [m for m in self.messages if m.get("channel") == channel and "successful" in m]
+        assert len(found) == 1, self.messages
+        return found[0]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if "successful" not in m]
+
+
+class Browser:
+    """One browser (one cookie jar) with its two HTTP connections, as the JS client has."""
+
+    def __init__(self, server: BayeuxServer, cookie: str | None = None):
+        host, port = server.address
+        self.path = server.options.path
+        self.connect_conn = http.client.HTTPConnection(host, port, timeout=40)
+        self.other_conn = http.client.HTTPConnection(host, port, timeout=40)
+        self.cookie = cookie
+        self.client_id: str | None = None
+        self._ids = 0
+        self._sent_at = 0.0
+
+    def next_id(self) -> str:
+        self._ids += 1
+        return str(self._ids)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.cookie:
+            headers["Cookie"] = f"BAYEUX_BROWSER={self.cookie}"
+        return headers
+
+    def start(
+        self, body: Any, conn: http.client.HTTPConnection | None = None, suffix: str = ""
+    ) -> http.client.HTTPConnection:
+        conn = conn or self.other_conn
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        conn.request("POST", self.path + suffix, body=data, headers=self._headers())
+        self._sent_at = time.monotonic()
+        return conn
+
+    def finish(self, conn: http.client.HTTPConnection | None = None) -> Response:
+        conn = conn or self.other_conn
+        resp = conn.getresponse()
+        body = resp.read()
+        took = time.monotonic() - self._sent_at
+        cookie = resp.headers.get("Set-Cookie")
+        if cookie and cookie.startswith("BAYEUX_BROWSER="):
+            self.cookie = cookie.split(";", 1)[0].split("=", 1)[1]
+        return Response(resp.status, resp.headers, body, took)
+
+    def send(self, body: Any, suffix: str = "") -> Response:
+        self.start(body, suffix=suffix)
+        return self.finish()
+
+    def handshake(self, **fields: Any) -> Response:
+        message = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+            "id": self.next_id(),
+            **fields,
+        }
+        resp = self.send([message], "/handshake")
+        reply = resp.reply("/meta/handshake")
+        if reply["successful"]:
+            self.client_id = reply["clientId"]
+        return resp
+
+    def connect_message(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "channel": "/meta/connect",
+            "clientId": self.client_id,
+            "connectionType": "long-polling",
+            "id": self.next_id(),
+            **fields,
+        }
+
+    def connect(self, **fields: Any) -> Response:
+        self.start([self.connect_message(**fields)], self.connect_conn, "/connect")
+        return self.finish(self.connect_conn)
+
+    def start_connect(self, **fields: Any) -> None:
+        self.start([self.connect_message(**fields)], self.connect_conn, "/connect")
+
+    def finish_connect(self) -> Response:
+        return self.finish(self.connect_conn)
+
+    def message(self, channel: str, **fields: Any) -> dict[str, Any]:
+        return {"channel": channel, "clientId": self.client_id, "id": self.next_id(), **fields}
+
+    def subscribe(self, subscription: Any) -> Response:
+        return self.send([self.message("/meta/subscribe", subscription=subscription)])
+
+    def unsubscribe(self, subscription: Any) -> Response:
+        return self.send([self.message("/meta/unsubscribe", subscription=subscription)])
+
+    def publish(self, channel: str, data: Any, **fields: Any) -> Response:
+        return self.send([self.message(channel, data=data, **fields)])
+
+    def ready(self) -> Browser:
+        """Handshake and do the first (immediate) connect."""
+        assert self.handshake().reply("/meta/handshake")["successful"]
+        assert self.connect(advice={"timeout": 0}).reply("/meta/connect")["successful"]
+        return self
+
+    def close(self) -> None:
+        self.connect_conn.close()
+        self.other_conn.close()
+
+
+def raw_exchange(server: BayeuxServer, data: bytes, timeout: float = 5) -> bytes:
+    """Send raw bytes on a new connection; return everything until it closes."""
+    import socket
+
+    host, port = server.address
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
