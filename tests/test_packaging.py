@@ -1,0 +1,133 @@
+"""The compiled modules are the ones running; the CLI serves and stops cleanly;
+a built wheel installs into a fresh virtual environment and serves."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import venv
+from pathlib import Path
+
+import pytest
+
+import engine
+import engine._batch
+import engine._channels
+import engine._wsframe
+import engine.broker
+import engine.core
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDSHAKE = json.dumps(
+    [{"channel": "/meta/handshake", "version": "1.0",
+      "supportedConnectionTypes": ["long-polling"], "id": "1"}]
+).encode()
+
+
+@pytest.mark.parametrize("module", [engine._batch, engine._channels, engine._wsframe])
+def test_compiled_modules_are_extensions(module: object) -> None:
+    path = getattr(module, "__file__", "")
+    assert any(path.endswith(s) for s in importlib.machinery.EXTENSION_SUFFIXES), path
+
+
+def test_core_uses_the_compiled_modules() -> None:
+    assert engine.core.encode_message is engine._batch.encode_message
+    assert engine.core.validate_channel is engine._channels.validate_channel
+    assert engine.broker.ChannelTrie is engine._channels.ChannelTrie
+
+
+# One cookie jar: sessions are bound to their BAYEUX_BROWSER cookie.
+OPENER = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
+
+def post(url: str, body: bytes) -> list[dict]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with OPENER.open(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def serve_and_check(python: str, cwd: str) -> None:
+    """Start `python -m engine serve`, handshake, hold a connect, SIGTERM it."""
+    proc = subprocess.Popen(
+        [python, "-m", "engine", "serve", "--port", "0", "--timeout", "20000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+    )
+    try:
+        line = proc.stdout.readline().decode()  # type: ignore[union-attr]
+        assert line.startswith("engine serving http://"), (line, proc.stderr.read())  # type: ignore[union-attr]
+        url = line.split()[-1]
+        reply = post(url, HANDSHAKE)[0]
+        assert reply["successful"] is True
+        client_id = reply["clientId"]
+        connect = {"channel": "/meta/connect", "clientId": client_id,
+                   "connectionType": "long-polling"}
+        assert post(url, json.dumps([{**connect, "advice": {"timeout": 0}}]).encode())
+        # Hold a connect, then stop the server: the held connect is answered
+        # at once with reconnect: retry, and the process exits 0.
+        import threading
+
+        answer: list = []
+        holder = threading.Thread(
+            target=lambda: answer.append(post(url, json.dumps([connect]).encode()))
+        )
+        holder.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        holder.join(10)
+        assert time.monotonic() - started < 5
+        assert answer and answer[0][0]["successful"] is True
+        assert answer[0][0]["advice"]["reconnect"] == "retry"
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
+    serve_and_check(sys.executable, str(ROOT))
+
+
+def test_cli_help_and_bad_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    for option in ("--host", "--port", "--path", "--timeout", "--interval", "--max-interval",
+                   "--max-queue", "--max-message-size", "--max-sessions-per-browser",
+                   "--multi-session-interval", "--allowed-origins", "--log-level"):
+        assert option in out
+    bad = subprocess.run([sys.executable, "-m", "engine", "serve", "--timeout", "-1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "timeout must be >= 0" in bad.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("CI") and not os.environ.get("ENGINE_TEST_WHEEL"),
+                    reason="builds a wheel (about a minute): runs in CI or with ENGINE_TEST_WHEEL=1")
+def test_wheel_installs_and_serves(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
+                    str(ROOT)], check=True)
+    (wheel,) = dist.glob("engine-*.whl")
+    assert "linux" in wheel.name  # a platform wheel, with the compiled modules
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("engine/_channels.") and n.endswith(".so") for n in names)
+    assert not any(n.endswith((".c", ".pyx")) for n in names)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = str(env_dir / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True)
+    # Run from a directory without the source tree, so the wheel's modules are used.
+    where = subprocess.run(
+        [python, "-c", "import engine._channels as c; print(c.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+    ).stdout
+    assert str(env_dir) in where
+    serve_and_check(python, str(tmp_path))
