@@ -9,7 +9,14 @@ from typing import Any
 
 import orjson
 
-__all__ = ["encode_all", "encode_message", "splice_array", "splice_http", "splice_jsonp"]
+__all__ = [
+    "encode_all",
+    "encode_message",
+    "splice_array",
+    "splice_http",
+    "splice_jsonp",
+    "splice_ws",
+]
 
 
 def _check(parts: list[bytes]) -> None:
@@ -31,6 +38,18 @@ def splice_http(head: bytes, parts: list[bytes]) -> bytes:
 def splice_jsonp(head: bytes, callback: bytes, parts: list[bytes]) -> bytes:
     body = callback + b"(" + splice_array(parts) + b")"
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def splice_ws(parts: list[bytes]) -> bytes:
+    body = splice_array(parts)
+    n = len(body)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + body
 
 
 def encode_message(message: Any) -> bytes:

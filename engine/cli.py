@@ -26,13 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(ServerOptions):
-        kind = f.type if isinstance(f.type, type) else {"int": int, "str": str}[str(f.type)]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if str(f.type) == "bool":
+            serve.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=help_text,
+            )
+            continue
         serve.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
-            type=kind,
+            type={"int": int, "str": str}[str(f.type)],
             default=f.default,
-            help=f.metadata.get("help", ""),
+            help=help_text,
             metavar=f.name.upper(),
         )
     return parser

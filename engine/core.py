@@ -166,6 +166,7 @@ class BayeuxCore:
         ):
             self.stats.browser_mismatch += 1
             return None
+        exchange.bind(session)
         return session
 
     def remove_session(self, session: Session) -> None:
@@ -183,6 +184,11 @@ class BayeuxCore:
         if session.queue:
             self.stats.discarded += len(session.queue)
         session.queue = None
+        ws = session.ws
+        if ws is not None:
+            session.ws = None
+            if session in ws.sessions:
+                ws.sessions.remove(session)
 
     # -------------------------------------------------------------- delivery
 
@@ -205,10 +211,10 @@ class BayeuxCore:
                     )
             queue.append(encoded)
         self.stats.delivered += 1
-        if session.hold is not None and not session.flush_pending:
+        if (session.hold is not None or session.ws is not None) and not session.flush_pending:
             # Not now: a request being processed may still take the queue
             # into its own response (piggy-backing), and several publishes in
-            # one loop turn should leave in one response.
+            # one loop turn should leave in one response or frame.
             session.flush_pending = True
             self._dirty.append(session)
             if not self._flush_scheduled:
@@ -218,9 +224,17 @@ class BayeuxCore:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
+        direct = not self.options.meta_connect_deliver_only
         for session in dirty:
             session.flush_pending = False
-            if session.hold is not None and session.queue:
+            if not session.queue:
+                continue
+            ws = session.ws
+            if ws is not None and direct:
+                # WebSocket: events go out at once; the held connect stays a
+                # heartbeat until its timeout (7.4).
+                ws.write_events(session)
+            elif session.hold is not None:
                 self._release(session.hold, None)
 
     # ---------------------------------------------------------- held connects
@@ -286,6 +300,7 @@ class BayeuxCore:
         alone = len(messages) == 1
         replies: list[Message] = []
         owner: Session | None = None
+        with_connect = False
         for message in messages:
             if type(message) is not dict:
                 replies.append({"successful": False, "error": "400::message_invalid"})
@@ -296,12 +311,27 @@ class BayeuxCore:
             replies.append(reply)
             if owner is None:
                 owner = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+            if reply.get("channel") == META_CONNECT:
+                with_connect = True
 
         parts: list[bytes] = []
-        if owner is not None and owner.queue and exchange.transport == "long-polling":
-            parts = owner.take_queue()  # piggy-backing (7.2)
+        if owner is not None and owner.queue and self._may_piggyback(exchange, with_connect):
+            parts = owner.take_queue()
         parts.extend(encode_all(replies))
         exchange.send(parts)
+
+    def _may_piggyback(self, exchange: Exchange, with_connect: bool) -> bool:
+        """May this response carry the session's queued events (7.2, 7.3, 8)?
+
+        A connect reply always may.  Other replies may on long-polling and
+        WebSocket, but not on callback-polling (scripts run in order, so the
+        held connect must be woken instead) nor with meta_connect_deliver_only.
+        """
+        if with_connect:
+            return True
+        if self.options.meta_connect_deliver_only:
+            return False
+        return exchange.transport != "callback-polling"
 
     def _dispatch(self, message: Message, exchange: Exchange, alone: bool) -> Message | None:
         channel = message.get("channel")
@@ -376,6 +406,7 @@ class BayeuxCore:
                 browser_id = exchange.new_browser_id = secrets.token_hex(16)
         session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
         self.sessions[session.id] = session
+        exchange.bind(session)
         self._expire_at(session, self.loop.time() + self.after_reply_s)
         stats.handshakes += 1
         reply = {

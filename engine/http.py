@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import httptools
 import orjson
 
-from engine._batch import splice_http
+from engine._batch import splice_http, splice_jsonp
 from engine.session import Hold
+from engine.websocket import WebSocketConnection, upgrade_response
 
 if TYPE_CHECKING:
     from engine.server import BayeuxServer
+    from engine.session import Session
 
 __all__ = ["HttpConnection", "HttpExchange"]
 
@@ -31,6 +34,8 @@ MAX_HEAD_BYTES = 16384  # request line + headers
 MAX_PIPELINE = 16  # requests waiting for their turn before reading pauses
 
 JSON_TYPE = b"Content-Type: application/json;charset=UTF-8\r\n"
+JAVASCRIPT_TYPE = b"Content-Type: text/javascript;charset=UTF-8\r\n"
+JSONP_CALLBACK = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NO_CACHE = b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
 REASONS = {
     200: b"OK",
@@ -40,6 +45,7 @@ REASONS = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",
+    426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
@@ -79,6 +85,7 @@ class HttpExchange:
         "cors_origin",
         "keep_alive",
         "response",
+        "jsonp",
     )
 
     def __init__(self, conn: HttpConnection, keep_alive: bool) -> None:
@@ -90,8 +97,12 @@ class HttpExchange:
         self.cors_origin: bytes | None = conn.cors_origin
         self.keep_alive = keep_alive
         self.response: bytes | None = None
+        self.jsonp: bytes | None = None  # the callback name, for callback-polling
 
-    def head(self, status_line: bytes = b"HTTP/1.1 200 OK\r\n") -> bytes:
+    def bind(self, session: Session) -> None:
+        pass  # HTTP sessions are bound by their browser cookie instead
+
+    def head(self, content_type: bytes = JSON_TYPE) -> bytes:
         extra = b""
         if self.new_browser_id is not None:
             extra += b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (
@@ -105,12 +116,16 @@ class HttpExchange:
             )
         if not self.keep_alive:
             extra += b"Connection: close\r\n"
-        if not extra and status_line == b"HTTP/1.1 200 OK\r\n":
+        if not extra and content_type is JSON_TYPE:
             return HEAD_OK
-        return status_line + JSON_TYPE + NO_CACHE + extra
+        return b"HTTP/1.1 200 OK\r\n" + content_type + NO_CACHE + extra
 
     def send(self, parts: list[bytes]) -> None:
-        self.conn.complete(self, splice_http(self.head(), parts))
+        if self.jsonp is not None:
+            response = splice_jsonp(self.head(JAVASCRIPT_TYPE), self.jsonp, parts)
+        else:
+            response = splice_http(self.head(), parts)
+        self.conn.complete(self, response)
 
     def fail(self, status: int, detail: str = "") -> None:
         self.conn.complete(self, self.conn.error_response(status, detail, self.keep_alive))
@@ -132,6 +147,7 @@ class HttpConnection(asyncio.Protocol):
         "cookie_browser",
         "cors_origin",
         "reading_paused",
+        "upgraded",
     )
 
     def __init__(self, server: BayeuxServer) -> None:
@@ -150,6 +166,7 @@ class HttpConnection(asyncio.Protocol):
         self.cookie_browser: str | None = None
         self.cors_origin: bytes | None = None
         self.reading_paused = False
+        self.upgraded: WebSocketConnection | None = None
 
     # ----------------------------------------------------------- connection
 
@@ -164,6 +181,11 @@ class HttpConnection(asyncio.Protocol):
             if exchange.hold is not None:
                 self.core.abandon(exchange.hold)
         self.pending.clear()
+
+    def shutdown(self) -> None:
+        """Server stopping: close now unless a response is still owed."""
+        if self.transport is not None and not self.pending:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         # The peer reads slowly: stop reading its requests until it catches up.
@@ -186,8 +208,14 @@ class HttpConnection(asyncio.Protocol):
             else:
                 log.exception("internal error handling a request")
                 self.abort(500, "internal error")
-        except httptools.HttpParserUpgrade:
-            self.abort(400, "protocol upgrade is not supported on this path")
+        except httptools.HttpParserUpgrade as exc:
+            ws = self.upgraded
+            if ws is not None:  # the rest of the bytes are WebSocket frames
+                offset = exc.args[0] if exc.args else len(data)
+                if offset < len(data):
+                    ws.data_received(data[offset:])
+            elif not self.closed:
+                self.abort(400, "protocol upgrade refused")
         except httptools.HttpParserError as exc:
             self.server.core.stats.http_errors += 1
             self.abort(400, f"malformed HTTP request: {exc}")
@@ -274,6 +302,9 @@ class HttpConnection(asyncio.Protocol):
         if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
             self.reading_paused = True
+        if self.parser.should_upgrade():
+            self.upgrade(exchange)
+            return
         try:
             self.route(exchange)
         except Exception:
@@ -323,9 +354,76 @@ class HttpConnection(asyncio.Protocol):
         elif method == b"OPTIONS":
             self.preflight(exchange)
         elif method == b"GET":
-            exchange.fail(400, "GET requests need the callback-polling transport (jsonp)")
+            self.callback_poll(exchange, query)
         else:
             exchange.fail(405, f"method {method.decode('latin-1')} not allowed")
+
+    def upgrade(self, exchange: HttpExchange) -> None:
+        """Switch this connection to the WebSocket transport (RFC 6455 4.2)."""
+        exchange.keep_alive = False  # any refusal below closes the connection
+        path = self.url.partition(b"?")[0]
+        base = self.server.base_path
+        if not (path == base or path == base + b"/" or (not base and path == b"/")):
+            exchange.fail(404, "no WebSocket endpoint at this path")
+            return
+        if "websocket" not in self.core.transports:
+            exchange.fail(400, "the websocket transport is not allowed on this server")
+            return
+        if self.parser.get_method() != b"GET":
+            exchange.fail(400, "a WebSocket upgrade must be a GET")
+            return
+        if self.cross_origin_refused():
+            exchange.fail(403, "origin not allowed (see --allowed-origins)")
+            return
+        status, head, why = upgrade_response(self.headers)
+        if status != 101:
+            body = error_body(status, why)
+            self.complete(
+                exchange,
+                b"HTTP/1.1 %d %s\r\n%sContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n"
+                % (status, REASONS.get(status, b"Upgrade Required"), head, len(body))
+                + body,
+            )
+            return
+        transport = self.transport
+        assert transport is not None
+        self.pending.clear()
+        ws = WebSocketConnection(self.server, transport)
+        self.upgraded = ws
+        self.server.connections.discard(self)
+        self.server.connections.add(ws)
+        self.core.stats.ws_upgrades += 1
+        transport.write(head)
+        transport.set_protocol(ws)
+
+    def callback_poll(self, exchange: HttpExchange, query: bytes) -> None:
+        """callback-polling (JSONP): GET ?jsonp=<callback>&message=<JSON array> (7.3)."""
+        if "callback-polling" not in self.core.transports:
+            exchange.fail(400, "the callback-polling transport is not allowed on this server")
+            return
+        params = parse_qs(query.decode("latin-1"), max_num_fields=64)
+        callbacks = params.get("jsonp", [])
+        if len(callbacks) != 1 or not JSONP_CALLBACK.fullmatch(callbacks[0]):
+            exchange.fail(400, "jsonp must be one callback name of [A-Za-z0-9._-], 64 at most")
+            return
+        values = params.get("message")
+        if not values:
+            exchange.fail(400, "callback-polling needs a message parameter")
+            return
+        messages: list[Any] = []
+        for value in values:
+            batch, why = decode_messages(value.encode(), self.server.options.max_batch)
+            if batch is None:
+                exchange.fail(400, why)
+                return
+            messages.extend(batch)
+        if len(messages) > self.server.options.max_batch:
+            exchange.fail(400, f"batch exceeds max_batch={self.server.options.max_batch}")
+            return
+        exchange.transport = "callback-polling"
+        exchange.jsonp = callbacks[0].encode()
+        self.core.process(messages, exchange)
 
     def preflight(self, exchange: HttpExchange) -> None:
         if exchange.cors_origin is None:

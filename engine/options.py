@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 __all__ = ["ServerOptions", "TRANSPORTS"]
 
 # Transport names in our order of preference, as listed in handshake replies.
-# WebSocket and callback-polling are the next steps (issue 3).
-TRANSPORTS: tuple[str, ...] = ("long-polling",)
+TRANSPORTS: tuple[str, ...] = ("websocket", "long-polling", "callback-polling")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +64,12 @@ class ServerOptions:
     allowed_transports: str = field(
         default=",".join(TRANSPORTS),
         metadata={"help": "comma-separated transports offered to clients"},
+    )
+    meta_connect_deliver_only: bool = field(
+        default=False,
+        metadata={
+            "help": "deliver events only with /meta/connect replies (total order, more latency)"
+        },
     )
     node_id: str = field(
         default="",

@@ -21,6 +21,7 @@ from engine.core import BayeuxCore
 from engine.http import HttpConnection, HttpExchange, decode_messages
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
+from engine.websocket import WebSocketConnection
 
 __all__ = ["BayeuxServer"]
 
@@ -37,7 +38,7 @@ class BayeuxServer:
         self.base_path = self.options.path.rstrip("/").encode()
         self.max_body = self.options.max_message_size
         self.origins = self.options.origins
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | WebSocketConnection] = set()
         self._core: BayeuxCore | None = None
         self._listener: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
@@ -91,9 +92,7 @@ class BayeuxServer:
         self._listener.close()
         self.core.drain()
         for conn in list(self.connections):
-            transport = conn.transport
-            if transport is not None and not conn.pending:
-                transport.close()
+            conn.shutdown()
         # Give written responses a moment to leave, then close what remains.
         for _ in range(50):
             if not self.connections:

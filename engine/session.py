@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from engine.broker import Broker
+    from engine.websocket import WebSocketConnection
 
 __all__ = ["Exchange", "Hold", "Session"]
 
@@ -26,6 +27,8 @@ class Exchange(Protocol):
     browser_id: str | None
     new_browser_id: str | None
     hold: Hold | None
+
+    def bind(self, session: Session) -> None: ...
 
     def send(self, parts: list[bytes]) -> None: ...
 
@@ -68,6 +71,7 @@ class Session:
         "advice_dirty",
         "dropped",
         "broker",
+        "ws",
     )
 
     def __init__(self, client_id: str, browser_id: str | None, transport: str, broker: Broker):
@@ -89,6 +93,8 @@ class Session:
         self.advice_dirty = False
         self.dropped = 0
         self.broker = broker
+        # The WebSocket connection that carries this session's events, if any.
+        self.ws: WebSocketConnection | None = None
 
     def take_queue(self) -> list[bytes]:
         queue = self.queue

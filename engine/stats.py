@@ -32,6 +32,8 @@ class Counters:
     browser_mismatch: int = 0  # clientId presented with another browser's cookie
     http_requests: int = 0
     http_errors: int = 0
+    ws_upgrades: int = 0
+    ws_protocol_errors: int = 0  # WebSocket connections closed for bad frames or JSON
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

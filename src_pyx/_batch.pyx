@@ -109,3 +109,29 @@ def encode_all(list messages not None) -> list:
     """Encode each message of a list; the reply half of a response."""
     cdef object m
     return [_dumps(m) for m in messages]
+
+
+def splice_ws(list parts not None) -> bytes:
+    """One unmasked, final WebSocket text frame whose payload is `[parts...]`.
+
+    Server frames are never masked (RFC 6455 5.1); the header takes 2, 4 or
+    10 bytes depending on the payload length.
+    """
+    cdef Py_ssize_t body = _array_size(parts)
+    cdef Py_ssize_t header = 2 if body < 126 else (4 if body < 65536 else 10)
+    cdef bytes result = PyBytes_FromStringAndSize(NULL, header + body)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(result)
+    cdef int i
+    out[0] = 0x81  # FIN + text
+    if body < 126:
+        out[1] = <unsigned char>body
+    elif body < 65536:
+        out[1] = 126
+        out[2] = <unsigned char>(body >> 8)
+        out[3] = <unsigned char>(body & 0xFF)
+    else:
+        out[1] = 127
+        for i in range(8):
+            out[2 + i] = <unsigned char>((body >> (8 * (7 - i))) & 0xFF)
+    _write_array(<char*>out + header, parts)
+    return result
