@@ -25,8 +25,14 @@ import engine.core
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDSHAKE = json.dumps(
-    [{"channel": "/meta/handshake", "version": "1.0",
-      "supportedConnectionTypes": ["long-polling"], "id": "1"}]
+    [
+        {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+            "id": "1",
+        }
+    ]
 ).encode()
 
 
@@ -56,7 +62,9 @@ def serve_and_check(python: str, cwd: str) -> None:
     """Start `python -m engine serve`, handshake, hold a connect, SIGTERM it."""
     proc = subprocess.Popen(
         [python, "-m", "engine", "serve", "--port", "0", "--timeout", "20000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
     )
     try:
         line = proc.stdout.readline().decode()  # type: ignore[union-attr]
@@ -65,8 +73,11 @@ def serve_and_check(python: str, cwd: str) -> None:
         reply = post(url, HANDSHAKE)[0]
         assert reply["successful"] is True
         client_id = reply["clientId"]
-        connect = {"channel": "/meta/connect", "clientId": client_id,
-                   "connectionType": "long-polling"}
+        connect = {
+            "channel": "/meta/connect",
+            "clientId": client_id,
+            "connectionType": "long-polling",
+        }
         assert post(url, json.dumps([{**connect, "advice": {"timeout": 0}}]).encode())
         # Hold a connect, then stop the server: the held connect is answered
         # at once with reconnect: retry, and the process exits 0.
@@ -96,23 +107,47 @@ def test_cli_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_cli_help_and_bad_options() -> None:
-    out = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"],
-                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    for option in ("--host", "--port", "--path", "--timeout", "--interval", "--max-interval",
-                   "--max-queue", "--max-message-size", "--max-sessions-per-browser",
-                   "--multi-session-interval", "--allowed-origins", "--log-level"):
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
+    for option in (
+        "--host",
+        "--port",
+        "--path",
+        "--timeout",
+        "--interval",
+        "--max-interval",
+        "--max-queue",
+        "--max-message-size",
+        "--max-sessions-per-browser",
+        "--multi-session-interval",
+        "--allowed-origins",
+        "--log-level",
+    ):
         assert option in out
-    bad = subprocess.run([sys.executable, "-m", "engine", "serve", "--timeout", "-1"],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--timeout", "-1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "timeout must be >= 0" in bad.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("CI") and not os.environ.get("ENGINE_TEST_WHEEL"),
-                    reason="builds a wheel (about a minute): runs in CI or with ENGINE_TEST_WHEEL=1")
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not os.environ.get("ENGINE_TEST_WHEEL"),
+    reason="builds a wheel (about a minute): runs in CI or with ENGINE_TEST_WHEEL=1",
+)
 def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
-                    str(ROOT)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+        check=True,
+    )
     (wheel,) = dist.glob("engine-*.whl")
     assert "linux" in wheel.name  # a platform wheel, with the compiled modules
     import zipfile
@@ -127,7 +162,10 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     # Run from a directory without the source tree, so the wheel's modules are used.
     where = subprocess.run(
         [python, "-c", "import engine._channels as c; print(c.__file__)"],
-        capture_output=True, text=True, cwd=tmp_path, check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     ).stdout
     assert str(env_dir) in where
     serve_and_check(python, str(tmp_path))
