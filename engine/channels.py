@@ -248,6 +248,21 @@ class PyChannelTrie:
         subscribers = _get_set(node, which)
         return 0 if subscribers is None else len(subscribers)
 
+    def subscribers(self, pattern: str) -> list[object]:
+        """The subscribers of exactly ``pattern`` ([] for invalid names)."""
+        _require_str(pattern)
+        if validate_channel(pattern) == CHANNEL_INVALID:
+            return []
+        segments, which = _split_pattern(normalize_channel(pattern))
+        node = self._root
+        for segment in segments:
+            child = node.children.get(segment)
+            if child is None:
+                return []
+            node = child
+        subscribers = _get_set(node, which)
+        return [] if subscribers is None else list(subscribers)
+
     def count_matching(self, channel: str) -> int:
         """``len(self.match(channel))``."""
         return len(self._matching(channel))

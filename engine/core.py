@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from engine import errors
 from engine._batch import encode_all, encode_message
@@ -25,18 +26,19 @@ from engine._channels import (
     validate_channel,
 )
 from engine.broker import Broker, LocalBroker
+from engine.extensions import Extension
+from engine.hooks import Hooks
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.session import Exchange, Hold, Session
 from engine.stats import Counters
 from engine.timers import TimerWheel
 
-__all__ = ["BayeuxCore", "ServiceHandler"]
+__all__ = ["BayeuxCore"]
 
 log = logging.getLogger("engine.core")
 
 Message = dict[str, Any]
-ServiceHandler = Callable[[Session, Message], None]
 
 META_HANDSHAKE = "/meta/handshake"
 META_CONNECT = "/meta/connect"
@@ -73,13 +75,15 @@ class BayeuxCore:
         node_id: str,
         policy: SecurityPolicy | None = None,
         broker: Broker | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.options = options
         self.loop = loop
         self.node_id = node_id
         self.policy = policy or SecurityPolicy()
         self.broker: Broker = broker or LocalBroker(self.deliver)
-        self.services: dict[str, ServiceHandler] = {}
+        self.hooks = hooks or Hooks()
+        self.session_extensions = 0  # sessions that have extensions of their own
         self.sessions: dict[str, Session] = {}
         # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
         self.browsers: dict[str, int] = {}
@@ -127,7 +131,7 @@ class BayeuxCore:
         for session in self.expiry.due(now):
             if not session.removed and session.hold is None and session.expires_at <= now:
                 self.stats.sessions_expired += 1
-                self.remove_session(session)
+                self.remove_session(session, timeout=True)
         self._tick_handle = self.loop.call_later(HOLD_RESOLUTION, self._tick)
 
     # -------------------------------------------------------------- sessions
@@ -169,7 +173,18 @@ class BayeuxCore:
         exchange.bind(session)
         return session
 
-    def remove_session(self, session: Session) -> None:
+    def add_session_extension(self, session: Session, extension: Extension) -> None:
+        if not session.extensions:
+            session.extensions = []
+            self.session_extensions += 1
+        session.extensions.append(extension)
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        if self.hooks.session_added:
+            self.hooks.added(session)
+
+    def remove_session(self, session: Session, timeout: bool = False) -> None:
         """Disconnect, expiry or server-side removal: forget everything of it."""
         if session.removed:
             return
@@ -189,11 +204,25 @@ class BayeuxCore:
             session.ws = None
             if session in ws.sessions:
                 ws.sessions.remove(session)
+        if session.extensions:
+            self.session_extensions -= 1
+        if self.hooks.session_removed:
+            self.hooks.removed(session, timeout)
 
     # -------------------------------------------------------------- delivery
 
     def deliver(self, session: Session, encoded: bytes) -> None:
         """Queue one encoded message for a session; wake its held connect soon."""
+        if session.extensions:
+            # The one case that re-encodes: this session's own extensions.
+            changed = self._extend_delivery(session, encoded)
+            if changed is None:
+                return
+            encoded = changed
+        if session.local is not None:
+            self.stats.delivered += 1
+            session.local(encoded)
+            return
         queue = session.queue
         if queue is None:
             session.queue = [encoded]
@@ -237,14 +266,23 @@ class BayeuxCore:
             elif session.hold is not None:
                 self._release(session.hold, None)
 
+    def _extend_delivery(self, session: Session, encoded: bytes) -> bytes | None:
+        message = orjson.loads(encoded)
+        if not self.hooks.outgoing(session.extensions or [], session, message, None):
+            self.stats.deleted_by_extension += 1
+            return None
+        return encode_message(message)
+
     # ---------------------------------------------------------- held connects
 
-    def _connect_reply(self, message_id: Any, advice: dict[str, Any] | None) -> bytes:
+    def _connect_reply(self, hold: Hold, advice: dict[str, Any] | None) -> bytes | None:
         reply: Message = {"channel": META_CONNECT, "successful": True}
-        if message_id is not None:
-            reply["id"] = message_id
+        if hold.message_id is not None:
+            reply["id"] = hold.message_id
         if advice is not None:
             reply["advice"] = advice
+        if hold.request is not None and not self._extend_reply(hold.session, reply, hold.request):
+            return None
         return encode_message(reply)
 
     def _unhold(self, hold: Hold) -> Session:
@@ -268,7 +306,9 @@ class BayeuxCore:
         if advice is None and hold.advise:
             advice = self.advice
         parts = session.take_queue()
-        parts.append(self._connect_reply(hold.message_id, advice))
+        reply = self._connect_reply(hold, advice)
+        if reply is not None:
+            parts.append(reply)
         hold.exchange.send(parts)
 
     def abandon(self, hold: Hold) -> None:
@@ -294,21 +334,26 @@ class BayeuxCore:
                     # Spec: a handshake ignores the rest of its batch (section 12).
                     stats.dropped_with_handshake += len(messages) - 1
                     log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
-                exchange.send([encode_message(self._handshake(message, exchange))])
+                self._answer_handshake(message, exchange)
                 return
 
         alone = len(messages) == 1
         replies: list[Message] = []
         owner: Session | None = None
         with_connect = False
+        requests: list[Message] = []
         for message in messages:
             if type(message) is not dict:
                 replies.append({"successful": False, "error": "400::message_invalid"})
+                requests.append({})
                 continue
-            reply = self._dispatch(message, exchange, alone)
-            if reply is None:  # a held connect: answered later
-                return
+            reply = self._refused_by_extension(message) if self.extensions_active else None
+            if reply is None:
+                reply = self._dispatch(message, exchange, alone)
+                if reply is None:  # a held connect: answered later
+                    return
             replies.append(reply)
+            requests.append(message)
             if owner is None:
                 owner = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
             if reply.get("channel") == META_CONNECT:
@@ -317,8 +362,48 @@ class BayeuxCore:
         parts: list[bytes] = []
         if owner is not None and owner.queue and self._may_piggyback(exchange, with_connect):
             parts = owner.take_queue()
+        if self.extensions_active:
+            replies = [
+                reply
+                for reply, request in zip(replies, requests, strict=True)
+                if self._extend_reply(owner, reply, request)
+            ]
         parts.extend(encode_all(replies))
         exchange.send(parts)
+
+    def _answer_handshake(self, message: Message, exchange: Exchange) -> None:
+        reply = self._refused_by_extension(message) or self._handshake(message, exchange)
+        if self.extensions_active:
+            session = self.sessions.get(reply.get("clientId"))  # type: ignore[arg-type]
+            if not self._extend_reply(session, reply, message):
+                exchange.send([])
+                return
+        exchange.send([encode_message(reply)])
+
+    @property
+    def extensions_active(self) -> bool:
+        return bool(self.hooks.extensions) or self.session_extensions > 0
+
+    def _refused_by_extension(self, message: Message) -> Message | None:
+        """Run incoming extensions; a failure reply if they delete the message."""
+        client_id = message.get("clientId")
+        session = self.sessions.get(client_id) if type(client_id) is str else None
+        verdict = self.hooks.incoming(session, message)
+        if verdict is True:
+            return None
+        if verdict is False:
+            self.stats.deleted_by_extension += 1
+            return self._failure(message, errors.MESSAGE_DELETED)
+        self.stats.extension_failures += 1
+        return self._failure(message, errors.EXTENSION_FAILED)
+
+    def _extend_reply(self, session: Session | None, reply: Message, request: Message) -> bool:
+        """Outgoing extensions on a reply: the session's, then the server's."""
+        hooks = self.hooks
+        if session is not None and session.extensions:
+            if not hooks.outgoing(session.extensions, session, reply, request):
+                return False
+        return hooks.outgoing(hooks.extensions, session, reply, request)
 
     def _may_piggyback(self, exchange: Exchange, with_connect: bool) -> bool:
         """May this response carry the session's queued events (7.2, 7.3, 8)?
@@ -405,8 +490,8 @@ class BayeuxCore:
             if browser_id is None:
                 browser_id = exchange.new_browser_id = secrets.token_hex(16)
         session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
-        self.sessions[session.id] = session
         exchange.bind(session)
+        self.add_session(session)
         self._expire_at(session, self.loop.time() + self.after_reply_s)
         stats.handshakes += 1
         reply = {
@@ -456,6 +541,8 @@ class BayeuxCore:
             return self._multiple_clients(session, message)
 
         hold = Hold(session, exchange, message.get("id"), self.loop.time() + timeout, advise)
+        if self.extensions_active:
+            hold.request = message  # for the outgoing extensions of its reply
         if browser is not None:
             self.browsers[browser] = self.browsers.get(browser, 0) + 1
             hold.counted_browser = browser
@@ -572,6 +659,8 @@ class BayeuxCore:
             subs.add(pattern)
             self.broker.subscribe(session, pattern)
             self.stats.subscribes += 1
+            if self.hooks.subscribe_listeners:
+                self.hooks.subscribed(self.hooks.subscribe_listeners, session, pattern)
         return None
 
     def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
@@ -593,6 +682,8 @@ class BayeuxCore:
                 if subs is not None and pattern in subs:
                     subs.discard(pattern)
                     self.broker.unsubscribe(session, pattern)
+                    if self.hooks.unsubscribe_listeners:
+                        self.hooks.subscribed(self.hooks.unsubscribe_listeners, session, pattern)
                     if not subs:
                         session.subscriptions = None
         return self._subscription_reply(message, error)
@@ -620,18 +711,80 @@ class BayeuxCore:
         if not allowed:
             return self._failure(message, errors.PUBLISH_DENIED)
 
+        if self.hooks.publish_listeners and not self.hooks.allow_publish(session, name, message):
+            self.stats.deleted_by_listener += 1
+            return self._failure(message, errors.MESSAGE_DELETED)
         reply: Message = {"channel": channel, "successful": True}
         if message.get("id") is not None:
             reply["id"] = message["id"]
         if name.startswith("/service/"):
-            handler = self.services.get(name)
-            if handler is not None:
-                handler(session, message)
-            return reply
+            return self._call_services(session, name, message, reply)
+        self.publish_from(name, message)
+        return reply
 
+    def publish_from(self, channel: str, message: Message) -> int:
+        """Broadcast a message (a client's publish, or the server's own)."""
         delivery = {k: v for k, v in message.items() if k not in _STRIPPED_ON_DELIVERY}
-        delivery["channel"] = name
+        delivery["channel"] = channel
+        if self.hooks.extensions and not self.hooks.outgoing(
+            self.hooks.extensions, None, delivery, None
+        ):
+            self.stats.deleted_by_extension += 1
+            return 0
         self.stats.published += 1
         # Encoded once, whatever the number of subscribers (principle 1).
-        self.broker.publish(name, encode_message(delivery))
+        return self.broker.publish(channel, encode_message(delivery))
+
+    # -------------------------------------------------------------- services
+
+    def _call_services(
+        self, session: Session, channel: str, message: Message, reply: Message
+    ) -> Message:
+        """Run the handlers of a service channel; their results go to the caller.
+
+        A result is delivered as `{"id", "channel", "successful": true,
+        "data"}`, which is what the JS client's remoteCall() waits for; the
+        publish reply is sent as well (the WebSocket transport needs it).
+        """
+        for entry in self.hooks.services_for(channel):
+            if entry.is_async:
+                self.hooks.spawn(self._run_async_service(entry.function, session, channel, message))
+                continue
+            try:
+                result = entry.function(session, message)
+            except Exception:
+                log.exception("service %s raised", channel)
+                self.stats.service_failures += 1
+                return self._failure(message, errors.SERVICE_FAILED)
+            self._service_result(session, channel, message, result)
         return reply
+
+    async def _run_async_service(
+        self, handler: Any, session: Session, channel: str, message: Message
+    ) -> None:
+        try:
+            result = await handler(session, message)
+        except Exception:
+            log.exception("service %s raised", channel)
+            self.stats.service_failures += 1
+            failure = self._failure(message, errors.SERVICE_FAILED)
+            if not session.removed:
+                self.deliver(session, encode_message(failure))
+            return
+        self._service_result(session, channel, message, result)
+
+    def _service_result(
+        self, session: Session, channel: str, message: Message, result: Any
+    ) -> None:
+        if result is None or session.removed:
+            return
+        answer: Message = {"channel": channel, "successful": True, "data": result}
+        if message.get("id") is not None:
+            answer["id"] = message["id"]
+        try:
+            encoded = encode_message(answer)
+        except TypeError:
+            log.exception("service %s returned data that is not JSON", channel)
+            self.stats.service_failures += 1
+            encoded = encode_message(self._failure(message, errors.SERVICE_FAILED))
+        self.deliver(session, encoded)

@@ -12,11 +12,13 @@ __all__ = [
     "CHANNEL_CREATE_DENIED",
     "CREATE_DENIED",
     "DATA_MISSING",
+    "EXTENSION_FAILED",
     "HANDSHAKE_DENIED",
     "HANDSHAKE_FAILED",
     "MESSAGE_DELETED",
     "MESSAGE_ID_INVALID",
     "PUBLISH_DENIED",
+    "SERVICE_FAILED",
     "SESSION_UNKNOWN",
     "SUBSCRIBE_DENIED",
     "SUBSCRIPTION_INVALID",
@@ -43,6 +45,9 @@ SUBSCRIBE_DENIED = f"403:{POLICY}:subscribe_denied"
 CHANNEL_CREATE_DENIED = f"403:{POLICY}:channel_create_denied"
 PUBLISH_DENIED = f"403:{POLICY}:publish_denied"
 MESSAGE_DELETED = "404::message_deleted"
+# Project additions (no CometD string): application code failed.
+SERVICE_FAILED = "500::service_failed"
+EXTENSION_FAILED = "500::extension_failed"
 CHANNEL_INVALID = "405::channel_invalid"
 MESSAGE_ID_INVALID = "405::message_id_invalid"
 

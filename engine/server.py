@@ -17,6 +17,7 @@ from typing import Any
 
 import uvloop
 
+from engine.app import Application
 from engine.core import BayeuxCore
 from engine.http import HttpConnection, HttpExchange, decode_messages
 from engine.options import ServerOptions
@@ -28,10 +29,11 @@ __all__ = ["BayeuxServer"]
 log = logging.getLogger("engine.server")
 
 
-class BayeuxServer:
+class BayeuxServer(Application):
     def __init__(
         self, options: ServerOptions | None = None, *, policy: SecurityPolicy | None = None
     ) -> None:
+        super().__init__()
         self.options = options or ServerOptions()
         self.policy = policy
         self.node_id = self.options.node_id or secrets.token_hex(3)
@@ -73,7 +75,9 @@ class BayeuxServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._core = BayeuxCore(self.options, loop, node_id=self.node_id, policy=self.policy)
+        self._core = BayeuxCore(
+            self.options, loop, node_id=self.node_id, policy=self.policy, hooks=self.hooks
+        )
         self._core.start()
         self._stopped = asyncio.Event()
         self._listener = await loop.create_server(

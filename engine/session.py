@@ -6,10 +6,12 @@ Sessions are what the server keeps per idle client, so they are small:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from engine.broker import Broker
+    from engine.extensions import Extension
     from engine.websocket import WebSocketConnection
 
 __all__ = ["Exchange", "Hold", "Session"]
@@ -38,7 +40,15 @@ class Exchange(Protocol):
 class Hold:
     """A /meta/connect waiting for an event or its deadline."""
 
-    __slots__ = ("session", "exchange", "message_id", "deadline", "counted_browser", "advise")
+    __slots__ = (
+        "session",
+        "exchange",
+        "message_id",
+        "deadline",
+        "counted_browser",
+        "advise",
+        "request",
+    )
 
     def __init__(
         self, session: Session, exchange: Exchange, message_id: Any, deadline: float, advise: bool
@@ -51,6 +61,8 @@ class Hold:
         self.counted_browser: str | None = None
         # Whether the reply carries full advice (client sent advice, first hold...).
         self.advise = advise
+        # The connect request, kept only while extensions need it for the reply.
+        self.request: dict[str, Any] | None = None
 
 
 class Session:
@@ -72,6 +84,9 @@ class Session:
         "dropped",
         "broker",
         "ws",
+        "extensions",
+        "local",
+        "attributes",
     )
 
     def __init__(self, client_id: str, browser_id: str | None, transport: str, broker: Broker):
@@ -95,6 +110,12 @@ class Session:
         self.broker = broker
         # The WebSocket connection that carries this session's events, if any.
         self.ws: WebSocketConnection | None = None
+        # This session's own extensions (rare; None keeps idle sessions small).
+        self.extensions: list[Extension] | None = None
+        # For in-process (local) sessions: called with each encoded delivery.
+        self.local: Callable[[bytes], None] | None = None
+        # Application data about the session (e.g. the authenticated user).
+        self.attributes: dict[str, Any] | None = None
 
     def take_queue(self) -> list[bytes]:
         queue = self.queue

@@ -30,6 +30,10 @@ class Counters:
     multiple_clients: int = 0  # connects not held because of the browser quota
     unknown_session: int = 0
     browser_mismatch: int = 0  # clientId presented with another browser's cookie
+    deleted_by_extension: int = 0
+    deleted_by_listener: int = 0
+    extension_failures: int = 0
+    service_failures: int = 0
     http_requests: int = 0
     http_errors: int = 0
     ws_upgrades: int = 0

@@ -363,13 +363,12 @@ cdef class ChannelTrie:
             return []
         return list(found)
 
-    cpdef Py_ssize_t count(self, object pattern) except -1:
-        """Number of subscribers of exactly ``pattern`` (0 for invalid names)."""
-        cdef str name = _require_str(pattern)
+    cdef set _exactly(self, str name):
+        """The subscriber set of exactly this (valid) pattern, or None."""
         cdef Py_ssize_t n = _normalized_length(name)
         cdef int code = _classify(name, n)
         if code == C_CHANNEL_INVALID:
-            return 0
+            return None
         cdef const unsigned char *data = <const unsigned char *>PyUnicode_DATA(name)
         cdef int which
         cdef Py_ssize_t end = _prefix_end(data, n, code, &which)
@@ -380,10 +379,19 @@ cdef class ChannelTrie:
             seg_end = _segment_end(data, start, end)
             node = _child(node, name, start, seg_end)
             if node is None:
-                return 0
+                return None
             start = seg_end + 1
-        cdef set subscribers = node.get(which)
+        return node.get(which)
+
+    cpdef Py_ssize_t count(self, object pattern) except -1:
+        """Number of subscribers of exactly ``pattern`` (0 for invalid names)."""
+        cdef set subscribers = self._exactly(_require_str(pattern))
         return 0 if subscribers is None else len(subscribers)
+
+    cpdef list subscribers(self, object pattern):
+        """The subscribers of exactly ``pattern`` ([] for invalid names)."""
+        cdef set found = self._exactly(_require_str(pattern))
+        return [] if found is None else list(found)
 
     cpdef Py_ssize_t count_matching(self, object channel) except -1:
         """``len(self.match(channel))``, without building the list."""

@@ -25,9 +25,12 @@ __all__ = ["Browser", "Response", "running_server", "raw_exchange"]
 
 
 @contextmanager
-def running_server(**options: Any) -> Iterator[BayeuxServer]:
+def running_server(setup: Any = None, **options: Any) -> Iterator[BayeuxServer]:
+    """A started server; `setup(server)` may register services etc. first."""
     options.setdefault("port", 0)
     server = BayeuxServer(ServerOptions(**options))
+    if setup is not None:
+        setup(server)
     loop = uvloop.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
@@ -71,7 +74,11 @@ class Response:
         return value
 
     def reply(self, channel: str) -> dict[str, Any]:
-        found = [m for m in self.messages if m.get("channel") == channel and "successful" in m]
+        found = [
+            m
+            for m in self.messages
+            if m.get("channel") == channel and "successful" in m and "data" not in m
+        ]
         assert len(found) == 1, self.messages
         return found[0]
 

@@ -344,3 +344,19 @@ def test_validation_agrees(name: str) -> None:
         for trie in (compiled.ChannelTrie(), reference.PyChannelTrie()):
             assert trie.add(name, 1)
             assert trie.count(name) == 1
+
+
+@pytest.mark.parametrize(
+    "impl", [compiled.ChannelTrie, reference.PyChannelTrie], ids=["compiled", "reference"]
+)
+def test_subscribers_of_exactly_a_pattern(impl) -> None:  # type: ignore[no-untyped-def]
+    trie = impl()
+    trie.add("/a/*", "x")
+    trie.add("/a/*", "y")
+    trie.add("/a/**", "z")
+    trie.add("/a", "w")
+    assert sorted(trie.subscribers("/a/*")) == ["x", "y"]
+    assert trie.subscribers("/a/**") == ["z"]
+    assert trie.subscribers("/a/") == ["w"]
+    assert trie.subscribers("/b") == []
+    assert trie.subscribers("/a//") == []
