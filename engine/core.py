@@ -11,6 +11,7 @@ Rules follow bayeux.md (the section numbers in comments point there).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 from typing import Any
@@ -81,6 +82,10 @@ class BayeuxCore:
         self.loop = loop
         self.node_id = node_id
         self.policy = policy or SecurityPolicy()
+        self.policy_is_async = self.policy.is_async
+        # Decisions of an async policy, awaited before their batch is processed.
+        self._decided: dict[tuple[int, str, str], bool] | None = None
+        self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
         self.broker: Broker = broker or LocalBroker(self.deliver)
         self.hooks = hooks or Hooks()
         self.session_extensions = 0  # sessions that have extensions of their own
@@ -326,6 +331,12 @@ class BayeuxCore:
 
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
+        if self.policy_is_async:
+            self.hooks.spawn(self._process_after_policy(messages, exchange))
+            return
+        self._process_now(messages, exchange)
+
+    def _process_now(self, messages: list[Any], exchange: Exchange) -> None:
         stats = self.stats
         stats.messages_in += len(messages)
         for message in messages:
@@ -457,6 +468,119 @@ class BayeuxCore:
             reply["advice"] = self.advice_handshake
         return reply
 
+    # -------------------------------------------------------------- security
+
+    def _permit(self, operation: str, message: Message, session: Session, name: str) -> str | None:
+        """The error string refusing a subscribe or publish, or None (CometD's order:
+        create, then the operation, then the channel's authorizers)."""
+        if self.broker.subscriber_count(name) == 0 and not self._decide(
+            "create", message, session, name
+        ):
+            return (
+                errors.CREATE_DENIED if operation == "subscribe" else errors.CHANNEL_CREATE_DENIED
+            )
+        if not self._decide(operation, message, session, name):
+            return errors.SUBSCRIBE_DENIED if operation == "subscribe" else errors.PUBLISH_DENIED
+        try:
+            reason = self.policy.authorize(operation, name, session, message)
+        except Exception:
+            log.exception("authorizer raised on %s %s; denied", operation, name)
+            reason = errors.POLICY
+        if reason is not None:
+            return errors.denied(reason, f"{operation}_denied")
+        return None
+
+    def _new_session(self, exchange: Exchange) -> Session:
+        """A session not yet registered: the policy sees it before it exists."""
+        browser_id: str | None = None
+        if exchange.transport in HTTP_TRANSPORTS:
+            browser_id = exchange.browser_id or secrets.token_hex(16)
+        return Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+
+    def _policy_call(
+        self, operation: str, message: Message, session: Session | None, name: str
+    ) -> Any:
+        policy = self.policy
+        assert session is not None
+        if operation == "handshake":
+            return policy.can_handshake(session, message)
+        if operation == "create":
+            return policy.can_create(session, name, message)
+        if operation == "subscribe":
+            return policy.can_subscribe(session, name, message)
+        return policy.can_publish(session, name, message)
+
+    def _decide(self, operation: str, message: Message, session: Session | None, name: str) -> bool:
+        """One policy decision; a policy that raises or answers oddly denies."""
+        decided = self._decided
+        if decided is not None:
+            found = decided.get((id(message), operation, name))
+            if found is not None:
+                return found
+        try:
+            result = self._policy_call(operation, message, session, name)
+        except Exception:
+            log.exception("security policy raised on %s %s; denied", operation, name)
+            return False
+        if inspect.isawaitable(result):
+            # Only reached if an async decision was not resolved beforehand.
+            if inspect.iscoroutine(result):
+                result.close()
+            log.error("async security policy decision for %s was not awaited; denied", operation)
+            return False
+        if type(result) is not bool:
+            log.error("security policy returned %r for %s, not a bool; denied", result, operation)
+            return False
+        return result
+
+    async def _process_after_policy(self, messages: list[Any], exchange: Exchange) -> None:
+        """An async policy: await every decision this batch needs, then process it."""
+        decisions: dict[tuple[int, str, str], bool] = {}
+
+        async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
+            try:
+                result = self._policy_call(operation, m, session, name)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception("security policy raised on %s %s; denied", operation, name)
+                result = False
+            decisions[(id(m), operation, name)] = result is True
+
+        for m in messages:
+            if type(m) is not dict or type(m.get("channel")) is not str:
+                continue
+            channel = m["channel"]
+            if channel == META_HANDSHAKE:
+                self._prepared[id(m)] = prepared = self._new_session(exchange)
+                await resolve("handshake", m, prepared, "")
+                continue
+            session = self.lookup(m, exchange)
+            if session is None:
+                continue
+            if channel == META_SUBSCRIBE:
+                items, _ = self._subscriptions(m)
+                names = [normalize_channel(i) for i in items or []]
+                operation = "subscribe"
+            elif not channel.startswith("/meta/"):
+                names = [normalize_channel(channel)]
+                operation = "publish"
+            else:
+                continue
+            for name in names:
+                if validate_channel(name) != CHANNEL_INVALID and not name.startswith("/meta/"):
+                    await resolve("create", m, session, name)
+                    await resolve(operation, m, session, name)
+        if exchange.is_gone():
+            self._prepared.clear()
+            return
+        self._decided = decisions
+        try:
+            self._process_now(messages, exchange)
+        finally:
+            self._decided = None
+            self._prepared.clear()
+
     # ------------------------------------------------------------- handshake
 
     def _handshake(self, message: Message, exchange: Exchange) -> Message:
@@ -473,23 +597,14 @@ class BayeuxCore:
             )
             reply["advice"] = self.advice_refused
             return reply
-        try:
-            allowed = self.policy.can_handshake(message)
-        except Exception:
-            log.exception("security policy can_handshake raised; handshake denied")
-            allowed = False
-        if not allowed:
+        session = self._prepared.pop(id(message), None) or self._new_session(exchange)
+        if not self._decide("handshake", message, session, ""):
             stats.handshakes_refused += 1
             reply = self._failure(message, errors.HANDSHAKE_DENIED)
             reply["advice"] = self.advice_refused
             return reply
-
-        browser_id: str | None = None
-        if exchange.transport in HTTP_TRANSPORTS:
-            browser_id = exchange.browser_id
-            if browser_id is None:
-                browser_id = exchange.new_browser_id = secrets.token_hex(16)
-        session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+        if session.browser_id is not None and session.browser_id != exchange.browser_id:
+            exchange.new_browser_id = session.browser_id  # Set-Cookie on this response
         exchange.bind(session)
         self.add_session(session)
         self._expire_at(session, self.loop.time() + self.after_reply_s)
@@ -642,13 +757,9 @@ class BayeuxCore:
                 return errors.SUBSCRIBE_DENIED if pattern in META_CHANNELS else errors.CREATE_DENIED
             if pattern.startswith("/service/"):
                 continue  # accepted, nothing recorded (2.5)
-            try:
-                allowed = self.policy.can_subscribe(session, pattern, message)
-            except Exception:
-                log.exception("security policy can_subscribe raised; subscription denied")
-                allowed = False
-            if not allowed:
-                return errors.SUBSCRIBE_DENIED
+            refusal = self._permit("subscribe", message, session, pattern)
+            if refusal is not None:
+                return refusal
             subs = session.subscriptions
             if subs is None:
                 subs = session.subscriptions = set()
@@ -703,13 +814,9 @@ class BayeuxCore:
             return self._failure(message, errors.CHANNEL_INVALID)
         if "data" not in message:
             return self._failure(message, errors.DATA_MISSING)
-        try:
-            allowed = self.policy.can_publish(session, name, message)
-        except Exception:
-            log.exception("security policy can_publish raised; publish denied")
-            allowed = False
-        if not allowed:
-            return self._failure(message, errors.PUBLISH_DENIED)
+        refusal = self._permit("publish", message, session, name)
+        if refusal is not None:
+            return self._failure(message, refusal)
 
         if self.hooks.publish_listeners and not self.hooks.allow_publish(session, name, message):
             self.stats.deleted_by_listener += 1

@@ -23,6 +23,7 @@ __all__ = [
     "SUBSCRIBE_DENIED",
     "SUBSCRIPTION_INVALID",
     "SUBSCRIPTION_MISSING",
+    "POLICY",
     "TOO_MANY_SUBSCRIPTIONS",
     "UNSUBSCRIBE_FAILED",
     "connection_types_not_supported",

@@ -102,6 +102,9 @@ class HttpExchange:
     def bind(self, session: Session) -> None:
         pass  # HTTP sessions are bound by their browser cookie instead
 
+    def is_gone(self) -> bool:
+        return self.conn.closed
+
     def head(self, content_type: bytes = JSON_TYPE) -> bytes:
         extra = b""
         if self.new_browser_id is not None:
@@ -114,7 +117,7 @@ class HttpExchange:
                 b"Access-Control-Allow-Origin: %s\r\n"
                 b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n" % self.cors_origin
             )
-        if not self.keep_alive:
+        if not self.keep_alive or self.conn.core.draining:
             extra += b"Connection: close\r\n"
         if not extra and content_type is JSON_TYPE:
             return HEAD_OK
@@ -250,7 +253,9 @@ class HttpConnection(asyncio.Protocol):
         while pending and pending[0].response is not None:
             done = pending.pop(0)
             transport.write(done.response)  # type: ignore[arg-type]
-            if not done.keep_alive:
+            # While draining, every answered request closes its connection, so
+            # clients reconnect elsewhere instead of reusing a closing socket.
+            if not done.keep_alive or self.core.draining:
                 pending.clear()
                 transport.close()
                 self.closed = True

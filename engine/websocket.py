@@ -81,6 +81,9 @@ class WsExchange:
     def bind(self, session: Session) -> None:
         self.conn.bind(session)
 
+    def is_gone(self) -> bool:
+        return self.conn.closed
+
     def send(self, parts: list[bytes]) -> None:
         self.conn.write_frame(splice_ws(parts))
 

@@ -1,0 +1,551 @@
+"""Shared pieces of the bench scenarios.
+
+- ``ServerProcess``: start the server under test (``python -m engine serve`` by
+  default, or any command template), wait for the line that carries its URL,
+  keep draining its output, and kill its whole process group on exit.
+- ``/proc`` readers: resident memory (``VmRSS`` in ``/proc/PID/status``) and CPU
+  time (utime + stime + cutime + cstime in ``/proc/PID/stat``) of a process and
+  all its live descendants, so a server that forks workers is measured whole.
+- ``machine_info`` and ``write_record``: the JSON record every scenario leaves
+  in ``bench/results/``.
+- ``ChildGuard``: every child process a scenario starts is registered here and
+  killed (process group, SIGTERM then SIGKILL) on any exit path.
+
+Only the standard library is used here, so the scenario commands start fast and
+the numbers do not depend on a third-party process inspector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BENCH_DIR",
+    "REPO_DIR",
+    "DEFAULT_SERVER_CMD",
+    "ChildGuard",
+    "child_setup",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "process_tree",
+    "read_rss_bytes",
+    "read_cpu_seconds",
+    "tree_rss_bytes",
+    "tree_cpu_seconds",
+    "machine_info",
+    "write_record",
+    "utc_stamp",
+    "format_table",
+    "human_bytes",
+    "ProgressBar",
+    "shell_join",
+]
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+#: Placeholders: {python} {host} {port} {path} {timeout}.
+DEFAULT_SERVER_CMD = (
+    "{python} -m engine serve --host {host} --port {port} --path {path} --timeout {timeout}"
+)
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_URL_RE = re.compile(r"\bhttps?://[^\s'\"<>]+")
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    end = raw.rfind(")")
+    if end < 0:
+        return None
+    # After ")": state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17)
+    return raw[end + 2 :].split()
+
+
+def read_cpu_seconds(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of one process, in seconds.
+
+    cutime/cstime cover children already reaped by ``pid``; live children are
+    not included there (they are counted by ``tree_cpu_seconds``), so there is
+    no double counting.
+    """
+    f = _stat_fields(pid)
+    if f is None or len(f) < 15:
+        return None
+    ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return ticks / _CLK_TCK
+
+
+def read_rss_bytes(pid: int) -> int | None:
+    """VmRSS of one process in bytes (None if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    parts = line.split()
+                    return int(parts[1]) * 1024  # always kB
+    except OSError:
+        return None
+    # Kernel threads and zombies have no VmRSS line.
+    return 0
+
+
+def process_tree(root: int, max_procs: int = 4096) -> list[int]:
+    """``root`` and all its live descendants (one scan of /proc, bounded)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [root]
+    for name in entries:
+        if not name.isdigit():
+            continue
+        f = _stat_fields(int(name))
+        if f is None or len(f) < 2:
+            continue
+        children.setdefault(int(f[1]), []).append(int(name))
+    out: list[int] = []
+    todo = [root]
+    while todo and len(out) < max_procs:
+        pid = todo.pop()
+        if pid in out:
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_rss_bytes(root: int) -> int | None:
+    """Sum of VmRSS over ``root`` and its descendants.
+
+    Pages shared between forked workers are counted once per process, as every
+    process-level tool does; a multi-process server's figure is an upper bound.
+    """
+    total = 0
+    seen = False
+    for pid in process_tree(root):
+        rss = read_rss_bytes(pid)
+        if rss is not None:
+            total += rss
+            seen = True
+    return total if seen else None
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """Sum of CPU seconds (user + system, own + reaped children) over the tree."""
+    total = 0.0
+    seen = False
+    for pid in process_tree(root):
+        cpu = read_cpu_seconds(pid)
+        if cpu is not None:
+            total += cpu
+            seen = True
+    return total if seen else None
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    f = _stat_fields(pid)
+    return f is not None and f[0] != "Z"
+
+
+class ChildGuard:
+    """Remembers every child started in its own session and kills them all.
+
+    Children are started with ``start_new_session=True``, so each one leads a
+    process group and ``killpg`` also reaches whatever it forked (server workers).
+    ``kill_all`` is idempotent and bounded in time; it runs from ``finally``
+    blocks and from the SIGTERM/SIGHUP handler installed by ``install_signals``.
+    """
+
+    def __init__(self) -> None:
+        self._pids: list[int] = []
+
+    def add(self, pid: int) -> None:
+        self._pids.append(pid)
+
+    def kill_all(self, grace: float = 3.0) -> None:
+        pids = [p for p in self._pids if _alive(p)]
+        for pid in pids:
+            _kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+            pids = [p for p in pids if _alive(p)]
+            if pids:
+                time.sleep(0.05)
+        for pid in pids:
+            _kill_group(pid, signal.SIGKILL)
+        for pid in self._pids:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        self._pids.clear()
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGHUP: kill children, then exit (SIGINT raises KeyboardInterrupt)."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.kill_all(grace=1.0)
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGHUP, handler)
+
+
+class ServerStartError(RuntimeError):
+    """The server did not print its URL in time, or exited first."""
+
+
+class ServerProcess:
+    """The server under test, started from a command template.
+
+    The template is split with ``shlex`` and each word formatted with
+    ``python host port path timeout``. The server must print a line holding its
+    URL (``http://...``) on stdout or stderr once it accepts connections; the
+    first such URL is used as given. Output keeps being drained (last lines are
+    kept for error reports) so the server never blocks on a full pipe.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        host: str,
+        port: int,
+        path: str,
+        timeout_ms: int,
+        guard: ChildGuard,
+        cwd: Path = REPO_DIR,
+        log_lines: int = 200,
+    ) -> None:
+        fields = {
+            "python": shlex.quote(sys.executable),
+            "host": host,
+            "port": str(port),
+            "path": path,
+            "timeout": str(timeout_ms),
+        }
+        self.argv = [w.format(**fields) for w in shlex.split(template)]
+        self.cwd = cwd
+        self.guard = guard
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url: str | None = None
+        self.lines: deque[str] = deque(maxlen=log_lines)
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def start(self, startup_timeout: float) -> str:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        pythonpath = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = str(self.cwd) + (os.pathsep + pythonpath if pythonpath else "")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            cwd=str(self.cwd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=child_setup,
+        )
+        self.guard.add(self.proc.pid)
+        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._drain = asyncio.create_task(self._read_output(found))
+        try:
+            self.url = await asyncio.wait_for(asyncio.shield(found), startup_timeout)
+        except TimeoutError:
+            raise ServerStartError(
+                f"server printed no URL within {startup_timeout:.0f} s: {self.argv}\n" + self.tail()
+            ) from None
+        return self.url
+
+    async def _read_output(self, found: asyncio.Future[str]) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+        while True:
+            try:
+                raw = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                raw = await stream.read(65536)
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            if not found.done():
+                m = _URL_RE.search(line)
+                if m:
+                    found.set_result(m.group(0).rstrip(".,;)"))
+        if not found.done():
+            code = await self.proc.wait()
+            found.set_exception(
+                ServerStartError(f"server exited with code {code}: {self.argv}\n" + self.tail())
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+    async def stop(self, grace: float = 5.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            _kill_group(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                _kill_group(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.proc.wait(), grace)
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drain
+        return self.proc.returncode
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def child_setup() -> None:
+    """In a child between fork and exec: die with the parent, and lift the
+    open-files soft limit to the hard limit.
+
+    ``PR_SET_PDEATHSIG`` covers the one exit path ``ChildGuard`` cannot: the
+    scenario process itself being SIGKILLed.
+    """
+    import ctypes
+    import resource
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def utc_stamp(now: float | None = None) -> str:
+    t = _dt.datetime.fromtimestamp(time.time() if now is None else now, _dt.UTC)
+    return t.strftime("%Y%m%dT%H%M%SZ")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if dist == "engine":  # run from the source tree, not installed
+        import tomllib
+
+        try:
+            with open(REPO_DIR / "pyproject.toml", "rb") as f:
+                return str(tomllib.load(f)["project"]["version"]) + " (source tree)"
+        except (OSError, KeyError, ValueError):
+            return None
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_DIR), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_revision() -> str | None:
+    rev = (_git("rev-parse", "HEAD") or "").strip()
+    return rev or None
+
+
+def _git_dirty() -> bool | None:
+    """True when engine/ or src_pyx/ differ from HEAD (the figures are then of
+    uncommitted code)."""
+    out = _git("status", "--porcelain", "--", "engine", "src_pyx")
+    return None if out is None else bool(out.strip())
+
+
+def machine_info(packages: Iterable[str] = ("engine", "uvloop", "httptools", "orjson")) -> dict:
+    import resource
+
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kb = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = None
+    model = None
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    return {
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_bytes": mem_kb * 1024 if mem_kb else None,
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+        "packages": {name: _version(name) for name in packages},
+        "git_revision": _git_revision(),
+        "git_dirty": _git_dirty(),
+    }
+
+
+def write_record(results_dir: Path, name: str, record: dict) -> Path:
+    """Write ``record`` as ``<results_dir>/<name>.json`` (never overwrites)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    n = 1
+    while path.exists() and n < 1000:
+        path = results_dir / f"{name}-{n}.json"
+        n += 1
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- output
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    sign = "-" if n < 0 else ""
+    n = abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} GiB"
+
+
+def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:
+    width = max((len(k) for k, _ in rows), default=0)
+    vwidth = max((len(v) for _, v in rows), default=0)
+    line = "-" * (width + vwidth + 5)
+    out = []
+    if title:
+        out.append(title)
+    out.append(line)
+    for k, v in rows:
+        out.append(f"  {k.ljust(width)}   {v.rjust(vwidth)}")
+    out.append(line)
+    return "\n".join(out)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (a plain log line every few seconds
+    when stderr is not a terminal, so CI logs stay readable)."""
+
+    def __init__(self, label: str, total: float, enabled: bool = True) -> None:
+        self.label = label
+        self.total = max(total, 1e-9)
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._last_log = 0.0
+
+    def update(self, done: float, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        frac = min(max(done / self.total, 0.0), 1.0)
+        if self.tty:
+            width = 30
+            fill = int(frac * width)
+            bar = "#" * fill + "." * (width - fill)
+            sys.stderr.write(f"\r{self.label:<6} [{bar}] {frac * 100:5.1f}% {extra}\033[K")
+            sys.stderr.flush()
+        else:
+            now = time.monotonic()
+            if now - self._last_log >= 2.0:
+                self._last_log = now
+                sys.stderr.write(f"{self.label}: {frac * 100:5.1f}% {extra}\n")
+                sys.stderr.flush()
+
+    def close(self, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self._last_log = 0.0
+            self.update(self.total, extra)
+            sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"{self.label}: done {extra}\n")
+        sys.stderr.flush()
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

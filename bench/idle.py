@@ -1,0 +1,873 @@
+#!/usr/bin/env python3
+"""Idle scenario: how much does the server pay, in memory and CPU, to hold N
+idle long-polling clients?
+
+Phases, each bounded in time:
+
+1. start the server (``python -m engine serve`` on a free port, or
+   ``--server-cmd``), or use ``--url`` (+ ``--server-pid`` for RSS/CPU);
+2. measure its baseline RSS (server process + descendants) once it is ready;
+3. ramp: ``--procs`` load generators (bench/loadgen.py) start N clients at
+   ``--ramp-rate`` in total, each client its own browser (cookie) and its own
+   connection from one of ``--source-addrs`` 127.0.0.x addresses; a client is
+   connected once its first /meta/connect has succeeded;
+4. hold for ``--hold`` seconds (at least one connect timeout) while every
+   client long-polls; measure the server's CPU time over the hold and its RSS at
+   the end;
+5. stop the generators and the server, print a table and write a JSON record
+   to ``<results-dir>/idle-<transport>-<N>-<timestamp>.json``.
+
+Exit status: 0 when the run completed (with --check: and every client stayed
+connected), 1 when it could not run, 2 when --check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    BENCH_DIR,
+    DEFAULT_SERVER_CMD,
+    ChildGuard,
+    ProgressBar,
+    ServerProcess,
+    ServerStartError,
+    child_setup,
+    format_table,
+    free_port,
+    human_bytes,
+    machine_info,
+    shell_join,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+    utc_stamp,
+    write_record,
+)
+
+LOADGEN = BENCH_DIR / "loadgen.py"
+SCENARIO = "idle"
+#: Per-process open-files budget kept free besides the client sockets.
+FD_MARGIN = 100
+#: Ports the kernel has for one (source address, destination) pair, roughly.
+PORTS_PER_SOURCE = 28000
+
+SUMMED = (
+    "started",
+    "connected",
+    "ever_connected",
+    "failed",
+    "dropped",
+    "gave_up",
+    "recovered",
+    "handshakes",
+    "handshake_failures",
+    "rehandshakes",
+    "subscribes",
+    "subscribe_failures",
+    "connects_immediate",
+    "cycles",
+    "connect_failures",
+    "early_returns",
+    "multiple_clients",
+    "server_disconnects",
+    "messages",
+    "requests",
+    "responses",
+    "tcp_opens",
+    "tcp_errors",
+    "timeouts",
+    "closed_in_flight",
+    "closed_idle",
+    "server_close",
+    "http_errors",
+    "bad_responses",
+    "bytes_sent",
+    "bytes_received",
+    "rss_bytes",
+    "rss_start_bytes",
+    "cpu_s",
+    "hold_sum_s",
+    "opening",
+)
+
+
+class RunError(Exception):
+    """The scenario cannot go on (server died, generator died, ...)."""
+
+
+# --------------------------------------------------------------------------- generators
+
+
+class Generator:
+    """One bench/loadgen.py child: latest stats, tagged reports, stop."""
+
+    def __init__(self, index: int, argv: list[str]) -> None:
+        self.index = index
+        self.argv = argv
+        self.proc: asyncio.subprocess.Process | None = None
+        self.latest: dict[str, Any] = {}
+        self.final: dict[str, Any] | None = None
+        self.tagged: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.stderr_tail: list[str] = []
+
+    async def start(self, guard: ChildGuard) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_setup,
+        )
+        guard.add(self.proc.pid)
+        self.reader = asyncio.create_task(self._read())
+        self._err_reader = asyncio.create_task(self._read_stderr())
+
+    async def _read(self) -> None:
+        import json
+
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            try:
+                line = await self.proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not line:
+                return
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if d.get("type") != "stats":
+                continue
+            self.latest = d
+            if d.get("final"):
+                self.final = d
+            tag = d.get("tag")
+            if tag is not None:
+                fut = self.tagged.get(tag)
+                if fut is not None and not fut.done():
+                    fut.set_result(d)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail = (self.stderr_tail + [text])[-20:]
+            sys.stderr.write(f"[loadgen {self.index}] {text}\n")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def _write(self, line: str) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(line.encode() + b"\n")
+
+    async def report(self, tag: str, timeout: float) -> dict[str, Any]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.tagged[tag] = fut
+        self._write(f"report {tag}")
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RunError(f"loadgen {self.index} did not report within {timeout} s") from None
+
+    async def stop(self, timeout: float) -> None:
+        if self.proc is None:
+            return
+        self._write("stop")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+        if self.reader is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self.reader, 2.0)
+
+
+def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the generators' counters; merge histograms, errors, advice, times."""
+    out: dict[str, Any] = {k: 0 for k in SUMMED}
+    errors: dict[str, int] = {}
+    hist: list[int] | None = None
+    buckets: list[int] = []
+    hold_min: float | None = None
+    hold_max = 0.0
+    timeouts: list[int] = []
+    first_start: list[float] = []
+    last_connected: list[float] = []
+    for d in stats:
+        if not d:
+            continue
+        for k in SUMMED:
+            v = d.get(k)
+            if isinstance(v, int | float):
+                out[k] += v
+        for k, v in (d.get("errors") or {}).items():
+            errors[k] = errors.get(k, 0) + v
+        h = d.get("latency_hist")
+        if h:
+            hist = list(h) if hist is None else [a + b for a, b in zip(hist, h, strict=False)]
+            buckets = d.get("latency_buckets_ms") or buckets
+        if d.get("hold_min_s") is not None:
+            hold_min = d["hold_min_s"] if hold_min is None else min(hold_min, d["hold_min_s"])
+        hold_max = max(hold_max, d.get("hold_max_s") or 0.0)
+        if d.get("advice_timeout") is not None:
+            timeouts.append(d["advice_timeout"])
+        if d.get("first_start_at"):
+            first_start.append(d["first_start_at"])
+        if d.get("last_connected_at"):
+            last_connected.append(d["last_connected_at"])
+    out["errors"] = dict(sorted(errors.items(), key=lambda kv: -kv[1]))
+    out["latency_hist"] = hist or []
+    out["latency_buckets_ms"] = buckets
+    out["hold_min_s"] = hold_min
+    out["hold_max_s"] = hold_max
+    out["advice_timeout"] = max(timeouts) if timeouts else None
+    out["first_start_at"] = min(first_start) if first_start else None
+    out["last_connected_at"] = max(last_connected) if last_connected else None
+    return out
+
+
+def percentile_ms(hist: list[int], buckets: list[int], q: float) -> float | None:
+    """Upper bound (bucket edge) of the q-quantile; None for an empty histogram."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return float(buckets[i]) if i < len(buckets) else math.inf
+    return math.inf
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except computed ones (None) that the help text explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="idle.py",
+        description=(
+            "Idle-clients scenario: ramp N long-polling Bayeux clients, hold them for at "
+            "least one connect timeout, report server RSS per client and CPU per heartbeat "
+            "cycle, and write a JSON record."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=5000, help="clients to hold (N)")
+    p.add_argument(
+        "--procs", type=int, default=None, help="load generator processes (default ceil(N/15000))"
+    )
+    p.add_argument(
+        "--ramp-rate", type=float, default=1000.0, help="clients started per second, in total"
+    )
+    p.add_argument(
+        "--hold",
+        type=float,
+        default=None,
+        help="seconds to hold all clients, >= one connect timeout (default timeout + 5 s)",
+    )
+    p.add_argument(
+        "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--server-cmd",
+        default=DEFAULT_SERVER_CMD,
+        help="server command template; placeholders {python} {host} {port} {path} {timeout}; "
+        "it must print a line holding its URL when ready",
+    )
+    src.add_argument("--url", default=None, help="use an already running server at this URL")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
+    p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
+    p.add_argument("--path", default="/cometd", help="server path for the started server")
+    p.add_argument(
+        "--source-addrs",
+        type=int,
+        default=None,
+        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default ceil(N/20000))",
+    )
+    p.add_argument("--channel", default="/bench/idle", help="channel every client subscribes to")
+    p.add_argument("--transport", default="long-polling", choices=["long-polling"])
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="where the JSON record is written",
+    )
+    p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
+    p.add_argument(
+        "--ramp-timeout",
+        type=float,
+        default=None,
+        help="ramp bound, s (default 2 * N / ramp-rate + 30)",
+    )
+    p.add_argument("--settle", type=float, default=1.0, help="pause before the baseline RSS, s")
+    p.add_argument(
+        "--max-pending", type=int, default=1000, help="clients setting up at once, per generator"
+    )
+    p.add_argument("--max-attempts", type=int, default=5, help="client failures before giving up")
+    p.add_argument("--check", action="store_true", help="exit 2 unless all connected, no drops")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--note", default="", help="free text stored in the record")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Fill derived defaults and refuse impossible parameters."""
+    n = args.clients
+    if n <= 0:
+        raise SystemExit("idle.py: --clients must be positive")
+    if args.ramp_rate <= 0:
+        raise SystemExit("idle.py: --ramp-rate must be positive")
+    if args.timeout <= 0:
+        raise SystemExit("idle.py: --timeout must be positive")
+    if args.procs is None:
+        args.procs = max(1, math.ceil(n / 15000))
+    args.procs = max(1, min(args.procs, n))
+    if args.source_addrs is None:
+        args.source_addrs = max(1, math.ceil(n / 20000))
+    if not 1 <= args.source_addrs <= 254:
+        raise SystemExit("idle.py: --source-addrs must be in 1..254")
+    if n / args.source_addrs > PORTS_PER_SOURCE:
+        raise SystemExit(
+            f"idle.py: {n} clients over {args.source_addrs} source address(es) exceed "
+            f"~{PORTS_PER_SOURCE} ports per address; raise --source-addrs"
+        )
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_proc = math.ceil(n / args.procs)
+    if per_proc + FD_MARGIN > hard:
+        raise SystemExit(
+            f"idle.py: {per_proc} clients per generator exceed the open-files limit {hard}; "
+            f"use --procs {math.ceil(n / (hard - FD_MARGIN))} or more"
+        )
+    timeout_s = args.timeout / 1000.0
+    if args.hold is None:
+        args.hold = timeout_s + 5.0
+    if args.hold < timeout_s:
+        raise SystemExit(
+            f"idle.py: --hold {args.hold} s is shorter than one connect timeout ({timeout_s} s)"
+        )
+    if args.ramp_timeout is None:
+        args.ramp_timeout = 2.0 * n / args.ramp_rate + 30.0
+    if args.url is not None:
+        u = urlsplit(args.url)
+        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
+            raise SystemExit("idle.py: only loopback servers (127.0.0.0/8)")
+    if not args.host.startswith("127."):
+        raise SystemExit("idle.py: --host must be a loopback address (127.0.0.0/8)")
+
+
+def source_addresses(count: int) -> list[str]:
+    return [f"127.0.0.{i}" for i in range(1, count + 1)]
+
+
+def split_clients(n: int, procs: int) -> list[tuple[int, int]]:
+    """(start index, count) per generator, as even as possible."""
+    base, extra = divmod(n, procs)
+    out = []
+    start = 0
+    for i in range(procs):
+        count = base + (1 if i < extra else 0)
+        out.append((start, count))
+        start += count
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
+    n = args.clients
+    progress = not args.no_progress
+    server: ServerProcess | None = None
+    server_pid: int | None = args.server_pid
+    server_argv: list[str] | None = None
+    gens: list[Generator] = []
+    phases: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+
+    def server_check() -> None:
+        if server is not None and not server.alive():
+            raise RunError("server exited during the run:\n" + server.tail())
+        for g in gens:
+            if not g.alive():
+                raise RunError(
+                    f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:])
+                )
+
+    def rss() -> int | None:
+        return tree_rss_bytes(server_pid) if server_pid else None
+
+    def cpu() -> float | None:
+        return tree_cpu_seconds(server_pid) if server_pid else None
+
+    try:
+        # 1. server --------------------------------------------------------------
+        if args.url is None:
+            port = args.port or free_port(args.host)
+            server = ServerProcess(
+                args.server_cmd,
+                host=args.host,
+                port=port,
+                path=args.path,
+                timeout_ms=args.timeout,
+                guard=guard,
+            )
+            server_argv = server.argv
+            t = time.monotonic()
+            url = await server.start(args.startup_timeout)
+            phases["startup_s"] = round(time.monotonic() - t, 3)
+            server_pid = server.pid
+            _log(progress, f"server ready at {url} (pid {server_pid})")
+        else:
+            url = args.url
+
+        # 2. baseline ------------------------------------------------------------
+        await asyncio.sleep(args.settle)
+        if server is not None:
+            server_check()
+        rss_baseline = rss()
+        cpu_baseline = cpu()
+
+        # 3. ramp ----------------------------------------------------------------
+        addrs = source_addresses(args.source_addrs)
+        per_rate = args.ramp_rate / args.procs
+        max_seconds = args.ramp_timeout + args.hold + 120.0
+        for i, (start, count) in enumerate(split_clients(n, args.procs)):
+            argv = [
+                sys.executable,
+                str(LOADGEN),
+                "--url",
+                url,
+                "--clients",
+                str(count),
+                "--index-start",
+                str(start),
+                "--source-addrs",
+                ",".join(addrs),
+                "--transport",
+                args.transport,
+                "--channel",
+                args.channel,
+                "--ramp-rate",
+                f"{per_rate:.3f}",
+                "--max-pending",
+                str(args.max_pending),
+                "--max-attempts",
+                str(args.max_attempts),
+                "--max-seconds",
+                f"{max_seconds:.0f}",
+                "--report-interval",
+                "0.5",
+            ]
+            g = Generator(i, argv)
+            await g.start(guard)
+            gens.append(g)
+        t_ramp = time.monotonic()
+        cpu_ramp_start = cpu()
+        bar = ProgressBar("ramp", n, progress)
+        ramp_deadline = t_ramp + args.ramp_timeout
+        ramp_complete = False
+        # bounded by ramp_deadline
+        while time.monotonic() < ramp_deadline:
+            await asyncio.sleep(0.25)
+            server_check()
+            agg = aggregate([g.latest for g in gens])
+            settled = agg["ever_connected"] + agg["gave_up"]
+            bar.update(
+                agg["connected"],
+                f"{agg['connected']}/{n} connected, {agg['failed']} failed, "
+                f"{agg['dropped']} dropped",
+            )
+            if agg["started"] >= n and settled >= n:
+                ramp_complete = True
+                break
+        ramp_wall = time.monotonic() - t_ramp
+        phases["ramp_s"] = round(ramp_wall, 3)
+        bar.close(f"{ramp_wall:.1f} s")
+        if not ramp_complete:
+            _log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; holding anyway")
+        ramp_stats = aggregate([g.latest for g in gens])
+        cpu_ramp_end = cpu()
+        ramp_cpu = {
+            "wall_s": round(ramp_wall, 3),
+            "server_s": (
+                None
+                if cpu_ramp_start is None or cpu_ramp_end is None
+                else round(cpu_ramp_end - cpu_ramp_start, 3)
+            ),
+            # generators' CPU since they started (their ~0.1 s start-up included)
+            "loadgen_s": round(ramp_stats["cpu_s"], 3),
+        }
+
+        # 4. hold ----------------------------------------------------------------
+        start_reports = await asyncio.gather(*(g.report("hold-start", 10.0) for g in gens))
+        cpu_hold_start = cpu()
+        t_hold = time.monotonic()
+        hold_start = aggregate(list(start_reports))
+        rss_peak = rss()
+        bar = ProgressBar("hold", args.hold, progress)
+        hold_end_at = t_hold + args.hold
+        next_sample = t_hold
+        # bounded by hold_end_at
+        while (now := time.monotonic()) < hold_end_at:
+            await asyncio.sleep(min(0.5, max(0.0, hold_end_at - now)))
+            server_check()
+            agg = aggregate([g.latest for g in gens])
+            if time.monotonic() >= next_sample:
+                next_sample += 1.0
+                r = rss()
+                if r is not None and (rss_peak is None or r > rss_peak):
+                    rss_peak = r
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - t_hold, 2),
+                        "connected": agg["connected"],
+                        "cycles": agg["cycles"] - hold_start["cycles"],
+                        "rss": r,
+                        "cpu": cpu(),
+                    }
+                )
+            bar.update(
+                time.monotonic() - t_hold,
+                f"{agg['connected']} connected, {agg['dropped'] - hold_start['dropped']} dropped, "
+                f"{agg['cycles'] - hold_start['cycles']} cycles",
+            )
+        end_reports = await asyncio.gather(*(g.report("hold-end", 10.0) for g in gens))
+        hold_s = time.monotonic() - t_hold
+        cpu_hold_end = cpu()
+        rss_loaded = rss()
+        if rss_loaded is not None and (rss_peak is None or rss_loaded > rss_peak):
+            rss_peak = rss_loaded
+        hold_end = aggregate(list(end_reports))
+        bar.close(f"{hold_s:.1f} s")
+        phases["hold_s"] = round(hold_s, 3)
+
+        # 5. stop ----------------------------------------------------------------
+        await asyncio.gather(*(g.stop(10.0) for g in gens))
+        final = aggregate([g.final or g.latest for g in gens])
+        server_exit = None
+        if server is not None:
+            server_check_alive = server.alive()
+            server_exit = await server.stop()
+            if not server_check_alive:
+                raise RunError("server exited before the end of the run:\n" + server.tail())
+        phases["total_s"] = round(time.monotonic() - t_start, 3)
+
+        return compute(
+            args=args,
+            url=url,
+            server_argv=server_argv,
+            server_pid=server_pid,
+            server_exit=server_exit,
+            rss_baseline=rss_baseline,
+            rss_loaded=rss_loaded,
+            rss_peak=rss_peak,
+            cpu_baseline=cpu_baseline,
+            cpu_hold=(
+                None
+                if cpu_hold_start is None or cpu_hold_end is None
+                else cpu_hold_end - cpu_hold_start
+            ),
+            hold_s=hold_s,
+            ramp_complete=ramp_complete,
+            ramp_stats=ramp_stats,
+            ramp_cpu=ramp_cpu,
+            hold_start=hold_start,
+            hold_end=hold_end,
+            final=final,
+            phases=phases,
+            samples=samples,
+        )
+    finally:
+        for g in gens:
+            if g.alive():
+                with contextlib.suppress(Exception):
+                    await g.stop(3.0)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.stop()
+
+
+def compute(
+    *,
+    args: argparse.Namespace,
+    url: str,
+    server_argv: list[str] | None,
+    server_pid: int | None,
+    server_exit: int | None,
+    rss_baseline: int | None,
+    rss_loaded: int | None,
+    rss_peak: int | None,
+    cpu_baseline: float | None,
+    cpu_hold: float | None,
+    hold_s: float,
+    ramp_complete: bool,
+    ramp_stats: dict[str, Any],
+    ramp_cpu: dict[str, Any],
+    hold_start: dict[str, Any],
+    hold_end: dict[str, Any],
+    final: dict[str, Any],
+    phases: dict[str, float],
+    samples: list[dict[str, Any]],
+) -> dict[str, Any]:
+    n = args.clients
+    connected = hold_end["connected"]
+    advised = hold_end["advice_timeout"]
+    timeout_ms = advised if advised else args.timeout
+    timeout_s = timeout_ms / 1000.0
+    cycles = hold_end["cycles"] - hold_start["cycles"]
+    timeout_cycles = hold_s / timeout_s
+    ramp_rate = None
+    if final["first_start_at"] and final["last_connected_at"] and final["ever_connected"]:
+        span = final["last_connected_at"] - final["first_start_at"]
+        if span > 0:
+            ramp_rate = final["ever_connected"] / span
+    bytes_per_client = None
+    if rss_baseline is not None and rss_loaded is not None and connected > 0:
+        bytes_per_client = (rss_loaded - rss_baseline) / connected
+    cpu_per_cycle = cpu_hold / timeout_cycles if cpu_hold is not None else None
+    hist = final["latency_hist"]
+    buckets = final["latency_buckets_ms"]
+    lg_cpu_hold = hold_end["cpu_s"] - hold_start["cpu_s"]
+    # Held connects last about one timeout; over a hold of a few timeouts the
+    # count is quantised (each client completes 1 or 2 in a 1.5-timeout hold),
+    # so the steady-state rate connected / mean hold is reported beside it.
+    mean_held = hold_end["hold_sum_s"] / hold_end["cycles"] if hold_end["cycles"] else None
+    results: dict[str, Any] = {
+        "clients_requested": n,
+        "connected": connected,
+        "ever_connected": final["ever_connected"],
+        "failed": final["failed"],
+        "dropped": final["dropped"],
+        "dropped_during_hold": hold_end["dropped"] - hold_start["dropped"],
+        "gave_up": final["gave_up"],
+        "ramp_complete": ramp_complete,
+        "ramp_seconds": phases.get("ramp_s"),
+        "ramp_rate_requested": args.ramp_rate,
+        "ramp_rate_achieved": None if ramp_rate is None else round(ramp_rate, 1),
+        "ramp_cpu_s": ramp_cpu,
+        "connected_after_ramp": ramp_stats["connected"],
+        "setup_latency_ms": {
+            "p50": percentile_ms(hist, buckets, 0.50),
+            "p90": percentile_ms(hist, buckets, 0.90),
+            "p99": percentile_ms(hist, buckets, 0.99),
+            "note": "upper bucket edge of the time from a client's start to its first "
+            "successful connect",
+        },
+        "server_timeout_ms": timeout_ms,
+        "hold_seconds": round(hold_s, 3),
+        "timeout_cycles": round(timeout_cycles, 3),
+        "rss_baseline_bytes": rss_baseline,
+        "rss_loaded_bytes": rss_loaded,
+        "rss_peak_bytes": rss_peak,
+        "bytes_per_client": None if bytes_per_client is None else round(bytes_per_client, 1),
+        "server_cpu_baseline_s": cpu_baseline,
+        "server_cpu_hold_s": None if cpu_hold is None else round(cpu_hold, 3),
+        "server_cpu_percent_hold": None if cpu_hold is None else round(100 * cpu_hold / hold_s, 2),
+        "server_cpu_per_cycle_s": None if cpu_per_cycle is None else round(cpu_per_cycle, 4),
+        "server_cpu_per_connect_us": (
+            None if cpu_hold is None or not cycles else round(1e6 * cpu_hold / cycles, 1)
+        ),
+        "connect_cycles": cycles,
+        "connect_cycles_per_s": round(cycles / hold_s, 2),
+        "steady_cycles_per_s": round(connected / (mean_held or timeout_s), 2),
+        "held_connect_s": {
+            "min": hold_end["hold_min_s"],
+            "max": hold_end["hold_max_s"] if hold_end["cycles"] else None,
+            "mean": None if mean_held is None else round(mean_held, 3),
+        },
+        "early_returns": final["early_returns"],
+        "multiple_clients_replies": final["multiple_clients"],
+        "rehandshakes": final["rehandshakes"],
+        "messages_received": final["messages"],
+        "errors": final["errors"],
+        "counters": {k: final[k] for k in final if k not in ("errors", "latency_hist")},
+        "loadgen": {
+            "procs": args.procs,
+            "rss_bytes": hold_end["rss_bytes"],
+            "rss_start_bytes": hold_end["rss_start_bytes"],
+            "rss_per_client_bytes": (
+                round((hold_end["rss_bytes"] - hold_end["rss_start_bytes"]) / connected, 1)
+                if connected
+                else None
+            ),
+            "cpu_hold_s": round(lg_cpu_hold, 3),
+            "cpu_percent_hold": round(100 * lg_cpu_hold / hold_s, 2),
+        },
+        "server_pid": server_pid,
+        "server_exit_code": server_exit,
+        "phases": phases,
+        "samples": samples,
+    }
+    parameters = {
+        "clients": n,
+        "procs": args.procs,
+        "ramp_rate": args.ramp_rate,
+        "hold": args.hold,
+        "timeout_ms": args.timeout,
+        "source_addrs": args.source_addrs,
+        "channel": args.channel,
+        "transport": args.transport,
+        "url": url,
+        "server_cmd": None if server_argv is None else shell_join(server_argv),
+        "server_pid": server_pid if args.url else None,
+        "max_pending": args.max_pending,
+        "max_attempts": args.max_attempts,
+        "note": args.note,
+    }
+    return {"parameters": parameters, "results": results}
+
+
+def report_table(record: dict[str, Any]) -> str:
+    r = record["results"]
+    p = record["parameters"]
+
+    def num(v: Any, fmt: str = "{:,}") -> str:
+        return "n/a" if v is None else fmt.format(v)
+
+    lg = r["loadgen"]
+    lat = r["setup_latency_ms"]
+    held = r["held_connect_s"]
+    rate = num(r["ramp_rate_achieved"], "{:,.0f}")
+    cpu_hold = num(r["server_cpu_hold_s"], "{:.2f}")
+    cpu_pct = num(r["server_cpu_percent_hold"], "{:.1f}")
+    rows = [
+        ("transport", p["transport"]),
+        ("clients requested", num(r["clients_requested"])),
+        ("connected (end of hold)", num(r["connected"])),
+        ("failed", num(r["failed"])),
+        ("dropped (whole run / during hold)", f"{r['dropped']:,} / {r['dropped_during_hold']:,}"),
+        ("gave up", num(r["gave_up"])),
+        ("ramp rate requested / achieved", f"{p['ramp_rate']:,.0f} / {rate} clients/s"),
+        (
+            "ramp CPU server / loadgen",
+            f"{num(r['ramp_cpu_s']['server_s'], '{:.1f}')} / "
+            f"{r['ramp_cpu_s']['loadgen_s']:.1f} s in {r['ramp_cpu_s']['wall_s']:.1f} s",
+        ),
+        (
+            "setup latency p50 / p99",
+            f"<= {num(lat['p50'], '{:.0f}')} / <= {num(lat['p99'], '{:.0f}')} ms",
+        ),
+        ("server timeout", f"{r['server_timeout_ms']} ms"),
+        ("hold", f"{r['hold_seconds']:.1f} s = {r['timeout_cycles']:.2f} timeout cycles"),
+        ("server RSS baseline", human_bytes(r["rss_baseline_bytes"])),
+        ("server RSS loaded", human_bytes(r["rss_loaded_bytes"])),
+        ("bytes per idle client", num(r["bytes_per_client"], "{:,.0f}")),
+        ("server CPU during hold", f"{cpu_hold} s ({cpu_pct} %)"),
+        ("server CPU per heartbeat cycle", f"{num(r['server_cpu_per_cycle_s'], '{:.3f}')} s"),
+        ("server CPU per connect", f"{num(r['server_cpu_per_connect_us'], '{:.0f}')} us"),
+        (
+            "connect cycles / s (steady state)",
+            f"{r['connect_cycles_per_s']:,.1f} ({r['steady_cycles_per_s']:,.1f})",
+        ),
+        (
+            "held connect min / mean / max",
+            " / ".join(num(held[k], "{:.2f}") for k in ("min", "mean", "max")) + " s",
+        ),
+        (
+            "early returns / multiple-clients",
+            f"{r['early_returns']:,} / {r['multiple_clients_replies']:,}",
+        ),
+        (
+            "loadgen RSS per client / CPU",
+            f"{human_bytes(lg['rss_per_client_bytes'])} / {lg['cpu_percent_hold']:.1f} % CPU",
+        ),
+    ]
+    table = format_table(rows, title=f"idle scenario, {p['clients']:,} clients")
+    if r["errors"]:
+        top = ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:8])
+        table += f"\n  errors: {top}"
+    return table
+
+
+def _log(enabled: bool, text: str) -> None:
+    if enabled:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    resolve(args)
+    guard = ChildGuard()
+    guard.install_signals()
+    started = time.time()
+    try:
+        outcome = asyncio.run(run(args, guard))
+    except (RunError, ServerStartError) as exc:
+        sys.stderr.write(f"idle.py: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("idle.py: interrupted\n")
+        return 130
+    finally:
+        guard.kill_all()
+    record = {
+        "scenario": SCENARIO,
+        "timestamp": utc_stamp(started),
+        "started_at": started,
+        "machine": machine_info(),
+        "command": [sys.executable, *sys.argv],
+        **outcome,
+    }
+    record["machine"]["platform"] = platform.platform()
+    name = f"{SCENARIO}-{args.transport}-{args.clients}-{record['timestamp']}"
+    path = write_record(args.results_dir, name, record)
+    print(report_table(record))
+    print(f"record: {path}")
+    r = outcome["results"]
+    if args.check and (r["connected"] != args.clients or r["dropped"] != 0):
+        sys.stderr.write("idle.py: --check failed: not every client stayed connected\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1056 @@
+#!/usr/bin/env python3
+"""Load generator: one uvloop process holding many Bayeux clients.
+
+Each simulated client is its own browser: its own TCP connection (HTTP/1.1
+keep-alive, bound to a 127.0.0.x source address with IP_BIND_ADDRESS_NO_PORT
+set before ``bind``), its own ``BAYEUX_BROWSER`` cookie, its own session. It
+behaves on the wire like the CometD JavaScript client over long-polling:
+
+    POST <base>/handshake  [{"channel":"/meta/handshake", ...,"id":"1"}]
+    POST <base>/           [{"channel":"/meta/subscribe","subscription":CH, ...}]
+    POST <base>/connect    [{"channel":"/meta/connect", ...,"advice":{"timeout":0}}]
+    POST <base>/connect    [{"channel":"/meta/connect", ...}]   (held, repeated)
+
+and honours advice the way that client does: advice in any reply replaces the
+current one (missing fields fall back to timeout 60000 / interval 0);
+``reconnect: "retry"`` -> next connect after ``interval``; ``"handshake"`` ->
+new handshake (and subscribe again); ``"none"`` -> stop. A failed connect or a
+broken connection retries after ``interval`` plus a back-off growing by
+``--backoff-ms`` per failure, with ``advice: {timeout: 0}`` on the first
+connect after a failure. A request with no answer within 10 s (connect:
+``advice.timeout`` + 10 s) counts as failed.
+
+Per-client state is two ``__slots__`` objects (the session logic and the
+connection) plus uvloop's transport and an httptools parser: a few KB, and no
+coroutine or timer per idle client. Time-outs are found by one sweep a second.
+
+The session logic (``BayeuxClient``) talks to its connection only through
+``Connection.send(kind, body)`` and the callbacks ``on_open``,
+``on_messages``, ``on_failure`` and ``on_closed``. ``LongPollingConnection``
+frames each exchange as an HTTP request/response; a WebSocket connection class
+can implement the same four-callback contract (frames instead of responses,
+``complete=False`` since replies and events arrive on their own) and be added
+to ``CONNECTIONS``.
+
+Control and reports (for ``bench/idle.py``; the tool also runs alone):
+
+- stdout: one JSON object per line: ``{"type": "stats", ...counters...}``
+  every ``--report-interval`` seconds, on request, and a last one with
+  ``"final": true``.
+- stdin (when it is a pipe): ``report TAG`` -> a stats line carrying ``"tag"``;
+  ``stop`` or end of file -> close every connection, final report, exit.
+- SIGTERM/SIGINT stop the same way; ``--max-seconds`` bounds the whole run.
+
+Counters: ``connected`` (clients whose last connect succeeded, a gauge),
+``ever_connected``, ``failed`` (failure events before a client first
+connected), ``dropped`` (a connected client whose connection broke, whose
+connect was unsuccessful or timed out, or that was told to re-handshake or
+stop), ``gave_up`` (clients that stopped after ``--max-attempts`` failures in a
+row or on ``reconnect: "none"``), ``cycles`` (held connects completed),
+``messages`` (events received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import errno
+import os
+import resource
+import signal
+import socket
+import stat
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+import orjson
+import uvloop
+
+__all__ = [
+    "BayeuxClient",
+    "Connection",
+    "LongPollingConnection",
+    "CONNECTIONS",
+    "LoadGenerator",
+    "Stats",
+    "main",
+]
+
+#: Linux: let connect() pick the port, so bind() does not reserve one per address.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# What a client is waiting for (the kind of the request in flight).
+HANDSHAKE, SUBSCRIBE, CONNECT = 0, 1, 2
+KIND_NAMES = ("handshake", "subscribe", "connect")
+
+# Client life cycle.
+NEW, ACTIVE, STOPPED = 0, 1, 2
+
+#: JS client defaults when a reply's advice lacks a field.
+DEFAULT_TIMEOUT_MS = 60000
+DEFAULT_INTERVAL_MS = 0
+
+#: Upper bounds (ms) of the setup-latency histogram buckets; last is +inf.
+LATENCY_BUCKETS_MS = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 60000,
+)  # fmt: skip
+
+
+class Stats:
+    """Counters of one generator process (plain ints: cheap to bump)."""
+
+    # Every counter is a plain int attribute; COUNTERS lists them for reports.
+    started: int
+    connected: int
+    ever_connected: int
+    failed: int
+    dropped: int
+    gave_up: int
+    recovered: int
+    handshakes: int
+    handshake_failures: int
+    rehandshakes: int
+    subscribes: int
+    subscribe_failures: int
+    connects_immediate: int
+    cycles: int
+    connect_failures: int
+    early_returns: int
+    multiple_clients: int
+    server_disconnects: int
+    messages: int
+    requests: int
+    responses: int
+    tcp_opens: int
+    tcp_errors: int
+    timeouts: int
+    closed_in_flight: int
+    closed_idle: int
+    server_close: int
+    http_errors: int
+    bad_responses: int
+    bytes_sent: int
+    bytes_received: int
+
+    COUNTERS = tuple(__annotations__)
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+        self.errors: dict[str, int] = {}
+        self.hold_sum = 0.0
+        self.hold_min: float | None = None
+        self.hold_max = 0.0
+        self.latency_hist = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.advice_timeout: int | None = None
+        self.advice_interval: int | None = None
+        self.first_start_at: float | None = None
+        self.last_connected_at: float | None = None
+
+    def error(self, reason: str) -> None:
+        if len(self.errors) < 64 or reason in self.errors:
+            self.errors[reason] = self.errors.get(reason, 0) + 1
+        else:
+            self.errors["other"] = self.errors.get("other", 0) + 1
+
+    def held(self, seconds: float) -> None:
+        self.hold_sum += seconds
+        if self.hold_min is None or seconds < self.hold_min:
+            self.hold_min = seconds
+        if seconds > self.hold_max:
+            self.hold_max = seconds
+
+    def setup_latency(self, seconds: float) -> None:
+        self.latency_hist[bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000.0)] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        d: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
+        d["errors"] = dict(self.errors)
+        d["hold_sum_s"] = round(self.hold_sum, 3)
+        d["hold_min_s"] = None if self.hold_min is None else round(self.hold_min, 3)
+        d["hold_max_s"] = round(self.hold_max, 3)
+        d["latency_buckets_ms"] = list(LATENCY_BUCKETS_MS)
+        d["latency_hist"] = list(self.latency_hist)
+        d["advice_timeout"] = self.advice_timeout
+        d["advice_interval"] = self.advice_interval
+        d["first_start_at"] = self.first_start_at
+        d["last_connected_at"] = self.last_connected_at
+        return d
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class Connection(asyncio.Protocol):
+    """What a Bayeux client needs from its connection (the transport contract).
+
+    ``send(kind, body)`` writes one request (``body`` is a JSON array). The
+    connection calls back its client with ``on_open(conn)`` once connected,
+    ``on_messages(conn, messages, complete)`` for each decoded array
+    (``complete`` is True when the exchange is over, as at the end of an HTTP
+    response, so a missing reply is an error), ``on_failure(conn, reason)``
+    for a failed exchange, and ``on_closed(conn)`` when the connection ends.
+    """
+
+    __slots__ = ()
+    name = "abstract"
+
+    def send(self, kind: int, body: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LongPollingConnection(Connection):
+    """One keep-alive HTTP/1.1 connection: one request in flight at a time."""
+
+    __slots__ = (
+        "gen",
+        "client",
+        "transport",
+        "parser",
+        "chunks",
+        "is_open",
+        "in_flight",
+    )
+    name = "long-polling"
+
+    def __init__(self, gen: LoadGenerator, client: BayeuxClient) -> None:
+        self.gen = gen
+        self.client: BayeuxClient | None = client
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = None
+        self.chunks: list[bytes] = []
+        self.is_open = False
+        self.in_flight = False
+
+    # asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.is_open = True
+        if self.client is not None:
+            self.client.on_open(self)
+        else:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.gen.stats.bytes_received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail("http_parse_error", exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_open = False
+        client = self.client
+        self.client = None
+        self.parser = None
+        if client is not None:
+            client.on_closed(self, self.in_flight, exc)
+
+    # httptools callbacks ------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 10 and name.lower() == b"set-cookie" and self.client is not None:
+            self.client.set_cookie(value)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        keep_alive = parser.should_keep_alive()
+        body = b"".join(self.chunks)
+        self.chunks.clear()
+        self.in_flight = False
+        gen = self.gen
+        gen.stats.responses += 1
+        client = self.client
+        if not keep_alive:
+            # Server ends the connection after this response: the next request
+            # opens a new one. Not a failure in itself.
+            gen.stats.server_close += 1
+            self.client = None
+            if client is not None:
+                client.conn = None
+            self.close()
+        if client is None:
+            return
+        if status != 200:
+            gen.stats.http_errors += 1
+            client.on_failure(self, f"http_{status}")
+            return
+        try:
+            messages = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            gen.stats.bad_responses += 1
+            client.on_failure(self, "bad_json")
+            return
+        if isinstance(messages, dict):
+            messages = [messages]
+        elif not isinstance(messages, list):
+            gen.stats.bad_responses += 1
+            client.on_failure(self, "bad_json")
+            return
+        client.on_messages(self, messages, True)
+
+    # contract -------------------------------------------------------------
+
+    def send(self, kind: int, body: bytes) -> None:
+        client = self.client
+        gen = self.gen
+        cookie = client.cookie if client is not None else None
+        head = b"POST %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n%s\r\n" % (
+            gen.paths[kind],
+            gen.host_header,
+            b"Content-Type: application/json\r\n",
+            len(body),
+            b"Cookie: " + cookie + b"\r\n" if cookie else b"",
+        )
+        self.in_flight = True
+        data = head + body
+        gen.stats.requests += 1
+        gen.stats.bytes_sent += len(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and self.is_open:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and self.is_open:
+            self.transport.abort()
+
+    def _fail(self, reason: str, exc: BaseException | None = None) -> None:
+        client = self.client
+        self.client = None
+        self.abort()
+        if client is not None:
+            client.conn = None
+            client.on_failure(self, reason)
+
+
+#: Transport name -> connection class (a WebSocket class joins here).
+CONNECTIONS: dict[str, type[LongPollingConnection]] = {
+    LongPollingConnection.name: LongPollingConnection,
+}
+
+
+# --------------------------------------------------------------------------- client
+
+
+class BayeuxClient:
+    """One simulated browser + Bayeux session, driven by callbacks only."""
+
+    __slots__ = (
+        "gen",
+        "index",
+        "source",
+        "channel",
+        "conn",
+        "state",
+        "client_id",
+        "cookie",
+        "next_id",
+        "pending_id",
+        "pending_kind",
+        "outbox",
+        "sent_at",
+        "deadline",
+        "timeout_ms",
+        "interval_ms",
+        "reconnect",
+        "connected",
+        "ever_connected",
+        "attempts",
+        "zero_timeout",
+        "timer",
+        "start_time",
+    )
+
+    def __init__(self, gen: LoadGenerator, index: int, source: str, channel: str | None) -> None:
+        self.gen = gen
+        self.index = index
+        self.source = source
+        self.channel = channel
+        self.conn: Any = None
+        self.state = NEW
+        self.client_id: str | None = None
+        self.cookie: bytes | None = None
+        self.next_id = 0
+        self.pending_id: str | None = None
+        self.pending_kind = HANDSHAKE
+        self.outbox: bytes | None = None
+        self.sent_at = 0.0
+        self.deadline = 0.0
+        self.timeout_ms = DEFAULT_TIMEOUT_MS
+        self.interval_ms = DEFAULT_INTERVAL_MS
+        self.reconnect: str | None = None
+        self.connected = False
+        self.ever_connected = False
+        self.attempts = 0
+        self.zero_timeout = True
+        self.timer: asyncio.TimerHandle | None = None
+        self.start_time = 0.0
+
+    # life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.state = ACTIVE
+        self.start_time = self.gen.loop.time()
+        self.handshake()
+
+    def stop(self) -> None:
+        """Stop quietly (end of the run): no counter changes."""
+        self.state = STOPPED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        self.conn = None
+        self.pending_id = None
+        if conn is not None:
+            conn.client = None
+            conn.close()
+
+    def give_up(self, reason: str) -> None:
+        stats = self.gen.stats
+        stats.gave_up += 1
+        stats.error("gave_up:" + reason)
+        if self.connected:
+            self.connected = False
+            stats.connected -= 1
+        self.stop()
+
+    # requests ----------------------------------------------------------------
+
+    def handshake(self) -> None:
+        self.client_id = None
+        self.timeout_ms = DEFAULT_TIMEOUT_MS  # JS resets advice before a handshake
+        self.interval_ms = DEFAULT_INTERVAL_MS
+        self.reconnect = None
+        self.zero_timeout = True
+        self._send(
+            HANDSHAKE,
+            {
+                "channel": "/meta/handshake",
+                "version": "1.0",
+                "supportedConnectionTypes": self.gen.connection_types,
+            },
+        )
+
+    def subscribe(self) -> None:
+        self._send(
+            SUBSCRIBE,
+            {
+                "channel": "/meta/subscribe",
+                "subscription": self.channel,
+                "clientId": self.client_id,
+            },
+        )
+
+    def connect(self) -> None:
+        msg: dict[str, Any] = {
+            "channel": "/meta/connect",
+            "connectionType": self.gen.connection_types[0],
+            "clientId": self.client_id,
+        }
+        if self.zero_timeout:
+            msg["advice"] = {"timeout": 0}
+        self._send(CONNECT, msg)
+
+    def _send(self, kind: int, msg: dict[str, Any]) -> None:
+        if self.state != ACTIVE:
+            return
+        self.next_id += 1
+        mid = str(self.next_id)
+        msg["id"] = mid
+        body = orjson.dumps([msg])
+        gen = self.gen
+        now = gen.loop.time()
+        self.pending_id = mid
+        self.pending_kind = kind
+        self.sent_at = now
+        wait = gen.network_delay
+        if kind == CONNECT and not self.zero_timeout:
+            wait += self.timeout_ms / 1000.0
+        self.deadline = now + wait
+        conn = self.conn
+        if conn is not None and conn.is_open and not conn.in_flight:
+            conn.send(kind, body)
+        else:
+            if conn is not None:
+                conn.client = None
+                conn.close()
+                self.conn = None
+            self.outbox = body
+            gen.open_connection(self)
+
+    def _later(self, delay_ms: float, action: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if delay_ms <= 0:
+            action()
+        else:
+            self.timer = self.gen.loop.call_later(delay_ms / 1000.0, self._fire, action)
+
+    def _fire(self, action: Any) -> None:
+        self.timer = None
+        if self.state == ACTIVE:
+            action()
+
+    # connection callbacks -----------------------------------------------------
+
+    def on_open(self, conn: Any) -> None:
+        if self.state != ACTIVE or self.outbox is None:
+            conn.client = None
+            conn.close()
+            return
+        self.conn = conn
+        body = self.outbox
+        self.outbox = None
+        conn.send(self.pending_kind, body)
+
+    def on_open_failed(self, reason: str) -> None:
+        if self.state != ACTIVE or self.outbox is None:
+            return
+        self.outbox = None
+        self.gen.stats.tcp_errors += 1
+        self._exchange_failed(reason)
+
+    def on_closed(self, conn: Any, in_flight: bool, exc: BaseException | None) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        if self.state != ACTIVE:
+            return
+        if in_flight and self.pending_id is not None:
+            self.gen.stats.closed_in_flight += 1
+            self._exchange_failed("closed_in_flight")
+        else:
+            self.gen.stats.closed_idle += 1  # reopened lazily by the next request
+
+    def on_failure(self, conn: Any, reason: str) -> None:
+        if self.state != ACTIVE or self.pending_id is None:
+            return
+        if conn is self.conn and conn.is_open and conn.in_flight:
+            conn.client = None  # an answer may still come: do not reuse
+            conn.abort()
+            self.conn = None
+        self._exchange_failed(reason)
+
+    def on_timeout(self) -> None:
+        self.gen.stats.timeouts += 1
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.client = None
+            conn.abort()
+        self._exchange_failed("timeout_" + KIND_NAMES[self.pending_kind])
+
+    def set_cookie(self, value: bytes) -> None:
+        pair = value.split(b";", 1)[0].strip()
+        name, sep, _ = pair.partition(b"=")
+        if not sep:
+            return
+        cookies = [
+            c for c in (self.cookie or b"").split(b"; ") if c and not c.startswith(name + b"=")
+        ]
+        cookies.append(pair)
+        self.cookie = b"; ".join(cookies)
+
+    def on_messages(self, conn: Any, messages: list[Any], complete: bool) -> None:
+        if self.state != ACTIVE:
+            return
+        stats = self.gen.stats
+        pending = self.pending_id
+        reply = None
+        events = 0
+        server_disconnect = False
+        for m in messages:
+            if type(m) is not dict:
+                continue
+            channel = m.get("channel")
+            if (
+                pending is not None
+                and reply is None
+                and m.get("id") == pending
+                and (type(channel) is str and channel.startswith("/meta/"))
+            ):
+                reply = m
+            elif "data" in m and "successful" not in m:
+                events += 1
+            elif channel == "/meta/disconnect" and "id" not in m:
+                server_disconnect = True
+        if events:
+            stats.messages += events
+        if server_disconnect:
+            stats.server_disconnects += 1
+            self._lost("server_disconnect")
+            self.give_up("server_disconnect")
+            return
+        if reply is None:
+            if complete and pending is not None:
+                stats.bad_responses += 1
+                self._exchange_failed("no_reply_" + KIND_NAMES[self.pending_kind])
+            return
+        self.pending_id = None
+        advice = reply.get("advice")
+        if type(advice) is dict:
+            # JS client: new advice replaces the old one, defaults fill the gaps.
+            t = advice.get("timeout", DEFAULT_TIMEOUT_MS)
+            i = advice.get("interval", DEFAULT_INTERVAL_MS)
+            self.timeout_ms = t if type(t) is int and t >= 0 else DEFAULT_TIMEOUT_MS
+            self.interval_ms = i if type(i) is int and i >= 0 else DEFAULT_INTERVAL_MS
+            r = advice.get("reconnect")
+            self.reconnect = r if type(r) is str else None
+            stats.advice_timeout = self.timeout_ms
+            stats.advice_interval = self.interval_ms
+            if advice.get("multiple-clients"):
+                stats.multiple_clients += 1
+        kind = self.pending_kind
+        ok = reply.get("successful") is True
+        if kind == CONNECT:
+            self._connect_reply(reply, ok, events)
+        elif kind == HANDSHAKE:
+            self._handshake_reply(reply, ok)
+        else:
+            self._subscribe_reply(reply, ok)
+
+    # replies -------------------------------------------------------------------
+
+    def _handshake_reply(self, reply: dict[str, Any], ok: bool) -> None:
+        stats = self.gen.stats
+        cid = reply.get("clientId")
+        if ok and type(cid) is str and cid:
+            stats.handshakes += 1
+            self.client_id = cid
+            if self.reconnect == "none":
+                self.give_up("handshake_reconnect_none")
+                return
+            if self.channel:
+                self.subscribe()
+            else:
+                self.zero_timeout = True
+                self._later(self.interval_ms, self.connect)
+            return
+        stats.handshake_failures += 1
+        stats.error("handshake:" + str(reply.get("error", "unsuccessful")))
+        self._failed_event()
+        action = self.reconnect or "handshake"
+        if action == "none":
+            self.give_up("handshake_denied")
+        elif self._count_attempt():
+            self._later(self.interval_ms + self._backoff(), self.handshake)
+
+    def _subscribe_reply(self, reply: dict[str, Any], ok: bool) -> None:
+        stats = self.gen.stats
+        if ok:
+            stats.subscribes += 1
+        else:
+            # The JS client does not retry a subscription; neither do we.
+            stats.subscribe_failures += 1
+            stats.error("subscribe:" + str(reply.get("error", "unsuccessful")))
+            self._failed_event()
+        self.zero_timeout = True
+        self._later(self.interval_ms, self.connect)
+
+    def _connect_reply(self, reply: dict[str, Any], ok: bool, events: int) -> None:
+        gen = self.gen
+        stats = gen.stats
+        if not ok:
+            stats.connect_failures += 1
+            stats.error("connect:" + str(reply.get("error", "unsuccessful")))
+            self._lost("connect_unsuccessful")
+            action = self.reconnect or "retry"
+            if action == "none":
+                self.give_up("connect_reconnect_none")
+            elif action == "handshake":
+                if self._count_attempt():
+                    stats.rehandshakes += 1
+                    self._later(self.interval_ms, self.handshake)
+            elif self._count_attempt():
+                self.zero_timeout = True
+                self._later(self.interval_ms + self._backoff(), self.connect)
+            return
+        now = gen.loop.time()
+        if self.zero_timeout:
+            stats.connects_immediate += 1
+        else:
+            stats.cycles += 1
+            held = now - self.sent_at
+            stats.held(held)
+            if not events and held < 0.5 * self.timeout_ms / 1000.0:
+                stats.early_returns += 1
+        self.attempts = 0
+        if not self.connected:
+            self.connected = True
+            stats.connected += 1
+            stats.last_connected_at = time.time()
+            if self.ever_connected:
+                stats.recovered += 1
+            else:
+                self.ever_connected = True
+                stats.ever_connected += 1
+                stats.setup_latency(now - self.start_time)
+        action = self.reconnect or "retry"
+        if action == "none":
+            self._lost("connect_reconnect_none")
+            self.give_up("connect_reconnect_none")
+            return
+        if action == "handshake":
+            # The JS client throws here; the only sane reading is a new session.
+            stats.error("connect:handshake_advice_on_success")
+            self._lost("handshake_advice")
+            stats.rehandshakes += 1
+            self._later(self.interval_ms, self.handshake)
+            return
+        self.zero_timeout = False
+        self._later(self.interval_ms, self.connect)
+
+    # failures ----------------------------------------------------------------
+
+    def _failed_event(self) -> None:
+        if not self.ever_connected:
+            self.gen.stats.failed += 1
+
+    def _lost(self, reason: str) -> None:
+        """A connected client stops being connected: one drop."""
+        if self.connected:
+            self.connected = False
+            stats = self.gen.stats
+            stats.connected -= 1
+            stats.dropped += 1
+            stats.error("drop:" + reason)
+
+    def _count_attempt(self) -> bool:
+        self.attempts += 1
+        if self.attempts > self.gen.max_attempts:
+            self.give_up("max_attempts")
+            return False
+        return True
+
+    def _backoff(self) -> float:
+        return min(self.attempts * self.gen.backoff_ms, 60000.0)
+
+    def _exchange_failed(self, reason: str) -> None:
+        """No usable reply to the request in flight (transport-level failure)."""
+        stats = self.gen.stats
+        kind = self.pending_kind
+        self.pending_id = None
+        stats.error(KIND_NAMES[kind] + ":" + reason)
+        if kind == CONNECT:
+            self._lost(reason)
+            if not self.ever_connected:
+                stats.failed += 1
+            if self._count_attempt():
+                self.zero_timeout = True
+                self._later(self.interval_ms + self._backoff(), self.connect)
+        else:
+            if kind == HANDSHAKE:
+                stats.handshake_failures += 1
+            else:
+                stats.subscribe_failures += 1
+            self._failed_event()
+            if self._count_attempt():
+                if self.client_id is not None:
+                    stats.rehandshakes += 1
+                self._later(self.interval_ms + self._backoff(), self.handshake)
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class LoadGenerator:
+    """Owns the clients of one process: ramp, time-out sweep, reports, stop."""
+
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        url = urlsplit(args.url)
+        if url.scheme != "http":
+            raise SystemExit(f"loadgen: only http:// URLs for {args.transport}, got {args.url}")
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or 80
+        if not self.host.startswith("127.") and self.host not in ("localhost", "::1"):
+            raise SystemExit(f"loadgen: refusing non-loopback target {self.host}")
+        if self.host == "localhost":
+            self.host = "127.0.0.1"
+        base = (url.path or "/").rstrip("/")
+        # JS client (appendMessageTypeToURL): /handshake, /connect, others on the base.
+        self.paths = {
+            HANDSHAKE: (base + "/handshake").encode(),
+            SUBSCRIBE: (base + "/").encode(),
+            CONNECT: (base + "/connect").encode(),
+        }
+        self.host_header = f"{url.hostname}:{self.port}".encode()
+        self.loop = loop
+        self.args = args
+        self.rss_start = _own_rss()  # before any client exists
+        self.stats = Stats()
+        self.connection_class = CONNECTIONS[args.transport]
+        self.connection_types = [args.transport]
+        self.network_delay = args.network_delay
+        self.connect_timeout = args.connect_timeout
+        self.max_attempts = args.max_attempts
+        self.backoff_ms = float(args.backoff_ms)
+        sources = [s for s in args.source_addrs.split(",") if s]
+        for s in sources:
+            if not s.startswith("127."):
+                raise SystemExit(f"loadgen: refusing non-loopback source address {s}")
+        self.clients = [
+            BayeuxClient(
+                self,
+                i,
+                sources[i % len(sources)],
+                _channel_for(args.channel, i),
+            )
+            for i in range(args.index_start, args.index_start + args.clients)
+        ]
+        self.stopping = False
+        self.done = loop.create_future()
+        self.opening = 0
+        self.tag_queue: list[str] = []
+        self._stdin_buf = b""
+        self.t0 = loop.time()
+
+    # connections ---------------------------------------------------------------
+
+    def open_connection(self, client: BayeuxClient) -> None:
+        self.opening += 1
+        self.loop.create_task(self._open(client))
+
+    async def _open(self, client: BayeuxClient) -> None:
+        sock = None
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((client.source, 0))
+            await asyncio.wait_for(
+                self.loop.sock_connect(sock, (self.host, self.port)), self.connect_timeout
+            )
+            self.stats.tcp_opens += 1
+            conn = self.connection_class(self, client)
+            await self.loop.create_connection(lambda: conn, sock=sock)
+            sock = None  # owned by the transport now
+        except TimeoutError:
+            client.on_open_failed("tcp_connect_timeout")
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            client.on_open_failed("tcp_" + name)
+        finally:
+            self.opening -= 1
+            if sock is not None:
+                sock.close()
+
+    # phases --------------------------------------------------------------------
+
+    async def ramp(self) -> None:
+        """Start clients at ``--ramp-rate`` per second, at most ``--max-pending``
+        of them still setting up at once."""
+        rate = self.args.ramp_rate
+        n = len(self.clients)
+        started = 0
+        t0 = self.loop.time()
+        max_pending = self.args.max_pending
+        stats = self.stats
+        # bounded: every iteration starts >= 1 client or sleeps 10 ms; the whole
+        # ramp is also bounded by --max-seconds through stop().
+        while started < n and not self.stopping:
+            due = min(n, int((self.loop.time() - t0) * rate) + 1)
+            pending = started - stats.ever_connected - stats.gave_up
+            while started < due and pending < max_pending:
+                if stats.first_start_at is None:
+                    stats.first_start_at = time.time()
+                self.clients[started].start()
+                stats.started += 1
+                started += 1
+                pending += 1
+            await asyncio.sleep(0.01)
+
+    async def sweep(self) -> None:
+        """Once a second: fail requests past their deadline (one pass, no per-client timers)."""
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            for c in self.clients:
+                if (
+                    c.pending_id is not None
+                    and c.conn is not None
+                    and c.state == ACTIVE
+                    and now > c.deadline
+                ):
+                    c.on_timeout()
+
+    async def report_loop(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(self.args.report_interval)
+            self.report()
+
+    def report(self, tag: str | None = None, final: bool = False) -> None:
+        d = self.stats.snapshot()
+        d["type"] = "stats"
+        d["pid"] = os.getpid()
+        d["clients"] = len(self.clients)
+        d["time"] = time.time()
+        d["uptime_s"] = round(self.loop.time() - self.t0, 3)
+        d["rss_bytes"] = _own_rss()
+        d["rss_start_bytes"] = self.rss_start
+        t = os.times()
+        d["cpu_s"] = round(t.user + t.system, 3)
+        d["opening"] = self.opening
+        if tag is not None:
+            d["tag"] = tag
+        if final:
+            d["final"] = True
+        sys.stdout.buffer.write(orjson.dumps(d) + b"\n")
+        sys.stdout.buffer.flush()
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for c in self.clients:
+            if c.state != STOPPED:
+                c.stop()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    # control -------------------------------------------------------------------
+
+    def on_stdin(self) -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(0)
+            self.stop()
+            return
+        self._stdin_buf += data
+        while b"\n" in self._stdin_buf:
+            line, self._stdin_buf = self._stdin_buf.split(b"\n", 1)
+            words = line.decode("utf-8", "replace").split()
+            if not words:
+                continue
+            if words[0] == "stop":
+                self.stop()
+            elif words[0] == "report":
+                self.report(tag=words[1] if len(words) > 1 else "")
+
+
+def _channel_for(template: str, index: int) -> str | None:
+    if not template:
+        return None
+    return template.replace("{i}", str(index))
+
+
+def _own_rss() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="loadgen.py",
+        description="Hold many Bayeux clients from one uvloop process (see module docstring).",
+    )
+    p.add_argument("--url", required=True, help="server URL, e.g. http://127.0.0.1:8080/cometd")
+    p.add_argument("--clients", type=int, required=True, help="clients in this process")
+    p.add_argument(
+        "--index-start",
+        type=int,
+        default=0,
+        help="global index of this process's first client (source address and {i} choice)",
+    )
+    p.add_argument(
+        "--source-addrs",
+        default="127.0.0.1",
+        help="comma-separated 127.x.y.z source addresses; client i uses addrs[i %% len]",
+    )
+    p.add_argument("--transport", default="long-polling", choices=sorted(CONNECTIONS))
+    p.add_argument("--channel", default="/bench/idle", help="subscription ({i} = client index)")
+    p.add_argument("--ramp-rate", type=float, default=1000.0, help="clients started per second")
+    p.add_argument("--max-pending", type=int, default=1000, help="clients setting up at once")
+    p.add_argument("--max-attempts", type=int, default=5, help="failures in a row before giving up")
+    p.add_argument("--backoff-ms", type=int, default=1000, help="back-off added per failure")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="TCP connect time-out, s")
+    p.add_argument(
+        "--network-delay", type=float, default=10.0, help="reply time-out beyond the hold, s"
+    )
+    p.add_argument("--report-interval", type=float, default=1.0, help="seconds between reports")
+    p.add_argument("--max-seconds", type=float, default=3600.0, help="hard bound on the run")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (0: on 'stop' / EOF on stdin, or --max-seconds)",
+    )
+    return p
+
+
+async def run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    gen = LoadGenerator(args, loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gen.stop)
+    try:
+        if stat.S_ISFIFO(os.fstat(0).st_mode):
+            loop.add_reader(0, gen.on_stdin)
+    except OSError:
+        pass
+    limit = args.max_seconds if args.duration <= 0 else min(args.duration, args.max_seconds)
+    loop.call_later(limit, gen.stop)
+    tasks = [
+        loop.create_task(gen.ramp()),
+        loop.create_task(gen.sweep()),
+        loop.create_task(gen.report_loop()),
+    ]
+    gen.report()
+    await gen.done
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.05)  # let transports finish closing
+    gen.report(final=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clients < 0 or args.ramp_rate <= 0:
+        raise SystemExit("loadgen: --clients must be >= 0 and --ramp-rate > 0")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.clients + 64 > hard:
+        raise SystemExit(
+            f"loadgen: {args.clients} clients need more than the open-files limit {hard}; "
+            "use more processes"
+        )
+    return uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
