@@ -66,6 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
 
+    if options.workers > 1:
+        if not options.broker:
+            print(
+                f"engine: --workers {options.workers} needs --broker redis://HOST:PORT/DB: "
+                "without a shared broker, a message published on one worker would not "
+                "reach the subscribers of the others",
+                file=sys.stderr,
+            )
+            return 2
+        from engine.supervisor import run_supervisor
+
+        return run_supervisor(options)
+
     def ready(server: BayeuxServer) -> None:
         print(f"engine serving {server.url}", flush=True)
 

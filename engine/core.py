@@ -27,11 +27,11 @@ from engine._channels import (
     validate_channel,
 )
 from engine.broker import Broker, LocalBroker
-from engine.extensions import Extension
+from engine.extensions import Extension, TimesyncExtension
 from engine.hooks import Hooks
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
-from engine.session import Exchange, Hold, Session
+from engine.session import AckState, Exchange, Hold, Session
 from engine.stats import Counters
 from engine.timers import TimerWheel
 
@@ -88,6 +88,10 @@ class BayeuxCore:
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
         self.broker: Broker = broker or LocalBroker(self.deliver)
         self.hooks = hooks or Hooks()
+        if options.timesync_extension and not any(
+            isinstance(e, TimesyncExtension) for e in self.hooks.extensions
+        ):
+            self.hooks.extensions.append(TimesyncExtension())
         self.session_extensions = 0  # sessions that have extensions of their own
         self.sessions: dict[str, Session] = {}
         # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
@@ -264,7 +268,7 @@ class BayeuxCore:
             if not session.queue:
                 continue
             ws = session.ws
-            if ws is not None and direct:
+            if ws is not None and direct and session.ack is None:
                 # WebSocket: events go out at once; the held connect stays a
                 # heartbeat until its timeout (7.4).
                 ws.write_events(session)
@@ -280,15 +284,26 @@ class BayeuxCore:
 
     # ---------------------------------------------------------- held connects
 
-    def _connect_reply(self, hold: Hold, advice: dict[str, Any] | None) -> bytes | None:
-        reply: Message = {"channel": META_CONNECT, "successful": True}
-        if hold.message_id is not None:
-            reply["id"] = hold.message_id
-        if advice is not None:
-            reply["advice"] = advice
-        if hold.request is not None and not self._extend_reply(hold.session, reply, hold.request):
-            return None
-        return encode_message(reply)
+    def _ack_batch(self, session: Session, reply: Message) -> list[bytes]:
+        """Acknowledge extension (10.1): number this connect reply's batch and
+        return every event not yet acknowledged, oldest first."""
+        ack = session.ack
+        assert ack is not None
+        batch = ack.batch
+        if session.queue:
+            ack.unacked.extend((batch, event) for event in session.take_queue())
+            excess = len(ack.unacked) - self.options.max_queue
+            if excess > 0:
+                del ack.unacked[:excess]
+                session.dropped += excess
+                self.stats.dropped_queue_full += excess
+                log.warning("session %s: %d unacknowledged message(s) dropped", session.id, excess)
+        ext = reply.get("ext")
+        if type(ext) is not dict:
+            ext = reply["ext"] = {}
+        ext["ack"] = batch
+        ack.batch = batch + 1
+        return [event for _, event in ack.unacked]
 
     def _unhold(self, hold: Hold) -> Session:
         session = hold.session
@@ -310,10 +325,14 @@ class BayeuxCore:
         session = self._unhold(hold)
         if advice is None and hold.advise:
             advice = self.advice
-        parts = session.take_queue()
-        reply = self._connect_reply(hold, advice)
-        if reply is not None:
-            parts.append(reply)
+        reply: Message = {"channel": META_CONNECT, "successful": True}
+        if hold.message_id is not None:
+            reply["id"] = hold.message_id
+        if advice is not None:
+            reply["advice"] = advice
+        parts = self._ack_batch(session, reply) if session.ack else session.take_queue()
+        if hold.request is None or self._extend_reply(session, reply, hold.request):
+            parts.append(encode_message(reply))
         hold.exchange.send(parts)
 
     def abandon(self, hold: Hold) -> None:
@@ -371,8 +390,13 @@ class BayeuxCore:
                 with_connect = True
 
         parts: list[bytes] = []
-        if owner is not None and owner.queue and self._may_piggyback(exchange, with_connect):
-            parts = owner.take_queue()
+        if owner is not None:
+            if owner.ack is not None:
+                # Only connect replies carry events, numbered (10.1).
+                if owner.ack.pending is not None:
+                    parts, owner.ack.pending = owner.ack.pending, None
+            elif owner.queue and self._may_piggyback(exchange, with_connect):
+                parts = owner.take_queue()
         if self.extensions_active:
             replies = [
                 reply
@@ -620,6 +644,10 @@ class BayeuxCore:
         }
         if message.get("id") is not None:
             reply["id"] = message["id"]
+        ext = message.get("ext")
+        if self.options.ack_extension and type(ext) is dict and ext.get("ack") is True:
+            session.ack = AckState()
+            reply["ext"] = {"ack": True}
         return reply
 
     # --------------------------------------------------------------- connect
@@ -644,11 +672,12 @@ class BayeuxCore:
                 timeout = min(wanted / 1000.0, self.timeout_s)
         advise = first or advised or session.advice_dirty
         session.advice_dirty = False
+        resend = session.ack is not None and self._acknowledge(session, message)
 
         # Answer at once instead of holding (5.2).
-        if first or timeout <= 0 or session.queue or not alone or self.draining:
+        if first or timeout <= 0 or session.queue or not alone or self.draining or resend:
             self._expire_at(session, self.loop.time() + self.after_reply_s)
-            return self._connect_now(message, advise)
+            return self._connect_now(session, message, advise)
 
         browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
         limit = self.options.max_sessions_per_browser
@@ -667,13 +696,30 @@ class BayeuxCore:
         self.holds.add(hold.deadline, hold)
         return None
 
-    def _connect_now(self, message: Message, advise: bool) -> Message:
+    def _connect_now(self, session: Session, message: Message, advise: bool) -> Message:
         reply: Message = {"channel": META_CONNECT, "successful": True}
         if message.get("id") is not None:
             reply["id"] = message["id"]
         if advise:
             reply["advice"] = self.advice
+        if session.ack is not None:
+            session.ack.pending = self._ack_batch(session, reply)
         return reply
+
+    @staticmethod
+    def _acknowledge(session: Session, message: Message) -> bool:
+        """Drop the events the client confirmed (`ext.ack`: the last batch it got).
+
+        True when sent events remain unconfirmed: they were lost, so this
+        connect is answered at once to send them again.
+        """
+        ack = session.ack
+        assert ack is not None
+        ext = message.get("ext")
+        confirmed = ext.get("ack") if type(ext) is dict else None
+        if type(confirmed) is int:
+            ack.unacked = [(b, e) for b, e in ack.unacked if b > confirmed]
+        return bool(ack.unacked) and ack.unacked[0][0] < ack.batch
 
     def _multiple_clients(self, session: Session, message: Message) -> Message:
         """The browser already holds its quota of long-polls (section 9)."""

@@ -71,11 +71,39 @@ class ServerOptions:
             "help": "deliver events only with /meta/connect replies (total order, more latency)"
         },
     )
+    ack_extension: bool = field(
+        default=False,
+        metadata={"help": "offer the acknowledge extension (ext.ack): reliable, ordered delivery"},
+    )
+    timesync_extension: bool = field(
+        default=False, metadata={"help": "answer the timesync extension (ext.timesync)"}
+    )
     node_id: str = field(
         default="",
         metadata={"help": "this node's id, the prefix of every clientId (random when empty)"},
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    broker: str = field(
+        default="",
+        metadata={
+            "help": "cluster broker URL, redis://HOST:PORT/DB (or rediss://, unix://); "
+            "empty: in-process broker, this process alone"
+        },
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "worker processes sharing the port (SO_REUSEPORT) under a supervisor; "
+            "more than 1 needs --broker"
+        },
+    )
+    reuse_port: bool = field(
+        default=False,
+        metadata={
+            "help": "bind with SO_REUSEPORT so that several processes share the port "
+            "(set by the --workers supervisor for its workers)"
+        },
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,6 +124,10 @@ class ServerOptions:
             problems.append("allowed_transports lists no transport")
         if self.node_id and not (self.node_id.isascii() and self.node_id.isalnum()):
             problems.append("node_id must be ASCII letters and digits")
+        if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            problems.append("broker must be a redis://, rediss:// or unix:// URL")
+        if self.workers < 1:
+            problems.append("workers must be >= 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append("log_level must be debug, info, warning or error")
         if problems:

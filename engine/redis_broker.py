@@ -353,6 +353,9 @@ class RedisBroker:
     async def _connect(self, role: str) -> AbstractConnection:
         kwargs = dict(self._pool.connection_kwargs)
         kwargs["client_name"] = f"engine-{self.node_id}-{role}"
+        # RESP2: pub/sub messages are plain replies (RESP3 would make them
+        # push messages, which redis-py's parser hands to its own handlers).
+        kwargs["protocol"] = 2
         # Reads block without a socket timeout: liveness comes from PINGs, and
         # the sender puts one deadline on each batch of replies.
         kwargs["socket_timeout"] = None

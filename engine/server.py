@@ -13,7 +13,7 @@ import logging
 import secrets
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -23,6 +23,9 @@ from engine.http import HttpConnection, HttpExchange, decode_messages
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
+
+if TYPE_CHECKING:
+    from engine.redis_broker import RedisBroker
 
 __all__ = ["BayeuxServer"]
 
@@ -44,6 +47,7 @@ class BayeuxServer(Application):
         self._core: BayeuxCore | None = None
         self._listener: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
+        self._broker: RedisBroker | None = None
 
     # The core needs the running loop, so it is made by start().
     @property
@@ -78,15 +82,33 @@ class BayeuxServer(Application):
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=self.policy, hooks=self.hooks
         )
+        if self.options.broker:
+            # Clustered: the Redis broker replaces the in-process one before
+            # anything can subscribe; it needs the core's delivery callback.
+            from engine.redis_broker import RedisBroker
+
+            self._broker = RedisBroker(
+                self._core.deliver, node_id=self.node_id, url=self.options.broker
+            )
+            self._core.broker = self._broker
+            await self._broker.start()
         self._core.start()
         self._stopped = asyncio.Event()
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(self),
-            host=self.options.host,
-            port=self.options.port,
-            backlog=4096,
-            reuse_address=True,
-        )
+        try:
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self),
+                host=self.options.host,
+                port=self.options.port,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=self.options.reuse_port or None,
+            )
+        except BaseException:
+            self._core.close()
+            if self._broker is not None:
+                await self._broker.stop()
+                self._broker = None
+            raise
         log.info("listening on %s (node %s)", self.url, self.node_id)
 
     async def stop(self) -> None:
@@ -106,6 +128,9 @@ class BayeuxServer(Application):
             if conn.transport is not None:
                 conn.transport.close()
         self.core.close()
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
         await self._listener.wait_closed()
         self._listener = None
         if self._stopped is not None:

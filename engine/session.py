@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from engine.extensions import Extension
     from engine.websocket import WebSocketConnection
 
-__all__ = ["Exchange", "Hold", "Session"]
+__all__ = ["AckState", "Exchange", "Hold", "Session"]
 
 
 class Exchange(Protocol):
@@ -67,6 +67,18 @@ class Hold:
         self.request: dict[str, Any] | None = None
 
 
+class AckState:
+    """Acknowledge extension state of one session (bayeux.md 10.1)."""
+
+    __slots__ = ("batch", "unacked", "pending")
+
+    def __init__(self) -> None:
+        self.batch = 1  # the number the next connect reply carries
+        self.unacked: list[tuple[int, bytes]] = []  # (batch sent in, event)
+        # Events of a connect reply being composed (immediate replies).
+        self.pending: list[bytes] | None = None
+
+
 class Session:
     """Server-side state of one client (one clientId)."""
 
@@ -89,6 +101,7 @@ class Session:
         "extensions",
         "local",
         "attributes",
+        "ack",
     )
 
     def __init__(self, client_id: str, browser_id: str | None, transport: str, broker: Broker):
@@ -118,6 +131,7 @@ class Session:
         self.local: Callable[[bytes], None] | None = None
         # Application data about the session (e.g. the authenticated user).
         self.attributes: dict[str, Any] | None = None
+        self.ack: AckState | None = None  # acknowledge extension, when negotiated
 
     def take_queue(self) -> list[bytes]:
         queue = self.queue
