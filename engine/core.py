@@ -895,6 +895,7 @@ class BayeuxCore:
     ) -> Message:
         """Run the handlers of a service channel; their results go to the caller.
 
+        A handler refuses a caller by raising PermissionError (403::service_denied).
         A result is delivered as `{"id", "channel", "successful": true,
         "data"}`, which is what the JS client's remoteCall() waits for; the
         publish reply is sent as well (the WebSocket transport needs it).
@@ -905,6 +906,10 @@ class BayeuxCore:
                 continue
             try:
                 result = entry.function(session, message)
+            except PermissionError as exc:
+                # A service's way of refusing a caller: a 403, no traceback.
+                log.info("service %s refused session %s: %s", channel, session.id, exc)
+                return self._failure(message, errors.SERVICE_DENIED)
             except Exception:
                 log.exception("service %s raised", channel)
                 self.stats.service_failures += 1

@@ -18,6 +18,7 @@ __all__ = [
     "MESSAGE_DELETED",
     "MESSAGE_ID_INVALID",
     "PUBLISH_DENIED",
+    "SERVICE_DENIED",
     "SERVICE_FAILED",
     "SESSION_UNKNOWN",
     "SUBSCRIBE_DENIED",
@@ -48,6 +49,7 @@ PUBLISH_DENIED = f"403:{POLICY}:publish_denied"
 MESSAGE_DELETED = "404::message_deleted"
 # Project additions (no CometD string): application code failed.
 SERVICE_FAILED = "500::service_failed"
+SERVICE_DENIED = "403::service_denied"
 EXTENSION_FAILED = "500::extension_failed"
 CHANNEL_INVALID = "405::channel_invalid"
 MESSAGE_ID_INVALID = "405::message_id_invalid"

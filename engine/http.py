@@ -347,10 +347,14 @@ class HttpConnection(asyncio.Protocol):
     def route(self, exchange: HttpExchange) -> None:
         path, _, query = self.url.partition(b"?")
         base = self.server.base_path
-        if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
-            exchange.fail(404, "no Bayeux endpoint at this path")
-            return
         method = self.parser.get_method()
+        if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
+            answer = self.server.admin.handle(method, path, self.headers)
+            if answer is None:
+                exchange.fail(404, "no Bayeux endpoint at this path")
+            else:
+                self.complete(exchange, answer)
+            return
         if self.cross_origin_refused():
             exchange.fail(403, "origin not allowed (see --allowed-origins)")
             return

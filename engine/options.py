@@ -78,6 +78,15 @@ class ServerOptions:
     timesync_extension: bool = field(
         default=False, metadata={"help": "answer the timesync extension (ext.timesync)"}
     )
+    admin_token: str = field(
+        default="",
+        metadata={
+            "help": "bearer token enabling GET /stats, /metrics and /service/status (off if empty)"
+        },
+    )
+    static_dir: str = field(
+        default="", metadata={"help": "a directory of files served at / (e.g. a page)"}
+    )
     node_id: str = field(
         default="",
         metadata={"help": "this node's id, the prefix of every clientId (random when empty)"},

@@ -13,10 +13,12 @@ import logging
 import secrets
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import uvloop
 
+from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.app import Application
 from engine.core import BayeuxCore
 from engine.http import HttpConnection, HttpExchange, decode_messages
@@ -45,9 +47,30 @@ class BayeuxServer(Application):
         self.origins = self.options.origins
         self.connections: set[HttpConnection | WebSocketConnection] = set()
         self._core: BayeuxCore | None = None
+        self.started_at = time.monotonic()
+        self.admin = AdminRoutes(self)
+        if self.options.static_dir:
+            self.admin.mount("/", self.options.static_dir)
+        if self.options.admin_token:
+            self.hooks.add_service(STATUS_CHANNEL, self._status_service)
         self._listener: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._broker: RedisBroker | None = None
+
+    def static(self, prefix: str, directory: str) -> None:
+        """Serve the files of `directory` under the URL path `prefix`."""
+        self.admin.mount(prefix, directory)
+
+    def status(self, channel: str | None = None) -> dict[str, Any]:
+        """This node's status: sessions, channels, queues, counters (see /stats)."""
+        return server_status(self, channel)
+
+    def _status_service(self, session: Any, message: dict[str, Any]) -> Any:
+        if not status_allowed(self, session, message):
+            raise PermissionError("status requests need the admin token")
+        data = message.get("data")
+        channel = data.get("channel") if isinstance(data, dict) else None
+        return self.status(channel if isinstance(channel, str) else None)
 
     # The core needs the running loop, so it is made by start().
     @property
@@ -93,6 +116,7 @@ class BayeuxServer(Application):
             self._core.broker = self._broker
             await self._broker.start()
         self._core.start()
+        self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
         try:
             self._listener = await loop.create_server(
