@@ -1,0 +1,982 @@
+#!/usr/bin/env node
+// Interop driver: runs one scenario with the official CometD JavaScript client
+// (npm `cometd` 9.0.0) on Node through `cometd-nodejs-client` 2.0.0, against a
+// Bayeux server, and prints ONE JSON line with the results on stdout.
+//
+//   node cometd_client.mjs URL SCENARIO [--transport long-polling|websocket|callback-polling]
+//        [--timeout MS] [--step-timeout MS] [--duration MS (idle)]
+//        [--log-level warn|info|debug] [--no-wire]
+//
+// Exit status: 0 scenario passed, 1 a check failed, 2 timed out, 3 bad usage.
+// The JSON line always has: scenario, ok, transport (type actually in use),
+// url, elapsed_ms, results (scenario specific), error (when !ok), wire (what
+// went over the wire, unless --no-wire).
+//
+// Everything else (CometD logging) goes to stderr.
+//
+// Notes on cometd-nodejs-client 2.0.0 (read from its source):
+//  - adapt() installs window.XMLHttpRequest / window.WebSocket (package `ws`).
+//  - Its XMLHttpRequest keeps server cookies (Set-Cookie) in ONE jar per
+//    adapt() call, keyed by host name and shared by every CometD instance of
+//    the process. A transport `context.cookieStore` is only used to *read*
+//    cookies; Set-Cookie is always written to the shared jar. Two CometD
+//    objects in one process therefore present the same BAYEUX_BROWSER cookie
+//    and trip the server's multiple-clients logic. We give each client its own
+//    jar (see JarXMLHttpRequest) unless the scenario wants a shared one.
+//  - The WebSocket upgrade request carries no cookies at all.
+//  - callback-polling needs a browser DOM (<script> injection); we replace its
+//    jsonpSend() with an HTTP GET that evaluates the `callback([...])` body.
+
+import {adapt} from "cometd-nodejs-client";
+import {XMLHttpRequest as NodeXMLHttpRequest} from "cometd-nodejs-client/src/XMLHttpRequest.js";
+import {CometD, CallbackPollingTransport, AckExtension, TimeSyncExtension} from "cometd";
+import * as nodeHttp from "node:http";
+import * as nodeHttps from "node:https";
+import {WebSocket as WsWebSocket} from "ws";
+
+const TRANSPORTS = ["websocket", "long-polling", "callback-polling"];
+const SCENARIOS = {};
+
+// ---------------------------------------------------------------- arguments
+
+function usage(message) {
+    process.stderr.write((message ? message + "\n" : "") +
+        "usage: node cometd_client.mjs URL SCENARIO [--transport T] [--timeout MS] " +
+        "[--step-timeout MS] [--duration MS] [--log-level L] [--no-wire]\n" +
+        "scenarios: " + Object.keys(SCENARIOS).join(", ") + "\n" +
+        "transports: " + TRANSPORTS.join(", ") + "\n");
+    process.exit(3);
+}
+
+function parseArgs(argv) {
+    const opts = {
+        url: null,
+        scenario: null,
+        transport: null,
+        timeout: 20000,
+        stepTimeout: 8000,
+        duration: 4000,
+        logLevel: "warn",
+        wire: true,
+    };
+    const positional = [];
+    for (let i = 0; i < argv.length; ++i) {
+        const arg = argv[i];
+        const next = () => {
+            if (i + 1 >= argv.length) {
+                usage("missing value for " + arg);
+            }
+            return argv[++i];
+        };
+        if (arg === "--transport") {
+            opts.transport = next();
+        } else if (arg.startsWith("--transport=")) {
+            opts.transport = arg.substring("--transport=".length);
+        } else if (arg === "--timeout") {
+            opts.timeout = parseInt(next(), 10);
+        } else if (arg === "--duration") {
+            opts.duration = parseInt(next(), 10);
+        } else if (arg === "--step-timeout") {
+            opts.stepTimeout = parseInt(next(), 10);
+        } else if (arg === "--log-level") {
+            opts.logLevel = next();
+        } else if (arg === "--no-wire") {
+            opts.wire = false;
+        } else if (arg === "-h" || arg === "--help") {
+            usage();
+        } else if (arg.startsWith("--")) {
+            usage("unknown option " + arg);
+        } else {
+            positional.push(arg);
+        }
+    }
+    if (positional.length !== 2) {
+        usage("expected URL and SCENARIO");
+    }
+    [opts.url, opts.scenario] = positional;
+    if (opts.transport && !TRANSPORTS.includes(opts.transport)) {
+        usage("unknown transport " + opts.transport);
+    }
+    if (!SCENARIOS[opts.scenario]) {
+        usage("unknown scenario " + opts.scenario);
+    }
+    return opts;
+}
+
+// ---------------------------------------------------------------- wire log
+
+const START = Date.now();
+const wire = [];
+let wireEnabled = true;
+
+function parseMaybeJSON(text) {
+    if (typeof text !== "string") {
+        return text;
+    }
+    try {
+        return JSON.parse(text);
+    } catch (x) {
+        return text;
+    }
+}
+
+function record(entry) {
+    if (!wireEnabled) {
+        return;
+    }
+    entry.t = Date.now() - START;
+    wire.push(entry);
+}
+
+function cookieHeaderFor(jar, hostname) {
+    const perHost = jar && jar[hostname];
+    return perHost ? Object.values(perHost).join("; ") : "";
+}
+
+function storeSetCookie(jar, hostname, header) {
+    // Same semantics as cometd-nodejs-client: keep name=value, ignore attributes.
+    const nameValue = header.split(";")[0].trim();
+    const equal = nameValue.indexOf("=");
+    if (equal > 0) {
+        let perHost = jar[hostname];
+        if (!perHost) {
+            perHost = jar[hostname] = {};
+        }
+        perHost[nameValue.substring(0, equal)] = nameValue;
+    }
+}
+
+// ---------------------------------------------------------------- Node adaptation
+
+// A process-wide jar, used by clients created with {sharedJar: true}; it plays
+// the role of cometd-nodejs-client's own global jar.
+const SHARED_JAR = {};
+
+// cometd-nodejs-client's XMLHttpRequest with two additions:
+//  1. per-client cookie jar: the LongPollingTransport copies `transport.context`
+//     into each XHR; we point both the read side (context.cookieStore, used by
+//     the adapter) and the write side (options.globalCookies) at the jar found
+//     in that context.
+//  2. wire recording of each request/response.
+class JarXMLHttpRequest extends NodeXMLHttpRequest {
+    #options;
+    #context;
+    #wire = null;
+
+    constructor() {
+        const options = {globalCookies: SHARED_JAR};
+        super(options);
+        this.#options = options;
+    }
+
+    get context() {
+        return this.#context;
+    }
+
+    set context(context) {
+        this.#context = context;
+        if (context && context.cookieStore) {
+            this.#options.globalCookies = context.cookieStore;
+        }
+    }
+
+    open(method, uri) {
+        this.#wire = {method: method, url: String(uri)};
+        super.open(method, uri);
+    }
+
+    send(data) {
+        const ctx = this.#context || {};
+        const url = new URL(this.#wire.url);
+        record({
+            client: ctx.label || "?",
+            kind: "http",
+            dir: "send",
+            method: this.#wire.method,
+            path: url.pathname + url.search,
+            cookie: cookieHeaderFor(this.#options.globalCookies, url.hostname),
+            body: parseMaybeJSON(data),
+        });
+        const onload = this.onload;
+        this.onload = () => {
+            record({
+                client: ctx.label || "?",
+                kind: "http",
+                dir: "recv",
+                path: url.pathname,
+                status: this.status,
+                body: parseMaybeJSON(this.responseText),
+            });
+            if (onload) {
+                onload.call(this);
+            }
+        };
+        const onerror = this.onerror;
+        this.onerror = (x) => {
+            record({
+                client: ctx.label || "?",
+                kind: "http",
+                dir: "error",
+                path: url.pathname,
+                status: this.status,
+                error: this.statusText || (x && x.message) || "error",
+            });
+            if (onerror) {
+                onerror.call(this, x);
+            }
+        };
+        super.send(data);
+    }
+}
+
+// `ws` WebSocket with wire recording. The CometD WebSocketTransport creates it
+// without any reference to the CometD object, so frames are labelled by
+// connection number only.
+let wsCounter = 0;
+
+class RecordingWebSocket extends WsWebSocket {
+    constructor(url, protocols, options) {
+        super(url, protocols, options);
+        const id = "ws" + (++wsCounter);
+        this._wireId = id;
+        record({kind: "ws", conn: id, dir: "open-request", url: String(url), protocol: protocols || null});
+        this.addEventListener("open", () => record({kind: "ws", conn: id, dir: "open"}));
+        this.addEventListener("message", (e) => record({kind: "ws", conn: id, dir: "recv", body: parseMaybeJSON(String(e.data))}));
+        this.addEventListener("close", (e) => record({kind: "ws", conn: id, dir: "close", code: e.code, reason: e.reason}));
+        this.addEventListener("error", (e) => record({kind: "ws", conn: id, dir: "error", error: String(e && (e.message || e.error) || e)}));
+    }
+
+    send(data, ...rest) {
+        record({kind: "ws", conn: this._wireId, dir: "send", body: parseMaybeJSON(String(data))});
+        return super.send(data, ...rest);
+    }
+}
+
+// callback-polling without a DOM: an HTTP GET whose body must be exactly
+// `<callbackName>(<JSON array>)` (optionally preceded by comments and followed
+// by `;`), which is what a browser would run as a script.
+class NodeCallbackPollingTransport extends CallbackPollingTransport {
+    #counter = 0;
+
+    jsonpSend(packet) {
+        const callbackName = "_cometd_jsonp_" + this.#counter++;
+        let url = packet.url;
+        url += url.indexOf("?") < 0 ? "?" : "&";
+        url += "jsonp=" + callbackName;
+        url += "&message=" + encodeURIComponent(packet.body);
+        const target = new URL(url);
+        const ctx = this.context || {};
+        const jar = ctx.cookieStore || SHARED_JAR;
+        const headers = Object.assign({}, packet.headers || {});
+        const cookie = cookieHeaderFor(jar, target.hostname);
+        if (cookie) {
+            headers["Cookie"] = cookie;
+        }
+        record({
+            client: ctx.label || "?",
+            kind: "jsonp",
+            dir: "send",
+            method: "GET",
+            path: target.pathname,
+            cookie: cookie,
+            callback: callbackName,
+            body: parseMaybeJSON(packet.body),
+        });
+        const client = target.protocol === "https:" ? nodeHttps : nodeHttp;
+        const request = client.request(target, {method: "GET", headers: headers}, (response) => {
+            const setCookies = response.headers["set-cookie"] || [];
+            for (const header of setCookies) {
+                storeSetCookie(jar, target.hostname, header);
+            }
+            let text = "";
+            response.setEncoding("utf8");
+            response.on("data", (chunk) => text += chunk);
+            response.on("end", () => {
+                record({
+                    client: ctx.label || "?",
+                    kind: "jsonp",
+                    dir: "recv",
+                    path: target.pathname,
+                    status: response.statusCode,
+                    contentType: response.headers["content-type"] || null,
+                    body: text,
+                });
+                if (response.statusCode !== 200) {
+                    packet.onError("jsonp error", new Error("HTTP " + response.statusCode));
+                    return;
+                }
+                // A browser would also run a leading comment (Faye sends `/**/cb(...)`).
+                const script = text.replace(/^\s*(?:\/\*[\s\S]*?\*\/\s*)*/, "");
+                const m = /^([A-Za-z0-9_.$-]+)\(([\s\S]*)\)\s*;?\s*$/.exec(script);
+                if (!m || m[1] !== callbackName) {
+                    packet.onError("jsonp error", new Error("not a " + callbackName + "(...) script: " + text.substring(0, 200)));
+                    return;
+                }
+                let messages;
+                try {
+                    messages = JSON.parse(m[2]);
+                } catch (x) {
+                    packet.onError("jsonp error", x);
+                    return;
+                }
+                packet.onSuccess(messages);
+            });
+            response.on("error", (x) => packet.onError("jsonp error", x));
+        });
+        request.on("error", (x) => {
+            record({client: ctx.label || "?", kind: "jsonp", dir: "error", path: target.pathname, error: x.message});
+            packet.onError("jsonp error", x);
+        });
+        request.end();
+    }
+}
+
+function installNodeAdapter() {
+    adapt();
+    // CometD logs info/debug through console.log/info/debug: keep stdout for
+    // the single JSON result line.
+    const toStderr = (...args) => console.error(...args);
+    console.log = toStderr;
+    console.info = toStderr;
+    console.debug = toStderr;
+    window.console = console;
+    window.XMLHttpRequest = JarXMLHttpRequest;
+    window.WebSocket = RecordingWebSocket;
+}
+
+// ---------------------------------------------------------------- helpers
+
+class CheckFailed extends Error {
+}
+
+class StepTimeout extends Error {
+}
+
+function check(condition, message, detail) {
+    if (!condition) {
+        const text = detail === undefined ? message : message + ": " + JSON.stringify(detail);
+        throw new CheckFailed(text);
+    }
+}
+
+function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function withTimeout(promise, ms, what) {
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new StepTimeout("timed out after " + ms + " ms waiting for " + what)), ms);
+    });
+    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function deepEqual(a, b) {
+    return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
+}
+
+function canonical(v) {
+    if (Array.isArray(v)) {
+        return v.map(canonical);
+    }
+    if (v && typeof v === "object") {
+        const out = {};
+        for (const k of Object.keys(v).sort()) {
+            out[k] = canonical(v[k]);
+        }
+        return out;
+    }
+    return v;
+}
+
+function copy(message) {
+    return message === undefined ? undefined : JSON.parse(JSON.stringify(message));
+}
+
+// One CometD client with its own cookie jar and message recorders.
+class Peer {
+    constructor(label, opts, {sharedJar = false} = {}) {
+        this.label = label;
+        this.opts = opts;
+        this.cometd = new CometD(label);
+        this.jar = sharedJar ? SHARED_JAR : {};
+        this.events = [];         // every non-meta message received from the server (raw, before listeners)
+        this.metaReplies = [];    // every /meta/* message received
+        this.replies = [];        // non-meta replies (publish replies)
+        this.waiters = [];
+        this.handshakes = [];
+        this.connects = [];
+        this.connectsSent = 0;
+        this.sentConnects = [];
+
+        const cometd = this.cometd;
+        // Replace the DOM-based callback-polling transport by the Node one.
+        if (cometd.unregisterTransport("callback-polling")) {
+            cometd.registerTransport("callback-polling", new NodeCallbackPollingTransport());
+        }
+        if (opts.transport) {
+            for (const type of cometd.getTransportTypes().slice()) {
+                if (type !== opts.transport) {
+                    cometd.unregisterTransport(type);
+                }
+            }
+            check(cometd.getTransportTypes().length === 1,
+                "transport " + opts.transport + " not available in this client", cometd.getTransportTypes());
+        }
+        for (const type of cometd.getTransportTypes()) {
+            cometd.findTransport(type).context = {cookieStore: this.jar, label: label};
+        }
+        cometd.configure({url: opts.url, logLevel: opts.logLevel});
+
+        const self = this;
+        cometd.registerExtension("interop-recorder", {
+            incoming(message) {
+                const m = copy(message);
+                const isMeta = typeof m.channel === "string" && m.channel.startsWith("/meta/");
+                // A reply has `successful` and no `data`; anything else that is
+                // not meta is an event (delivery) pushed by the server.
+                const isReply = ("successful" in m) && !("data" in m);
+                if (isMeta) {
+                    self.metaReplies.push(m);
+                    if (m.channel === "/meta/connect") {
+                        self.connects.push(m);
+                    }
+                } else if (isReply) {
+                    self.replies.push(m);
+                } else {
+                    self.events.push(m);
+                }
+                self.#wake();
+                return message;
+            },
+            outgoing(message) {
+                if (message.channel === "/meta/connect") {
+                    self.connectsSent += 1;
+                    self.sentConnects.push(copy(message));
+                    self.#wake();
+                }
+                return message;
+            },
+        });
+        cometd.addListener("/meta/handshake", (m) => {
+            this.handshakes.push(copy(m));
+            this.#wake();
+        });
+    }
+
+    #wake() {
+        const run = () => {
+            for (const w of this.waiters.slice()) {
+                w();
+            }
+        };
+        run();
+        // Callbacks and listeners run after the incoming extensions: look again
+        // once they have.
+        setTimeout(run, 0);
+    }
+
+    // Resolve when predicate() returns a truthy value (re-checked on every message).
+    waitUntil(predicate, what, ms) {
+        return withTimeout(new Promise((resolve) => {
+            const test = () => {
+                let value;
+                try {
+                    value = predicate();
+                } catch (x) {
+                    value = undefined;
+                }
+                if (value) {
+                    this.waiters = this.waiters.filter((w) => w !== test);
+                    resolve(value);
+                }
+            };
+            this.waiters.push(test);
+            test();
+        }), ms || this.opts.stepTimeout, this.label + ": " + what);
+    }
+
+    transportType() {
+        const t = this.cometd.getTransport();
+        return t ? t.type : null;
+    }
+
+    // Handshake, then wait for the first successful /meta/connect reply.
+    async connect() {
+        this.cometd.handshake();
+        const hs = await this.waitUntil(() => this.handshakes.find((m) => m.successful), "successful /meta/handshake reply");
+        const first = await this.waitUntil(() => this.connects.find((m) => m.successful === true), "first successful /meta/connect reply");
+        return {handshake: hs, connect: first};
+    }
+
+    // Wait until a /meta/connect is outstanding after at least one connect
+    // reply (i.e. the server is presumably holding it), plus a little slack.
+    async connectHeld() {
+        await this.waitUntil(() => this.connects.length >= 1 && this.connectsSent > this.connects.length,
+            "an outstanding (held) /meta/connect");
+        await sleep(150);
+    }
+
+    subscribe(channel, listener) {
+        return withTimeout(new Promise((resolve) => {
+            const sub = this.cometd.subscribe(channel, listener, (reply) => resolve({sub, reply: copy(reply)}));
+        }), this.opts.stepTimeout, this.label + ": /meta/subscribe reply for " + channel);
+    }
+
+    unsubscribe(sub) {
+        return withTimeout(new Promise((resolve) => {
+            this.cometd.unsubscribe(sub, (reply) => resolve(copy(reply)));
+        }), this.opts.stepTimeout, this.label + ": /meta/unsubscribe reply for " + sub.channel);
+    }
+
+    publish(channel, data) {
+        return withTimeout(new Promise((resolve) => {
+            this.cometd.publish(channel, data, (reply) => resolve(copy(reply)));
+        }), this.opts.stepTimeout, this.label + ": publish reply for " + channel);
+    }
+
+    disconnect(ms) {
+        if (this.cometd.isDisconnected()) {
+            return Promise.resolve(null);
+        }
+        return withTimeout(new Promise((resolve) => {
+            this.cometd.disconnect((reply) => resolve(copy(reply)));
+        }), ms || this.opts.stepTimeout, this.label + ": /meta/disconnect reply");
+    }
+
+    eventsOn(channel) {
+        return this.events.filter((m) => m.channel === channel);
+    }
+
+    cookies() {
+        return Object.assign({}, ...Object.values(this.jar).map((perHost) => Object.assign({}, perHost)));
+    }
+}
+
+function expectSuccess(reply, what) {
+    check(reply && reply.successful === true, what + " not successful", reply);
+    return reply;
+}
+
+function checkDelivery(message, channel, data, what) {
+    check(message.channel === channel, what + ": wrong channel", message);
+    check(deepEqual(message.data, data), what + ": data differs", {expected: data, got: message.data});
+    check(!("clientId" in message), what + ": delivery carries clientId", message);
+    check(!("id" in message), what + ": delivery carries id", message);
+    check(!("successful" in message), what + ": delivery carries successful", message);
+}
+
+function multipleClientsAdvice(peer) {
+    return peer.metaReplies.some((m) => m.advice && m.advice["multiple-clients"] === true);
+}
+
+// ---------------------------------------------------------------- scenarios
+
+SCENARIOS.handshake = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    const {handshake, connect} = await a.connect();
+    ctx.results.handshake_reply = handshake;
+    ctx.results.first_connect_reply = connect;
+    ctx.results.client_id = a.cometd.getClientId();
+    ctx.results.cookies = a.cookies();
+    ctx.results.handshake_attempts = a.handshakes.length;
+    check(typeof handshake.clientId === "string" && handshake.clientId.length > 0, "no clientId in handshake reply", handshake);
+    check(Array.isArray(handshake.supportedConnectionTypes), "no supportedConnectionTypes in handshake reply", handshake);
+    check(handshake.supportedConnectionTypes.includes(a.transportType()),
+        "transport in use is not listed by the server", {using: a.transportType(), server: handshake.supportedConnectionTypes});
+    await a.connectHeld();
+    ctx.results.second_connect_request = a.sentConnects[1] || null;
+    check(a.cometd.getStatus() === "connected", "status is not connected", a.cometd.getStatus());
+};
+
+SCENARIOS.subscribe_publish = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    await a.connect();
+    const channel = "/interop/exact";
+    const received = [];
+    const {reply: subReply} = await a.subscribe(channel, (m) => received.push(copy(m)));
+    ctx.results.subscribe_reply = subReply;
+    expectSuccess(subReply, "subscribe " + channel);
+    check(subReply.subscription === channel, "subscribe reply does not echo subscription", subReply);
+
+    const data = {text: "hello", n: 1, nested: {list: [1, 2.5, "x", null, true]}, unicode: "h\u00e9llo \u2603"};
+    const pubReply = await a.publish(channel, data);
+    ctx.results.publish_reply = pubReply;
+    expectSuccess(pubReply, "publish");
+    check(!("data" in pubReply), "publish reply carries data", pubReply);
+    await a.waitUntil(() => received.length >= 1, "own publish delivered to the listener");
+    ctx.results.received = received;
+    const raw = a.eventsOn(channel);
+    ctx.results.raw_events = raw;
+    checkDelivery(raw[0], channel, data, "delivery");
+    await sleep(200);
+    check(a.eventsOn(channel).length === 1, "publish delivered more than once", a.eventsOn(channel));
+};
+
+SCENARIOS.wildcard = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    await a.connect();
+    const got = {"/chat/*": [], "/news/**": [], "/interop/sentinel": []};
+    for (const pattern of Object.keys(got)) {
+        const {reply} = await a.subscribe(pattern, (m) => got[pattern].push(m.channel));
+        expectSuccess(reply, "subscribe " + pattern);
+        check(reply.subscription === pattern, "subscribe reply does not echo subscription", reply);
+    }
+    const publishes = [
+        "/chat/room",        // /chat/*
+        "/chat/room/deep",   // no: * is one segment
+        "/chat",             // no
+        "/chatter/x",        // no
+        "/news/a",           // /news/**
+        "/news/a/b/c",       // /news/**
+        "/news",             // no
+        "/newsroom/a",       // no
+        "/other/x",          // no
+    ];
+    const expected = {
+        "/chat/*": ["/chat/room"],
+        "/news/**": ["/news/a", "/news/a/b/c"],
+    };
+    const replies = {};
+    for (const channel of publishes) {
+        const reply = await a.publish(channel, {channel: channel});
+        replies[channel] = reply;
+        expectSuccess(reply, "publish to " + channel);
+    }
+    // A sentinel published last: events of one session arrive in order, so once
+    // it is here every earlier matching publish must have arrived too.
+    expectSuccess(await a.publish("/interop/sentinel", {last: true}), "publish to sentinel");
+    await a.waitUntil(() => got["/interop/sentinel"].length >= 1, "sentinel delivery");
+    await sleep(200);
+    const rawChannels = a.events.map((m) => m.channel);
+    ctx.results.listener_channels = got;
+    ctx.results.raw_event_channels = rawChannels;
+    ctx.results.publish_replies = replies;
+    check(deepEqual(got["/chat/*"], expected["/chat/*"]), "/chat/* listener got wrong channels", got["/chat/*"]);
+    check(deepEqual(got["/news/**"], expected["/news/**"]), "/news/** listener got wrong channels", got["/news/**"]);
+    const expectedRaw = ["/chat/room", "/news/a", "/news/a/b/c", "/interop/sentinel"];
+    check(deepEqual(rawChannels, expectedRaw),
+        "server delivered the wrong set of channels (raw, before client-side matching)", {expected: expectedRaw, got: rawChannels});
+    for (const m of a.events) {
+        checkDelivery(m, m.channel, m.channel === "/interop/sentinel" ? {last: true} : {channel: m.channel}, "delivery on " + m.channel);
+    }
+};
+
+async function twoClients(opts, ctx, sharedJar) {
+    const a = ctx.peer("A", {sharedJar});
+    const b = ctx.peer("B", {sharedJar});
+    await a.connect();
+    await b.connect();
+    ctx.results.client_ids = [a.cometd.getClientId(), b.cometd.getClientId()];
+    check(a.cometd.getClientId() !== b.cometd.getClientId(), "both clients got the same clientId");
+    ctx.results.cookies = {A: a.cookies(), B: b.cookies()};
+
+    const toB = "/interop/two/to-b";
+    const toA = "/interop/two/to-a";
+    const gotB = [];
+    const gotA = [];
+    expectSuccess((await b.subscribe(toB, (m) => gotB.push(copy(m)))).reply, "B subscribe");
+    expectSuccess((await a.subscribe(toA, (m) => gotA.push(copy(m)))).reply, "A subscribe");
+    // Make sure both sessions hold (or at least re-issued) a /meta/connect, so
+    // that delivery happens through the long poll and not by piggy-backing.
+    await a.connectHeld();
+    await b.connectHeld();
+
+    const t0 = Date.now();
+    expectSuccess(await a.publish(toB, {from: "A", n: 1}), "A publish to B");
+    await b.waitUntil(() => gotB.length >= 1, "B receives A's publish");
+    ctx.results.a_to_b_ms = Date.now() - t0;
+    const t1 = Date.now();
+    expectSuccess(await b.publish(toA, {from: "B", n: 2}), "B publish to A");
+    await a.waitUntil(() => gotA.length >= 1, "A receives B's publish");
+    ctx.results.b_to_a_ms = Date.now() - t1;
+    await sleep(200);
+
+    checkDelivery(b.eventsOn(toB)[0], toB, {from: "A", n: 1}, "delivery to B");
+    checkDelivery(a.eventsOn(toA)[0], toA, {from: "B", n: 2}, "delivery to A");
+    check(a.eventsOn(toB).length === 0, "A received a message on a channel it did not subscribe", a.events);
+    check(b.eventsOn(toA).length === 0, "B received a message on a channel it did not subscribe", b.events);
+    check(gotB.length === 1 && gotA.length === 1, "duplicate deliveries", {gotA, gotB});
+    ctx.results.multiple_clients_advice = {A: multipleClientsAdvice(a), B: multipleClientsAdvice(b)};
+    ctx.results.connect_replies = {A: a.connects, B: b.connects};
+}
+
+SCENARIOS.two_clients = async (opts, ctx) => {
+    await twoClients(opts, ctx, false);
+    const cA = ctx.results.cookies.A;
+    const cB = ctx.results.cookies.B;
+    if (cA.BAYEUX_BROWSER !== undefined || cB.BAYEUX_BROWSER !== undefined) {
+        check(cA.BAYEUX_BROWSER !== cB.BAYEUX_BROWSER, "separate jars but same BAYEUX_BROWSER", ctx.results.cookies);
+    }
+};
+
+// Both clients share one cookie jar, like two tabs of one browser (and like
+// two CometD objects with cometd-nodejs-client's default jar): over HTTP the
+// server should apply its multiple-clients logic; delivery must still work.
+SCENARIOS.shared_cookie_jar = async (opts, ctx) => {
+    await twoClients(opts, ctx, true);
+};
+
+SCENARIOS.batch = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    await a.connect();
+    await a.connectHeld();
+    const channel = "/interop/batch";
+    const data = {batched: true};
+    const received = [];
+    let subReply = null;
+    let pubReply = null;
+    const wireStart = wire.length;
+    a.cometd.batch(() => {
+        a.cometd.subscribe(channel, (m) => received.push(copy(m)), (r) => subReply = copy(r));
+        a.cometd.publish(channel, data, (r) => pubReply = copy(r));
+    });
+    await a.waitUntil(() => subReply && pubReply, "subscribe and publish replies of the batch");
+    ctx.results.subscribe_reply = subReply;
+    ctx.results.publish_reply = pubReply;
+    expectSuccess(subReply, "batched subscribe");
+    expectSuccess(pubReply, "batched publish");
+    await a.waitUntil(() => received.length >= 1, "delivery of the batched publish");
+    checkDelivery(a.eventsOn(channel)[0], channel, data, "batched delivery");
+    // How the batch went over the wire: one request/frame with both messages.
+    const sent = wire.slice(wireStart).filter((e) => e.dir === "send" && Array.isArray(e.body) && (e.client === "A" || e.kind === "ws"));
+    const bodies = sent.map((e) => e.body.map((m) => m.channel));
+    ctx.results.requests_after_batch = bodies;
+    if (wireEnabled) {
+        check(bodies.some((channels) => channels.includes("/meta/subscribe") && channels.includes(channel)),
+            "subscribe and publish were not sent in one request", bodies);
+    }
+};
+
+SCENARIOS.unsubscribe = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    await a.connect();
+    const channel = "/interop/unsub";
+    const sentinel = "/interop/unsub-sentinel";
+    const received = [];
+    const sentinels = [];
+    const {sub, reply: subReply} = await a.subscribe(channel, (m) => received.push(copy(m)));
+    expectSuccess(subReply, "subscribe");
+    expectSuccess((await a.subscribe(sentinel, (m) => sentinels.push(copy(m)))).reply, "subscribe sentinel");
+
+    expectSuccess(await a.publish(channel, {n: 1}), "publish before unsubscribe");
+    await a.waitUntil(() => received.length >= 1, "delivery before unsubscribe");
+
+    const unsubReply = await a.unsubscribe(sub);
+    ctx.results.unsubscribe_reply = unsubReply;
+    expectSuccess(unsubReply, "unsubscribe");
+    check(unsubReply.subscription === channel, "unsubscribe reply does not echo subscription", unsubReply);
+
+    const pub2 = await a.publish(channel, {n: 2});
+    ctx.results.publish_after_unsubscribe_reply = pub2;
+    expectSuccess(pub2, "publish after unsubscribe");
+    expectSuccess(await a.publish(sentinel, {n: 3}), "publish sentinel");
+    await a.waitUntil(() => sentinels.length >= 1, "sentinel delivery");
+    await sleep(300);
+    ctx.results.raw_events = a.events;
+    check(received.length === 1, "listener called after unsubscribe", received);
+    check(a.eventsOn(channel).length === 1,
+        "server still delivered to the unsubscribed session (raw)", a.eventsOn(channel));
+};
+
+SCENARIOS.disconnect = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    await a.connect();
+    await a.connectHeld();
+    const connectsBefore = a.connects.length;
+    const t0 = Date.now();
+    const reply = await a.disconnect();
+    ctx.results.disconnect_ms = Date.now() - t0;
+    ctx.results.disconnect_reply = reply;
+    expectSuccess(reply, "disconnect");
+    // The held connect should come back (reconnect: none) promptly.
+    try {
+        await a.waitUntil(() => a.connects.length > connectsBefore, "held /meta/connect returning after disconnect", 3000);
+        ctx.results.held_connect_reply = a.connects[a.connects.length - 1];
+    } catch (x) {
+        ctx.results.held_connect_reply = null;
+    }
+    const sentAt = wire.length;
+    const connectsSentAt = a.connectsSent;
+    await sleep(500);
+    ctx.results.status = a.cometd.getStatus();
+    check(a.cometd.isDisconnected(), "client not disconnected", a.cometd.getStatus());
+    const later = wire.slice(sentAt).filter((e) => e.dir === "send" && e.client === "A");
+    ctx.results.requests_after_disconnect = later.map((e) => e.body);
+    check(a.connectsSent === connectsSentAt, "client kept sending /meta/connect after disconnect", later);
+};
+
+// Stay connected for --duration ms (default 4000): with a short server
+// timeout the held /meta/connect must come back successful each time and the
+// client must simply re-poll (no failures, no re-handshake); a publish at the
+// end still arrives.
+SCENARIOS.idle = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    const failures = [];
+    a.cometd.addListener("/meta/unsuccessful", (m) => failures.push(copy(m)));
+    await a.connect();
+    const channel = "/interop/idle";
+    const received = [];
+    expectSuccess((await a.subscribe(channel, (m) => received.push(m.data))).reply, "subscribe");
+    const t0 = Date.now();
+    await sleep(opts.duration);
+    ctx.results.connect_replies = a.connects;
+    ctx.results.connects_sent = a.connectsSent;
+    ctx.results.failures = failures;
+    ctx.results.handshakes = a.handshakes.length;
+    check(failures.length === 0, "/meta/unsuccessful while idle", failures);
+    check(a.handshakes.length === 1, "client re-handshook while idle", a.handshakes);
+    check(a.connects.every((m) => m.successful === true), "unsuccessful /meta/connect reply", a.connects);
+    expectSuccess(await a.publish(channel, {after: Date.now() - t0}), "publish after idle");
+    await a.waitUntil(() => received.length >= 1, "delivery after idling");
+};
+
+// The JS AckExtension: events must travel only with /meta/connect replies,
+// each connect reply carries an increasing integer ext.ack, and every event
+// arrives once, in order.
+SCENARIOS.ack = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    a.cometd.registerExtension("ack", new AckExtension());
+    const {handshake} = await a.connect();
+    ctx.results.handshake_ext = handshake.ext || null;
+    const ackField = handshake.ext && handshake.ext.ack;
+    check(ackField === true || (ackField && ackField.enabled === true),
+        "handshake reply does not enable acks (ext.ack)", handshake);
+    const channel = "/interop/ack";
+    const received = [];
+    expectSuccess((await a.subscribe(channel, (m) => received.push(m.data.n))).reply, "subscribe");
+    await a.connectHeld();
+    for (let n = 1; n <= 3; ++n) {
+        expectSuccess(await a.publish(channel, {n}), "publish " + n);
+    }
+    await a.waitUntil(() => received.length >= 3, "3 acknowledged deliveries");
+    await sleep(200);
+    ctx.results.received = received;
+    check(deepEqual(received, [1, 2, 3]), "deliveries missing, duplicated or out of order", received);
+    const acks = a.connects.filter((m) => m.successful).map((m) => m.ext && m.ext.ack);
+    ctx.results.connect_reply_acks = acks;
+    check(acks.every((x) => Number.isInteger(x)), "a /meta/connect reply lacks an integer ext.ack", acks);
+    for (let i = 1; i < acks.length; ++i) {
+        check(acks[i] === acks[i - 1] + 1, "ext.ack of connect replies does not grow by one", acks);
+    }
+    ctx.results.connect_request_acks = a.sentConnects.map((m) => m.ext && m.ext.ack);
+    // Events only with connect replies (no piggy-backing, no direct WS writes).
+    if (wireEnabled) {
+        const bad = wire.filter((e) => e.dir === "recv" && (e.client === "A" || e.kind === "ws")).map((e) => {
+            let body = e.body;
+            if (e.kind === "jsonp" && typeof body === "string") {
+                const i = body.indexOf("(");
+                body = parseMaybeJSON(body.substring(i + 1, body.lastIndexOf(")")));
+            }
+            return body;
+        }).filter((body) => Array.isArray(body)
+            && body.some((m) => m && !String(m.channel).startsWith("/meta/") && "data" in m)
+            && !body.some((m) => m && m.channel === "/meta/connect"));
+        ctx.results.events_outside_connect = bad;
+        check(bad.length === 0, "events delivered outside a /meta/connect reply while acks are on", bad);
+    }
+};
+
+// The JS TimeSyncExtension: meta replies carry ext.timesync {tc, ts, p[, a]}.
+SCENARIOS.timesync = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    const timesync = new TimeSyncExtension();
+    a.cometd.registerExtension("timesync", timesync);
+    await a.connect();
+    await a.connectHeld();
+    const sent = a.sentConnects.map((m) => m.ext && m.ext.timesync);
+    ctx.results.sent_timesync = sent;
+    check(sent.every((t) => t && typeof t.tc === "number"), "client did not send ext.timesync", sent);
+    const replies = a.metaReplies.filter((m) => m.successful && (m.channel === "/meta/handshake" || m.channel === "/meta/connect"));
+    const ts = replies.map((m) => m.ext && m.ext.timesync);
+    ctx.results.reply_timesync = ts;
+    for (const t of ts) {
+        check(t && Number.isInteger(t.tc) && Number.isInteger(t.ts) && Number.isInteger(t.p),
+            "meta reply without integer ext.timesync tc/ts/p", ts);
+    }
+    // Each connect reply echoes the tc of its own request.
+    const sentTc = Object.fromEntries(a.sentConnects.map((m) => [m.id, m.ext.timesync.tc]));
+    for (const m of a.connects.filter((c) => c.successful && c.id in sentTc)) {
+        check(m.ext.timesync.tc === sentTc[m.id], "connect reply does not echo its request's tc", {sent: sentTc[m.id], reply: m});
+    }
+    ctx.results.time_offset = timesync.getTimeOffset();
+    ctx.results.network_lag = timesync.getNetworkLag();
+    check(Math.abs(timesync.getTimeOffset()) < 1000, "time offset to a local server above 1 s", timesync.getTimeOffset());
+};
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+    const opts = parseArgs(process.argv.slice(2));
+    wireEnabled = opts.wire;
+    installNodeAdapter();
+
+    const peers = [];
+    const ctx = {
+        results: {},
+        peer(label, options) {
+            const p = new Peer(label, opts, options);
+            peers.push(p);
+            return p;
+        },
+    };
+    const output = {
+        scenario: opts.scenario,
+        ok: false,
+        url: opts.url,
+        requested_transport: opts.transport,
+        transport: null,
+        elapsed_ms: 0,
+        results: ctx.results,
+    };
+    let exitCode = 1;
+
+    const finish = () => {
+        output.transport = peers.length ? peers[0].transportType() : null;
+        output.transports = Object.fromEntries(peers.map((p) => [p.label, p.transportType()]));
+        output.elapsed_ms = Date.now() - START;
+        if (wireEnabled) {
+            output.wire = wire;
+        }
+    };
+
+    const overall = setTimeout(() => {
+        output.error = "overall timeout of " + opts.timeout + " ms exceeded";
+        output.error_type = "timeout";
+        finish();
+        emit(output, 2);
+    }, opts.timeout);
+
+    try {
+        await SCENARIOS[opts.scenario](opts, ctx);
+        output.ok = true;
+        exitCode = 0;
+    } catch (x) {
+        output.ok = false;
+        output.error = x && x.message ? x.message : String(x);
+        output.error_type = x instanceof CheckFailed ? "check" : x instanceof StepTimeout ? "timeout" : "exception";
+        if (!(x instanceof CheckFailed) && !(x instanceof StepTimeout)) {
+            output.stack = x && x.stack;
+        }
+        exitCode = x instanceof StepTimeout ? 2 : 1;
+    }
+    finish();
+    // Best-effort cleanup so the server does not keep sessions around.
+    await Promise.allSettled(peers.map((p) => p.disconnect(2000).catch(() => null)));
+    clearTimeout(overall);
+    emit(output, exitCode);
+}
+
+let emitted = false;
+
+function emit(output, code) {
+    if (emitted) {
+        return;
+    }
+    emitted = true;
+    process.stdout.write(JSON.stringify(output) + "\n", () => process.exit(code));
+}
+
+main().catch((x) => {
+    emit({ok: false, error: String(x && x.stack || x), error_type: "exception"}, 1);
+});

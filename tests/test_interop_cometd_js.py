@@ -1,0 +1,242 @@
+"""Interop with the official CometD JavaScript client (npm cometd 9.0.0 on
+Node via cometd-nodejs-client 2.0.0), driven by tests/interop/cometd_client.mjs.
+
+Each test starts a fresh server (``server`` fixture), runs one scenario in a
+node process and asserts on the JSON line it prints. On failure the message
+contains the wire exchange seen by the client.
+
+Transports: long-polling is required; websocket and callback-polling run as
+soon as the server lists them in its handshake reply (see
+interop/helpers.py: REQUIRED_TRANSPORTS).
+"""
+
+from __future__ import annotations
+
+import pytest
+from interop.helpers import (
+    ALL_TRANSPORTS,
+    REQUIRED_EXTENSIONS,
+    REQUIRED_TRANSPORTS,
+    describe_js_failure,
+    interop_target,
+    run_js,
+    server_transports,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(params=ALL_TRANSPORTS)
+def transport(request, server):
+    """The forced client transport; skips transports the server does not offer
+    yet (never the required ones)."""
+    name = request.param
+    if name not in REQUIRED_TRANSPORTS:
+        offered = server_transports(server.url)
+        if name not in offered:
+            pytest.skip(f"server does not offer {name} yet (offers {offered})")
+    return name
+
+
+@pytest.fixture
+def js(node_bin, server):
+    """run(scenario, transport, **kw) -> result dict, bound to this test's server."""
+
+    def run(scenario: str, transport: str | None, **kw):
+        return run_js(node_bin, server.url, scenario, transport, **kw)
+
+    return run
+
+
+def _sent(result, predicate):
+    return [e for e in result.get("wire", []) if e.get("dir") == "send" and predicate(e)]
+
+
+def test_handshake(js, transport):
+    r = js("handshake", transport)
+    res = r["results"]
+    hs = res["handshake_reply"]
+    msg = describe_js_failure(r)
+    assert r["transport"] == transport, msg
+    assert hs["successful"] is True, msg
+    assert hs["channel"] == "/meta/handshake", msg
+    assert hs["version"] == "1.0", msg
+    assert isinstance(hs["clientId"], str) and hs["clientId"].isalnum(), msg
+    assert transport in hs["supportedConnectionTypes"], msg
+    advice = hs.get("advice") or {}
+    assert advice.get("reconnect") == "retry", msg
+    assert isinstance(advice.get("interval"), int), msg
+    assert isinstance(advice.get("timeout"), int), msg
+    assert "error" not in hs, msg
+    first = res["first_connect_reply"]
+    assert first["successful"] is True, msg
+    # The JS client retried nothing: one handshake was enough.
+    assert res["handshake_attempts"] == 1, msg
+    # The second connect (no advice.timeout: 0) is being held: the client sent it.
+    assert res["second_connect_request"] is not None, msg
+    assert "advice" not in res["second_connect_request"], msg
+    if transport != "websocket":
+        # HTTP: the server sets the browser cookie on the handshake.
+        assert "BAYEUX_BROWSER" in res["cookies"], msg
+        # The JS client appends the message type to the URL.
+        paths = {e["body"][0]["channel"]: e["path"] for e in _sent(r, lambda e: e.get("body"))}
+        assert paths["/meta/handshake"].endswith("/cometd/handshake"), msg
+        assert paths["/meta/connect"].endswith("/cometd/connect"), msg
+
+
+def test_handshake_default_transports(js, server):
+    """No forced transport: the JS client tries websocket first and must end up
+    on the first of its own types (websocket, long-polling, callback-polling)
+    that the server lists."""
+    r = js("handshake", None)
+    offered = r["results"]["handshake_reply"]["supportedConnectionTypes"]
+    expected = next(t for t in ("websocket", "long-polling", "callback-polling") if t in offered)
+    assert r["transport"] == expected, describe_js_failure(r)
+
+
+def test_subscribe_publish_exact(js, transport):
+    r = js("subscribe_publish", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["subscribe_reply"]["subscription"] == "/interop/exact", msg
+    publish_reply = res["publish_reply"]
+    assert publish_reply["successful"] is True, msg
+    assert publish_reply["channel"] == "/interop/exact", msg
+    assert "data" not in publish_reply, msg
+    sent_ids = [
+        m["id"]
+        for e in _sent(r, lambda e: isinstance(e.get("body"), list))
+        for m in e["body"]
+        if m.get("channel") == "/interop/exact"
+    ]
+    assert publish_reply["id"] in sent_ids, msg
+    assert len(res["received"]) == 1, msg
+    assert res["received"][0]["data"]["unicode"] == "h\u00e9llo \u2603", msg
+
+
+def test_wildcards(js, transport):
+    r = js("wildcard", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["listener_channels"]["/chat/*"] == ["/chat/room"], msg
+    assert res["listener_channels"]["/news/**"] == ["/news/a", "/news/a/b/c"], msg
+    assert res["raw_event_channels"] == [
+        "/chat/room",
+        "/news/a",
+        "/news/a/b/c",
+        "/interop/sentinel",
+    ], msg
+
+
+def test_two_clients(js, transport):
+    r = js("two_clients", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["client_ids"][0] != res["client_ids"][1], msg
+    # Each client has its own jar: no multiple-clients throttling.
+    assert res["multiple_clients_advice"] == {"A": False, "B": False}, msg
+    # Delivery through a held long poll is prompt.
+    assert res["a_to_b_ms"] < 1500, msg
+    assert res["b_to_a_ms"] < 1500, msg
+    if transport != "websocket":
+        cookies = res["cookies"]
+        assert cookies["A"]["BAYEUX_BROWSER"] != cookies["B"]["BAYEUX_BROWSER"], msg
+
+
+def test_two_clients_sharing_browser_cookie(js, server):
+    """Two clients with one cookie jar (two tabs of one browser) over HTTP:
+    both keep working; the second one is told `multiple-clients` (bayeux.md
+    section 9, conformance item 37)."""
+    r = js("shared_cookie_jar", "long-polling")
+    res = r["results"]
+    msg = describe_js_failure(r)
+    cookies = res["cookies"]
+    assert cookies["A"]["BAYEUX_BROWSER"] == cookies["B"]["BAYEUX_BROWSER"], msg
+    assert res["multiple_clients_advice"]["A"] or res["multiple_clients_advice"]["B"], msg
+    advices = [
+        m["advice"]
+        for replies in res["connect_replies"].values()
+        for m in replies
+        if (m.get("advice") or {}).get("multiple-clients")
+    ]
+    assert all(a.get("reconnect") == "retry" for a in advices), msg
+    assert all(a.get("interval") == 2000 for a in advices), msg
+
+
+def test_batch(js, transport):
+    r = js("batch", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["subscribe_reply"]["successful"] is True, msg
+    assert res["publish_reply"]["successful"] is True, msg
+    assert any(
+        "/meta/subscribe" in channels and "/interop/batch" in channels
+        for channels in res["requests_after_batch"]
+    ), msg
+
+
+def test_unsubscribe(js, transport):
+    r = js("unsubscribe", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["unsubscribe_reply"]["subscription"] == "/interop/unsub", msg
+    delivered = [m for m in res["raw_events"] if m["channel"] == "/interop/unsub"]
+    assert [m["data"] for m in delivered] == [{"n": 1}], msg
+
+
+def test_disconnect(js, transport):
+    r = js("disconnect", transport)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["disconnect_reply"]["successful"] is True, msg
+    assert res["status"] == "disconnected", msg
+    assert res["requests_after_disconnect"] == [], msg
+    assert res["disconnect_ms"] < 1000, msg
+    if transport != "websocket":
+        # The held long poll is released by the disconnect.
+        held = res["held_connect_reply"]
+        assert held is not None, msg
+        assert held["successful"] is True, msg
+        if interop_target() == "engine":
+            # Project rule (bayeux.md 5.2/5.3); the Node reference omits it.
+            assert (held.get("advice") or {}).get("reconnect") == "none", msg
+
+
+@pytest.mark.server_args("--timeout", "1000")
+def test_idle_connect_cycles(js, transport):
+    """With a 1 s server timeout, 3.5 s idle: every held /meta/connect comes
+    back successful after about the timeout, the client just re-polls, and a
+    publish afterwards is delivered."""
+    r = js("idle", transport, extra=("--duration", "3500"))
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert res["failures"] == [] and res["handshakes"] == 1, msg
+    # First connect answered at once, then one reply per ~1 s hold.
+    assert 3 <= res["connects_sent"] <= 6, msg
+
+
+@pytest.mark.server_args("--ack-extension")
+def test_ack_extension(js, transport):
+    """The JS AckExtension (bayeux.md 10.1): acks negotiated in the handshake,
+    every connect reply carries ext.ack = previous + 1, events only travel
+    with connect replies, each exactly once and in order."""
+    r = js("ack", transport, expect_ok=False)
+    res = r["results"]
+    ext = res.get("handshake_ext") or {}
+    if "ack" not in REQUIRED_EXTENSIONS and not ext.get("ack"):
+        pytest.skip("server does not negotiate the ack extension yet")
+    assert r["ok"], describe_js_failure(r)
+    assert res["received"] == [1, 2, 3], describe_js_failure(r)
+    assert res["events_outside_connect"] == [], describe_js_failure(r)
+
+
+@pytest.mark.server_args("--timesync-extension")
+def test_timesync_extension(js, transport):
+    """The JS TimeSyncExtension (bayeux.md 10.2): meta replies carry
+    ext.timesync {tc (echoed), ts, p}; the computed offset is near zero."""
+    r = js("timesync", transport, expect_ok=False)
+    res = r["results"]
+    replies = res.get("reply_timesync") or []
+    if "timesync" not in REQUIRED_EXTENSIONS and not any(replies):
+        pytest.skip("server does not answer ext.timesync yet")
+    assert r["ok"], describe_js_failure(r)
