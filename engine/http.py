@@ -100,7 +100,11 @@ class HttpExchange:
         self.jsonp: bytes | None = None  # the callback name, for callback-polling
 
     def bind(self, session: Session) -> None:
-        pass  # HTTP sessions are bound by their browser cookie instead
+        # HTTP sessions are bound by their browser cookie instead; a session
+        # that moved from WebSocket to HTTP (a fallback) leaves its socket.
+        ws = session.ws
+        if ws is not None:
+            ws.unbind(session)
 
     def is_gone(self) -> bool:
         return self.conn.closed
@@ -383,6 +387,11 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.cross_origin_refused():
             exchange.fail(403, "origin not allowed (see --allowed-origins)")
+            return
+        if len(self.pending) > 1:
+            # Earlier requests are unanswered (a held long-poll): their
+            # responses come first, so this connection cannot switch now.
+            exchange.fail(400, "WebSocket upgrade pipelined behind unanswered requests")
             return
         status, head, why = upgrade_response(self.headers)
         if status != 101:

@@ -177,6 +177,7 @@ class RedisBroker:
         self._outbox: list[bytes] = []
         self._outbox_count = 0
         self._outbox_bytes = 0
+        self._inflight = 0  # messages written to Redis, replies not read yet
         self._seq = 0
         self._last_tag = b""
 
@@ -331,7 +332,11 @@ class RedisBroker:
         if task is None:
             return
         deadline = time.monotonic() + flush_timeout
-        while self.connected and self._outbox_count and time.monotonic() < deadline:
+        while (
+            self.connected
+            and (self._outbox_count or self._inflight)
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.01)
         self._closing = True
         task.cancel()
@@ -417,14 +422,17 @@ class RedisBroker:
                 for task in tasks:
                     with contextlib.suppress(BaseException):
                         await task
-                if self._outbox_count:
-                    self._lose(self._outbox_count, "redis connection lost")
-                    self._clear_outbox()
+                if was_connected and not self._closing:
+                    self._on_disconnected(failure)
+                # The batch being sent and those waiting belong to the outage.
+                unsent = self._inflight + self._outbox_count
+                self._inflight = 0
+                self._clear_outbox()
+                if unsent:
+                    self._lose(unsent, "stopping" if self._closing else "redis connection lost")
                 for conn in (pub, sub):
                     if conn is not None:
                         await _close(conn)
-                if was_connected and not self._closing:
-                    self._on_disconnected(failure)
             if self._closing:
                 return
             self.connection_failures += 1
@@ -502,7 +510,9 @@ class RedisBroker:
                     continue
             chunks, count = self._outbox, self._outbox_count
             self._clear_outbox()
-            sent = count
+            # If the connection fails now, whether Redis got these is unknown:
+            # `_run` counts them as lost with the outage.
+            self._inflight = count
             try:
                 # One deadline for the whole batch, not one per reply.
                 async with asyncio.timeout(self.reply_timeout):
@@ -512,17 +522,12 @@ class RedisBroker:
                             await read()
                         except ResponseError as exc:
                             self.refused += 1
-                            sent -= 1
+                            self._inflight -= 1
                             self._lose(1, f"redis refused it: {exc}")
-            except BaseException as exc:
-                # Unknown whether Redis got them: counted as lost.
-                self._lose(sent, "redis connection lost")
-                if isinstance(exc, TimeoutError):
-                    raise ConnectionError(
-                        f"no reply from redis within {self.reply_timeout} s"
-                    ) from exc
-                raise
-            self.forwarded += sent
+            except TimeoutError as exc:
+                raise ConnectionError(f"no reply from redis within {self.reply_timeout} s") from exc
+            self.forwarded += self._inflight
+            self._inflight = 0
 
     async def _reader(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()

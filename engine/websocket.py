@@ -153,6 +153,12 @@ class WebSocketConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         self.close(CLOSE_GOING_AWAY, "server shutting down")
 
+    def unbind(self, session: Session) -> None:
+        if session.ws is self:
+            session.ws = None
+        if session in self.sessions:
+            self.sessions.remove(session)
+
     def bind(self, session: Session) -> None:
         previous = session.ws
         if previous is self:
@@ -205,12 +211,23 @@ class WebSocketConnection(asyncio.Protocol):
         elif opcode == OP_PING:
             self.write_frame(encode_frame(OP_PONG, payload))
         elif opcode == OP_CLOSE:
-            code, reason = parse_close_payload(payload)
-            echo = code if code in (CLOSE_NORMAL, CLOSE_GOING_AWAY) else CLOSE_NORMAL
-            self.close(echo, "")
+            self.close(self.close_reply_code(payload), "")
         elif opcode == OP_BINARY:
             self.close(CLOSE_UNSUPPORTED, "binary frames are not supported")
         # OP_PONG: nothing to do
+
+    @staticmethod
+    def close_reply_code(payload: bytes) -> int:
+        """The code answering a peer's close frame (RFC 6455 5.5.1, 7.4).
+
+        The peer's own code is echoed; a malformed close payload (one byte, a
+        code that may not be sent, a reason that is not UTF-8) is answered
+        with the error code parse_close_payload gives instead.
+        """
+        if not payload:
+            return CLOSE_NORMAL
+        code, _ = parse_close_payload(payload)
+        return code
 
     def on_text(self, payload: bytes) -> None:
         messages: Any
