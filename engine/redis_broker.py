@@ -189,6 +189,7 @@ class RedisBroker:
         self._ready: asyncio.Event | None = None
         self._last_rx = 0.0
         self._down_since: float | None = None
+        self._ever_connected = False
         self._lost_at_down = 0
         self._loss_log = _RateLimitedLog(log_every)
         self._retry_log = _RateLimitedLog(log_every * 2)
@@ -436,6 +437,9 @@ class RedisBroker:
             if self._closing:
                 return
             self.connection_failures += 1
+            if self._down_since is None:  # never connected yet: the outage starts now
+                self._down_since = time.monotonic()
+                self._lost_at_down = self.published_lost
             if attempts and self._retry_log.due():
                 log.warning(
                     "node %s: redis at %s unreachable (%s); retrying with backoff (<= %.1f s)",
@@ -458,21 +462,25 @@ class RedisBroker:
                 patterns,
             )
         else:
-            self.reconnects += 1
+            again = self._ever_connected
+            self.reconnects += int(again)
             lost = self.published_lost - self._lost_at_down
             log.warning(
-                "node %s: reconnected to redis at %s after %.1f s; resubscribed %d channel(s) "
+                "node %s: %s to redis at %s after %.1f s; %s %d channel(s) "
                 "and %d pattern(s); %d message(s) published during the outage were not "
                 "forwarded to other nodes (%d lost in total)",
                 self.node_id,
+                "reconnected" if again else "connected",
                 self.where,
                 time.monotonic() - self._down_since,
+                "resubscribed" if again else "subscribed",
                 channels,
                 patterns,
                 lost,
                 self.published_lost,
             )
             self._down_since = None
+        self._ever_connected = True
         self._ready.set()
         self._retry_log.next_at = 0.0
 

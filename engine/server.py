@@ -41,21 +41,28 @@ class BayeuxServer(Application):
         super().__init__()
         self.options = options or ServerOptions()
         self.policy = policy
-        self.node_id = self.options.node_id or secrets.token_hex(3)
-        self.base_path = self.options.path.rstrip("/").encode()
-        self.max_body = self.options.max_message_size
-        self.origins = self.options.origins
+        self._derive()
         self.connections: set[HttpConnection | WebSocketConnection] = set()
         self._core: BayeuxCore | None = None
         self.started_at = time.monotonic()
         self.admin = AdminRoutes(self)
-        if self.options.static_dir:
-            self.admin.mount("/", self.options.static_dir)
-        if self.options.admin_token:
-            self.hooks.add_service(STATUS_CHANNEL, self._status_service)
         self._listener: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._broker: RedisBroker | None = None
+
+    def _derive(self) -> None:
+        """Values computed once from the options."""
+        self.node_id = self.options.node_id or secrets.token_hex(3)
+        self.base_path = self.options.path.rstrip("/").encode()
+        self.max_body = self.options.max_message_size
+        self.origins = self.options.origins
+
+    def configure(self, **changes: Any) -> None:
+        """Change options before start(): e.g. the command line's on top of an app's."""
+        if self._core is not None:
+            raise RuntimeError("configure() must come before start()")
+        self.options = self.options.replace(**changes)
+        self._derive()
 
     def static(self, prefix: str, directory: str) -> None:
         """Serve the files of `directory` under the URL path `prefix`."""
@@ -102,9 +109,20 @@ class BayeuxServer(Application):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.admin.token = self.options.admin_token.encode()
+        if self.options.static_dir:
+            self.admin.mount("/", self.options.static_dir)
+        if self.options.admin_token and not self.hooks.services.count(STATUS_CHANNEL):
+            self.hooks.add_service(STATUS_CHANNEL, self._status_service)
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=self.policy, hooks=self.hooks
         )
+        if self.options.workers > 1:
+            log.warning(
+                "workers=%d: worker processes are started by `python -m engine serve "
+                "--workers N`; this process serves alone",
+                self.options.workers,
+            )
         if self.options.broker:
             # Clustered: the Redis broker replaces the in-process one before
             # anything can subscribe; it needs the core's delivery callback.

@@ -99,15 +99,28 @@ class Supervisor:
     # ----------------------------------------------------------------- port
 
     def _resolve_port(self) -> int:
-        """Port 0: pick one now and hold it (SO_REUSEPORT) so all workers share it."""
-        if self.options.port:
-            return self.options.port
-        family = socket.getaddrinfo(self.options.host, 0, type=socket.SOCK_STREAM)[0][0]
+        """Hold the port (bound with SO_REUSEPORT, never listening) for the workers.
+
+        A fixed port is first probed without SO_REUSEPORT, so that a port some
+        other process (or another supervisor) listens on is refused instead
+        of shared.  Port 0 picks a free port here, the same for every worker.
+        """
+        host, port = self.options.host, self.options.port
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        if port:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((self.options.host, 0))
-        # Bound, never listening: it reserves the port and takes no connection.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        # Bound, never listening: it takes no connection, and keeps the port
+        # ours while a worker restarts.
         self._reserved = sock
         return int(sock.getsockname()[1])
 

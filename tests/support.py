@@ -25,10 +25,20 @@ __all__ = ["Browser", "Response", "running_server", "raw_exchange"]
 
 
 @contextmanager
-def running_server(setup: Any = None, **options: Any) -> Iterator[BayeuxServer]:
-    """A started server; `setup(server)` may register services etc. first."""
+def running_server(
+    setup: Any = None, app: BayeuxServer | None = None, **options: Any
+) -> Iterator[BayeuxServer]:
+    """A started server; `setup(server)` may register services etc. first.
+
+    `app` runs an application's own server object, with `options` applied
+    on top of its options (a free port by default).
+    """
     options.setdefault("port", 0)
-    server = BayeuxServer(ServerOptions(**options))
+    if app is not None:
+        server = app
+        server.configure(**options)
+    else:
+        server = BayeuxServer(ServerOptions(**options))
     if setup is not None:
         setup(server)
     loop = uvloop.new_event_loop()
