@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -782,13 +783,24 @@ class BayeuxCore:
         return reply
 
     def _subscribe(self, message: Message, exchange: Exchange) -> Message:
+        return self._on_subscriptions(message, exchange, self._subscribe_all)
+
+    def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
+        return self._on_subscriptions(message, exchange, self._unsubscribe_all)
+
+    def _on_subscriptions(
+        self,
+        message: Message,
+        exchange: Exchange,
+        apply: Callable[[Session, list[str], Message], str | None],
+    ) -> Message:
         session = self.lookup(message, exchange)
         if session is None:
             return self._unknown_session(message, meta=False)
         self._touch(session)
         items, error = self._subscriptions(message)
         if items is not None:
-            error = self._subscribe_all(session, items, message)
+            error = apply(session, items, message)
         return self._subscription_reply(message, error)
 
     def _subscribe_all(self, session: Session, items: list[str], message: Message) -> str | None:
@@ -820,30 +832,22 @@ class BayeuxCore:
                 self.hooks.subscribed(self.hooks.subscribe_listeners, session, pattern)
         return None
 
-    def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
-        session = self.lookup(message, exchange)
-        if session is None:
-            return self._unknown_session(message, meta=False)
-        self._touch(session)
-        items, error = self._subscriptions(message)
-        if items is not None:
-            for raw in items:
-                pattern = normalize_channel(raw)
-                if validate_channel(pattern) == CHANNEL_INVALID:
-                    error = errors.SUBSCRIPTION_INVALID
-                    break
-                if pattern.startswith("/meta/"):
-                    error = errors.UNSUBSCRIBE_FAILED
-                    break
-                subs = session.subscriptions
-                if subs is not None and pattern in subs:
-                    subs.discard(pattern)
-                    self.broker.unsubscribe(session, pattern)
-                    if self.hooks.unsubscribe_listeners:
-                        self.hooks.subscribed(self.hooks.unsubscribe_listeners, session, pattern)
-                    if not subs:
-                        session.subscriptions = None
-        return self._subscription_reply(message, error)
+    def _unsubscribe_all(self, session: Session, items: list[str], message: Message) -> str | None:
+        for raw in items:
+            pattern = normalize_channel(raw)
+            if validate_channel(pattern) == CHANNEL_INVALID:
+                return errors.SUBSCRIPTION_INVALID
+            if pattern.startswith("/meta/"):
+                return errors.UNSUBSCRIBE_FAILED
+            subs = session.subscriptions
+            if subs is not None and pattern in subs:
+                subs.discard(pattern)
+                self.broker.unsubscribe(session, pattern)
+                if not subs:
+                    session.subscriptions = None
+                if self.hooks.unsubscribe_listeners:
+                    self.hooks.subscribed(self.hooks.unsubscribe_listeners, session, pattern)
+        return None
 
     # --------------------------------------------------------------- publish
 
