@@ -392,10 +392,21 @@ def _check_utf8(payload: bytes) -> None:
         raise WebSocketError(CLOSE_INVALID_DATA, _ERR_UTF8) from None
 
 
+# Second-byte ranges that Python's incremental decoder does not check while a
+# code point is still incomplete (surrogates, overlongs, beyond U+10FFFF).
+_SECOND_BYTE = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
 def _feed_utf8(decoder: codecs.IncrementalDecoder, payload: bytes, *, final: bool) -> None:
-    # The incremental decoder rejects a sequence as soon as it cannot become
-    # valid, and keeps an incomplete code point for the next fragment.
+    # The incremental decoder keeps an incomplete code point for the next
+    # fragment; a pending prefix that can never become valid fails now, as
+    # the compiled validator does.
     try:
         decoder.decode(payload, final)
     except UnicodeDecodeError:
         raise WebSocketError(CLOSE_INVALID_DATA, _ERR_UTF8) from None
+    pending = decoder.getstate()[0]
+    if len(pending) >= 2 and pending[0] in _SECOND_BYTE:
+        low, high = _SECOND_BYTE[pending[0]]
+        if not low <= pending[1] <= high:
+            raise WebSocketError(CLOSE_INVALID_DATA, _ERR_UTF8)

@@ -731,3 +731,14 @@ def test_round_trip_large_random(ws: ModuleType) -> None:
         mask = os.urandom(4)
         frame = ws.encode_client_frame(ws.OP_BINARY, payload, mask)
         assert ws.FrameParser(1 << 20).feed(frame) == [(ws.OP_BINARY, payload)]
+
+
+@pytest.mark.parametrize("impl", [compiled, reference], ids=["compiled", "reference"])
+@pytest.mark.parametrize("prefix", [b"\xed\xa0", b"\xe0\x80", b"\xf0\x80", b"\xf4\x90"])
+def test_impossible_utf8_prefix_fails_at_once(impl, prefix: bytes) -> None:  # type: ignore[no-untyped-def]
+    # A fragment ending in a prefix no continuation can make valid (found by
+    # hypothesis): both implementations refuse it before the next frame.
+    parser = impl.FrameParser(100)
+    with pytest.raises(WebSocketError) as info:
+        parser.feed(impl.encode_client_frame(1, prefix, b"\x00\x00\x00\x00", fin=False))
+    assert info.value.code == 1007
