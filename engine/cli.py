@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from engine.options import ServerOptions
 from engine.server import BayeuxServer
@@ -45,7 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             metavar=f.name.upper(),
         )
+    serve.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="serve an application's BayeuxServer (or a callable returning one); "
+        "options given here override the application's",
+    )
     return parser
+
+
+def load_app(spec: str) -> BayeuxServer:
+    """`package.module:attr` -> the application's server object."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--app wants MODULE:ATTR, got {spec!r}")
+    sys.path.insert(0, ".")  # as `python -m` would, for an app beside the cwd
+    try:
+        module = importlib.import_module(module_name)
+    finally:
+        sys.path.pop(0)
+    value = getattr(module, attr, None)
+    if value is None:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(value, BayeuxServer) and callable(value):
+        value = value()
+    if not isinstance(value, BayeuxServer):
+        raise ValueError(f"{spec} is not a BayeuxServer (nor a callable returning one)")
+    return value
+
+
+def explicit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line (those that differ from the default)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(ServerOptions)
+        if getattr(args, f.name) != f.default
+    }
 
 
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
@@ -55,10 +92,16 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    app: BayeuxServer | None = None
     try:
-        options = options_from_args(args)
-    except ValueError as exc:
-        print(f"engine: invalid options: {exc}", file=sys.stderr)
+        if args.app:
+            app = load_app(args.app)
+            app.configure(**explicit_options(args))
+            options = app.options
+        else:
+            options = options_from_args(args)
+    except (ValueError, ImportError) as exc:
+        print(f"engine: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=options.log_level.upper(),
@@ -77,13 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from engine.supervisor import run_supervisor
 
-        return run_supervisor(options)
+        return run_supervisor(options, app=args.app)
 
     def ready(server: BayeuxServer) -> None:
         print(f"engine serving {server.url}", flush=True)
 
     try:
-        BayeuxServer(options).run(ready)
+        (app or BayeuxServer(options)).run(ready)
     except OSError as exc:
         print(f"engine: cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
         return 1

@@ -83,8 +83,9 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, app: str | None = None) -> None:
         self.options = options
+        self.app = app
         self.count = options.workers
         base = options.node_id or secrets.token_hex(3)
         self.workers = [Worker(i, f"{base}w{i}") for i in range(1, self.count + 1)]
@@ -130,7 +131,8 @@ class Supervisor:
         options = self.options.replace(
             workers=1, reuse_port=True, port=port, node_id=worker.node_id
         )
-        return [sys.executable, "-m", "engine", "serve", *worker_arguments(options)]
+        app = ["--app", self.app] if self.app else []
+        return [sys.executable, "-m", "engine", "serve", *app, *worker_arguments(options)]
 
     async def _spawn(self, worker: Worker, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -297,6 +299,6 @@ class Supervisor:
         return 0 if clean and not self.failed else 1
 
 
-def run_supervisor(options: ServerOptions) -> int:
+def run_supervisor(options: ServerOptions, app: str | None = None) -> int:
     """Run the supervisor until SIGTERM/SIGINT; the process's exit code."""
-    return asyncio.run(Supervisor(options).run())
+    return asyncio.run(Supervisor(options, app).run())

@@ -169,3 +169,65 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     ).stdout
     assert str(env_dir) in where
     serve_and_check(python, str(tmp_path))
+
+
+def test_cli_app_option_serves_the_application() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--app",
+            "examples.quickstart:server",
+            "--port",
+            "0",
+            "--admin-token",
+            "t0k",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        line = proc.stdout.readline().decode()  # type: ignore[union-attr]
+        assert line.startswith("engine serving http://"), proc.stderr.read()  # type: ignore[union-attr]
+        url = line.split()[-1]
+        post(url, HANDSHAKE)
+        client_id = post(url, HANDSHAKE)[0]["clientId"]
+        echo = {"channel": "/service/echo", "clientId": client_id, "data": "x", "id": "9"}
+        answer = [m for m in post(url, json.dumps([echo]).encode()) if "data" in m]
+        assert answer == [
+            {"channel": "/service/echo", "successful": True, "data": {"echo": "x"}, "id": "9"}
+        ]
+        # The command line's --admin-token applied on top of the app's options.
+        health = url.rsplit("/cometd", 1)[0] + "/stats"
+        request = urllib.request.Request(health, headers={"Authorization": "Bearer t0k"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert json.loads(resp.read())["sessions"] == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "nosuchmodule:server",
+        "examples.quickstart:nothing",
+        "examples.quickstart:ServerTime",
+        "noattr",
+    ],
+)
+def test_cli_app_option_errors(spec: str) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--app", spec, "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=20,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("engine: ")
