@@ -109,6 +109,11 @@ class Application:
         self.hooks.session_removed.append(listener)
         return listener
 
+    def lazy_channel(self, pattern: str) -> None:
+        """Messages on matching channels are lazy (CometD): they do not wake a
+        held connect, and leave with the next reply or after max_lazy_timeout."""
+        self.hooks.lazy_channels.add(normalize_channel(pattern), True)
+
     def add_extension(self, extension: Extension) -> None:
         self.hooks.extensions.append(extension)
 
@@ -117,17 +122,18 @@ class Application:
 
     # ------------------------------------------------------------- publishing
 
-    def publish(self, channel: str, data: Any, **fields: Any) -> int:
+    def publish(self, channel: str, data: Any, *, lazy: bool = False, **fields: Any) -> int:
         """Publish from the server to every subscriber of `channel`.
 
-        Returns the number of sessions (on this node) it was delivered to.
+        `lazy=True` makes this one message lazy (on this node).  Returns the
+        number of sessions (on this node) it was delivered to.
         """
         name = normalize_channel(channel)
         if validate_channel(name) != CHANNEL_OK_CONCRETE or name.startswith(
             ("/meta/", "/service/")
         ):
             raise ValueError(f"not a broadcast channel: {channel!r}")
-        return self.core.publish_from(name, {**fields, "data": data})
+        return self.core.publish_from(name, {**fields, "data": data}, lazy)
 
     def deliver(self, session: Session | str, channel: str, data: Any, **fields: Any) -> bool:
         """Send one message to one session only; False if it is gone."""

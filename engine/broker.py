@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker", "LocalBroker"]
 
-Deliver = Callable[["Session", bytes], None]
+Deliver = Callable[["Session", bytes, bool], None]
 
 
 class Broker(Protocol):
@@ -27,7 +27,7 @@ class Broker(Protocol):
 
     def unsubscribe(self, session: Session, pattern: str) -> bool: ...
 
-    def publish(self, channel: str, encoded: bytes) -> int: ...
+    def publish(self, channel: str, encoded: bytes, lazy: bool = False) -> int: ...
 
     def subscriber_count(self, pattern: str) -> int: ...
 
@@ -51,11 +51,11 @@ class LocalBroker:
     def unsubscribe(self, session: Session, pattern: str) -> bool:
         return self.trie.remove(pattern, session)
 
-    def publish(self, channel: str, encoded: bytes) -> int:
+    def publish(self, channel: str, encoded: bytes, lazy: bool = False) -> int:
         deliver = self.deliver
         sessions = cast("list[Session]", self.trie.match(channel))
         for session in sessions:
-            deliver(session, encoded)
+            deliver(session, encoded, lazy)
         return len(sessions)
 
     def subscriber_count(self, pattern: str) -> int:

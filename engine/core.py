@@ -102,12 +102,15 @@ class BayeuxCore:
         now = loop.time()
         self.holds: TimerWheel[Hold] = TimerWheel(HOLD_RESOLUTION, now)
         self.expiry: TimerWheel[Session] = TimerWheel(EXPIRY_RESOLUTION, now)
+        self.lazy: TimerWheel[Session] = TimerWheel(HOLD_RESOLUTION, now)
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
 
         o = options
         self.timeout_s = o.timeout / 1000.0
+        self.lazy_timeout_s = o.max_lazy_timeout / 1000.0
+        self.publish_rate = float(o.max_publish_rate)
         self.max_interval_s = o.max_interval / 1000.0
         self.after_reply_s = (o.interval + o.max_interval) / 1000.0
         self.transports = list(o.transports)
@@ -138,6 +141,9 @@ class BayeuxCore:
         for hold in self.holds.due(now):
             if hold.session.hold is hold:
                 self._release(hold, None)
+        lazy = [s for s in self.lazy.due(now) if s.lazy_due and s.lazy_due <= now]
+        if lazy:
+            self._send_queued(lazy)
         for session in self.expiry.due(now):
             if not session.removed and session.hold is None and session.expires_at <= now:
                 self.stats.sessions_expired += 1
@@ -221,8 +227,12 @@ class BayeuxCore:
 
     # -------------------------------------------------------------- delivery
 
-    def deliver(self, session: Session, encoded: bytes) -> None:
-        """Queue one encoded message for a session; wake its held connect soon."""
+    def deliver(self, session: Session, encoded: bytes, lazy: bool = False) -> None:
+        """Queue one encoded message for a session; wake its held connect soon.
+
+        A lazy message (CometD's lazy channels) wakes nothing: it leaves with
+        the next connect reply or frame, or after max_lazy_timeout at most.
+        """
         if session.extensions:
             # The one case that re-encodes: this session's own extensions.
             changed = self._extend_delivery(session, encoded)
@@ -250,6 +260,11 @@ class BayeuxCore:
                     )
             queue.append(encoded)
         self.stats.delivered += 1
+        if lazy:
+            if not session.lazy_due and (session.hold is not None or session.ws is not None):
+                session.lazy_due = self.loop.time() + self.lazy_timeout_s
+                self.lazy.add(session.lazy_due, session)
+            return
         if (session.hold is not None or session.ws is not None) and not session.flush_pending:
             # Not now: a request being processed may still take the queue
             # into its own response (piggy-backing), and several publishes in
@@ -263,9 +278,13 @@ class BayeuxCore:
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
+        self._send_queued(dirty)
+
+    def _send_queued(self, sessions: list[Session]) -> None:
         direct = not self.options.meta_connect_deliver_only
-        for session in dirty:
+        for session in sessions:
             session.flush_pending = False
+            session.lazy_due = 0.0
             if not session.queue:
                 continue
             ws = session.ws
@@ -324,6 +343,7 @@ class BayeuxCore:
     def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None:
         """Answer a held connect: the queued events, then the connect reply."""
         session = self._unhold(hold)
+        session.lazy_due = 0.0
         if advice is None and hold.advise:
             advice = self.advice
         reply: Message = {"channel": META_CONNECT, "successful": True}
@@ -864,6 +884,8 @@ class BayeuxCore:
             return self._failure(message, errors.CHANNEL_INVALID)
         if "data" not in message:
             return self._failure(message, errors.DATA_MISSING)
+        if self.publish_rate and not self._within_rate(session):
+            return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
         refusal = self._permit("publish", message, session, name)
         if refusal is not None:
             return self._failure(message, refusal)
@@ -879,7 +901,10 @@ class BayeuxCore:
         self.publish_from(name, message)
         return reply
 
-    def publish_from(self, channel: str, message: Message) -> int:
+    def is_lazy(self, channel: str) -> bool:
+        return bool(self.hooks.lazy_channels) and bool(self.hooks.lazy_channels.match(channel))
+
+    def publish_from(self, channel: str, message: Message, lazy: bool = False) -> int:
         """Broadcast a message (a client's publish, or the server's own)."""
         delivery = {k: v for k, v in message.items() if k not in _STRIPPED_ON_DELIVERY}
         delivery["channel"] = channel
@@ -890,7 +915,30 @@ class BayeuxCore:
             return 0
         self.stats.published += 1
         # Encoded once, whatever the number of subscribers (principle 1).
-        return self.broker.publish(channel, encode_message(delivery))
+        lazy = lazy or self.is_lazy(channel)
+        return self.broker.publish(channel, encode_message(delivery), lazy)
+
+    def _within_rate(self, session: Session) -> bool:
+        """Per-session token bucket: max_publish_rate messages/s, as a burst too."""
+        now = self.loop.time()
+        bucket = session.bucket
+        if bucket is None:
+            bucket = session.bucket = [self.publish_rate, now]
+        tokens = min(self.publish_rate, bucket[0] + (now - bucket[1]) * self.publish_rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            self.stats.publish_rate_exceeded += 1
+            if self.stats.publish_rate_exceeded % 1000 == 1:
+                log.warning(
+                    "session %s publishes faster than max_publish_rate=%d/s; refused (%d so far)",
+                    session.id,
+                    self.publish_rate,
+                    self.stats.publish_rate_exceeded,
+                )
+            return False
+        bucket[0] = tokens - 1.0
+        return True
 
     # -------------------------------------------------------------- services
 

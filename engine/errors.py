@@ -18,6 +18,7 @@ __all__ = [
     "MESSAGE_DELETED",
     "MESSAGE_ID_INVALID",
     "PUBLISH_DENIED",
+    "PUBLISH_RATE_EXCEEDED",
     "SERVICE_DENIED",
     "SERVICE_FAILED",
     "SESSION_UNKNOWN",
@@ -50,6 +51,7 @@ MESSAGE_DELETED = "404::message_deleted"
 # Project additions (no CometD string): application code failed.
 SERVICE_FAILED = "500::service_failed"
 SERVICE_DENIED = "403::service_denied"
+PUBLISH_RATE_EXCEEDED = "429::publish_rate_exceeded"
 EXTENSION_FAILED = "500::extension_failed"
 CHANNEL_INVALID = "405::channel_invalid"
 MESSAGE_ID_INVALID = "405::message_id_invalid"

@@ -78,6 +78,7 @@ class Hooks:
         "session_removed",
         "extensions",
         "background",
+        "lazy_channels",
     )
 
     def __init__(self) -> None:
@@ -88,6 +89,7 @@ class Hooks:
         self.session_added: list[SessionListener] = []
         self.session_removed: list[RemovalListener] = []
         self.extensions: list[Extension] = []
+        self.lazy_channels = ChannelTrie()
         self.background: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------- registering

@@ -44,6 +44,13 @@ class ServerOptions:
     max_subscriptions: int = field(
         default=1000, metadata={"help": "subscriptions one session may hold"}
     )
+    max_lazy_timeout: int = field(
+        default=5000, metadata={"help": "ms a lazy message may wait for a connect reply"}
+    )
+    max_publish_rate: int = field(
+        default=0,
+        metadata={"help": "publishes per second one session may make (burst too); 0 = no limit"},
+    )
     max_sessions_per_browser: int = field(
         default=1,
         metadata={"help": "held long-polls per browser (BAYEUX_BROWSER cookie); <0 = unlimited"},
@@ -120,7 +127,7 @@ class ServerOptions:
             problems.append("path must start with '/'")
         if not 0 <= self.port <= 65535:
             problems.append("port must be within 0..65535")
-        for name in ("timeout", "interval", "max_interval"):
+        for name in ("timeout", "interval", "max_interval", "max_lazy_timeout", "max_publish_rate"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         for name in ("max_queue", "max_message_size", "max_batch", "max_subscriptions"):

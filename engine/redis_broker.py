@@ -62,7 +62,7 @@ __all__ = ["RedisBroker", "redis_subscription", "glob_escape"]
 
 log = logging.getLogger("engine.redis")
 
-Deliver = Callable[["Session", bytes], None]
+Deliver = Callable[["Session", bytes, bool], None]
 
 _GLOB_SPECIAL = frozenset("*?[]\\")
 _PING = b"*1\r\n$4\r\nPING\r\n"
@@ -136,6 +136,7 @@ class RedisBroker:
     ) -> None:
         self.trie = ChannelTrie()
         self.deliver = deliver
+        self.is_lazy: Callable[[str], bool] = lambda channel: False
         self.node_id = node_id
         # The tag prefix of this process's messages: node id + a token, so a
         # restarted node (or two nodes given the same id) are still told apart.
@@ -233,11 +234,11 @@ class RedisBroker:
             want[name] = count - 1
         return True
 
-    def publish(self, channel: str, encoded: bytes) -> int:
+    def publish(self, channel: str, encoded: bytes, lazy: bool = False) -> int:
         deliver = self.deliver
         sessions = cast("list[Session]", self.trie.match(channel))
         for session in sessions:
-            deliver(session, encoded)
+            deliver(session, encoded, lazy)
         # Then once to the other nodes, already encoded.
         if not self.connected:
             self._lose(1, "redis unreachable")
@@ -572,8 +573,10 @@ class RedisBroker:
             if sessions:
                 encoded = data[end + 1 :]
                 deliver = self.deliver
+                # Lazy channels are configured alike on every node.
+                lazy = self.is_lazy(name)
                 for session in sessions:
-                    deliver(session, encoded)
+                    deliver(session, encoded, lazy)
                 self.received_delivered += len(sessions)
         except Exception:
             self.received_invalid += 1

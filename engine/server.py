@@ -131,6 +131,7 @@ class BayeuxServer(Application):
             self._broker = RedisBroker(
                 self._core.deliver, node_id=self.node_id, url=self.options.broker
             )
+            self._broker.is_lazy = self._core.is_lazy
             self._core.broker = self._broker
             await self._broker.start()
         self._core.start()

@@ -102,6 +102,8 @@ class Session:
         "local",
         "attributes",
         "ack",
+        "lazy_due",
+        "bucket",
     )
 
     def __init__(self, client_id: str, browser_id: str | None, transport: str, broker: Broker):
@@ -132,6 +134,8 @@ class Session:
         # Application data about the session (e.g. the authenticated user).
         self.attributes: dict[str, Any] | None = None
         self.ack: AckState | None = None  # acknowledge extension, when negotiated
+        self.lazy_due = 0.0  # when queued lazy messages must leave at the latest
+        self.bucket: list[float] | None = None  # publish rate limit: [tokens, at]
 
     def take_queue(self) -> list[bytes]:
         queue = self.queue

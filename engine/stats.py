@@ -34,6 +34,7 @@ class Counters:
     deleted_by_listener: int = 0
     extension_failures: int = 0
     service_failures: int = 0
+    publish_rate_exceeded: int = 0
     http_requests: int = 0
     http_errors: int = 0
     ws_upgrades: int = 0

@@ -305,3 +305,50 @@ def test_local_session_subscribes_and_publishes() -> None:
         remote.publish("/chat/room", "after")
         time.sleep(0.1)
         assert len(received) == 2
+
+
+# ------------------------------------------------------ lazy and flood policy
+
+
+def test_lazy_channel_waits_for_the_next_reply_or_the_lazy_timeout() -> None:
+    with app(lambda s: s.lazy_channel("/ticks/**"), timeout=3000, max_lazy_timeout=800) as server:
+        b = Browser(server).ready()
+        b.subscribe(["/ticks/a", "/alerts"])
+        p = Browser(server).ready()
+        b.start_connect()
+        time.sleep(0.05)
+        p.publish("/ticks/a", 1)
+        # Not woken by the lazy message: it leaves after max_lazy_timeout.
+        resp = b.finish_connect()
+        assert 0.6 < resp.took < 1.6
+        assert [e["data"] for e in resp.events()] == [1]
+        # A non-lazy message takes queued lazy ones along at once.
+        b.start_connect()
+        time.sleep(0.05)
+        p.publish("/ticks/a", 2)
+        p.publish("/alerts", "now")
+        resp = b.finish_connect()
+        assert resp.took < 0.5
+        assert [e["data"] for e in resp.events()] == [2, "now"]
+        # A server publish can be lazy on its own.
+        b.start_connect()
+        time.sleep(0.05)
+        on_loop(server, lambda: server.publish("/alerts", "later", lazy=True))
+        resp = b.finish_connect()
+        assert resp.took > 0.6 and [e["data"] for e in resp.events()] == ["later"]
+
+
+def test_publish_rate_limit() -> None:
+    with app(lambda s: None, max_publish_rate=5) as server:
+        fast = Browser(server).ready()
+        sub = Browser(server).ready()
+        sub.subscribe("/flood")
+        replies = [fast.publish("/flood", i).reply("/flood") for i in range(8)]
+        refused = [r for r in replies if not r["successful"]]
+        assert refused and all(r["error"] == "429::publish_rate_exceeded" for r in refused)
+        assert len(replies) - len(refused) >= 5
+        assert server.core.stats.publish_rate_exceeded == len(refused)
+        # Other clients are not limited by this one, and the bucket refills.
+        assert Browser(server).ready().publish("/flood", "x").reply("/flood")["successful"]
+        time.sleep(0.5)
+        assert fast.publish("/flood", "again").reply("/flood")["successful"]
