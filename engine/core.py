@@ -15,7 +15,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -57,6 +57,7 @@ HTTP_TRANSPORTS = frozenset(("long-polling", "callback-polling"))
 # steer the receivers' reconnection (Faye acts on advice in any message).
 _STRIPPED_ON_DELIVERY = ("clientId", "id", "successful", "advice", "error")
 
+CLIENT_ID_RANDOM = 32  # hex characters of randomness at the start of a clientId
 HOLD_RESOLUTION = 0.1  # s; held connects are answered at most this late
 EXPIRY_RESOLUTION = 0.5  # s; the session sweep's granularity
 
@@ -66,6 +67,10 @@ def _valid_id(value: object) -> bool:
     if type(value) is str:
         return value.isascii() and value.isalnum() and len(value) <= 64
     return type(value) is int
+
+
+class Forwarder(Protocol):
+    def forward(self, owner: str, messages: list[Any], exchange: Exchange) -> None: ...
 
 
 class BayeuxCore:
@@ -89,6 +94,8 @@ class BayeuxCore:
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
         self.broker: Broker = broker or LocalBroker(self.deliver)
         self.hooks = hooks or Hooks()
+        # Set in a cluster: sends HTTP requests for other nodes' sessions there.
+        self.forwarder: Forwarder | None = None
         if options.timesync_extension and not any(
             isinstance(e, TimesyncExtension) for e in self.hooks.extensions
         ):
@@ -153,8 +160,16 @@ class BayeuxCore:
     # -------------------------------------------------------------- sessions
 
     def new_client_id(self) -> str:
-        # 128 random bits from the CSPRNG behind the owning node's id (principle 7).
-        return self.node_id + secrets.token_hex(16)
+        # 128 random bits from the CSPRNG, then the owning node's id (principle 7):
+        # the random part has a fixed length, so any node can read the owner.
+        return secrets.token_hex(16) + self.node_id
+
+    @staticmethod
+    def owner_of(client_id: object) -> str | None:
+        """The node id inside a clientId, or None if it cannot be one of ours."""
+        if type(client_id) is not str or len(client_id) <= CLIENT_ID_RANDOM:
+            return None
+        return client_id[CLIENT_ID_RANDOM:]
 
     def _expire_at(self, session: Session, when: float) -> None:
         session.expires_at = when
@@ -371,6 +386,17 @@ class BayeuxCore:
 
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
+        if self.forwarder is not None and exchange.transport in HTTP_TRANSPORTS:
+            # In a cluster, an HTTP request for a session another node owns
+            # goes to that node, held connects included (no sticky sessions).
+            owner = self.owner_of(messages[0].get("clientId")) if messages else None
+            if owner is not None and owner != self.node_id:
+                self.forwarder.forward(owner, messages, exchange)
+                return
+        self.process_here(messages, exchange)
+
+    def process_here(self, messages: list[Any], exchange: Exchange) -> None:
+        """Handle a request on this node (its own, or one forwarded to it)."""
         if self.policy_is_async:
             self.hooks.spawn(self._process_after_policy(messages, exchange))
             return

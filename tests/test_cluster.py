@@ -169,11 +169,10 @@ def post(
 
 
 def node_of(client_id: str, nodes: list[str]) -> str:
-    # Longest first: a node id may be a prefix of another.
-    for node in sorted(nodes, key=len, reverse=True):
-        if client_id.startswith(node):
-            return node
-    raise AssertionError(f"clientId {client_id} names none of {nodes}")
+    # A clientId is 32 random hex characters, then the owning node's id.
+    node = client_id[32:]
+    assert node in nodes, f"clientId {client_id} names none of {nodes}"
+    return node
 
 
 # --------------------------------------------------------------- fixtures

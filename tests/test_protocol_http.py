@@ -69,8 +69,9 @@ def test_client_ids_distinct_and_random(server: BayeuxServer) -> None:  # item 2
     assert len(ids) == 1000
     node = server.node_id
     for cid in ids:
-        assert cid.startswith(node)
-        assert re.fullmatch(r"[0-9a-f]{32}", cid[len(node) :])  # 128 random bits
+        assert cid.endswith(node)
+        assert re.fullmatch(r"[0-9a-f]{32}", cid[:32])  # 128 random bits
+        assert server.core.owner_of(cid) == node
     for cid in list(ids):  # leave no sessions behind for other tests
         session = server.core.sessions.get(cid)
         if session is not None:
