@@ -240,3 +240,72 @@ def test_timesync_extension(js, transport):
     if "timesync" not in REQUIRED_EXTENSIONS and not any(replies):
         pytest.skip("server does not answer ext.timesync yet")
     assert r["ok"], describe_js_failure(r)
+
+
+@pytest.mark.server_args("--allowed-transports", "long-polling,callback-polling")
+def test_fallback_to_long_polling(js, server):
+    """Server without websocket, JS client with its default transports: its
+    WebSocket handshake is refused, it falls back to long-polling, and two such
+    clients subscribe, publish and receive normally."""
+    r = js("fallback", None)
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert r["transport"] == "long-polling", msg
+    assert res["client_transports"] == {"A": "long-polling", "B": "long-polling"}, msg
+    assert "websocket" not in res["handshake_reply"]["supportedConnectionTypes"], msg
+    # It did try websocket first, and no socket was ever opened.
+    assert res["ws_attempts"] >= 1, msg
+    assert res["ws_opened"] == 0, msg
+    assert res["received"] == [{"from": "B"}, {"from": "A"}], msg
+    # Every Bayeux message went over HTTP.
+    sent = _sent(r, lambda e: isinstance(e.get("body"), list))
+    assert sent and all(e["kind"] == "http" for e in sent), msg
+
+
+def _run_ack_outage(js, transport, cut, messages=20):
+    r = js(
+        "ack_outage", transport, expect_ok=False, extra=("--cut", cut, "--messages", str(messages))
+    )
+    res = r["results"]
+    ext = res.get("handshake_ext") or {}
+    if "ack" not in REQUIRED_EXTENSIONS and not ext.get("ack"):
+        pytest.skip("server does not negotiate the ack extension yet")
+    msg = describe_js_failure(r)
+    assert r["ok"], msg
+    assert res["received"] == list(range(messages + 2)), msg
+    assert res["missing"] == [] and res["duplicated"] == [], msg
+    assert res["transport_before"] == transport == res["transport_after"], msg
+    assert [h["successful"] for h in res["handshakes"]] == [True], msg
+    # The outage really happened: A saw its connects fail and came back with
+    # ever increasing batch numbers.
+    assert res["connect_failures"], msg
+    acks = [c["ack"] for c in res["connects_after_cut"] if c["successful"]]
+    assert acks and all(isinstance(a, int) for a in acks), msg
+    assert acks == sorted(set(acks)), msg
+    return r
+
+
+@pytest.mark.server_args("--ack-extension")
+@pytest.mark.parametrize("cut", ["blackhole", "reset"])
+def test_ack_delivery_across_cut_connection(js, transport, cut):
+    """JS AckExtension through a TCP proxy that is cut for 2 s while another
+    client publishes 20 messages; after the restore all 20 arrive in order,
+    none twice, on the same session and transport.
+
+    blackhole: the server's side of the old connection stays open and what it
+    writes there (the held /meta/connect answered with the first event) is
+    lost, so the server must re-send that batch when the client's next connect
+    acknowledges only the previous one. reset: both halves get a TCP reset."""
+    r = _run_ack_outage(js, transport, cut)
+    res = r["results"]
+    if cut == "blackhole":
+        assert res["proxy"]["dropped_bytes_to_client"] > 0, describe_js_failure(r)
+
+
+@pytest.mark.server_args("--ack-extension")
+@pytest.mark.parametrize("transport", ["long-polling", "websocket"])
+def test_ack_delivery_across_half_open_connection(js, transport):
+    """Like the blackhole cut, but the server-side half of the dead connection
+    (a WebSocket the session was bound to) stays open after the client is back
+    on a new one, as after a silent network partition."""
+    _run_ack_outage(js, transport, "halfopen")

@@ -5,6 +5,7 @@
 //
 //   node cometd_client.mjs URL SCENARIO [--transport long-polling|websocket|callback-polling]
 //        [--timeout MS] [--step-timeout MS] [--duration MS (idle)]
+//        [--messages N] [--outage MS] [--cut blackhole|reset|halfopen] (ack_outage)
 //        [--log-level warn|info|debug] [--no-wire]
 //
 // Exit status: 0 scenario passed, 1 a check failed, 2 timed out, 3 bad usage.
@@ -32,9 +33,11 @@ import {XMLHttpRequest as NodeXMLHttpRequest} from "cometd-nodejs-client/src/XML
 import {CometD, CallbackPollingTransport, AckExtension, TimeSyncExtension} from "cometd";
 import * as nodeHttp from "node:http";
 import * as nodeHttps from "node:https";
+import * as net from "node:net";
 import {WebSocket as WsWebSocket} from "ws";
 
 const TRANSPORTS = ["websocket", "long-polling", "callback-polling"];
+const CUT_MODES = ["blackhole", "reset", "halfopen"];
 const SCENARIOS = {};
 
 // ---------------------------------------------------------------- arguments
@@ -42,7 +45,8 @@ const SCENARIOS = {};
 function usage(message) {
     process.stderr.write((message ? message + "\n" : "") +
         "usage: node cometd_client.mjs URL SCENARIO [--transport T] [--timeout MS] " +
-        "[--step-timeout MS] [--duration MS] [--log-level L] [--no-wire]\n" +
+        "[--step-timeout MS] [--duration MS] [--messages N] [--outage MS] [--cut MODE] " +
+        "[--log-level L] [--no-wire]\n" +
         "scenarios: " + Object.keys(SCENARIOS).join(", ") + "\n" +
         "transports: " + TRANSPORTS.join(", ") + "\n");
     process.exit(3);
@@ -56,6 +60,9 @@ function parseArgs(argv) {
         timeout: 20000,
         stepTimeout: 8000,
         duration: 4000,
+        messages: 20,
+        outage: 2000,
+        cut: "blackhole",
         logLevel: "warn",
         wire: true,
     };
@@ -76,6 +83,12 @@ function parseArgs(argv) {
             opts.timeout = parseInt(next(), 10);
         } else if (arg === "--duration") {
             opts.duration = parseInt(next(), 10);
+        } else if (arg === "--messages") {
+            opts.messages = parseInt(next(), 10);
+        } else if (arg === "--outage") {
+            opts.outage = parseInt(next(), 10);
+        } else if (arg === "--cut") {
+            opts.cut = next();
         } else if (arg === "--step-timeout") {
             opts.stepTimeout = parseInt(next(), 10);
         } else if (arg === "--log-level") {
@@ -99,6 +112,9 @@ function parseArgs(argv) {
     }
     if (!SCENARIOS[opts.scenario]) {
         usage("unknown scenario " + opts.scenario);
+    }
+    if (!CUT_MODES.includes(opts.cut)) {
+        usage("unknown cut mode " + opts.cut);
     }
     return opts;
 }
@@ -395,9 +411,12 @@ function copy(message) {
 
 // One CometD client with its own cookie jar and message recorders.
 class Peer {
-    constructor(label, opts, {sharedJar = false} = {}) {
+    // Options: sharedJar (use the process-wide jar), url (instead of the
+    // command line's, e.g. a proxy), config (extra cometd.configure() keys).
+    constructor(label, opts, {sharedJar = false, url = null, config = null} = {}) {
         this.label = label;
         this.opts = opts;
+        this.url = url || opts.url;
         this.cometd = new CometD(label);
         this.jar = sharedJar ? SHARED_JAR : {};
         this.events = [];         // every non-meta message received from the server (raw, before listeners)
@@ -408,6 +427,7 @@ class Peer {
         this.connects = [];
         this.connectsSent = 0;
         this.sentConnects = [];
+        this.connectFailures = [];  // unsuccessful /meta/connect (server replies and local failures)
 
         const cometd = this.cometd;
         // Replace the DOM-based callback-polling transport by the Node one.
@@ -426,7 +446,7 @@ class Peer {
         for (const type of cometd.getTransportTypes()) {
             cometd.findTransport(type).context = {cookieStore: this.jar, label: label};
         }
-        cometd.configure({url: opts.url, logLevel: opts.logLevel});
+        cometd.configure(Object.assign({url: this.url, logLevel: opts.logLevel}, config || {}));
 
         const self = this;
         cometd.registerExtension("interop-recorder", {
@@ -461,6 +481,12 @@ class Peer {
         cometd.addListener("/meta/handshake", (m) => {
             this.handshakes.push(copy(m));
             this.#wake();
+        });
+        cometd.addListener("/meta/connect", (m) => {
+            if (!m.successful) {
+                this.connectFailures.push(copy(m));
+                this.#wake();
+            }
         });
     }
 
@@ -904,6 +930,260 @@ SCENARIOS.timesync = async (opts, ctx) => {
     check(Math.abs(timesync.getTimeOffset()) < 1000, "time offset to a local server above 1 s", timesync.getTimeOffset());
 };
 
+// Default client (no forced transport: websocket first) against a server that
+// does not offer websocket (--allowed-transports long-polling,callback-polling):
+// both clients must end up on long-polling and work normally.
+SCENARIOS.fallback = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    const b = ctx.peer("B");
+    const {handshake} = await a.connect();
+    await b.connect();
+    ctx.results.handshake_reply = handshake;
+    ctx.results.handshake_listener_messages = a.handshakes;
+    ctx.results.client_transports = {A: a.transportType(), B: b.transportType()};
+    const channel = "/interop/fallback";
+    const received = [];
+    const {reply: subReply} = await a.subscribe(channel, (m) => received.push(copy(m.data)));
+    ctx.results.subscribe_reply = subReply;
+    expectSuccess(subReply, "A subscribe");
+    await a.connectHeld();
+    await b.connectHeld();
+    ctx.results.publish_replies = [await b.publish(channel, {from: "B"})];
+    expectSuccess(ctx.results.publish_replies[0], "B publish");
+    await a.waitUntil(() => received.length >= 1, "A receives B's publish");
+    ctx.results.publish_replies.push(await a.publish(channel, {from: "A"}));
+    expectSuccess(ctx.results.publish_replies[1], "A publish");
+    await a.waitUntil(() => received.length >= 2, "A receives its own publish");
+    await sleep(300);
+    ctx.results.received = received;
+    ctx.results.ws_attempts = wire.filter((e) => e.kind === "ws" && e.dir === "open-request").length;
+    ctx.results.ws_opened = wire.filter((e) => e.kind === "ws" && e.dir === "open").length;
+    check(deepEqual(received, [{from: "B"}, {from: "A"}]), "deliveries missing, duplicated or out of order", received);
+    checkDelivery(a.eventsOn(channel)[0], channel, {from: "B"}, "delivery of B's publish");
+    check(b.events.length === 0, "B received events without subscribing", b.events);
+    check(a.transportType() === b.transportType(), "the two clients ended on different transports", ctx.results.client_transports);
+};
+
+// A TCP proxy on a loopback port between one client and the server that can
+// be cut and restored:
+//  - cut("blackhole"): stop listening (new connections are refused) and drop
+//    every client-side connection; the server-side halves stay open and what
+//    the server writes into them (e.g. a held /meta/connect answered with
+//    events) is swallowed, as on a connection lost in the network.
+//  - cut("reset"): stop listening and reset both halves of every connection.
+//  - cut("halfopen"): like blackhole, but restore() leaves the server-side
+//    halves open (still swallowing) until the end: the server never learns
+//    that the old connections are dead, as after a silent network partition.
+//  - restore(): close what is left (except halfopen) and listen again on the
+//    same port.
+class CuttableProxy {
+    #counter = 0;
+
+    constructor(targetUrl) {
+        const target = new URL(targetUrl);
+        this.targetHost = target.hostname;
+        this.targetPort = Number(target.port || 80);
+        this.port = 0;
+        this.server = null;
+        this.pairs = new Set();
+        this.stats = {accepted: 0, cuts: [], restores: 0, dropped_bytes_to_client: 0, dropped_bytes_to_server: 0};
+    }
+
+    urlFor(targetUrl) {
+        const u = new URL(targetUrl);
+        u.port = String(this.port);
+        return u.toString();
+    }
+
+    listen(port) {
+        return new Promise((resolve, reject) => {
+            const server = net.createServer((socket) => this.#accept(socket));
+            server.once("error", reject);
+            server.listen(port || 0, "127.0.0.1", () => {
+                server.removeListener("error", reject);
+                server.on("error", () => {});
+                this.server = server;
+                this.port = server.address().port;
+                record({kind: "proxy", conn: "px", dir: "listen", url: "127.0.0.1:" + this.port});
+                resolve();
+            });
+        });
+    }
+
+    #accept(client) {
+        const id = "px" + (++this.#counter);
+        const upstream = net.connect(this.targetPort, this.targetHost);
+        const pair = {id, client, upstream, blackhole: false};
+        this.pairs.add(pair);
+        this.stats.accepted += 1;
+        client.setNoDelay(true);
+        upstream.setNoDelay(true);
+        client.on("data", (data) => {
+            if (pair.blackhole || upstream.destroyed) {
+                this.stats.dropped_bytes_to_server += data.length;
+            } else {
+                upstream.write(data);
+            }
+        });
+        upstream.on("data", (data) => {
+            if (pair.blackhole || client.destroyed) {
+                this.stats.dropped_bytes_to_client += data.length;
+            } else {
+                client.write(data);
+            }
+        });
+        const closed = () => {
+            if (!pair.blackhole) {
+                client.destroy();
+                upstream.destroy();
+            }
+            if (client.destroyed && upstream.destroyed) {
+                this.pairs.delete(pair);
+            }
+        };
+        client.on("close", closed);
+        upstream.on("close", closed);
+        client.on("error", () => {});
+        upstream.on("error", () => {});
+    }
+
+    cut(mode) {
+        const server = this.server;
+        this.server = null;
+        if (server) {
+            server.close();
+        }
+        this.stats.cuts.push({mode, t: Date.now() - START, connections: this.pairs.size});
+        record({kind: "proxy", conn: "px", dir: "cut", reason: mode, body: {connections: this.pairs.size}});
+        for (const pair of this.pairs) {
+            if (mode === "blackhole" || mode === "halfopen") {
+                pair.blackhole = true;
+                pair.keep = mode === "halfopen";
+                pair.client.destroy();
+            } else {
+                pair.client.resetAndDestroy();
+                pair.upstream.resetAndDestroy();
+            }
+        }
+    }
+
+    async restore() {
+        for (const pair of [...this.pairs]) {
+            if (!pair.keep) {
+                pair.client.destroy();
+                pair.upstream.destroy();
+                this.pairs.delete(pair);
+            }
+        }
+        this.stats.restores += 1;
+        await this.listen(this.port);
+        record({kind: "proxy", conn: "px", dir: "restore", body: {dropped_bytes_to_client: this.stats.dropped_bytes_to_client}});
+    }
+
+    close() {
+        if (this.server) {
+            this.server.close();
+            this.server = null;
+        }
+        for (const pair of this.pairs) {
+            pair.client.destroy();
+            pair.upstream.destroy();
+        }
+        this.pairs.clear();
+    }
+}
+
+// Acknowledged delivery across a cut connection (server --ack-extension):
+// client A (JS AckExtension) reaches the server through a CuttableProxy, B
+// directly. After one acknowledged warm-up delivery the proxy is cut (--cut,
+// default blackhole); B publishes --messages N (default 20) while A is cut
+// off; the proxy is restored after --outage ms (default 2000). A must then
+// receive all N, in order, none twice, without a new handshake, followed by a
+// sentinel published after the restore.
+SCENARIOS.ack_outage = async (opts, ctx) => {
+    const total = opts.messages;
+    const proxy = new CuttableProxy(opts.url);
+    await proxy.listen(0);
+    ctx.cleanup.push(() => proxy.close());
+    ctx.results.proxy = proxy.stats;
+    // Small back-off so that A retries promptly once the proxy is back.
+    const a = ctx.peer("A", {url: proxy.urlFor(opts.url), config: {backoffIncrement: 250, maxBackoff: 1000}});
+    a.cometd.registerExtension("ack", new AckExtension());
+    const b = ctx.peer("B");
+    const {handshake} = await a.connect();
+    ctx.results.handshake_ext = handshake.ext || null;
+    const ackField = handshake.ext && handshake.ext.ack;
+    check(ackField === true || (ackField && ackField.enabled === true),
+        "handshake reply does not enable acks (ext.ack)", handshake);
+    await b.connect();
+    const channel = "/interop/ack-outage";
+    const received = [];
+    expectSuccess((await a.subscribe(channel, (m) => received.push(m.data.n))).reply, "A subscribe");
+    await a.connectHeld();
+
+    // Warm-up: one delivery, acknowledged by the connect A holds afterwards.
+    expectSuccess(await b.publish(channel, {n: 0}), "B publish 0");
+    await a.waitUntil(() => received.length >= 1, "warm-up delivery");
+    await a.connectHeld();
+    const transportBefore = a.transportType();
+    ctx.results.transport_before = transportBefore;
+    const connectsBefore = a.connects.length;
+    const failuresBefore = a.connectFailures.length;
+
+    const cutAt = Date.now();
+    proxy.cut(opts.cut);
+    await a.waitUntil(() => a.connectFailures.length > failuresBefore, "A noticing the cut (failed /meta/connect)", 5000);
+    ctx.results.noticed_cut_ms = Date.now() - cutAt;
+    for (let n = 1; n <= total; ++n) {
+        expectSuccess(await b.publish(channel, {n}), "B publish " + n + " during the outage");
+    }
+    ctx.results.published_during_outage_ms = Date.now() - cutAt;
+    const rest = opts.outage - (Date.now() - cutAt);
+    if (rest > 0) {
+        await sleep(rest);
+    }
+    ctx.results.received_during_outage = received.slice(1);
+    await proxy.restore();
+    const restoredAt = Date.now();
+    ctx.results.outage_ms = restoredAt - cutAt;
+    let waitError = null;
+    try {
+        await a.waitUntil(() => received.length >= total + 1, "all " + total + " deliveries after restoring the connection");
+        ctx.results.recovery_ms = Date.now() - restoredAt;
+        // A sentinel published after the restore: arriving after all of them.
+        expectSuccess(await b.publish(channel, {n: total + 1}), "B publish sentinel");
+        await a.waitUntil(() => received.includes(total + 1), "sentinel delivery");
+        await sleep(300);
+    } catch (x) {
+        waitError = x;
+    }
+    ctx.results.received = received.slice();
+    ctx.results.handshakes = a.handshakes.map((m) => ({successful: m.successful, clientId: m.clientId}));
+    ctx.results.transport_after = a.transportType();
+    ctx.results.connect_failures = a.connectFailures.slice(failuresBefore).map((m) => m.failure && m.failure.reason || m.error || null);
+    ctx.results.connects_after_cut = a.connects.slice(connectsBefore).map((m) => ({
+        id: m.id, successful: m.successful, ack: m.ext ? m.ext.ack : undefined, error: m.error,
+    }));
+    ctx.results.connect_request_acks = a.sentConnects.map((m) => m.ext ? m.ext.ack : undefined);
+    // Per received value: how often.
+    const counts = {};
+    for (const n of received) {
+        counts[n] = (counts[n] || 0) + 1;
+    }
+    const expected = Array.from({length: total + 2}, (_, i) => i);
+    ctx.results.missing = expected.filter((n) => !counts[n]);
+    ctx.results.duplicated = Object.keys(counts).filter((n) => counts[n] > 1).map(Number);
+    check(a.handshakes.filter((m) => m.successful).length === 1, "A re-handshook: its session did not survive the outage",
+        ctx.results.handshakes);
+    if (waitError) {
+        throw waitError;
+    }
+    check(deepEqual(received, expected), "deliveries missing, duplicated or out of order",
+        {missing: ctx.results.missing, duplicated: ctx.results.duplicated, received});
+    check(ctx.results.transport_after === transportBefore, "A changed transport across the outage",
+        {before: transportBefore, after: ctx.results.transport_after});
+};
+
 // ---------------------------------------------------------------- main
 
 async function main() {
@@ -914,6 +1194,7 @@ async function main() {
     const peers = [];
     const ctx = {
         results: {},
+        cleanup: [],
         peer(label, options) {
             const p = new Peer(label, opts, options);
             peers.push(p);
@@ -963,6 +1244,13 @@ async function main() {
     finish();
     // Best-effort cleanup so the server does not keep sessions around.
     await Promise.allSettled(peers.map((p) => p.disconnect(2000).catch(() => null)));
+    for (const fn of ctx.cleanup) {
+        try {
+            fn();
+        } catch (x) {
+            // ignore
+        }
+    }
     clearTimeout(overall);
     emit(output, exitCode);
 }

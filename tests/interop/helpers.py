@@ -25,6 +25,7 @@ def interop_target() -> str:
 
 
 JS_CLIENT = INTEROP_DIR / "cometd_client.mjs"
+FAYE_CLIENT = INTEROP_DIR / "faye_client.mjs"
 
 # Transports the server must offer today: tests for them never skip.
 # websocket and callback-polling are exercised automatically as soon as the
@@ -74,6 +75,8 @@ def format_wire(wire: list[dict[str, Any]] | None, limit: int = 80) -> str:
         who = e.get("client") or e.get("conn") or "?"
         head = f"{e.get('t', '?'):>6}ms {who:>3} {e.get('kind', '?'):>5} {e.get('dir', '?'):<12}"
         extra = []
+        if e.get("client") and e.get("conn"):
+            extra.append(f"conn={e['conn']}")
         keys = ("method", "url", "path", "status", "contentType", "code", "reason", "error")
         for key in (*keys, "cookie"):
             if e.get(key) not in (None, ""):
@@ -101,13 +104,15 @@ def run_js(
     timeout_ms: int = 20000,
     extra: tuple[str, ...] = (),
     expect_ok: bool = True,
+    script: Path = JS_CLIENT,
 ) -> dict[str, Any]:
-    """Run one scenario of cometd_client.mjs and return its JSON result.
+    """Run one scenario of cometd_client.mjs (or ``script``, e.g.
+    :data:`FAYE_CLIENT`) and return its JSON result.
 
     With ``expect_ok`` (default) a failed scenario raises an AssertionError
     carrying the error, the results, the wire log and node's stderr.
     """
-    cmd = [node, str(JS_CLIENT), url, scenario, "--timeout", str(timeout_ms), *extra]
+    cmd = [node, str(script), url, scenario, "--timeout", str(timeout_ms), *extra]
     if transport:
         cmd += ["--transport", transport]
     try:
@@ -145,7 +150,7 @@ def run_js(
 def describe_js_failure(result: dict[str, Any], cmd: list[str] | None = None) -> str:
     results = json.dumps(result.get("results"), indent=1)[:6000]
     return (
-        f"JS scenario {result.get('scenario')!r} failed "
+        f"{result.get('client', 'cometd')} JS scenario {result.get('scenario')!r} failed "
         f"(exit {result.get('exit_code')}, transport {result.get('transport')!r}): "
         f"{result.get('error')}\n"
         + (f"command: {' '.join(cmd)}\n" if cmd else "")
