@@ -155,7 +155,9 @@ class BayeuxCore:
             if not session.removed and session.hold is None and session.expires_at <= now:
                 self.stats.sessions_expired += 1
                 self.remove_session(session, timeout=True)
-        self._tick_handle = self.loop.call_later(HOLD_RESOLUTION, self._tick)
+        # Aligned on the hold wheel's slots, so a hold ends at most one
+        # resolution after its deadline, without drift.
+        self._tick_handle = self.loop.call_at(self.holds.next_due(), self._tick)
 
     # -------------------------------------------------------------- sessions
 

@@ -9,6 +9,7 @@ again) is recognised as stale by the caller when its slot comes due.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -27,7 +28,7 @@ class TimerWheel(Generic[T]):
 
     def slot_of(self, when: float) -> int:
         """The first slot that comes due at or after `when` (never early)."""
-        slot = int(when / self.resolution) + 1
+        slot = math.ceil(when / self.resolution)
         return slot if slot >= self.next_slot else self.next_slot
 
     def add(self, when: float, item: T) -> int:
@@ -55,6 +56,10 @@ class TimerWheel(Generic[T]):
             self.next_slot += 1
             if bucket:
                 yield from bucket
+
+    def next_due(self) -> float:
+        """When the next slot comes due: the time to schedule the tick for."""
+        return self.next_slot * self.resolution
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.slots.values())
