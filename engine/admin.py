@@ -72,6 +72,7 @@ def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str,
         "rss_bytes": rss,
         "rss_bytes_per_session": rss // sessions if sessions else None,
         "open_files_limit": soft if soft != resource.RLIM_INFINITY else hard,
+        "max_connections": server.max_connections,
         "counters": core.stats.as_dict(),
     }
     if channel is not None:

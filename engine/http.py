@@ -179,6 +179,20 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= self.server.max_connections:
+            # At the open-files limit: refuse cleanly now rather than fail at
+            # random later (the client retries, elsewhere behind a balancer).
+            self.core.stats.connections_refused += 1
+            self.closed = True
+            body = error_body(503, "server at its connection limit; retry later")
+            transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\n"
+                + JSON_TYPE
+                + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+            transport.close()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

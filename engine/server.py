@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import secrets
 import signal
 import sys
@@ -29,7 +30,24 @@ from engine.websocket import WebSocketConnection
 if TYPE_CHECKING:
     from engine.redis_broker import RedisBroker
 
-__all__ = ["BayeuxServer"]
+__all__ = ["BayeuxServer", "raise_files_limit"]
+
+FILES_RESERVED = 64
+
+
+def raise_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one; the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return int(min(soft, hard) if soft != resource.RLIM_INFINITY else hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return int(soft)
+    return int(hard)
+
 
 log = logging.getLogger("engine.server")
 
@@ -43,6 +61,8 @@ class BayeuxServer(Application):
         self.policy = policy
         self._derive()
         self.connections: set[HttpConnection | WebSocketConnection] = set()
+        self.files_limit = 0
+        self.max_connections = 1 << 30  # set from the open-files limit by start()
         self._core: BayeuxCore | None = None
         self.started_at = time.monotonic()
         self.admin = AdminRoutes(self)
@@ -109,6 +129,9 @@ class BayeuxServer(Application):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.files_limit = raise_files_limit()
+        # Keep some descriptors for the listener, Redis, logs and accept().
+        self.max_connections = max(1, self.files_limit - FILES_RESERVED)
         self.admin.token = self.options.admin_token.encode()
         if self.options.static_dir:
             self.admin.mount("/", self.options.static_dir)
@@ -153,6 +176,11 @@ class BayeuxServer(Application):
                 self._broker = None
             raise
         log.info("listening on %s (node %s)", self.url, self.node_id)
+        log.info(
+            "open-files limit %d: this process holds at most %d client connections",
+            self.files_limit,
+            self.max_connections,
+        )
 
     async def stop(self) -> None:
         """Stop accepting, answer held connects with `reconnect: retry`, close."""

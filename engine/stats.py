@@ -35,6 +35,7 @@ class Counters:
     extension_failures: int = 0
     service_failures: int = 0
     publish_rate_exceeded: int = 0
+    connections_refused: int = 0  # at the open-files limit (HTTP 503)
     http_requests: int = 0
     http_errors: int = 0
     ws_upgrades: int = 0

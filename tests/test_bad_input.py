@@ -255,3 +255,19 @@ def test_queue_overflow_is_counted() -> None:
         events = slow.connect(advice={"timeout": 0}).events()
         assert [e["data"] for e in events] == [3, 4, 5, 6, 7]
         assert srv.core.stats.dropped_queue_full == 3
+
+
+def test_connection_limit_refuses_cleanly() -> None:
+    with running_server() as srv:
+        assert srv.files_limit > 0 and srv.max_connections < srv.files_limit
+        srv.max_connections = len(srv.connections) + 2
+        held = [socket.create_connection(srv.address) for _ in range(2)]
+        time.sleep(0.2)
+        refused = raw_exchange(srv, b"")
+        assert refused.startswith(b"HTTP/1.1 503")
+        assert b"Retry-After: 2" in refused
+        assert srv.core.stats.connections_refused == 1
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert Browser(srv).ready().client_id  # room again
