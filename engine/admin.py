@@ -134,7 +134,9 @@ class AdminRoutes:
         self.mounts.append(((prefix.rstrip("/") + "/").encode(), root))
         self.mounts.sort(key=lambda m: -len(m[0]))  # longest prefix first
 
-    def handle(self, method: bytes, path: bytes, headers: dict[bytes, bytes]) -> bytes | None:
+    def handle(
+        self, method: bytes, path: bytes, headers: dict[bytes, bytes], query: bytes = b""
+    ) -> bytes | None:
         """A complete HTTP response for `path`, or None when it is not ours."""
         if path == b"/health":
             draining = self.server.core.draining
@@ -155,12 +157,17 @@ class AdminRoutes:
                 return response(200, orjson.dumps(server_status(self.server)), b"application/json")
             return response(200, generate_latest(self.registry), b"text/plain; version=0.0.4")
         if method in (b"GET", b"HEAD"):
-            return self.static_file(path, head_only=method == b"HEAD")
+            return self.static_file(path, query, head_only=method == b"HEAD")
         return None
 
-    def static_file(self, path: bytes, head_only: bool) -> bytes | None:
+    def static_file(self, path: bytes, query: bytes, head_only: bool) -> bytes | None:
         for prefix, root in self.mounts:
-            if not (path + b"/").startswith(prefix) and not path.startswith(prefix):
+            if path + b"/" == prefix and prefix != b"/":
+                # A directory without its slash: redirect, so the page's
+                # relative URLs resolve inside it.
+                location = prefix + (b"?" + query if query else b"")
+                return response(301, b"", b"text/plain", b"Location: " + location + b"\r\n")
+            if not path.startswith(prefix):
                 continue
             relative = (
                 path[len(prefix) :].decode("utf-8", "replace") if len(path) > len(prefix) else ""

@@ -40,6 +40,7 @@ NO_CACHE = b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
 REASONS = {
     200: b"OK",
     204: b"No Content",
+    301: b"Moved Permanently",
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
@@ -367,7 +368,7 @@ class HttpConnection(asyncio.Protocol):
         base = self.server.base_path
         method = self.parser.get_method()
         if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
-            answer = self.server.admin.handle(method, path, self.headers)
+            answer = self.server.admin.handle(method, path, self.headers, query)
             if answer is None:
                 exchange.fail(404, "no Bayeux endpoint at this path")
             else:

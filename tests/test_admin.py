@@ -96,3 +96,16 @@ def test_static_files(tmp_path: Path) -> None:
         assert get(server, "/missing.html")[0] == 404
         # The Bayeux endpoint is unaffected.
         assert Browser(server).ready().client_id
+
+
+def test_static_directory_without_slash_redirects(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<h1>app</h1>")
+
+    def setup(server) -> None:  # type: ignore[no-untyped-def]
+        server.static("/app", str(tmp_path))
+
+    with running_server(setup=setup) as server:
+        status, head, _ = get(server, "/app")
+        assert status == 301 and b"Location: /app/\r\n" in head
+        status, _, body = get(server, "/app/")
+        assert status == 200 and body == b"<h1>app</h1>"
