@@ -41,3 +41,12 @@ def test_quickstart_example() -> None:
         events = b.finish_connect().events()
         assert [e["channel"] for e in events] == ["/chat/system"]
         assert events[0]["data"]["expired"] is True
+
+
+def test_readme_shows_the_quickstart_as_it_is() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    code = (root / "examples" / "quickstart.py").read_text()
+    assert f"```python\n{code}```" in readme
