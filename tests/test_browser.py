@@ -352,8 +352,10 @@ def test_two_tabs_share_the_browser_over_long_polling(
     other = {"tab1": "tab2", "tab2": "tab1"}[adviced]
     advice = result["at_advice"][adviced]["advice"]
     assert advice == "another tab is connected: polling every 2 s"
-    # The tab that holds the browser's long-poll has the normal advice.
-    assert result["at_advice"][other]["advice"] is None
+    # Which tab holds the browser's one long-poll can change whenever an
+    # event ends a hold (then the other tab may get it and this one the
+    # advice), so only the advised tab's state is asserted; both must work.
+    assert result["at_advice"][other]["state"] == "connected"
     for name in ("tab1", "tab2"):
         page = result["after"][name]
         assert page["transport"] == "long-polling", page
