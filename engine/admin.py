@@ -75,6 +75,12 @@ def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str,
         "max_connections": server.max_connections,
         "counters": core.stats.as_dict(),
     }
+    broker_stats = getattr(core.broker, "stats", None)
+    if callable(broker_stats):
+        status["broker"] = broker_stats()
+    forwarder = getattr(server, "forwarder", None)
+    if forwarder is not None:
+        status["forwarding"] = forwarder.stats()
     if channel is not None:
         status["channel"] = {
             "name": channel,

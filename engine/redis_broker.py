@@ -29,6 +29,15 @@ What travels, and how:
   forwarded is counted (`published_lost`) and logged (rate-limited); the
   broker reconnects with bounded exponential backoff and resubscribes every
   channel and pattern, then logs what the outage cost.
+* Point-to-point messages between nodes (request forwarding, see
+  `engine.forwarding`): `listen(name, handler)` subscribes a node's own
+  channel, resubscribed on reconnect like the others; `send_direct(name,
+  payload, on_reply)` publishes through the same outbox and hands the reply
+  (the number of receivers; None if it could not be sent) to `on_reply`.
+  They use Redis 7's sharded pub/sub (SSUBSCRIBE / SPUBLISH: in a Redis
+  Cluster a message to one node stays on one shard instead of crossing the
+  cluster bus), or plain SUBSCRIBE / PUBLISH on an older server.  A batch
+  without such messages is read exactly as before.
 
 The connection handling, handshake (AUTH, SELECT, CLIENT SETNAME, TLS) and
 reply parsing (hiredis) are redis-py's; the broker drives two raw redis-py
@@ -43,6 +52,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -63,6 +73,10 @@ __all__ = ["RedisBroker", "redis_subscription", "glob_escape"]
 log = logging.getLogger("engine.redis")
 
 Deliver = Callable[["Session", bytes, bool], None]
+# Called with the reply to a direct message: the number of receivers, or None
+# when it was not sent or its fate is unknown (connection lost, error reply).
+Reply = Callable[[int | None], None]
+Handler = Callable[[bytes], None]
 
 _GLOB_SPECIAL = frozenset("*?[]\\")
 _PING = b"*1\r\n$4\r\nPING\r\n"
@@ -181,6 +195,18 @@ class RedisBroker:
         self._inflight = 0  # messages written to Redis, replies not read yet
         self._seq = 0
         self._last_tag = b""
+        # Direct messages in the outbox: (index among its commands, callback);
+        # those of the batch being read, and how many of them are answered.
+        self._replies: list[tuple[int, Reply | None]] = []
+        self._inflight_replies: list[tuple[int, Reply | None]] = []
+        self._replies_done = 0
+        # Channels of direct messages listened to: name -> handler.
+        self._listen: dict[bytes, Handler] = {}
+        self._applied_listen: set[bytes] = set()
+        self._sharded = False  # SSUBSCRIBE / SPUBLISH (Redis >= 7) on this connection
+        # Called with True on the first connection of this process, False on
+        # later ones; what it sends leaves before anything else.
+        self.on_connect: Callable[[bool], None] | None = None
 
         self.connected = False
         self._closing = False
@@ -206,6 +232,9 @@ class RedisBroker:
         self.received_invalid = 0  # messages without our tag (not from an engine)
         self.reconnects = 0
         self.connection_failures = 0
+        self.direct_sent = 0  # direct messages sent and acknowledged
+        self.direct_lost = 0  # direct messages not sent (or fate unknown)
+        self.direct_received = 0  # direct messages received
 
     # ------------------------------------------------------ Broker interface
 
@@ -269,6 +298,59 @@ class RedisBroker:
     def subscriber_count(self, pattern: str) -> int:
         return self.trie.count(pattern)
 
+    # ------------------------------------------------------ direct messages
+
+    def node_channel(self, node_id: str) -> bytes:
+        """The Redis channel a node listens on for direct messages."""
+        return b"%snode:%s" % (self._prefix_b, node_id.encode())
+
+    def listen(self, name: bytes, handler: Handler) -> None:
+        """Call `handler(payload)` for each direct message sent to channel `name`."""
+        self._listen[name] = handler
+        if self._subs_dirty is not None:
+            self._subs_dirty.set()
+
+    def unlisten(self, name: bytes) -> None:
+        if self._listen.pop(name, None) is not None and self._subs_dirty is not None:
+            self._subs_dirty.set()
+
+    def send_direct(self, name: bytes, payload: bytes, on_reply: Reply | None = None) -> bool:
+        """Queue a direct message to channel `name` (sent with this loop turn's batch).
+
+        False if it cannot be sent now (Redis unreachable, backlog full):
+        then `on_reply` is never called.  Otherwise `on_reply` gets the
+        number of receivers, or None if the message was lost on the way.
+        """
+        if not self.connected or self._outbox_bytes >= self.max_pending_bytes:
+            self.direct_lost += 1
+            return False
+        command = b"SPUBLISH" if self._sharded else b"PUBLISH"
+        head = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
+            len(command),
+            command,
+            len(name),
+            name,
+            len(payload),
+        )
+        outbox = self._outbox
+        outbox.append(head)
+        outbox.append(payload)
+        outbox.append(b"\r\n")
+        self._replies.append((self._outbox_count, on_reply))
+        self._outbox_count += 1
+        self._outbox_bytes += len(head) + len(payload)
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+        return True
+
+    def _fail_replies(self, replies: list[tuple[int, Reply | None]]) -> None:
+        """Direct messages that were not sent, or whose fate is unknown."""
+        self.direct_lost += len(replies)
+        for _, on_reply in replies:
+            if on_reply is not None:
+                _call(on_reply, None)
+
     def matching_count(self, channel: str) -> int:
         return self.trie.count_matching(channel)
 
@@ -293,6 +375,9 @@ class RedisBroker:
             "received_invalid": self.received_invalid,
             "reconnects": self.reconnects,
             "connection_failures": self.connection_failures,
+            "direct_sent": self.direct_sent,
+            "direct_lost": self.direct_lost,
+            "direct_received": self.direct_received,
         }
 
     def _lose(self, count: int, why: str) -> None:
@@ -336,7 +421,7 @@ class RedisBroker:
         deadline = time.monotonic() + flush_timeout
         while (
             self.connected
-            and (self._outbox_count or self._inflight)
+            and (self._outbox_count or self._inflight or self._inflight_replies)
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(0.01)
@@ -346,14 +431,19 @@ class RedisBroker:
             await task
         self._task = None
         if self._outbox_count:
-            self._lose(self._outbox_count, "stopping")
+            replies = self._replies
+            broadcasts = self._outbox_count - len(replies)
             self._clear_outbox()
+            if broadcasts:
+                self._lose(broadcasts, "stopping")
+            self._fail_replies(replies)
         await self._pool.disconnect()
 
     def _clear_outbox(self) -> None:
         self._outbox = []
         self._outbox_count = 0
         self._outbox_bytes = 0
+        self._replies = []  # a new list: the batch being sent keeps the old one
 
     # ------------------------------------------------------------ connection
 
@@ -390,8 +480,10 @@ class RedisBroker:
                 attempts += 1
                 pub = await self._connect("pub")
                 sub = await self._connect("sub")
+                self._sharded = await self._has_sharded_pubsub(pub)
                 self._applied_channels.clear()
                 self._applied_patterns.clear()
+                self._applied_listen.clear()
                 self._last_tag = b""
                 self._last_rx = loop.time()
                 channels, patterns = await self._sync_subscriptions(sub)
@@ -427,11 +519,16 @@ class RedisBroker:
                 if was_connected and not self._closing:
                     self._on_disconnected(failure)
                 # The batch being sent and those waiting belong to the outage.
-                unsent = self._inflight + self._outbox_count
+                replies = self._inflight_replies[self._replies_done :] + self._replies
+                self._inflight_replies = []
+                self._replies_done = 0
+                unsent = self._inflight + self._outbox_count - len(self._replies)
                 self._inflight = 0
                 self._clear_outbox()
                 if unsent:
                     self._lose(unsent, "stopping" if self._closing else "redis connection lost")
+                if replies:
+                    self._fail_replies(replies)
                 for conn in (pub, sub):
                     if conn is not None:
                         await _close(conn)
@@ -481,8 +578,14 @@ class RedisBroker:
                 self.published_lost,
             )
             self._down_since = None
+        first = not self._ever_connected
         self._ever_connected = True
         self._ready.set()
+        if self.on_connect is not None:
+            try:
+                self.on_connect(first)
+            except Exception:
+                log.exception("node %s: on_connect callback raised", self.node_id)
         self._retry_log.next_at = 0.0
 
     def _on_disconnected(self, failure: BaseException | None) -> None:
@@ -517,41 +620,111 @@ class RedisBroker:
                     continue
                 if not self._outbox_count:
                     continue
-            chunks, count = self._outbox, self._outbox_count
+            chunks, count, replies = self._outbox, self._outbox_count, self._replies
             self._clear_outbox()
             # If the connection fails now, whether Redis got these is unknown:
             # `_run` counts them as lost with the outage.
-            self._inflight = count
+            self._inflight = count - len(replies)
             try:
                 # One deadline for the whole batch, not one per reply.
                 async with asyncio.timeout(self.reply_timeout):
                     await conn.send_packed_command(chunks, check_health=False)
-                    for _ in range(count):
-                        try:
-                            await read()
-                        except ResponseError as exc:
-                            self.refused += 1
-                            self._inflight -= 1
-                            self._lose(1, f"redis refused it: {exc}")
+                    if replies:
+                        await self._read_with_replies(read, count, replies)
+                    else:
+                        for _ in range(count):
+                            try:
+                                await read()
+                            except ResponseError as exc:
+                                self._refused(exc)
             except TimeoutError as exc:
                 raise ConnectionError(f"no reply from redis within {self.reply_timeout} s") from exc
             self.forwarded += self._inflight
             self._inflight = 0
 
+    def _refused(self, exc: ResponseError) -> None:
+        self.refused += 1
+        self._inflight -= 1
+        self._lose(1, f"redis refused it: {exc}")
+
+    async def _read_with_replies(
+        self, read: Callable[[], Any], count: int, replies: list[tuple[int, Reply | None]]
+    ) -> None:
+        """Read a batch's replies, handing those of direct messages to their callbacks."""
+        self._inflight_replies = replies
+        self._replies_done = 0
+        j = 0
+        direct = replies[0][0]
+        for i in range(count):
+            if i != direct:
+                try:
+                    await read()
+                except ResponseError as exc:
+                    self._refused(exc)
+                continue
+            on_reply = replies[j][1]
+            j += 1
+            direct = replies[j][0] if j < len(replies) else -1
+            try:
+                reply = await read()
+            except ResponseError as exc:
+                self._replies_done = j
+                self.direct_lost += 1
+                log.warning("node %s: redis refused a direct message: %s", self.node_id, exc)
+                if on_reply is not None:
+                    _call(on_reply, None)
+                continue
+            self._replies_done = j
+            self.direct_sent += 1
+            if on_reply is not None:
+                _call(on_reply, reply if type(reply) is int else None)
+        self._inflight_replies = []
+        self._replies_done = 0
+
+    async def _has_sharded_pubsub(self, conn: AbstractConnection) -> bool:
+        """Whether the server has SSUBSCRIBE / SPUBLISH (Redis 7.0 and later)."""
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                await conn.send_packed_command(_pack(b"INFO", [b"server"]), check_health=False)
+                info = await conn.read_response()
+        except ResponseError:
+            return False
+        text = info.decode("latin-1") if isinstance(info, bytes) else str(info)
+        match = re.search(r"^redis_version:(\d+)", text, re.M)
+        return match is not None and int(match.group(1)) >= 7
+
     async def _reader(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
         read = conn.read_response
         received = self._received
+        direct = self._direct
+        # Without sharded pub/sub, direct messages arrive as plain messages.
+        listen = None if self._sharded else self._listen
         while True:
             reply = await read()
             self._last_rx = loop.time()
             if type(reply) is list:
                 kind = reply[0]
                 if kind == b"message":
-                    received(reply[1], reply[2])
+                    if listen and reply[1] in listen:
+                        direct(reply[1], reply[2])
+                    else:
+                        received(reply[1], reply[2])
                 elif kind == b"pmessage":
                     received(reply[2], reply[3])
+                elif kind == b"smessage":
+                    direct(reply[1], reply[2])
                 # subscribe / unsubscribe confirmations and pongs: liveness only
+
+    def _direct(self, channel: bytes, data: bytes) -> None:
+        handler = self._listen.get(channel)
+        if handler is None:
+            return
+        self.direct_received += 1
+        try:
+            handler(data)
+        except Exception:
+            log.exception("node %s: direct message not handled", self.node_id)
 
     def _received(self, channel: bytes, data: bytes) -> None:
         end = data.find(b"\n")
@@ -610,12 +783,24 @@ class RedisBroker:
             # Never an empty list: a bare UNSUBSCRIBE would drop everything.
             for i in range(0, len(names), _CHUNK):
                 commands.append(_pack(command, names[i : i + _CHUNK]))
+        # Direct-message channels: one per command (sharded channels of one
+        # command must share a cluster slot).
+        want_l, have_l = self._listen, self._applied_listen
+        add_l = [n for n in want_l if n not in have_l]
+        del_l = [n for n in have_l if n not in want_l]
+        on, off = (
+            (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self._sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
+        )
+        commands.extend(_pack(on, [n]) for n in add_l)
+        commands.extend(_pack(off, [n]) for n in del_l)
         if commands:
             await conn.send_packed_command(commands, check_health=False)
             have_c.update(add_c)
             have_p.update(add_p)
             have_c.difference_update(del_c)
             have_p.difference_update(del_p)
+            have_l.update(add_l)
+            have_l.difference_update(del_l)
         return len(add_c), len(add_p)
 
     async def _heartbeat(self, conn: AbstractConnection) -> None:
@@ -627,6 +812,13 @@ class RedisBroker:
             if silent > 3 * self.health_interval:
                 raise ConnectionError(f"no answer from redis for {silent:.1f} s")
             await conn.send_packed_command(_PING, check_health=False)
+
+
+def _call(on_reply: Reply, reply: int | None) -> None:
+    try:
+        on_reply(reply)
+    except Exception:
+        log.exception("callback of a direct message raised")
 
 
 async def _close(conn: AbstractConnection) -> None:

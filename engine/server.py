@@ -28,6 +28,7 @@ from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
+    from engine.forwarding import RedisForwarder
     from engine.redis_broker import RedisBroker
 
 __all__ = ["BayeuxServer", "raise_files_limit"]
@@ -69,6 +70,8 @@ class BayeuxServer(Application):
         self._listener: asyncio.Server | None = None
         self._stopped: asyncio.Event | None = None
         self._broker: RedisBroker | None = None
+        # In a cluster: sends HTTP requests for other nodes' sessions there.
+        self.forwarder: RedisForwarder | None = None
 
     def _derive(self) -> None:
         """Values computed once from the options."""
@@ -149,6 +152,7 @@ class BayeuxServer(Application):
         if self.options.broker:
             # Clustered: the Redis broker replaces the in-process one before
             # anything can subscribe; it needs the core's delivery callback.
+            from engine.forwarding import RedisForwarder
             from engine.redis_broker import RedisBroker
 
             self._broker = RedisBroker(
@@ -156,6 +160,10 @@ class BayeuxServer(Application):
             )
             self._broker.is_lazy = self._core.is_lazy
             self._core.broker = self._broker
+            # Long-polls for other nodes' sessions go there (no sticky sessions).
+            self.forwarder = RedisForwarder(self._core, self._broker)
+            self._core.forwarder = self.forwarder
+            self.forwarder.start()  # listens on its node channel from the first connection
             await self._broker.start()
         self._core.start()
         self.started_at = time.monotonic()
@@ -171,6 +179,9 @@ class BayeuxServer(Application):
             )
         except BaseException:
             self._core.close()
+            if self.forwarder is not None:
+                self.forwarder.close()
+                self.forwarder = None
             if self._broker is not None:
                 await self._broker.stop()
                 self._broker = None
@@ -188,6 +199,9 @@ class BayeuxServer(Application):
             return
         self._listener.close()
         self.core.drain()
+        if self.forwarder is not None:
+            # Requests forwarded from here: their owners answer them now.
+            await self.forwarder.drain()
         for conn in list(self.connections):
             conn.shutdown()
         # Give written responses a moment to leave, then close what remains.
@@ -199,6 +213,9 @@ class BayeuxServer(Application):
             if conn.transport is not None:
                 conn.transport.close()
         self.core.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None

@@ -1,0 +1,931 @@
+"""Request forwarding: a session owned by one node, reachable from all (issue 6, items 3 and 5).
+
+A long-polling or callback-polling request that lands on a node that does
+not own its session is sent to the owner through Redis and the answer is
+relayed (`engine/forwarding.py`).  These tests start a real `redis-server`
+(tests/redis_server.py) and engine processes (`python -m engine serve
+--broker redis://...`), and send each request of one client to the node the
+test chooses, as a round-robin load balancer without sticky sessions would.
+Without redis-server installed the module is skipped, unless CI is set.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import functools
+import http.client
+import json
+import random
+import re
+import select
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from redis_server import RedisServer, require_redis_server
+
+require_redis_server()
+
+import redis  # noqa: E402
+from conftest import ServerProcess, start_server  # noqa: E402
+
+from engine.core import BayeuxCore  # noqa: E402
+from engine.forwarding import RedisForwarder  # noqa: E402
+from engine.options import ServerOptions  # noqa: E402
+from engine.redis_broker import RedisBroker  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+NODE_ARGS = ("--timeout", "2000", "--log-level", "info")
+Message = dict[str, Any]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Client:
+    """One browser (one cookie jar) that sends each request to the node a test names.
+
+    Per node it keeps two connections, as a browser does: one for connects,
+    one for the rest.  `jsonp=True` makes it a callback-polling client.
+    """
+
+    def __init__(self, jsonp: bool = False) -> None:
+        self.jsonp = jsonp
+        self.cookie: str | None = None
+        self.client_id: str | None = None
+        self.conns: dict[tuple[int, str], http.client.HTTPConnection] = {}
+        self.events: list[Message] = []
+        self._ids = 0
+        self._callbacks = 0
+        self._started: dict[tuple[int, str], tuple[float, str]] = {}
+
+    def conn(self, node: ServerProcess, slot: str) -> http.client.HTTPConnection:
+        key = (node.port, slot)
+        if key not in self.conns:
+            self.conns[key] = http.client.HTTPConnection("127.0.0.1", node.port, timeout=20)
+        return self.conns[key]
+
+    def drop(self, node: ServerProcess, slot: str) -> None:
+        conn = self.conns.pop((node.port, slot), None)
+        if conn is not None:
+            conn.close()
+
+    def message(self, channel: str, **fields: Any) -> Message:
+        self._ids += 1
+        return {"channel": channel, "clientId": self.client_id, "id": str(self._ids), **fields}
+
+    def start(
+        self, node: ServerProcess, messages: list[Message], slot: str = "other", cookie: Any = ...
+    ) -> None:
+        cookie = self.cookie if cookie is ... else cookie
+        headers = {"Cookie": f"BAYEUX_BROWSER={cookie}"} if cookie else {}
+        conn = self.conn(node, slot)
+        callback = ""
+        if self.jsonp:
+            callback = f"_cometd_jsonp_{self._callbacks}"
+            self._callbacks += 1
+            url = f"/cometd?jsonp={callback}&message={quote(json.dumps(messages), safe='')}"
+            conn.request("GET", url, headers=headers)
+        else:
+            headers["Content-Type"] = "application/json"
+            conn.request("POST", "/cometd", json.dumps(messages), headers)
+        self._started[(node.port, slot)] = (time.monotonic(), callback)
+
+    def answered(self, node: ServerProcess, slot: str = "connect", wait: float = 0.0) -> bool:
+        """Whether the response of the request started on (node, slot) has arrived."""
+        sock = self.conn(node, slot).sock
+        assert sock is not None
+        return bool(select.select([sock], [], [], wait)[0])
+
+    def finish(self, node: ServerProcess, slot: str = "other") -> tuple[list[Message], float]:
+        sent_at, callback = self._started.pop((node.port, slot))
+        resp = self.conn(node, slot).getresponse()
+        body = resp.read()
+        took = time.monotonic() - sent_at
+        assert resp.status == 200, (resp.status, body)
+        if self.jsonp:
+            assert resp.headers["Content-Type"].startswith("text/javascript"), resp.headers
+            prefix = callback.encode() + b"("
+            assert body.startswith(prefix) and body.endswith(b")"), body
+            body = body[len(prefix) : -1]
+        set_cookie = resp.headers.get("Set-Cookie")
+        if set_cookie and set_cookie.startswith("BAYEUX_BROWSER="):
+            self.cookie = set_cookie.split(";", 1)[0].split("=", 1)[1]
+        messages = json.loads(body)
+        assert isinstance(messages, list), messages
+        self.events.extend(m for m in messages if "successful" not in m)
+        return messages, took
+
+    def send(
+        self, node: ServerProcess, messages: list[Message], slot: str = "other", cookie: Any = ...
+    ) -> tuple[list[Message], float]:
+        self.start(node, messages, slot, cookie)
+        return self.finish(node, slot)
+
+    def request(self, node: ServerProcess, channel: str, **fields: Any) -> Message:
+        """One message, its reply (asserting there is exactly one)."""
+        messages, _ = self.send(node, [self.message(channel, **fields)])
+        return reply_of(messages, channel)
+
+    def handshake(self, node: ServerProcess) -> Message:
+        transport = "callback-polling" if self.jsonp else "long-polling"
+        message = {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": [transport],
+        }
+        messages, _ = self.send(node, [message])
+        reply = reply_of(messages, "/meta/handshake")
+        if reply["successful"]:
+            self.client_id = reply["clientId"]
+        return reply
+
+    def connect_message(self, **fields: Any) -> Message:
+        transport = "callback-polling" if self.jsonp else "long-polling"
+        return self.message("/meta/connect", connectionType=transport, **fields)
+
+    def connect(self, node: ServerProcess, **fields: Any) -> tuple[Message, float]:
+        messages, took = self.send(node, [self.connect_message(**fields)], "connect")
+        return reply_of(messages, "/meta/connect"), took
+
+    def start_connect(self, node: ServerProcess, **fields: Any) -> None:
+        self.start(node, [self.connect_message(**fields)], "connect")
+
+    def finish_connect(self, node: ServerProcess) -> tuple[Message, float]:
+        messages, took = self.finish(node, "connect")
+        return reply_of(messages, "/meta/connect"), took
+
+    def ready(self, node: ServerProcess) -> Client:
+        assert self.handshake(node)["successful"]
+        reply, _ = self.connect(node, advice={"timeout": 0})
+        assert reply["successful"], reply
+        return self
+
+    def data(self, channel: str) -> list[Any]:
+        return [e["data"] for e in self.events if e.get("channel") == channel]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
+def reply_of(messages: list[Message], channel: str) -> Message:
+    found = [m for m in messages if m.get("channel") == channel and "successful" in m]
+    assert len(found) == 1, messages
+    return found[0]
+
+
+def node_of(client_id: str) -> str:
+    return client_id[32:]
+
+
+def assert_session_unknown(reply: Message, meta: bool = True) -> None:
+    assert reply["successful"] is False, reply
+    assert reply["error"] == "402::session_unknown", reply
+    if meta:
+        assert reply["advice"]["reconnect"] == "handshake", reply
+
+
+def forwarding_stats(node: ServerProcess) -> dict[str, int]:
+    """The counters a node logs when it stops."""
+    match = re.search(r"forwarding: (\{.*\})", node.stderr)
+    assert match, node.stderr
+    value = ast.literal_eval(match.group(1))
+    assert isinstance(value, dict)
+    return value
+
+
+def spublish_calls(r: redis.Redis) -> int:
+    stats = r.info("commandstats")
+    return int(stats.get("cmdstat_spublish", {}).get("calls", 0))
+
+
+def start_node(redis_srv: RedisServer, name: str) -> ServerProcess:
+    return start_server("--broker", redis_srv.url, "--node-id", name, *NODE_ARGS)
+
+
+# --------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def redis_srv() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_srv: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    a = start_node(redis_srv, "nodeA")
+    try:
+        b = start_node(redis_srv, "nodeB")
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        a.assert_stopped_cleanly()
+        b.assert_stopped_cleanly()
+        for node in (a, b):
+            stats = forwarding_stats(node)
+            assert stats["invalid"] == 0 and stats["timed_out"] == 0, stats
+            assert stats["pending"] == 0 and stats["remote"] == 0, stats
+
+
+# ------------------------------------------------- alternating requests
+
+
+def test_requests_alternating_between_nodes_keep_the_session(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    client = Client()
+    pub_a = Client().ready(a)  # a publisher on each node, local there
+    pub_b = Client().ready(b)
+    try:
+        assert client.handshake(a)["successful"]
+        assert node_of(client.client_id or "") == "nodeA"
+        reply, _ = client.connect(b, advice={"timeout": 0})  # forwarded to A
+        assert reply["successful"] and reply["advice"]["reconnect"] == "retry", reply
+        assert client.request(b, "/meta/subscribe", subscription="/alt/*")["successful"]
+        assert client.request(a, "/meta/subscribe", subscription="/alt2")["successful"]
+
+        published: list[Any] = []
+        publishers = [pub_a, pub_b, client]
+        for i in range(8):
+            node = (a, b)[i % 2]
+            publisher = publishers[i % 3]
+            data = f"m{i}"
+            via = (a, b)[(i // 2) % 2] if publisher is client else node
+            assert publisher.request(via, "/alt/x", data=data)["successful"]
+            published.append(data)
+            reply, _ = client.connect(node, advice={"timeout": 0})
+            assert reply["successful"], reply
+        assert client.data("/alt/x") == published
+
+        # A connect held on the node that does not own the session, released
+        # by an event published on either node.
+        for publisher, node in ((pub_b, b), (pub_a, a)):
+            client.start_connect(b)
+            assert not client.answered(b, wait=0.3), "the connect was not held"
+            data = f"held-{node.port}"
+            assert publisher.request(node, "/alt/y", data=data)["successful"]
+            reply, took = client.finish_connect(b)
+            assert reply["successful"], reply
+            assert took < 0.3 + 0.5, took
+            published.append(data)
+            assert client.data("/alt/x") + client.data("/alt/y") == published
+
+        # Held until the timeout (2 s) when nothing comes, then answered as usual.
+        reply, took = client.connect(b)
+        assert reply["successful"] and 1.8 < took < 3.0, (reply, took)
+        assert client.request(b, "/meta/unsubscribe", subscription="/alt/*")["successful"]
+        assert client.request(b, "/meta/disconnect")["successful"]
+        assert_session_unknown(client.connect(a, advice={"timeout": 0})[0])
+    finally:
+        for c in (client, pub_a, pub_b):
+            c.close()
+
+
+def test_callback_polling_is_forwarded(nodes: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = nodes
+    client = Client(jsonp=True)
+    pub = Client().ready(a)
+    try:
+        assert client.handshake(b)["successful"]
+        assert node_of(client.client_id or "") == "nodeB"
+        assert client.connect(a, advice={"timeout": 0})[0]["successful"]
+        assert client.request(a, "/meta/subscribe", subscription="/jp/x")["successful"]
+        # The held connect (on A for a session of B) is released by an event.
+        client.start_connect(a)
+        assert not client.answered(a, wait=0.3)
+        assert pub.request(a, "/jp/x", data="to jsonp")["successful"]
+        reply, took = client.finish_connect(a)
+        assert reply["successful"] and took < 0.8, (reply, took)
+        assert client.data("/jp/x") == ["to jsonp"]
+        # Publishing over callback-polling through the other node, too.
+        assert client.request(a, "/jp/x", data="own")["successful"]
+        reply, _ = client.connect(a, advice={"timeout": 0})
+        assert client.data("/jp/x") == ["to jsonp", "own"]
+    finally:
+        client.close()
+        pub.close()
+
+
+def test_browser_cookie_binding_applies_across_nodes(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    client = Client().ready(a)
+    try:
+        good = client.cookie
+        assert good
+        # A stolen clientId under another cookie (or none) is unknown on the owner too.
+        for cookie in ("0" * 32, None):
+            messages, _ = client.send(
+                b, [client.connect_message(advice={"timeout": 0})], "connect", cookie=cookie
+            )
+            assert_session_unknown(reply_of(messages, "/meta/connect"))
+            messages, _ = client.send(
+                b, [client.message("/meta/subscribe", subscription="/c")], cookie=cookie
+            )
+            assert_session_unknown(reply_of(messages, "/meta/subscribe"), meta=False)
+        # The session itself is untouched.
+        reply, _ = client.connect(b, advice={"timeout": 0})
+        assert reply["successful"], reply
+    finally:
+        client.close()
+
+
+def test_unknown_or_forged_node_gets_402_promptly_without_a_loop(
+    nodes: tuple[ServerProcess, ServerProcess], redis_srv: RedisServer
+) -> None:
+    a, b = nodes
+    r = redis.Redis(host="127.0.0.1", port=redis_srv.port, socket_timeout=2)
+    client = Client().ready(a)  # for its cookie
+    try:
+        for client_id, node, spublishes in (
+            ("0123456789abcdef" * 2 + "nodeZ", a, 1),  # no such node: its PUBLISH reaches no one
+            ("0123456789abcdef" * 2 + "nodeB", a, 2),  # forged for B: B answers, 402
+            ("0123456789abcdef" * 2 + "nodeA", b, 2),
+            ("0123456789abcdef" * 2 + "no-de", b, 0),  # cannot be a node id: answered at once
+            ("0123456789abcdef" * 2 + "nodeB", b, 0),  # forged for the node it lands on
+            ("short", a, 0),
+        ):
+            client.client_id = client_id
+            before = spublish_calls(r)
+            messages, took = client.send(
+                node, [client.connect_message(advice={"timeout": 0})], "connect"
+            )
+            assert_session_unknown(reply_of(messages, "/meta/connect"))
+            assert took < 0.25, (client_id, took)
+            messages, _ = client.send(node, [client.message("/x", data=1)])
+            assert_session_unknown(reply_of(messages, "/x"), meta=False)
+            time.sleep(0.05)
+            # Request and answer, once each: nothing goes round in circles.
+            assert spublish_calls(r) - before == 2 * spublishes, client_id
+    finally:
+        client.close()
+        r.close()
+
+
+def test_closed_client_connection_abandons_the_forwarded_hold(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = nodes
+    client = Client().ready(a)
+    pub = Client().ready(b)
+    try:
+        assert client.request(b, "/meta/subscribe", subscription="/ab/x")["successful"]
+        client.start_connect(b)
+        assert not client.answered(b, wait=0.3)
+        client.drop(b, "connect")  # the browser goes away from B
+        time.sleep(1.0)  # B notices within its tick and tells A to drop the hold
+        assert pub.request(b, "/ab/x", data="kept")["successful"]
+        time.sleep(0.2)
+        # Had A still held the connect, the event would have gone to the closed
+        # connection; abandoned, the event waits for the next connect.
+        reply, took = client.connect(a)
+        assert reply["successful"] and took < 0.5, (reply, took)
+        assert client.data("/ab/x") == ["kept"]
+    finally:
+        client.close()
+        pub.close()
+
+
+def test_forwarded_round_trip_latency(nodes: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = nodes
+    client = Client().ready(a)
+    try:
+        took: dict[str, list[float]] = {"local": [], "forwarded": []}
+        for _ in range(200):
+            for name, node in (("local", a), ("forwarded", b)):
+                reply, t = client.connect(node, advice={"timeout": 0})
+                assert reply["successful"]
+                took[name].append(t * 1000)
+        summary = {
+            name: (statistics.median(ts), sorted(ts)[int(len(ts) * 0.99)])
+            for name, ts in took.items()
+        }
+        print(
+            "\nconnect round trip, median / p99 ms: "
+            + ", ".join(f"{k} {m:.2f} / {p:.2f}" for k, (m, p) in summary.items())
+        )
+        assert summary["forwarded"][0] < 20, summary
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------- failures
+
+
+def test_owner_killed_its_clients_rehandshake_on_a_survivor(
+    nodes: tuple[ServerProcess, ServerProcess], redis_srv: RedisServer
+) -> None:
+    a, b = nodes
+    c = start_node(redis_srv, "nodeC")
+    client = Client()
+    other = Client().ready(a)  # a client of a surviving node
+    pub = Client().ready(b)
+    try:
+        assert client.handshake(c)["successful"]
+        assert client.connect(a, advice={"timeout": 0})[0]["successful"]
+        assert client.request(b, "/meta/subscribe", subscription="/k/x")["successful"]
+        assert other.request(a, "/meta/subscribe", subscription="/k/x")["successful"]
+        client.start_connect(b)  # held on C for B
+        assert not client.answered(b, wait=0.3)
+
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(5)
+        # B finds the owner gone (probes: nothing listens on its channel any
+        # more) and answers the held connect itself: 402 + handshake advice.
+        reply, took = client.finish_connect(b)
+        assert_session_unknown(reply)
+        assert took < 0.3 + 4.0, took
+        # Every further request of the client, on any node: 402, at once.
+        for node in (a, b):
+            reply, took = client.connect(node, advice={"timeout": 0})
+            assert_session_unknown(reply)
+            assert took < 0.25, took
+
+        # It handshakes again on a survivor and goes on.
+        assert client.handshake(a)["successful"]
+        assert node_of(client.client_id or "") == "nodeA"
+        assert client.connect(b, advice={"timeout": 0})[0]["successful"]
+        assert client.request(b, "/meta/subscribe", subscription="/k/x")["successful"]
+        assert pub.request(b, "/k/x", data="after")["successful"]
+        reply, _ = client.connect(b)
+        assert reply["successful"], reply
+        assert client.data("/k/x") == ["after"]
+        # The surviving node's client saw nothing but its event.
+        reply, _ = other.connect(a)
+        assert reply["successful"], reply
+        assert other.data("/k/x") == ["after"]
+    finally:
+        for x in (client, other, pub):
+            x.close()
+        c.stop()
+
+
+def test_owner_restarted_under_the_same_id(
+    nodes: tuple[ServerProcess, ServerProcess], redis_srv: RedisServer
+) -> None:
+    """A worker restarted by the supervisor keeps its node id, not its sessions."""
+    a, b = nodes
+    old = start_node(redis_srv, "nodeT")
+    new: ServerProcess | None = None
+    client = Client()
+    try:
+        client.ready(old)
+        client.start_connect(b)  # held on T for B
+        assert not client.answered(b, wait=0.3)
+        old.proc.send_signal(signal.SIGKILL)
+        old.proc.wait(5)
+        new = start_node(redis_srv, "nodeT")
+        restarted = time.monotonic()
+        # It announces itself; B answers the connect the old process held: 402.
+        reply, _ = client.finish_connect(b)
+        assert_session_unknown(reply)
+        assert time.monotonic() - restarted < 1.0
+        # (On a slow machine the probes may notice the old one gone first.)
+        said = r"node nodeT (started again|is gone).*: 1 forwarded request"
+        deadline = time.monotonic() + 5  # stderr is read by a thread
+        while not re.search(said, b.stderr):
+            assert time.monotonic() < deadline, b.stderr[-3000:]
+            time.sleep(0.02)
+        reply, _ = client.connect(a, advice={"timeout": 0})  # forwarded to the new one
+        assert_session_unknown(reply)
+        client.ready(new)
+        assert client.connect(b, advice={"timeout": 0})[0]["successful"]
+    finally:
+        client.close()
+        old.stop()
+        if new is not None:
+            new.assert_stopped_cleanly()
+
+
+def test_sigterm_answers_held_connects_forwarded_both_ways_with_retry(
+    redis_srv: RedisServer,
+) -> None:
+    p = start_node(redis_srv, "nodeP")
+    q = start_node(redis_srv, "nodeQ")
+    x, y, z = Client(), Client(), Client()
+    try:
+        x.ready(p)  # owned by P, its connect held on P for Q
+        y.ready(q)  # owned by Q, its connect held on Q for P
+        z.ready(q)  # owned by Q, its connect held on Q
+        x.start_connect(q)
+        y.start_connect(p)
+        z.start_connect(q)
+        for client, node in ((x, q), (y, p), (z, q)):
+            assert not client.answered(node, wait=0.1 if client is not x else 0.3)
+
+        t0 = time.monotonic()
+        q.proc.send_signal(signal.SIGTERM)
+        for client, node in ((x, q), (y, p), (z, q)):
+            reply, _ = client.finish_connect(node)
+            assert reply["successful"], reply
+            assert reply["advice"]["reconnect"] == "retry", reply
+        assert time.monotonic() - t0 < 1.5
+        assert q.proc.wait(10) == 0, q.describe()
+        q.stop()
+        stats = forwarding_stats(q)
+        assert stats["released"] == 0 and stats["served"] >= 1, stats
+
+        # x goes on through P; y and z, whose node is gone, handshake again.
+        assert x.connect(p, advice={"timeout": 0})[0]["successful"]
+        for client in (y, z):
+            reply, took = client.connect(p, advice={"timeout": 0})
+            assert_session_unknown(reply)
+            assert took < 0.25
+    finally:
+        for client in (x, y, z):
+            client.close()
+        p.stop()
+        q.stop()
+    assert "forwarding:" in p.stderr
+
+
+def test_draining_origin_has_the_owner_answer_with_its_events(
+    redis_srv: RedisServer,
+) -> None:
+    p = start_node(redis_srv, "nodeR")
+    q = start_node(redis_srv, "nodeS")
+    client = Client()
+    try:
+        client.ready(p)
+        assert client.request(p, "/meta/subscribe", subscription="/d/x")["successful"]
+        client.start_connect(q)  # held on R for S
+        assert not client.answered(q, wait=0.3)
+        q.proc.send_signal(signal.SIGTERM)  # S drains: R answers the held connect now
+        reply, took = client.finish_connect(q)
+        assert reply["successful"] and reply["advice"]["reconnect"] == "retry", reply
+        assert took < 0.3 + 1.0
+        assert q.proc.wait(10) == 0
+        q.stop()
+        p.stop()
+        assert forwarding_stats(p)["released"] == 1, p.stderr
+        assert forwarding_stats(q)["answered"] == 1, q.stderr
+    finally:
+        client.close()
+        p.stop()
+        q.stop()
+
+
+def test_redis_down_forwarded_requests_retry_local_ones_go_on() -> None:
+    server = RedisServer().start()
+    a = b = None
+    client = Client()
+    try:
+        a = start_node(server, "nodeU")
+        b = start_node(server, "nodeV")
+        client.ready(a)
+        client.start_connect(b)  # held on U for V
+        assert not client.answered(b, wait=0.3)
+        server.kill()
+        # V cannot get an answer any more: it tells the client to retry (backoff).
+        messages, took = client.finish(b, "connect")
+        reply = reply_of(messages, "/meta/connect")
+        assert reply["error"] == "503::cluster_unavailable", reply
+        assert reply["advice"]["reconnect"] == "retry", reply
+        assert took < 0.3 + 1.0, took
+        messages, took = client.send(b, [client.connect_message(advice={"timeout": 0})], "connect")
+        assert reply_of(messages, "/meta/connect")["error"] == "503::cluster_unavailable"
+        assert took < 0.25, took
+        # The owner serves the session directly meanwhile.
+        reply, _ = client.connect(a, advice={"timeout": 0})
+        assert reply["successful"], reply
+
+        server.start()
+        deadline = time.monotonic() + 10
+        while True:
+            reply, _ = client.connect(b, advice={"timeout": 0})
+            if reply["successful"]:
+                break
+            assert reply["error"] == "503::cluster_unavailable", reply
+            assert time.monotonic() < deadline, "forwarding did not come back"
+            time.sleep(0.05)
+    finally:
+        client.close()
+        for node in (a, b):
+            if node is not None:
+                node.assert_stopped_cleanly()
+        server.stop()
+
+
+# ------------------------------------------------------ in-process units
+
+
+class FakeExchange:
+    transport = "long-polling"
+    browser_id: str | None = "cookie"
+    new_browser_id: str | None = None
+    hold = None
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] | None = None
+
+    def bind(self, session: Any) -> None:
+        pass
+
+    def is_gone(self) -> bool:
+        return False
+
+    def send(self, parts: list[bytes]) -> None:
+        assert self.sent is None, "answered twice"
+        self.sent = parts
+
+    def fail(self, status: int, detail: str = "") -> None:
+        raise AssertionError(f"failed with {status}: {detail}")
+
+    def replies(self) -> list[Message]:
+        assert self.sent is not None
+        value = json.loads(b"[" + b",".join(self.sent) + b"]")
+        assert isinstance(value, list)
+        return value
+
+
+class FakeBroker:
+    """What the forwarder needs of RedisBroker; every message 'reaches' `receivers`."""
+
+    prefix = "bayeux:0:"
+    backoff_max = connect_timeout = 0.5
+
+    def __init__(self, receivers: int | None) -> None:
+        self.connected = True
+        self.receivers = receivers
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    def node_channel(self, node_id: str) -> bytes:
+        return b"node:" + node_id.encode()
+
+    def listen(self, name: bytes, handler: Any) -> None:
+        pass
+
+    def unlisten(self, name: bytes) -> None:
+        pass
+
+    on_connect: Any = None
+
+    def send_direct(self, name: bytes, payload: bytes, on_reply: Any = None) -> bool:
+        if not self.connected:
+            return False
+        self.sent.append((name, payload))
+        if on_reply is not None:
+            asyncio.get_running_loop().call_soon(on_reply, self.receivers)
+        return True
+
+
+def test_unanswered_forward_times_out_with_retry_advice() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        core = BayeuxCore(ServerOptions(timeout=300), loop, node_id="here")
+        broker = FakeBroker(receivers=1)  # the owner got it, and never answers
+        forwarder = RedisForwarder(core, broker, margin=0.2)  # type: ignore[arg-type]
+        forwarder.start()
+        connect = {"channel": "/meta/connect", "clientId": "f" * 32 + "there", "id": "7"}
+        exchange = FakeExchange()
+        forwarder.forward("there", [connect], exchange)
+        await asyncio.sleep(0.3)
+        assert exchange.sent is None  # held: 0.3 s timeout + 0.2 s margin
+        await asyncio.sleep(1.0)
+        (reply,) = exchange.replies()
+        assert reply == {
+            "channel": "/meta/connect",
+            "successful": False,
+            "error": "504::forward_timeout",
+            "id": "7",
+            "advice": {"reconnect": "retry", "interval": 0, "timeout": 300},
+        }
+        # The owner is told to forget it.
+        assert broker.sent[-1][0] == b"node:there" and broker.sent[-1][1].startswith(b"A")
+        assert forwarder.stats()["timed_out"] == 1
+
+        # Redis unreachable: answered at once, retry advice; a publish fails plainly.
+        broker.connected = False
+        exchange = FakeExchange()
+        publish = {"channel": "/a", "clientId": "f" * 32 + "there", "id": "8", "data": 1}
+        forwarder.forward("there", [connect, publish], exchange)
+        first, second = exchange.replies()
+        assert first["error"] == "503::cluster_unavailable" and first["advice"]["reconnect"]
+        assert second == {
+            "channel": "/a",
+            "successful": False,
+            "error": "503::cluster_unavailable",
+            "id": "8",
+        }
+        # A request whose fate is unknown (the connection died under it): the same.
+        broker.connected = True
+        broker.receivers = None
+        exchange = FakeExchange()
+        forwarder.forward("there", [connect], exchange)
+        await asyncio.sleep(0.05)
+        assert exchange.replies()[0]["error"] == "503::cluster_unavailable"
+
+        # No receiver: the owner is gone, its session with it (402, handshake) ...
+        broker.receivers = 0
+        exchange = FakeExchange()
+        forwarder.forward("there", [connect], exchange)
+        await asyncio.sleep(0.05)
+        assert exchange.replies()[0]["error"] == "402::session_unknown"
+        # ... unless this node has just reconnected to Redis: the others may
+        # not be back yet (a Redis restart), so the client retries.
+        forwarder._on_connect(False)
+        exchange = FakeExchange()
+        forwarder.forward("there", [connect], exchange)
+        await asyncio.sleep(0.05)
+        assert exchange.replies()[0]["error"] == "503::cluster_unavailable"
+
+        # A draining owner refuses forwarded connects: the origin tells the
+        # client to retry (with backoff) instead of having it poll in a loop.
+        core.draining = True
+        request = {"r": 5, "o": "there", "t": "long-polling", "b": None, "m": [connect]}
+        forwarder._received(b"Q" + json.dumps(request).encode())
+        assert broker.sent[-1] == (b"node:there", b"B5")
+        forwarder.close()
+        core.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["sharded", "plain"])
+def test_broker_direct_messages_survive_a_redis_restart(
+    sharded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not sharded:  # as on a Redis before 7.0
+
+        async def no_sharding(self: RedisBroker, conn: Any) -> bool:
+            return False
+
+        monkeypatch.setattr(RedisBroker, "_has_sharded_pubsub", no_sharding)
+    server = RedisServer().start()
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        replies: list[int | None] = []
+        one = RedisBroker(lambda *a: None, node_id="one", url=server.url, backoff_max=0.2)
+        two = RedisBroker(lambda *a: None, node_id="two", url=server.url, backoff_max=0.2)
+        one.listen(one.node_channel("one"), got.append)
+        two.listen(two.node_channel("two"), got.append)
+        await one.start()
+        await two.start()
+        r = redis.Redis(host="127.0.0.1", port=server.port)
+
+        async def exchange(payload: bytes, to: str = "two") -> None:
+            assert one.send_direct(one.node_channel(to), payload, replies.append)
+            for _ in range(200):
+                if len(replies) == n_replies + 1:
+                    break
+                await asyncio.sleep(0.01)
+
+        n_replies = 0
+        await exchange(b"hello")
+        assert replies == [1] and got == [b"hello"]
+        n_replies = 1
+        await exchange(b"nobody", to="three")
+        assert replies == [1, 0] and got == [b"hello"]
+        # The node channel does not count among the Bayeux subscriptions.
+        entry = next(c for c in r.client_list() if c["name"] == "engine-two-sub")
+        assert (int(entry["sub"]), int(entry.get("ssub", 0))) == ((0, 1) if sharded else (1, 0))
+
+        server.kill()
+        await asyncio.sleep(0.3)
+        assert not one.send_direct(one.node_channel("two"), b"lost", replies.append)
+        server.start()
+        for _ in range(300):
+            if one.connected and two.connected:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the resubscription is written before anything else
+        n_replies = 2
+        await exchange(b"again")
+        assert replies == [1, 0, 1] and got == [b"hello", b"again"]
+        assert one.stats()["direct_sent"] == 3
+        r.close()
+        await one.stop()
+        await two.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_broker_replies_go_to_their_own_direct_messages_under_load(
+    redis_srv: RedisServer,
+) -> None:
+    """Direct messages mixed with broadcasts over many batches: each reply to its sender."""
+
+    async def scenario() -> None:
+        one = RedisBroker(
+            lambda *a: None, node_id="load1", url=redis_srv.url, max_pending_bytes=1 << 30
+        )
+        two = RedisBroker(lambda *a: None, node_id="load2", url=redis_srv.url)
+        got: list[bytes] = []
+        two.listen(two.node_channel("load2"), got.append)
+        await one.start()
+        await two.start()
+        results: list[tuple[int, int | None]] = []  # every call, in order
+        expected: dict[int, int] = {}
+        rng = random.Random(7)
+
+        def reply_to(n: int, receivers: int | None) -> None:
+            results.append((n, receivers))
+
+        small = b'{"channel":"/load/x","data":1}'
+        big = b'{"channel":"/load/x","data":"%s"}' % (b"x" * 1_000_000)
+        n = 0
+        for turn in range(200):
+            for _ in range(rng.randrange(0, 12)):
+                kind = rng.randrange(3)
+                if kind == 0:
+                    # Now and then a big one: the write waits, more is queued meanwhile.
+                    one.publish("/load/x", big if rng.randrange(8) == 0 else small)
+                    continue
+                to, receivers = ("load2", 1) if kind == 1 else ("nobody", 0)
+                expected[n] = receivers
+                assert one.send_direct(
+                    one.node_channel(to), b"%d" % n, functools.partial(reply_to, n)
+                )
+                n += 1
+            await asyncio.sleep(0 if turn % 3 else 0.001)
+        for _ in range(300):
+            if len(results) == n:
+                break
+            await asyncio.sleep(0.01)
+        assert results == sorted(expected.items())  # once each, in order, the right count
+        assert sorted(int(g) for g in got) == [k for k, v in expected.items() if v == 1]
+        assert one.stats()["published_lost"] == 0 and one.stats()["direct_lost"] == 0
+        await one.stop()
+        await two.stop()
+
+    asyncio.run(scenario())
+
+
+class SlowConnection:
+    """A stand-in for the publishing connection whose writes take a while (a
+    full socket buffer): the broker queues more while a batch is being sent."""
+
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[int] = asyncio.Queue()
+
+    async def send_packed_command(self, chunks: list[bytes], check_health: bool = False) -> None:
+        data = b"".join(chunks)
+        await asyncio.sleep(0.002)
+        pos = 0
+        while pos < len(data):  # RESP arrays of bulk strings
+            end = data.index(b"\r\n", pos)
+            count = int(data[pos + 1 : end])
+            pos = end + 2
+            args = []
+            for _ in range(count):
+                end = data.index(b"\r\n", pos)
+                size = int(data[pos + 1 : end])
+                args.append(data[end + 2 : end + 2 + size])
+                pos = end + 2 + size + 2
+            # Broadcasts reach 5 nodes; direct messages 1 if sent to "yes", else 0.
+            direct = args[0] == b"SPUBLISH"
+            self.replies.put_nowait(int(args[1].endswith(b"yes")) if direct else 5)
+
+    async def read_response(self) -> int:
+        return await self.replies.get()
+
+
+def test_broker_reply_callbacks_while_a_batch_is_being_written() -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(lambda *a: None, node_id="w", url="redis://127.0.0.1:1/0")
+        broker.connected = True
+        broker._sharded = True
+        broker._wake = asyncio.Event()
+        sender = asyncio.get_running_loop().create_task(broker._sender(SlowConnection()))  # type: ignore[arg-type]
+        calls: list[tuple[int, int | None]] = []
+        expected: list[tuple[int, int]] = []
+        rng = random.Random(3)
+        for n in range(600):
+            # Batches of broadcasts only, of direct messages only, and of both.
+            op = rng.randrange(3)
+            if op != 1:
+                broker.publish("/w", b"{}")
+            if op != 0:
+                to = rng.choice((b"yes", b"no"))
+                expected.append((n, int(to == b"yes")))
+                assert broker.send_direct(b"node:" + to, b"x", lambda r, n=n: calls.append((n, r)))
+            if rng.randrange(3) == 0:
+                await asyncio.sleep(0.001 * rng.randrange(3))
+        for _ in range(500):
+            if len(calls) >= len(expected):
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        sender.cancel()
+        assert calls == expected
+        assert broker.forwarded == broker._seq
+
+    asyncio.run(scenario())
