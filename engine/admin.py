@@ -81,6 +81,9 @@ def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str,
     forwarder = getattr(server, "forwarder", None)
     if forwarder is not None:
         status["forwarding"] = forwarder.stats()
+    cluster = getattr(server, "cluster_status", None)
+    if cluster is not None:
+        status["cluster"] = cluster.cluster(channel)
     if channel is not None:
         status["channel"] = {
             "name": channel,
@@ -119,6 +122,18 @@ class _Collector(Collector):
         for transport, count in sorted(status["sessions_by_transport"].items()):
             by_transport.add_metric([node, transport], count)
         yield by_transport
+        cluster = status.get("cluster")
+        if cluster is not None:
+            for name in ("sessions", "held_connects", "connections", "rss_bytes"):
+                gauge = GaugeMetricFamily(
+                    f"bayeux_cluster_{name}", f"{name} of each live node", labels=["node"]
+                )
+                for member, summary in sorted(cluster["nodes"].items()):
+                    gauge.add_metric([member], summary.get(name) or 0)
+                yield gauge
+            nodes = GaugeMetricFamily("bayeux_cluster_nodes", "live nodes in the cluster")
+            nodes.add_metric([], cluster["totals"]["nodes"])
+            yield nodes
         for name, value in status["counters"].items():
             counter = CounterMetricFamily(f"bayeux_{name}", f"{name} since start", labels=["node"])
             counter.add_metric([node], value)

@@ -21,6 +21,7 @@ import uvloop
 
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.app import Application
+from engine.cluster_status import MAX_PATTERNS, ClusterStatus
 from engine.core import BayeuxCore
 from engine.http import HttpConnection, HttpExchange, decode_messages
 from engine.options import ServerOptions
@@ -72,6 +73,7 @@ class BayeuxServer(Application):
         self._broker: RedisBroker | None = None
         # In a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: RedisForwarder | None = None
+        self.cluster_status: ClusterStatus | None = None
 
     def _derive(self) -> None:
         """Values computed once from the options."""
@@ -94,6 +96,27 @@ class BayeuxServer(Application):
     def status(self, channel: str | None = None) -> dict[str, Any]:
         """This node's status: sessions, channels, queues, counters (see /stats)."""
         return server_status(self, channel)
+
+    def _node_summary(self) -> dict[str, Any]:
+        """What this node tells the others about itself (see ClusterStatus)."""
+        status = server_status(self)
+        broker = self.core.broker
+        counts = sorted(((broker.subscriber_count(p), p) for p in broker.channels()), reverse=True)[
+            :MAX_PATTERNS
+        ]
+        return {
+            key: status[key]
+            for key in (
+                "sessions",
+                "sessions_by_transport",
+                "held_connects",
+                "connections",
+                "channels",
+                "queued_messages",
+                "rss_bytes",
+                "uptime_s",
+            )
+        } | {"patterns": {pattern: count for count, pattern in counts}}
 
     def _status_service(self, session: Any, message: dict[str, Any]) -> Any:
         if not status_allowed(self, session, message):
@@ -164,7 +187,9 @@ class BayeuxServer(Application):
             self.forwarder = RedisForwarder(self._core, self._broker)
             self._core.forwarder = self.forwarder
             self.forwarder.start()  # listens on its node channel from the first connection
+            self.cluster_status = ClusterStatus(self._broker, self.node_id, self._node_summary)
             await self._broker.start()
+            self.cluster_status.start()
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
@@ -213,6 +238,9 @@ class BayeuxServer(Application):
             if conn.transport is not None:
                 conn.transport.close()
         self.core.close()
+        if self.cluster_status is not None:
+            self.cluster_status.close()
+            self.cluster_status = None
         if self.forwarder is not None:
             self.forwarder.close()
             self.forwarder = None

@@ -556,3 +556,57 @@ def test_workers_refuse_a_port_in_use() -> None:
     assert result.returncode == 1, result
     assert "address already in use" in result.stderr.lower(), result.stderr
     assert "engine serving" not in result.stdout
+
+
+def test_cluster_status_sums_every_node() -> None:
+    """/stats and /metrics report the cluster's sessions with per-node detail."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = "cluster-status"
+    with RedisServer() as redis_srv:
+        a = start_server("--broker", redis_srv.url, "--node-id", "csA", "--admin-token", token)
+        b = start_server("--broker", redis_srv.url, "--node-id", "csB", "--admin-token", token)
+        try:
+            for port, subscription in ((a.port, "/cs/*"), (b.port, "/cs/*"), (b.port, "/x")):
+                conn, client_id, cookie = handshake_node(port)
+                post(
+                    conn,
+                    cookie,
+                    [
+                        {
+                            "channel": "/meta/subscribe",
+                            "clientId": client_id,
+                            "subscription": subscription,
+                        }
+                    ],
+                )
+
+            def stats(port: int, path: str = "/stats") -> bytes:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"}
+                )
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.read()
+
+            def both_counted() -> bool:
+                cluster = json.loads(stats(a.port))["cluster"]
+                return cluster["totals"]["sessions"] == 3 and cluster["totals"]["nodes"] == 2
+
+            wait_until(both_counted, timeout=8, what="both nodes in node A's cluster status")
+            cluster = json.loads(stats(a.port))["cluster"]
+            assert cluster["nodes"]["csA"]["sessions"] == 1
+            assert cluster["nodes"]["csB"]["sessions"] == 2
+            assert cluster["nodes"]["csB"]["patterns"] == {"/cs/*": 1, "/x": 1}
+            families = {
+                f.name: f
+                for f in text_string_to_metric_families(stats(b.port, "/metrics").decode())
+            }
+            per_node = {
+                s.labels["node"]: s.value for s in families["bayeux_cluster_sessions"].samples
+            }
+            assert per_node == {"csA": 1, "csB": 2}
+        finally:
+            a.stop()
+            b.stop()
