@@ -81,6 +81,8 @@ Handler = Callable[[bytes], None]
 _GLOB_SPECIAL = frozenset("*?[]\\")
 _PING = b"*1\r\n$4\r\nPING\r\n"
 _CHUNK = 512  # names per SUBSCRIBE / UNSUBSCRIBE command
+# Redis's default pub/sub output buffer hard limit is 32 MB; keep well below.
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def glob_escape(text: str) -> str:
@@ -224,6 +226,8 @@ class RedisBroker:
         # Counters (see `stats()`).
         self.forwarded = 0  # messages sent to Redis and acknowledged
         self.published_lost = 0  # messages that could not be sent to Redis
+        self.too_big = 0  # of those, over max_message_bytes (delivered locally only)
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE
         self.refused = 0  # PUBLISH answered with an error by Redis
         self.received = 0  # messages from other nodes
         self.received_delivered = 0  # deliveries of those to local sessions
@@ -271,6 +275,12 @@ class RedisBroker:
         # Then once to the other nodes, already encoded.
         if not self.connected:
             self._lose(1, "redis unreachable")
+            return len(sessions)
+        if len(encoded) > self.max_message_bytes:
+            self.too_big += 1
+            self._lose(
+                1, f"message of {len(encoded)} bytes above {self.max_message_bytes} for pub/sub"
+            )
             return len(sessions)
         if self._outbox_bytes >= self.max_pending_bytes:
             self._lose(1, f"backlog to redis above {self.max_pending_bytes} bytes")
@@ -367,6 +377,8 @@ class RedisBroker:
             "redis_patterns": len(self._want_patterns),
             "forwarded": self.forwarded,
             "published_lost": self.published_lost,
+            "too_big": self.too_big,
+            "max_message_bytes": self.max_message_bytes,
             "refused": self.refused,
             "received": self.received,
             "received_delivered": self.received_delivered,
@@ -481,6 +493,7 @@ class RedisBroker:
                 pub = await self._connect("pub")
                 sub = await self._connect("sub")
                 self._sharded = await self._has_sharded_pubsub(pub)
+                self.max_message_bytes = await self._pubsub_message_cap(pub)
                 self._applied_channels.clear()
                 self._applied_patterns.clear()
                 self._applied_listen.clear()
@@ -680,6 +693,23 @@ class RedisBroker:
                 _call(on_reply, reply if type(reply) is int else None)
         self._inflight_replies = []
         self._replies_done = 0
+
+    async def _pubsub_message_cap(self, conn: AbstractConnection) -> int:
+        """The largest message to publish: half the pub/sub output buffer hard
+        limit Redis enforces per subscriber (a bigger one would make Redis cut
+        every subscribing node's connection)."""
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                await conn.send_packed_command(
+                    _pack(b"CONFIG", [b"GET", b"client-output-buffer-limit"]), check_health=False
+                )
+                reply = await conn.read_response()
+        except (ResponseError, TimeoutError):
+            return DEFAULT_MAX_MESSAGE  # CONFIG may be disabled (managed Redis)
+        text = b" ".join(r for r in reply if isinstance(r, bytes)).decode("latin-1")
+        match = re.search(r"pubsub (\d+) ", text)
+        hard = int(match.group(1)) if match else 0
+        return hard // 2 if hard > 0 else DEFAULT_MAX_MESSAGE
 
     async def _has_sharded_pubsub(self, conn: AbstractConnection) -> bool:
         """Whether the server has SSUBSCRIBE / SPUBLISH (Redis 7.0 and later)."""

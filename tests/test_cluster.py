@@ -610,3 +610,42 @@ def test_cluster_status_sums_every_node() -> None:
         finally:
             a.stop()
             b.stop()
+
+
+def test_message_too_big_for_redis_pubsub_stays_local() -> None:
+    """A message over Redis's pub/sub output buffer limit would make Redis cut
+    every subscribing node's connection; it is delivered locally only, counted
+    and logged, and the nodes' links stay up."""
+    import urllib.request
+
+    token = "too-big"
+    with RedisServer() as redis_srv:
+        r = redis_client(redis_srv)
+        r.config_set("client-output-buffer-limit", "pubsub 1mb 1mb 0")
+        args = ("--broker", redis_srv.url, "--max-message-size", "4000000", "--admin-token", token)
+        a = start_server(*args, "--node-id", "bigA")
+        b = start_server(*args, "--node-id", "bigB")
+        try:
+            local = Listener(a.port, "/big", "/small")
+            remote = Listener(b.port, "/big", "/small")
+            wait_until(subscribed(r, "bigB", 2, 0), what="node B subscribed in Redis")
+            publisher = Browser(node_stub(a.port)).ready()
+            big = "x" * 1_500_000
+            assert publisher.publish("/big", big).reply("/big")["successful"]
+            assert publisher.publish("/small", 1).reply("/small")["successful"]
+            local.wait_for(lambda data: data == [big, 1])
+            remote.wait_for(lambda data: data == [1])  # the big one stayed on node A
+
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{a.port}/stats", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=5) as response:
+                broker = json.loads(response.read())["broker"]
+            assert broker["too_big"] == 1
+            assert broker["max_message_bytes"] == 512 * 1024
+            assert "for pub/sub" in a.stderr
+            local.close()
+            remote.close()
+        finally:
+            a.stop()
+            b.stop()
