@@ -59,6 +59,16 @@ _NO_HEADERS: dict[bytes, bytes] = {}
 _NO_BODY: list[bytes] = []
 
 
+class _NoProtocol:
+    """Callbacks for a parser that no longer belongs to a connection."""
+
+
+# A parser of no connection, for connections that are done with theirs: a
+# connection and its parser reference each other, and the code breaks such
+# cycles itself so that the garbage collector can skip long-lived objects.
+_DETACHED = httptools.HttpRequestParser(_NoProtocol())
+
+
 class _Abort(Exception):
     """Raised inside a parser callback to stop parsing with an HTTP error."""
 
@@ -203,6 +213,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _DETACHED  # break the connection <-> parser cycle (no GC needed)
         self.server.connections.discard(self)
         for exchange in self.pending:
             if exchange.hold is not None:
@@ -277,6 +288,9 @@ class HttpConnection(asyncio.Protocol):
         while pending and pending[0].response is not None:
             done = pending.pop(0)
             transport.write(done.response)  # type: ignore[arg-type]
+            # The timer wheel may still reference this exchange (through its
+            # answered hold) until the original deadline: keep no bytes alive.
+            done.response = None
             # While draining, every answered request closes its connection, so
             # clients reconnect elsewhere instead of reusing a closing socket.
             if not done.keep_alive or self.core.draining:
@@ -440,6 +454,7 @@ class HttpConnection(asyncio.Protocol):
         self.core.stats.ws_upgrades += 1
         transport.write(head)
         transport.set_protocol(ws)
+        self.parser = _DETACHED  # this object is done: no cycle left for the GC
 
     def callback_poll(self, exchange: HttpExchange, query: bytes) -> None:
         """callback-polling (JSONP): GET ?jsonp=<callback>&message=<JSON array> (7.3)."""

@@ -94,6 +94,10 @@ class ServerOptions:
     static_dir: str = field(
         default="", metadata={"help": "a directory of files served at / (e.g. a page)"}
     )
+    gc_freeze: bool = field(
+        default=True,
+        metadata={"help": "every 10 s, move long-lived objects out of the garbage collector"},
+    )
     node_id: str = field(
         default="",
         metadata={"help": "this node's id, the prefix of every clientId (random when empty)"},
