@@ -50,6 +50,8 @@ __all__ = [
     "read_cpu_seconds",
     "tree_rss_bytes",
     "tree_cpu_seconds",
+    "tree_cpu_split",
+    "machine_cpu_seconds",
     "machine_info",
     "write_record",
     "utc_stamp",
@@ -57,6 +59,12 @@ __all__ = [
     "human_bytes",
     "ProgressBar",
     "shell_join",
+    "PEERS",
+    "PeerSetupError",
+    "peer_server_cmd",
+    "peer_versions",
+    "format_comparison",
+    "ratio",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -66,6 +74,17 @@ REPO_DIR = BENCH_DIR.parent
 DEFAULT_SERVER_CMD = (
     "{python} -m engine serve --host {host} --port {port} --path {path} --timeout {timeout}"
 )
+
+PEERS_DIR = BENCH_DIR / "peers"
+#: Peer servers ``--peer NAME`` runs first, with the same scenario and timeout.
+PEERS: dict[str, dict[str, Any]] = {
+    "faye": {
+        "script": PEERS_DIR / "faye_server.mjs",
+        "module": "faye",  # node_modules/<module> must exist
+        "template": "node {script} --host {{host}} --port {{port}} --path {{path}} "
+        "--timeout {{timeout}}",
+    },
+}
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _URL_RE = re.compile(r"\bhttps?://[^\s'\"<>]+")
@@ -100,6 +119,45 @@ def read_cpu_seconds(pid: int) -> float | None:
         return None
     ticks = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
     return ticks / _CLK_TCK
+
+
+def read_cpu_split(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of one process, reaped children included."""
+    f = _stat_fields(pid)
+    if f is None or len(f) < 15:
+        return None
+    return (int(f[11]) + int(f[13])) / _CLK_TCK, (int(f[12]) + int(f[14])) / _CLK_TCK
+
+
+def tree_cpu_split(root: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds summed over ``root`` and its descendants:
+    system time on a loopback benchmark is mostly the TCP stack (send/recv)."""
+    user = system = 0.0
+    seen = False
+    for pid in process_tree(root):
+        split = read_cpu_split(pid)
+        if split is not None:
+            user += split[0]
+            system += split[1]
+            seen = True
+    return (user, system) if seen else None
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, all CPUs
+    (/proc/stat). Two readings give how busy the machine was in between, which
+    shows load from outside the benchmark (other processes on the box)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    total = sum(ticks[:8])  # user nice system idle iowait irq softirq steal
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
 
 
 def read_rss_bytes(pid: int) -> int | None:
@@ -549,3 +607,103 @@ class ProgressBar:
 
 def shell_join(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
+
+
+def ratio(engine: float | None, peer: float | None) -> float | None:
+    """engine / peer, None when either is missing or the peer's is 0."""
+    if engine is None or peer is None or peer == 0:
+        return None
+    return engine / peer
+
+
+def format_comparison(
+    rows: Sequence[tuple[str, str, str, str]],
+    names: tuple[str, str, str] = ("peer", "engine", "engine/peer"),
+    title: str | None = None,
+) -> str:
+    """A four-column table: what, the peer's value, the engine's, the ratio."""
+    header = ("", *names)
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    line = "-" * (sum(widths) + 3 * 3 + 2)
+    out = [title] if title else []
+    out.append(line)
+    for i, r in enumerate(table):
+        cells = [r[0].ljust(widths[0])] + [r[j].rjust(widths[j]) for j in (1, 2, 3)]
+        out.append("  " + "   ".join(cells))
+        if i == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+class PeerSetupError(RuntimeError):
+    """A peer server could not be installed (no node/npm, npm failed)."""
+
+
+def peer_server_cmd(name: str, *, install: bool = True, timeout: float = 600.0) -> str:
+    """The ``--server-cmd`` template of peer ``name``, installing it first.
+
+    Faye: ``npm ci`` (``npm install`` without a lock file) in ``bench/peers``
+    when ``node_modules/faye`` is missing; bounded by ``timeout`` seconds.
+    """
+    peer = PEERS.get(name)
+    if peer is None:
+        raise PeerSetupError(f"unknown peer {name!r} (known: {', '.join(sorted(PEERS))})")
+    import shutil
+
+    if shutil.which("node") is None:
+        raise PeerSetupError(f"peer {name} needs node on PATH")
+    installed = PEERS_DIR / "node_modules" / peer["module"]
+    if not installed.is_dir():
+        if not install:
+            raise PeerSetupError(f"peer {name} is not installed in {PEERS_DIR}")
+        npm = shutil.which("npm")
+        if npm is None:
+            raise PeerSetupError(f"peer {name} needs npm on PATH to install it")
+        import fcntl
+        import tempfile
+
+        # One install at a time (several bench runs or test workers may start together).
+        lock_path = Path(tempfile.gettempdir()) / f"engine-bench-peers-{os.getuid()}.lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not installed.is_dir():
+                _npm_install(npm, name, timeout)
+    return str(peer["template"]).format(script=shlex.quote(str(peer["script"])))
+
+
+def _npm_install(npm: str, name: str, timeout: float) -> None:
+    has_lock = (PEERS_DIR / "package-lock.json").exists()
+    cmd = [npm, "ci" if has_lock else "install", "--no-audit", "--no-fund", "--loglevel=error"]
+    sys.stderr.write(f"installing peer {name}: {shell_join(cmd)} (in {PEERS_DIR})\n")
+    try:
+        out = subprocess.run(
+            cmd, cwd=PEERS_DIR, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerSetupError(f"{shell_join(cmd)} failed: {exc}") from None
+    if out.returncode != 0:
+        raise PeerSetupError(f"{shell_join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+
+
+def peer_versions(name: str) -> dict[str, str | None]:
+    """node's version and the peer package's, for the record."""
+    peer = PEERS.get(name) or {}
+    versions: dict[str, str | None] = {"node": None, name: None}
+    try:
+        out = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+        versions["node"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    module = peer.get("module")
+    if module:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pkg = PEERS_DIR / "node_modules" / module / "package.json"
+            versions[name] = json.loads(pkg.read_text())["version"]
+    return versions

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Idle scenario: how much does the server pay, in memory and CPU, to hold N
-idle long-polling clients?
+idle clients, over long-polling or (``--transport websocket``) WebSocket?
 
 Phases, each bounded in time:
 
@@ -17,6 +17,12 @@ Phases, each bounded in time:
 5. stop the generators and the server, print a table and write a JSON record
    to ``<results-dir>/idle-<transport>-<N>-<timestamp>.json``.
 
+``--peer faye`` first runs the identical scenario against a Faye Node server
+(bench/peers/faye_server.mjs, npm ``faye`` installed into bench/peers/ when
+missing) with the same timeout, then against the engine; it prints both tables
+and a side-by-side one with the ratios engine/faye, and writes one record
+(``idle-<transport>-<N>-vs-faye-<timestamp>.json``) holding both.
+
 Exit status: 0 when the run completed (with --check: and every client stayed
 connected), 1 when it could not run, 2 when --check failed.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import math
 import os
 import platform
@@ -40,15 +47,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCH_DIR,
     DEFAULT_SERVER_CMD,
+    PEERS,
     ChildGuard,
+    PeerSetupError,
     ProgressBar,
     ServerProcess,
     ServerStartError,
     child_setup,
+    format_comparison,
     format_table,
     free_port,
     human_bytes,
+    machine_cpu_seconds,
     machine_info,
+    peer_server_cmd,
+    peer_versions,
+    ratio,
     shell_join,
     tree_cpu_seconds,
     tree_rss_bytes,
@@ -95,6 +109,9 @@ SUMMED = (
     "bad_responses",
     "bytes_sent",
     "bytes_received",
+    "hot_clients",
+    "hot_messages",
+    "hot_out_of_order",
     "rss_bytes",
     "rss_start_bytes",
     "cpu_s",
@@ -283,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="idle.py",
         description=(
-            "Idle-clients scenario: ramp N long-polling Bayeux clients, hold them for at "
-            "least one connect timeout, report server RSS per client and CPU per heartbeat "
-            "cycle, and write a JSON record."
+            "Idle-clients scenario: ramp N Bayeux clients (long-polling or WebSocket), hold them "
+            "for at least one connect timeout, report server RSS per client and CPU per "
+            "heartbeat cycle, and write a JSON record; --peer faye does the same against Faye "
+            "first and prints the ratios."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -329,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default ceil(N/20000))",
     )
     p.add_argument("--channel", default="/bench/idle", help="channel every client subscribes to")
-    p.add_argument("--transport", default="long-polling", choices=["long-polling"])
+    p.add_argument(
+        "--transport",
+        default="long-polling",
+        choices=["long-polling", "websocket"],
+        help="how every client talks to the server",
+    )
     p.add_argument(
         "--results-dir",
         type=Path,
@@ -348,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pending", type=int, default=1000, help="clients setting up at once, per generator"
     )
     p.add_argument("--max-attempts", type=int, default=5, help="client failures before giving up")
+    p.add_argument(
+        "--peer",
+        choices=sorted(PEERS),
+        default=None,
+        help="first run the identical scenario against this peer server (installed into "
+        "bench/peers/ with npm when missing), then against the engine; print both and the "
+        "ratios, write one record with both",
+    )
     p.add_argument("--check", action="store_true", help="exit 2 unless all connected, no drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--note", default="", help="free text stored in the record")
@@ -399,6 +430,8 @@ def resolve(args: argparse.Namespace) -> None:
             raise SystemExit("idle.py: only loopback servers (127.0.0.0/8)")
     if not args.host.startswith("127."):
         raise SystemExit("idle.py: --host must be a loopback address (127.0.0.0/8)")
+    if args.peer is not None and args.url is not None:
+        raise SystemExit("idle.py: --peer starts both servers itself; it does not take --url")
 
 
 def source_addresses(count: int) -> list[str]:
@@ -548,6 +581,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         # 4. hold ----------------------------------------------------------------
         start_reports = await asyncio.gather(*(g.report("hold-start", 10.0) for g in gens))
         cpu_hold_start = cpu()
+        machine_hold_start = machine_cpu_seconds()
         t_hold = time.monotonic()
         hold_start = aggregate(list(start_reports))
         rss_peak = rss()
@@ -581,6 +615,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         end_reports = await asyncio.gather(*(g.report("hold-end", 10.0) for g in gens))
         hold_s = time.monotonic() - t_hold
         cpu_hold_end = cpu()
+        machine_hold_end = machine_cpu_seconds()
         rss_loaded = rss()
         if rss_loaded is not None and (rss_peak is None or rss_loaded > rss_peak):
             rss_peak = rss_loaded
@@ -615,6 +650,14 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 else cpu_hold_end - cpu_hold_start
             ),
             hold_s=hold_s,
+            machine_hold=(
+                None
+                if machine_hold_start is None or machine_hold_end is None
+                else (
+                    machine_hold_end[0] - machine_hold_start[0],
+                    machine_hold_end[1] - machine_hold_start[1],
+                )
+            ),
             ramp_complete=ramp_complete,
             ramp_stats=ramp_stats,
             ramp_cpu=ramp_cpu,
@@ -647,6 +690,7 @@ def compute(
     cpu_baseline: float | None,
     cpu_hold: float | None,
     hold_s: float,
+    machine_hold: tuple[float, float] | None,
     ramp_complete: bool,
     ramp_stats: dict[str, Any],
     ramp_cpu: dict[str, Any],
@@ -675,6 +719,11 @@ def compute(
     hist = final["latency_hist"]
     buckets = final["latency_buckets_ms"]
     lg_cpu_hold = hold_end["cpu_s"] - hold_start["cpu_s"]
+    # CPU the machine spent outside the server and the generators during the
+    # hold: other load on the box, which the figures above do not account for.
+    other_cpu = None
+    if machine_hold is not None and cpu_hold is not None:
+        other_cpu = max(0.0, machine_hold[0] - cpu_hold - lg_cpu_hold)
     # Held connects last about one timeout; over a hold of a few timeouts the
     # count is quantised (each client completes 1 or 2 in a 1.5-timeout hold),
     # so the steady-state rate connected / mean hold is reported beside it.
@@ -740,6 +789,12 @@ def compute(
             "cpu_hold_s": round(lg_cpu_hold, 3),
             "cpu_percent_hold": round(100 * lg_cpu_hold / hold_s, 2),
         },
+        "machine_busy_percent_hold": (
+            None
+            if machine_hold is None or not machine_hold[1]
+            else round(100 * machine_hold[0] / machine_hold[1], 1)
+        ),
+        "other_cpu_percent_hold": None if other_cpu is None else round(100 * other_cpu / hold_s, 1),
         "server_pid": server_pid,
         "server_exit_code": server_exit,
         "phases": phases,
@@ -818,8 +873,14 @@ def report_table(record: dict[str, Any]) -> str:
             "loadgen RSS per client / CPU",
             f"{human_bytes(lg['rss_per_client_bytes'])} / {lg['cpu_percent_hold']:.1f} % CPU",
         ),
+        (
+            "other processes' CPU during hold",
+            f"{num(r.get('other_cpu_percent_hold'), '{:.0f}')} % of one core",
+        ),
     ]
-    table = format_table(rows, title=f"idle scenario, {p['clients']:,} clients")
+    label = record.get("label")
+    title = f"idle scenario, {p['clients']:,} clients" + (f" -- {label}" if label else "")
+    table = format_table(rows, title=title)
     if r["errors"]:
         top = ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:8])
         table += f"\n  errors: {top}"
@@ -832,13 +893,95 @@ def _log(enabled: bool, text: str) -> None:
         sys.stderr.flush()
 
 
+def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(what, peer, engine, engine/peer) rows of the side-by-side table."""
+
+    def fmt(v: Any, spec: str) -> str:
+        return "n/a" if v is None else spec.format(v)
+
+    def row(label: str, key: str, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
+        a, b = peer.get(key), engine.get(key)
+        r = ratio(b, a) if with_ratio else None
+        return (label, fmt(a, spec), fmt(b, spec), "" if not with_ratio else fmt(r, "{:.2f}"))
+
+    return [
+        row("connected (end of hold)", "connected", "{:,}", False),
+        (
+            "failed / dropped",
+            f"{peer.get('failed', 'n/a')} / {peer.get('dropped', 'n/a')}",
+            f"{engine.get('failed', 'n/a')} / {engine.get('dropped', 'n/a')}",
+            "",
+        ),
+        row("server RSS baseline", "rss_baseline_bytes", "{:,}"),
+        row("server RSS loaded", "rss_loaded_bytes", "{:,}"),
+        row("bytes per idle client", "bytes_per_client", "{:,.0f}"),
+        row("server CPU per heartbeat cycle, s", "server_cpu_per_cycle_s", "{:.3f}"),
+        row("server CPU per connect, us", "server_cpu_per_connect_us", "{:.0f}"),
+        row("server CPU during hold, %", "server_cpu_percent_hold", "{:.1f}"),
+        row("held connect mean, s", "held_mean_s", "{:.2f}", False),
+        row("ramp rate achieved, clients/s", "ramp_rate_achieved", "{:,.0f}"),
+    ]
+
+
+def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
+    """The ratios stored in the record (engine / peer: below 1 means the engine
+    uses less)."""
+
+    def held(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "held_mean_s": (r.get("held_connect_s") or {}).get("mean")}
+
+    p, e = held(peer), held(engine)
+    return {
+        "peer": peer_name,
+        "bytes_per_client_ratio": ratio(e.get("bytes_per_client"), p.get("bytes_per_client")),
+        "cpu_per_cycle_ratio": ratio(
+            e.get("server_cpu_per_cycle_s"), p.get("server_cpu_per_cycle_s")
+        ),
+        "cpu_per_connect_ratio": ratio(
+            e.get("server_cpu_per_connect_us"), p.get("server_cpu_per_connect_us")
+        ),
+        "rows": [list(r) for r in comparison_rows(p, e)],
+    }
+
+
+def comparison_table(record: dict[str, Any]) -> str:
+    cmp = record["comparison"]
+    peer = record["peer"]["name"]
+    title = (
+        f"idle scenario side by side, {record['parameters']['clients']:,} "
+        f"{record['parameters']['transport']} clients"
+    )
+    table = format_comparison(
+        [tuple(r) for r in cmp["rows"]], names=(peer, "engine", f"engine/{peer}"), title=title
+    )
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve(args)
     guard = ChildGuard()
     guard.install_signals()
     started = time.time()
+    peer_record: dict[str, Any] | None = None
     try:
+        if args.peer is not None:
+            try:
+                peer_cmd = peer_server_cmd(args.peer)
+            except PeerSetupError as exc:
+                sys.stderr.write(f"idle.py: {exc}\n")
+                return 1
+            peer_args = copy.copy(args)
+            peer_args.server_cmd = peer_cmd
+            _log(not args.no_progress, f"--- peer {args.peer}: {peer_cmd}")
+            peer_record = {"name": args.peer, "versions": peer_versions(args.peer)}
+            try:
+                peer_record.update(asyncio.run(run(peer_args, guard)))
+            except (RunError, ServerStartError) as exc:
+                sys.stderr.write(f"idle.py: peer {args.peer} run failed: {exc}\n")
+                peer_record["error"] = str(exc)
+            guard.kill_all()
+            _log(not args.no_progress, "--- engine")
         outcome = asyncio.run(run(args, guard))
     except (RunError, ServerStartError) as exc:
         sys.stderr.write(f"idle.py: {exc}\n")
@@ -858,8 +1001,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     record["machine"]["platform"] = platform.platform()
     name = f"{SCENARIO}-{args.transport}-{args.clients}-{record['timestamp']}"
+    if peer_record is not None:
+        record["peer"] = peer_record
+        name = f"{SCENARIO}-{args.transport}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
+        if "results" in peer_record:
+            record["comparison"] = comparison(args.peer, peer_record["results"], outcome["results"])
     path = write_record(args.results_dir, name, record)
-    print(report_table(record))
+    if peer_record is not None and "results" in peer_record:
+        print(report_table({**peer_record, "label": args.peer}))
+        print()
+    print(report_table({**record, "label": "engine" if peer_record is not None else None}))
+    if "comparison" in record:
+        print()
+        print(comparison_table(record))
     print(f"record: {path}")
     r = outcome["results"]
     if args.check and (r["connected"] != args.clients or r["dropped"] != 0):

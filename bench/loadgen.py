@@ -2,9 +2,10 @@
 """Load generator: one uvloop process holding many Bayeux clients.
 
 Each simulated client is its own browser: its own TCP connection (HTTP/1.1
-keep-alive, bound to a 127.0.0.x source address with IP_BIND_ADDRESS_NO_PORT
-set before ``bind``), its own ``BAYEUX_BROWSER`` cookie, its own session. It
-behaves on the wire like the CometD JavaScript client over long-polling:
+keep-alive, or a WebSocket with ``--transport websocket``, bound to a
+127.0.0.x source address with IP_BIND_ADDRESS_NO_PORT set before ``bind``),
+its own ``BAYEUX_BROWSER`` cookie, its own session. It behaves on the wire like
+the CometD JavaScript client over long-polling:
 
     POST <base>/handshake  [{"channel":"/meta/handshake", ...,"id":"1"}]
     POST <base>/           [{"channel":"/meta/subscribe","subscription":CH, ...}]
@@ -24,13 +25,27 @@ Per-client state is two ``__slots__`` objects (the session logic and the
 connection) plus uvloop's transport and an httptools parser: a few KB, and no
 coroutine or timer per idle client. Time-outs are found by one sweep a second.
 
+Over WebSocket (``--transport websocket``) the same messages travel as masked
+text frames on one socket to the endpoint (``GET <base>`` with ``Upgrade:
+websocket``), the handshake offering ``supportedConnectionTypes:
+["websocket"]``, exactly the JS client's sequence: first connect with
+``advice: {timeout: 0}``, then every connect reply answered by the next connect
+after ``interval``; ``reconnect: "handshake"`` re-handshakes on the same socket.
+A socket the server closes is reopened by the next request.
+
 The session logic (``BayeuxClient``) talks to its connection only through
 ``Connection.send(kind, body)`` and the callbacks ``on_open``,
 ``on_messages``, ``on_failure`` and ``on_closed``. ``LongPollingConnection``
-frames each exchange as an HTTP request/response; a WebSocket connection class
-can implement the same four-callback contract (frames instead of responses,
-``complete=False`` since replies and events arrive on their own) and be added
-to ``CONNECTIONS``.
+frames each exchange as an HTTP request/response; ``WebSocketConnection``
+implements the same contract with frames (``complete=False``, since replies
+and events arrive on their own). ``CONNECTIONS`` maps ``--transport`` to them.
+
+Fan-out measurements (``bench/fanout.py``): with ``--hot-channel CH
+--hot-clients K --total-clients N``, K of the N global client indexes, evenly
+spread, subscribe to CH instead of ``--channel``; every event on CH whose
+``data.t`` is a ``time.monotonic_ns()`` stamp (CLOCK_MONOTONIC, shared by all
+processes of the machine) adds ``now - t`` to the latencies written to
+``--latency-file`` (int64 ns, native order) when the process stops.
 
 Control and reports (for ``bench/idle.py``; the tool also runs alone):
 
@@ -56,6 +71,7 @@ import argparse
 import asyncio
 import bisect
 import errno
+import gc
 import os
 import resource
 import signal
@@ -63,12 +79,31 @@ import socket
 import stat
 import sys
 import time
+from array import array
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 import orjson
 import uvloop
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from wsclient import (  # noqa: E402
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    check_upgrade_response,
+    client_frame,
+    close_frame,
+    new_key,
+    split_frames,
+    upgrade_request,
+)
 
 __all__ = [
     "BayeuxClient",
@@ -93,6 +128,9 @@ NEW, ACTIVE, STOPPED = 0, 1, 2
 #: JS client defaults when a reply's advice lacks a field.
 DEFAULT_TIMEOUT_MS = 60000
 DEFAULT_INTERVAL_MS = 0
+
+#: Fan-out latencies kept per process (8 bytes each); beyond, only counted.
+MAX_LATENCIES = 50_000_000
 
 #: Upper bounds (ms) of the setup-latency histogram buckets; last is +inf.
 LATENCY_BUCKETS_MS = (
@@ -135,6 +173,9 @@ class Stats:
     bad_responses: int
     bytes_sent: int
     bytes_received: int
+    hot_clients: int
+    hot_messages: int
+    hot_out_of_order: int
 
     COUNTERS = tuple(__annotations__)
 
@@ -142,6 +183,10 @@ class Stats:
         for name in self.COUNTERS:
             setattr(self, name, 0)
         self.errors: dict[str, int] = {}
+        # Full (generation 2) garbage collections: count, longest and total pause.
+        self.gc_full = 0
+        self.gc_full_max_ms = 0.0
+        self.gc_full_total_ms = 0.0
         self.hold_sum = 0.0
         self.hold_min: float | None = None
         self.hold_max = 0.0
@@ -150,6 +195,9 @@ class Stats:
         self.advice_interval: int | None = None
         self.first_start_at: float | None = None
         self.last_connected_at: float | None = None
+        # Fan-out: CLOCK_MONOTONIC ns of the first and last hot event received.
+        self.hot_first_ns: int | None = None
+        self.hot_last_ns: int | None = None
 
     def error(self, reason: str) -> None:
         if len(self.errors) < 64 or reason in self.errors:
@@ -179,6 +227,11 @@ class Stats:
         d["advice_interval"] = self.advice_interval
         d["first_start_at"] = self.first_start_at
         d["last_connected_at"] = self.last_connected_at
+        d["hot_first_ns"] = self.hot_first_ns
+        d["hot_last_ns"] = self.hot_last_ns
+        d["gc_full"] = self.gc_full
+        d["gc_full_max_ms"] = round(self.gc_full_max_ms, 2)
+        d["gc_full_total_ms"] = round(self.gc_full_total_ms, 2)
         return d
 
 
@@ -342,9 +395,198 @@ class LongPollingConnection(Connection):
             client.on_failure(self, reason)
 
 
-#: Transport name -> connection class (a WebSocket class joins here).
-CONNECTIONS: dict[str, type[LongPollingConnection]] = {
+class WebSocketConnection(Connection):
+    """One WebSocket (RFC 6455) carrying one client's Bayeux messages.
+
+    ``connection_made`` sends the upgrade request; once the ``101`` arrives the
+    client is told ``on_open`` and its requests go out as masked text frames,
+    each a JSON array. Every text frame from the server is one JSON array
+    handed to ``on_messages(conn, messages, complete=False)``: replies and
+    events arrive on their own, so a frame without the reply in flight is not
+    an error (the sweep's deadline catches a reply that never comes).
+
+    Between frames an idle connection holds no buffer and no parser: ``buf`` is
+    ``b""`` and ``frag`` None, so its cost is this object and uvloop's
+    transport. Pings are answered with pongs; a close frame is answered and the
+    connection closed (the session then lives on at the server until
+    ``maxInterval``, and the next request opens a new socket, as the CometD
+    client does).
+    """
+
+    __slots__ = (
+        "gen",
+        "client",
+        "transport",
+        "buf",
+        "key",
+        "frag",
+        "is_open",
+        "upgraded",
+    )
+    name = "websocket"
+    #: A socket takes a new request while another awaits its reply.
+    in_flight = False
+
+    def __init__(self, gen: LoadGenerator, client: BayeuxClient) -> None:
+        self.gen = gen
+        self.client: BayeuxClient | None = client
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.key: bytes | None = None
+        self.frag: tuple[int, list[bytes]] | None = None
+        self.is_open = False
+        self.upgraded = False
+
+    # asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.is_open = True
+        if self.client is None:
+            transport.close()
+            return
+        gen = self.gen
+        self.key = new_key()
+        data = upgrade_request(gen.ws_path, gen.host_header, self.key)
+        gen.stats.bytes_sent += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        gen = self.gen
+        gen.stats.bytes_received += len(data)
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if not self.upgraded:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > 16384:
+                    self._fail("ws_upgrade_too_long")
+                else:
+                    self.buf = data
+                return
+            why = check_upgrade_response(data[:end], self.key or b"")
+            if why is not None:
+                gen.stats.http_errors += 1
+                self._fail("ws_upgrade_" + why)
+                return
+            self.key = None
+            self.upgraded = True
+            data = data[end + 4 :]
+            client = self.client
+            if client is not None:
+                client.on_open(self)
+            if not data:
+                return
+        try:
+            frames, self.buf = split_frames(data)
+        except FrameError as exc:
+            gen.stats.bad_responses += 1
+            self._fail("ws_" + str(exc).replace(" ", "_"))
+            return
+        for first, payload in frames:
+            opcode = first & 0x0F
+            if opcode == OP_TEXT and first & 0x80 and self.frag is None:
+                self._on_text(payload)
+            elif opcode == OP_PING:
+                self._write(client_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                gen.stats.error(f"ws_close_{code}")
+                self._write(close_frame(1000 if code == 1005 else code))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            elif opcode == OP_PONG:
+                continue
+            elif opcode == OP_CONT and self.frag is not None:
+                self.frag[1].append(payload)
+                if first & 0x80:
+                    op, chunks = self.frag
+                    self.frag = None
+                    if op == OP_TEXT:
+                        self._on_text(b"".join(chunks))
+            elif opcode in (OP_TEXT, OP_BINARY) and not first & 0x80 and self.frag is None:
+                self.frag = (opcode, [payload])
+            else:
+                gen.stats.bad_responses += 1
+                self._fail(f"ws_unexpected_opcode_{opcode}")
+                return
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_open = False
+        client = self.client
+        self.client = None
+        self.buf = b""
+        self.frag = None
+        if client is not None:
+            client.on_closed(self, client.pending_id is not None, exc)
+
+    # frames ------------------------------------------------------------------
+
+    def _on_text(self, payload: bytes) -> None:
+        gen = self.gen
+        gen.stats.responses += 1
+        client = self.client
+        if client is None:
+            return
+        try:
+            messages = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            gen.stats.bad_responses += 1
+            self._fail("bad_json")
+            return
+        if isinstance(messages, dict):
+            messages = [messages]
+        elif not isinstance(messages, list):
+            gen.stats.bad_responses += 1
+            self._fail("bad_json")
+            return
+        client.on_messages(self, messages, False)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and self.is_open:
+            self.gen.stats.bytes_sent += len(data)
+            self.transport.write(data)
+
+    # contract -------------------------------------------------------------
+
+    def send(self, kind: int, body: bytes) -> None:
+        gen = self.gen
+        gen.stats.requests += 1
+        self._write(client_frame(OP_TEXT, body))
+
+    def close(self) -> None:
+        if self.transport is not None and self.is_open:
+            if self.upgraded:
+                self._write(close_frame(1000))
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and self.is_open:
+            self.transport.abort()
+
+    def _fail(self, reason: str) -> None:
+        client = self.client
+        self.client = None
+        self.abort()
+        if client is None:
+            return
+        if client.conn is self:
+            client.conn = None
+        if client.outbox is not None:  # the upgrade failed: the request never left
+            client.on_open_failed(reason)
+        else:
+            client.on_failure(self, reason)
+
+
+#: Transport name -> connection class.
+CONNECTIONS: dict[str, type[LongPollingConnection] | type[WebSocketConnection]] = {
     LongPollingConnection.name: LongPollingConnection,
+    WebSocketConnection.name: WebSocketConnection,
 }
 
 
@@ -378,6 +620,7 @@ class BayeuxClient:
         "zero_timeout",
         "timer",
         "start_time",
+        "last_seq",
     )
 
     def __init__(self, gen: LoadGenerator, index: int, source: str, channel: str | None) -> None:
@@ -404,6 +647,7 @@ class BayeuxClient:
         self.zero_timeout = True
         self.timer: asyncio.TimerHandle | None = None
         self.start_time = 0.0
+        self.last_seq = -1  # fan-out: the last hot event's data.seq
 
     # life cycle -------------------------------------------------------------
 
@@ -593,6 +837,8 @@ class BayeuxClient:
                 reply = m
             elif "data" in m and "successful" not in m:
                 events += 1
+                if channel == self.gen.hot_channel and self.gen.latencies is not None:
+                    self._hot_event(m["data"])
             elif channel == "/meta/disconnect" and "id" not in m:
                 server_disconnect = True
         if events:
@@ -629,6 +875,26 @@ class BayeuxClient:
             self._handshake_reply(reply, ok)
         else:
             self._subscribe_reply(reply, ok)
+
+    def _hot_event(self, data: Any) -> None:
+        """Fan-out: one event of the hot channel; data = {"seq": int, "t": ns}."""
+        gen = self.gen
+        stats = gen.stats
+        now = time.monotonic_ns()
+        stats.hot_messages += 1
+        if stats.hot_first_ns is None:
+            stats.hot_first_ns = now
+        stats.hot_last_ns = now
+        if type(data) is not dict:
+            return
+        t = data.get("t")
+        if type(t) is int and gen.latencies is not None and len(gen.latencies) < MAX_LATENCIES:
+            gen.latencies.append(now - t)
+        seq = data.get("seq")
+        if type(seq) is int:
+            if seq <= self.last_seq:
+                stats.hot_out_of_order += 1
+            self.last_seq = seq
 
     # replies -------------------------------------------------------------------
 
@@ -779,8 +1045,8 @@ class LoadGenerator:
 
     def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
         url = urlsplit(args.url)
-        if url.scheme != "http":
-            raise SystemExit(f"loadgen: only http:// URLs for {args.transport}, got {args.url}")
+        if url.scheme not in ("http", "ws"):
+            raise SystemExit(f"loadgen: only http:// (or ws://) URLs, got {args.url}")
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or 80
         if not self.host.startswith("127.") and self.host not in ("localhost", "::1"):
@@ -794,6 +1060,8 @@ class LoadGenerator:
             SUBSCRIBE: (base + "/").encode(),
             CONNECT: (base + "/connect").encode(),
         }
+        # WebSocket: the endpoint itself (the JS client upgrades on the base URL).
+        self.ws_path = (base or "/").encode()
         self.host_header = f"{url.hostname}:{self.port}".encode()
         self.loop = loop
         self.args = args
@@ -809,15 +1077,24 @@ class LoadGenerator:
         for s in sources:
             if not s.startswith("127."):
                 raise SystemExit(f"loadgen: refusing non-loopback source address {s}")
+        # Fan-out: K of the N global indexes, evenly spread, take the hot channel.
+        self.hot_channel: str | None = args.hot_channel or None
+        hot_k = args.hot_clients if self.hot_channel else 0
+        total = max(args.total_clients or (args.index_start + args.clients), 1)
+        self.latencies: array | None = array("q") if args.latency_file else None
+
+        def channel_of(i: int) -> str | None:
+            if is_hot(i, hot_k, total):
+                return self.hot_channel
+            return _channel_for(args.channel, i)
+
         self.clients = [
-            BayeuxClient(
-                self,
-                i,
-                sources[i % len(sources)],
-                _channel_for(args.channel, i),
-            )
+            BayeuxClient(self, i, sources[i % len(sources)], channel_of(i))
             for i in range(args.index_start, args.index_start + args.clients)
         ]
+        self.stats.hot_clients = sum(
+            1 for c in self.clients if c.channel is not None and c.channel == self.hot_channel
+        )
         self.stopping = False
         self.done = loop.create_future()
         self.opening = 0
@@ -879,11 +1156,20 @@ class LoadGenerator:
                 started += 1
                 pending += 1
             await asyncio.sleep(0.01)
+        # The clients and their connections live until the end: move them out of
+        # the collector's sight, so a full collection does not walk thousands of
+        # idle clients and stall every delivery behind it (fan-out latency).
+        gc.freeze()
 
     async def sweep(self) -> None:
         """Once a second: fail requests past their deadline (one pass, no per-client timers)."""
+        settled = False
         while not self.stopping:
             await asyncio.sleep(1.0)
+            stats = self.stats
+            if not settled and stats.ever_connected + stats.gave_up >= len(self.clients):
+                settled = True
+                gc.freeze()  # the connections opened since the end of the ramp too
             now = self.loop.time()
             for c in self.clients:
                 if (
@@ -951,6 +1237,12 @@ class LoadGenerator:
                 self.report(tag=words[1] if len(words) > 1 else "")
 
 
+def is_hot(index: int, hot: int, total: int) -> bool:
+    """Whether global client ``index`` is one of the ``hot`` of ``total``
+    clients: exactly ``hot`` of the indexes 0..total-1, evenly spread."""
+    return hot > 0 and (index + 1) * hot // total > index * hot // total
+
+
 def _channel_for(template: str, index: int) -> str | None:
     if not template:
         return None
@@ -991,6 +1283,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--transport", default="long-polling", choices=sorted(CONNECTIONS))
     p.add_argument("--channel", default="/bench/idle", help="subscription ({i} = client index)")
+    p.add_argument(
+        "--hot-channel",
+        default="",
+        help="fan-out: channel that --hot-clients of the clients subscribe to instead",
+    )
+    p.add_argument(
+        "--hot-clients", type=int, default=0, help="fan-out: K, hot clients among --total-clients"
+    )
+    p.add_argument(
+        "--total-clients",
+        type=int,
+        default=0,
+        help="fan-out: N, clients over all generators (hot ones are spread evenly over them)",
+    )
+    p.add_argument(
+        "--latency-file",
+        default="",
+        help="fan-out: write hot-event latencies (int64 ns, native order) here on exit",
+    )
     p.add_argument("--ramp-rate", type=float, default=1000.0, help="clients started per second")
     p.add_argument("--max-pending", type=int, default=1000, help="clients setting up at once")
     p.add_argument("--max-attempts", type=int, default=5, help="failures in a row before giving up")
@@ -1010,9 +1321,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _watch_gc(stats: Stats) -> None:
+    """Time every full collection (the pauses that can stall the event loop)."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000.0
+        stats.gc_full += 1
+        stats.gc_full_total_ms += ms
+        if ms > stats.gc_full_max_ms:
+            stats.gc_full_max_ms = ms
+
+    gc.callbacks.append(callback)
+
+
 async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     gen = LoadGenerator(args, loop)
+    _watch_gc(gen.stats)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gen.stop)
     try:
@@ -1033,6 +1364,11 @@ async def run(args: argparse.Namespace) -> int:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.05)  # let transports finish closing
+    if args.latency_file and gen.latencies is not None:
+        tmp = args.latency_file + ".tmp"
+        with open(tmp, "wb") as f:
+            gen.latencies.tofile(f)
+        os.replace(tmp, args.latency_file)
     gen.report(final=True)
     return 0
 

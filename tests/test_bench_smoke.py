@@ -1,7 +1,9 @@
-"""Smoke test of the bench suite: bench/idle.py end to end against the real server.
+"""Smoke tests of the bench suite: bench/idle.py (long-polling and WebSocket)
+and bench/fanout.py end to end against the real server, at tiny sizes; with
+node on PATH also ``--peer faye`` (Faye installed into bench/peers/ by npm).
 
-It checks that the tool works and that its numbers are sane, never how fast
-anything is. ``BENCH_SERVER_CMD`` (a ``--server-cmd`` template) points the run
+They check that the tools work and that their numbers are sane, never how fast
+anything is. ``BENCH_SERVER_CMD`` (a ``--server-cmd`` template) points the runs
 at another server while debugging the bench itself.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 IDLE = BENCH / "idle.py"
+FANOUT = BENCH / "fanout.py"
 
 CLIENTS = 200
 
@@ -31,11 +35,28 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _bench_module(name: str):  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="--peer faye needs node and npm",
+)
+
+
 @pytest.mark.timeout(90)
-def test_idle_scenario_holds_every_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["long-polling", "websocket"])
+def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> None:
     cmd = [
         sys.executable,
         str(IDLE),
+        "--transport",
+        transport,
         "--clients",
         str(CLIENTS),
         "--timeout",
@@ -58,7 +79,7 @@ def test_idle_scenario_holds_every_client(tmp_path: Path) -> None:
     output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, output
 
-    records = sorted(tmp_path.glob(f"idle-long-polling-{CLIENTS}-*.json"))
+    records = sorted(tmp_path.glob(f"idle-{transport}-{CLIENTS}-*.json"))
     assert len(records) == 1, output
     record = json.loads(records[0].read_text())
     assert str(records[0]) in proc.stdout
@@ -71,6 +92,7 @@ def test_idle_scenario_holds_every_client(tmp_path: Path) -> None:
     assert r["dropped"] == 0, r["errors"]
     assert r["gave_up"] == 0, r["errors"]
     assert r["multiple_clients_replies"] == 0  # every client is its own browser
+    assert r["early_returns"] == 0  # held, not answered at once
     assert r["server_timeout_ms"] == 2000  # the server's own advice
     assert r["hold_seconds"] >= 2.0
     assert r["connect_cycles"] > 0  # at least one held connect completed
@@ -87,6 +109,7 @@ def test_idle_scenario_holds_every_client(tmp_path: Path) -> None:
     assert "uvloop" in m["packages"]
     assert record["parameters"]["clients"] == CLIENTS
     assert record["parameters"]["timeout_ms"] == 2000
+    assert record["parameters"]["transport"] == transport
     assert record["scenario"] == "idle" and record["timestamp"]
 
     # Nothing is left running.
@@ -136,3 +159,228 @@ def test_aggregation_helpers() -> None:
     assert agg["errors"] == {"a": 3, "b": 1}
     assert agg["latency_hist"] == [1, 2]
     assert agg["hold_min_s"] == 1.9 and agg["hold_max_s"] == 2.1
+
+
+# --------------------------------------------------------------------------- fan-out
+
+FANOUT_CLIENTS, FANOUT_SUBSCRIBERS, FANOUT_MESSAGES = 50, 10, 20
+
+
+def _fanout_cmd(tmp_path: Path, transport: str, *extra: str) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(FANOUT),
+        "--transport",
+        transport,
+        "--clients",
+        str(FANOUT_CLIENTS),
+        "--subscribers",
+        str(FANOUT_SUBSCRIBERS),
+        "--messages",
+        str(FANOUT_MESSAGES),
+        "--rate",
+        "50",
+        "--ramp-rate",
+        "500",
+        "--timeout",
+        "2000",
+        "--settle",
+        "0.3",
+        "--drain-timeout",
+        "5",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--check",
+        *extra,
+    ]
+    server_cmd = os.environ.get("BENCH_SERVER_CMD")
+    if server_cmd and "--peer" not in extra:
+        cmd += ["--server-cmd", server_cmd]
+    return cmd
+
+
+def _check_fanout_results(r: dict, transport: str) -> None:  # type: ignore[type-arg]
+    expected = FANOUT_SUBSCRIBERS * FANOUT_MESSAGES
+    assert r["connected_at_publish"] == FANOUT_CLIENTS, r["errors"]
+    assert r["hot_clients"] == FANOUT_SUBSCRIBERS
+    assert r["published"] == FANOUT_MESSAGES
+    assert r["publish_acked"] == FANOUT_MESSAGES, r["publisher"]
+    assert r["publish_failed"] == 0, r["publisher"]
+    assert r["expected_deliveries"] == expected
+    assert r["delivered"] == expected and r["missing"] == 0 and r["all_delivered"]
+    if transport == "websocket":  # one socket: the server takes publishes in order
+        assert r["out_of_order"] == 0
+    lat = r["latency_ms"]
+    assert lat["count"] == expected  # one latency per delivery
+    assert lat["negative"] == 0
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert sum(lat["hist"]) == expected
+    assert r["delivered_per_s"] > 0 and r["demanded_per_s"] == FANOUT_SUBSCRIBERS * 50
+    assert r["delivered_fraction"] > 0
+    assert r["dropped"] == 0 and r["failed"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", ["long-polling", "websocket"])
+def test_fanout_delivers_every_message(tmp_path: Path, transport: str) -> None:
+    proc = subprocess.run(
+        _fanout_cmd(tmp_path, transport), cwd=ROOT, capture_output=True, text=True, timeout=55
+    )
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    records = sorted(
+        tmp_path.glob(f"fanout-{transport}-{FANOUT_CLIENTS}-{FANOUT_SUBSCRIBERS}-*.json")
+    )
+    assert len(records) == 1, output
+    assert str(records[0]) in proc.stdout
+    assert "latency p50 / p90 / p99" in proc.stdout
+    record = json.loads(records[0].read_text())
+    assert record["scenario"] == "fanout"
+    assert record["parameters"]["publisher_transport"] == transport
+    r = record["results"]
+    _check_fanout_results(r, transport)
+    assert r["server_pid"] and not _pid_alive(r["server_pid"])
+
+
+def test_fanout_help() -> None:
+    ok = subprocess.run(
+        [sys.executable, str(FANOUT), "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert ok.returncode == 0
+    for option in ("--clients", "--subscribers", "--messages", "--rate", "--transport",
+                   "--publisher-transport", "--peer", "--server-cmd", "--results-dir"):  # fmt: skip
+        assert option in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, str(FANOUT), "--clients", "5", "--subscribers", "6"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode != 0
+
+
+# --------------------------------------------------------------------------- Faye peer
+
+
+@needs_node
+@pytest.mark.timeout(240)  # a first run installs Faye with npm
+def test_idle_side_by_side_with_faye(tmp_path: Path) -> None:
+    clients = 50
+    cmd = [
+        sys.executable,
+        str(IDLE),
+        "--peer",
+        "faye",
+        "--transport",
+        "websocket",
+        "--clients",
+        str(clients),
+        "--timeout",
+        "1000",
+        "--hold",
+        "1.2",
+        "--ramp-rate",
+        "500",
+        "--settle",
+        "0.3",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--check",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    records = sorted(tmp_path.glob(f"idle-websocket-{clients}-vs-faye-*.json"))
+    assert len(records) == 1, output
+    assert "engine/faye" in proc.stdout
+    record = json.loads(records[0].read_text())
+    peer, engine = record["peer"], record["results"]
+    assert peer["name"] == "faye" and peer["versions"]["faye"] and peer["versions"]["node"]
+    assert "error" not in peer, peer.get("error")
+    for r in (peer["results"], engine):
+        assert r["connected"] == clients, r["errors"]
+        assert r["dropped"] == 0 and r["gave_up"] == 0, r["errors"]
+        assert r["connect_cycles"] > 0
+        assert r["bytes_per_client"] is not None
+        assert r["server_pid"] and not _pid_alive(r["server_pid"])
+    assert "node" in peer["parameters"]["server_cmd"]
+    cmp = record["comparison"]
+    assert cmp["peer"] == "faye" and cmp["rows"]
+    assert "bytes_per_client_ratio" in cmp and "cpu_per_cycle_ratio" in cmp
+
+
+@needs_node
+@pytest.mark.timeout(240)
+def test_fanout_side_by_side_with_faye(tmp_path: Path) -> None:
+    cmd = _fanout_cmd(tmp_path, "websocket", "--peer", "faye")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    records = sorted(tmp_path.glob("fanout-websocket-*-vs-faye-*.json"))
+    assert len(records) == 1, output
+    assert "engine/faye" in proc.stdout
+    record = json.loads(records[0].read_text())
+    peer = record["peer"]
+    assert "error" not in peer, peer.get("error")
+    _check_fanout_results(peer["results"], "websocket")
+    _check_fanout_results(record["results"], "websocket")
+    assert record["comparison"]["peer"] == "faye" and record["comparison"]["rows"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_ws_client_frames() -> None:
+    ws = _bench_module("wsclient")
+    # Server frames are never masked: 7-bit, 16-bit and 64-bit lengths, split anywhere.
+    small, mid, big = b"a" * 5, b"b" * 300, b"c" * 70000
+    stream = (
+        bytes([0x81, 5]) + small
+        + bytes([0x81, 126]) + len(mid).to_bytes(2, "big") + mid
+        + bytes([0x01, 127]) + len(big).to_bytes(8, "big") + big
+        + bytes([0x80, 1]) + b"!"
+        + bytes([0x89, 0])
+    )  # fmt: skip
+    for cut in (1, 3, 7, 200, len(stream) - 1):
+        frames, rest = ws.split_frames(stream[:cut])
+        more, rest = ws.split_frames(rest + stream[cut:])
+        got = frames + more
+        assert rest == b""
+        assert [(f & 0x80, f & 0x0F) for f, _ in got] == [
+            (0x80, 1), (0x80, 1), (0, 1), (0x80, 0), (0x80, 9)
+        ]  # fmt: skip
+        assert [p for _, p in got] == [small, mid, big, b"!", b""]
+    with pytest.raises(ws.FrameError):
+        ws.split_frames(bytes([0x81, 0x85]) + b"mask" + small)  # masked server frame
+    with pytest.raises(ws.FrameError):
+        ws.split_frames(bytes([0xC1, 1]) + b"x")  # RSV1 without an extension
+    # Client frames are masked and decode back (the engine's own parser checks).
+    from engine.wsframe import FrameParser
+
+    parser = FrameParser(1 << 20)
+    assert parser.feed(ws.client_frame(ws.OP_TEXT, b'[{"x":1}]')) == [(1, b'[{"x":1}]')]
+    assert ws.client_frame(ws.OP_TEXT, b"abc")[1] & 0x80
+    key = ws.new_key()
+    head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + ws.accept_for(key)
+    assert ws.check_upgrade_response(head, key) is None
+    assert ws.check_upgrade_response(b"HTTP/1.1 400 Bad Request", key) == "http_400"
+    assert ws.check_upgrade_response(head, ws.new_key()) == "bad_accept"
+
+
+def test_fanout_helpers() -> None:
+    loadgen = _bench_module("loadgen")
+    fanout = _bench_module("fanout")
+    for n, k in ((50, 10), (19000, 1900), (7, 7), (10, 1), (3, 0)):
+        hot = [i for i in range(n) if loadgen.is_hot(i, k, n)]
+        assert len(hot) == k
+        if k > 1:  # evenly spread, not bunched at the start
+            assert hot[-1] >= n - n // k - 1
+    from array import array
+
+    stats = fanout.latency_stats(array("q", [v * 1_000_000 for v in range(1, 101)]))
+    assert stats["count"] == 100
+    assert (stats["p50"], stats["p90"], stats["p99"], stats["max"]) == (50.0, 90.0, 99.0, 100.0)
+    assert sum(stats["hist"]) == 100 and stats["negative"] == 0
+    assert fanout.latency_stats(array("q"))["count"] == 0

@@ -1,0 +1,1068 @@
+#!/usr/bin/env python3
+"""Fan-out scenario: N idle clients, K of them subscribed to one hot channel, a
+separate publisher sends M messages at R per second; how fast do they arrive?
+
+Phases, each bounded in time:
+
+1. start the server (``python -m engine serve`` on a free port, or
+   ``--server-cmd``), or use ``--url`` (+ ``--server-pid``); read its baseline
+   RSS;
+2. ramp: load generators (bench/loadgen.py) start N clients as in
+   ``bench/idle.py``; K of them, spread evenly over the generators, subscribe
+   to ``--hot-channel``, the others to ``--channel``; wait until every client
+   is connected (or has given up);
+3. start the publisher (bench/publisher.py, its own process and its own
+   session over ``--publisher-transport``) and wait until it is connected;
+4. publish: M messages at R/s on an open-loop schedule, each message's data
+   ``{"seq": i, "t": <time.monotonic_ns() at send>}``; every hot client
+   records ``receive - t`` for every delivery (CLOCK_MONOTONIC is one clock
+   for all processes of the machine). The phase ends when all K * M
+   deliveries arrived, or ``--drain-timeout`` after the publisher finished;
+5. stop everything, merge the latencies of all generators (every delivery,
+   exact percentiles), print a table and write a JSON record to
+   ``<results-dir>/fanout-<transport>-<N>-<K>-<timestamp>.json``.
+
+Figures: publish-to-delivery latency p50/p90/p99/p99.9/max over all
+deliveries; delivered messages per second (deliveries / (last delivery - first
+publish + 1/R): each message owns a 1/R slot); demanded rate K * R; the server
+kept up when the delivered rate is at least 95 % of the demanded one and
+nothing is missing. Server CPU during the publish phase per delivery; the
+generators' CPU to show they were not the bottleneck (on a 2-core machine they
+share the CPUs with the server). A long-polling publisher sends what was
+published while its connection was busy in one request (as the CometD client
+coalesces), so each message's latency includes that wait; with
+``--publish-conns`` above 1 the server may take publishes out of order, which
+"out of order" counts (it is not a loss).
+
+``--peer faye`` runs the identical scenario against a Faye Node server first
+(installed into bench/peers/ by npm when missing), then against the engine,
+prints both and the ratios, and writes one record with both.
+
+Exit status: 0 when the run completed (with --check: and every delivery
+arrived), 1 when it could not run, 2 when --check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    BENCH_DIR,
+    DEFAULT_SERVER_CMD,
+    PEERS,
+    ChildGuard,
+    PeerSetupError,
+    ProgressBar,
+    ServerProcess,
+    ServerStartError,
+    child_setup,
+    format_comparison,
+    format_table,
+    free_port,
+    human_bytes,
+    machine_cpu_seconds,
+    machine_info,
+    peer_server_cmd,
+    peer_versions,
+    ratio,
+    shell_join,
+    tree_cpu_seconds,
+    tree_cpu_split,
+    tree_rss_bytes,
+    utc_stamp,
+    write_record,
+)
+from idle import (  # noqa: E402
+    FD_MARGIN,
+    LOADGEN,
+    PORTS_PER_SOURCE,
+    Generator,
+    RunError,
+    _HelpFormatter,
+    _log,
+    aggregate,
+    source_addresses,
+    split_clients,
+)
+
+PUBLISHER = BENCH_DIR / "publisher.py"
+SCENARIO = "fanout"
+#: Latency histogram edges (ms) stored in the record, for charts; last is +inf.
+HIST_EDGES_MS = (
+    0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+)  # fmt: skip
+#: Delivered rate / demanded rate at or above which the server kept up.
+KEPT_UP_FRACTION = 0.95
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+class PublisherProc:
+    """The bench/publisher.py child: ready / done / final lines, go, stop."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.stderr_tail: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _future(self, kind: str) -> asyncio.Future[dict[str, Any]]:
+        fut = self.events.get(kind)
+        if fut is None:
+            fut = self.events[kind] = asyncio.get_running_loop().create_future()
+        return fut
+
+    async def start(self, guard: ChildGuard) -> None:
+        for kind in ("ready", "done", "final", "error"):
+            self._future(kind)
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_setup,
+        )
+        guard.add(self.proc.pid)
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_err())]
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            fut = self.events.get(d.get("type"))
+            if fut is not None and not fut.done():
+                fut.set_result(d)
+
+    async def _read_err(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail = (self.stderr_tail + [text])[-20:]
+            sys.stderr.write(f"[publisher] {text}\n")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def send(self, word: str) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(word.encode() + b"\n")
+
+    async def wait(self, kind: str, timeout: float) -> dict[str, Any]:
+        fut = self._future(kind)
+        err = self._future("error")
+        done, _ = await asyncio.wait({fut, err}, timeout=timeout, return_when="FIRST_COMPLETED")
+        if fut in done:
+            return fut.result()
+        if err in done:
+            raise RunError(f"publisher failed: {err.result().get('error')}")
+        raise RunError(
+            f"publisher sent no '{kind}' within {timeout:.0f} s\n" + "\n".join(self.stderr_tail)
+        )
+
+    def result(self, kind: str) -> dict[str, Any] | None:
+        fut = self.events.get(kind)
+        return fut.result() if fut is not None and fut.done() else None
+
+    async def stop(self, timeout: float) -> dict[str, Any] | None:
+        if self.proc is None:
+            return None
+        self.send("stop")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+        for t in self._tasks:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(t, 2.0)
+        return self.result("final")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fanout.py",
+        description=(
+            "Fan-out scenario: N idle clients, K of them subscribed to a hot channel; a separate "
+            "publisher sends M timestamped messages at R/s; report publish-to-delivery latency "
+            "p50/p90/p99/max, delivered messages per second and whether the server kept up "
+            "(delivered vs demanded K*R), and write a JSON record."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=2000, help="idle clients in all (N)")
+    p.add_argument(
+        "--subscribers", type=int, default=200, help="clients on the hot channel (K), among N"
+    )
+    p.add_argument("--messages", type=int, default=500, help="messages to publish (M)")
+    p.add_argument("--rate", type=float, default=50.0, help="publishes per second (R)")
+    p.add_argument(
+        "--transport",
+        default="websocket",
+        choices=["long-polling", "websocket"],
+        help="transport of the N clients",
+    )
+    p.add_argument(
+        "--publisher-transport",
+        default=None,
+        choices=["long-polling", "websocket"],
+        help="transport of the publisher (default: --transport)",
+    )
+    p.add_argument("--payload-bytes", type=int, default=64, help="padding in each message's data")
+    p.add_argument(
+        "--publish-conns",
+        type=int,
+        default=1,
+        help="long-polling publisher: connections besides its connect's (publishes made while "
+        "they are busy leave together in the next request)",
+    )
+    p.add_argument("--hot-channel", default="/bench/hot", help="the channel published to")
+    p.add_argument("--channel", default="/bench/idle", help="channel of the other N-K clients")
+    p.add_argument(
+        "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--server-cmd",
+        default=DEFAULT_SERVER_CMD,
+        help="server command template; placeholders {python} {host} {port} {path} {timeout}; "
+        "it must print a line holding its URL when ready",
+    )
+    src.add_argument("--url", default=None, help="use an already running server at this URL")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
+    )
+    p.add_argument(
+        "--peer",
+        choices=sorted(PEERS),
+        default=None,
+        help="first run the identical scenario against this peer server (installed into "
+        "bench/peers/ with npm when missing), then against the engine; print both and the ratios",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
+    p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
+    p.add_argument("--path", default="/cometd", help="server path for the started server")
+    p.add_argument(
+        "--procs", type=int, default=None, help="load generator processes (default ceil(N/15000))"
+    )
+    p.add_argument(
+        "--source-addrs",
+        type=int,
+        default=None,
+        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default ceil(N/20000))",
+    )
+    p.add_argument(
+        "--ramp-rate", type=float, default=1000.0, help="clients started per second, in total"
+    )
+    p.add_argument(
+        "--ramp-timeout",
+        type=float,
+        default=None,
+        help="ramp bound, s (default 2 * N / ramp-rate + 30)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="after the last publish, wait at most this long for missing deliveries, s",
+    )
+    p.add_argument("--settle", type=float, default=1.0, help="pause before measuring, s")
+    p.add_argument(
+        "--max-pending", type=int, default=1000, help="clients setting up at once, per generator"
+    )
+    p.add_argument("--max-attempts", type=int, default=5, help="client failures before giving up")
+    p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="where the JSON record is written",
+    )
+    p.add_argument("--check", action="store_true", help="exit 2 unless every delivery arrived")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--note", default="", help="free text stored in the record")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> None:
+    n, k = args.clients, args.subscribers
+    if n <= 0 or not 1 <= k <= n:
+        raise SystemExit("fanout.py: need --clients > 0 and 1 <= --subscribers <= --clients")
+    if args.messages <= 0 or args.rate <= 0:
+        raise SystemExit("fanout.py: --messages and --rate must be positive")
+    if args.ramp_rate <= 0 or args.timeout <= 0:
+        raise SystemExit("fanout.py: --ramp-rate and --timeout must be positive")
+    if args.publisher_transport is None:
+        args.publisher_transport = args.transport
+    if args.procs is None:
+        args.procs = max(1, math.ceil(n / 15000))
+    args.procs = max(1, min(args.procs, n))
+    if args.source_addrs is None:
+        args.source_addrs = max(1, math.ceil(n / 20000))
+    if not 1 <= args.source_addrs <= 254:
+        raise SystemExit("fanout.py: --source-addrs must be in 1..254")
+    if n / args.source_addrs > PORTS_PER_SOURCE:
+        raise SystemExit("fanout.py: too many clients per source address; raise --source-addrs")
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if math.ceil(n / args.procs) + FD_MARGIN > hard:
+        raise SystemExit(
+            f"fanout.py: more clients per generator than the open-files limit {hard}; "
+            f"use --procs {math.ceil(n / (hard - FD_MARGIN))} or more"
+        )
+    if args.ramp_timeout is None:
+        args.ramp_timeout = 2.0 * n / args.ramp_rate + 30.0
+    if args.url is not None:
+        u = urlsplit(args.url)
+        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
+            raise SystemExit("fanout.py: only loopback servers (127.0.0.0/8)")
+    if not args.host.startswith("127."):
+        raise SystemExit("fanout.py: --host must be a loopback address (127.0.0.0/8)")
+    if args.peer is not None and args.url is not None:
+        raise SystemExit("fanout.py: --peer starts both servers itself; it does not take --url")
+
+
+# --------------------------------------------------------------------------- run
+
+
+def read_latencies(paths: list[Path]) -> array:
+    out = array("q")
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            data = f.read()
+            out.frombytes(data[: len(data) - len(data) % out.itemsize])
+    return out
+
+
+def latency_stats(values: array) -> dict[str, Any]:
+    """Exact percentiles (ms) of every delivery's latency, and a histogram."""
+    if not values:
+        return {"count": 0}
+    s = sorted(values)
+    n = len(s)
+
+    def q(p: float) -> float:
+        # nearest rank
+        return s[min(n - 1, max(0, math.ceil(p * n) - 1))] / 1e6
+
+    hist = [0] * (len(HIST_EDGES_MS) + 1)
+    j = 0
+    edges_ns = [e * 1e6 for e in HIST_EDGES_MS]
+    for v in s:  # sorted: one pass
+        while j < len(edges_ns) and v > edges_ns[j]:
+            j += 1
+        hist[j] += 1
+    return {
+        "count": n,
+        "min": s[0] / 1e6,
+        "p50": q(0.50),
+        "p90": q(0.90),
+        "p99": q(0.99),
+        "p999": q(0.999),
+        "max": s[-1] / 1e6,
+        "mean": sum(s) / n / 1e6,
+        "negative": sum(1 for v in s if v < 0),
+        "hist_edges_ms": list(HIST_EDGES_MS),
+        "hist": hist,
+    }
+
+
+async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
+    n, k = args.clients, args.subscribers
+    progress = not args.no_progress
+    server: ServerProcess | None = None
+    server_pid: int | None = args.server_pid
+    server_argv: list[str] | None = None
+    gens: list[Generator] = []
+    pub: PublisherProc | None = None
+    phases: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-fanout-")
+    lat_files: list[Path] = []
+
+    def check() -> None:
+        if server is not None and not server.alive():
+            raise RunError("server exited during the run:\n" + server.tail())
+        for g in gens:
+            if not g.alive():
+                raise RunError(
+                    f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:])
+                )
+
+    def rss() -> int | None:
+        return tree_rss_bytes(server_pid) if server_pid else None
+
+    def cpu() -> float | None:
+        return tree_cpu_seconds(server_pid) if server_pid else None
+
+    try:
+        # 1. server ------------------------------------------------------------------
+        if args.url is None:
+            server = ServerProcess(
+                args.server_cmd,
+                host=args.host,
+                port=args.port or free_port(args.host),
+                path=args.path,
+                timeout_ms=args.timeout,
+                guard=guard,
+            )
+            server_argv = server.argv
+            t = time.monotonic()
+            url = await server.start(args.startup_timeout)
+            phases["startup_s"] = round(time.monotonic() - t, 3)
+            server_pid = server.pid
+            _log(progress, f"server ready at {url} (pid {server_pid})")
+        else:
+            url = args.url
+        await asyncio.sleep(args.settle)
+        check()
+        rss_baseline = rss()
+
+        # 2. ramp --------------------------------------------------------------------
+        addrs = source_addresses(args.source_addrs)
+        per_rate = args.ramp_rate / args.procs
+        publish_bound = args.messages / args.rate + args.drain_timeout + 60.0
+        max_seconds = args.ramp_timeout + publish_bound + 120.0
+        for i, (start, count) in enumerate(split_clients(n, args.procs)):
+            lat_file = Path(tmp.name) / f"latencies-{i}.bin"
+            lat_files.append(lat_file)
+            argv = [
+                sys.executable,
+                str(LOADGEN),
+                "--url",
+                url,
+                "--clients",
+                str(count),
+                "--index-start",
+                str(start),
+                "--source-addrs",
+                ",".join(addrs),
+                "--transport",
+                args.transport,
+                "--channel",
+                args.channel,
+                "--hot-channel",
+                args.hot_channel,
+                "--hot-clients",
+                str(k),
+                "--total-clients",
+                str(n),
+                "--latency-file",
+                str(lat_file),
+                "--ramp-rate",
+                f"{per_rate:.3f}",
+                "--max-pending",
+                str(args.max_pending),
+                "--max-attempts",
+                str(args.max_attempts),
+                "--max-seconds",
+                f"{max_seconds:.0f}",
+                "--report-interval",
+                "0.5",
+            ]
+            g = Generator(i, argv)
+            await g.start(guard)
+            gens.append(g)
+        t_ramp = time.monotonic()
+        bar = ProgressBar("ramp", n, progress)
+        ramp_deadline = t_ramp + args.ramp_timeout
+        ramp_complete = False
+        # bounded by ramp_deadline
+        while time.monotonic() < ramp_deadline:
+            await asyncio.sleep(0.25)
+            check()
+            agg = aggregate([g.latest for g in gens])
+            bar.update(
+                agg["connected"],
+                f"{agg['connected']}/{n} connected, {agg['failed']} failed",
+            )
+            if agg["started"] >= n and agg["ever_connected"] + agg["gave_up"] >= n:
+                ramp_complete = True
+                break
+        phases["ramp_s"] = round(time.monotonic() - t_ramp, 3)
+        bar.close(f"{phases['ramp_s']:.1f} s")
+        if not ramp_complete:
+            _log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; going on")
+
+        # 3. publisher -------------------------------------------------------------------
+        pub = PublisherProc(
+            [
+                sys.executable,
+                str(PUBLISHER),
+                "--url",
+                url,
+                "--transport",
+                args.publisher_transport,
+                "--channel",
+                args.hot_channel,
+                "--messages",
+                str(args.messages),
+                "--rate",
+                str(args.rate),
+                "--payload-bytes",
+                str(args.payload_bytes),
+                "--conns",
+                str(args.publish_conns),
+                "--ack-timeout",
+                str(args.drain_timeout),
+                "--max-seconds",
+                f"{publish_bound + 60:.0f}",
+            ]
+        )
+        await pub.start(guard)
+        await pub.wait("ready", 30.0)
+        await asyncio.sleep(args.settle)
+        check()
+
+        # 4. publish -------------------------------------------------------------------
+        start_reports = await asyncio.gather(*(g.report("pub-start", 10.0) for g in gens))
+        before = aggregate(list(start_reports))
+        hot_clients = before["hot_clients"]
+        rss_start = rss()
+        cpu0 = cpu()
+        split0 = tree_cpu_split(server_pid) if server_pid else None
+        machine0 = machine_cpu_seconds()
+        t_go = time.monotonic()
+        pub.send("go")
+        expected = hot_clients * args.messages
+        bar = ProgressBar("fanout", expected, progress)
+        hard_end = t_go + publish_bound
+        done_at: float | None = None
+        next_sample = t_go + 1.0
+        last_delivered = 0
+        all_delivered = False
+        # bounded by hard_end, and by drain-timeout after the publisher's 'done'
+        while (now := time.monotonic()) < hard_end:
+            await asyncio.sleep(0.1)
+            check()
+            if not pub.alive():
+                raise RunError("publisher exited early:\n" + "\n".join(pub.stderr_tail[-10:]))
+            agg = aggregate([g.latest for g in gens])
+            delivered = agg["hot_messages"] - before["hot_messages"]
+            if now >= next_sample:
+                next_sample += 1.0
+                samples.append(
+                    {
+                        "t": round(now - t_go, 2),
+                        "delivered": delivered,
+                        "per_s": delivered - last_delivered,
+                        "rss": rss(),
+                        "cpu": cpu(),
+                        "loadgen_cpu": agg["cpu_s"],
+                    }
+                )
+                last_delivered = delivered
+            bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
+            if done_at is None and pub.result("done") is not None:
+                done_at = time.monotonic()
+            if done_at is not None:
+                if delivered >= expected:
+                    all_delivered = True
+                    break
+                if time.monotonic() - done_at > args.drain_timeout:
+                    break
+        end_reports = await asyncio.gather(*(g.report("pub-end", 10.0) for g in gens))
+        cpu1 = cpu()
+        split1 = tree_cpu_split(server_pid) if server_pid else None
+        machine1 = machine_cpu_seconds()
+        t_end = time.monotonic()
+        rss_end = rss()
+        after = aggregate(list(end_reports))
+        bar.close(f"{t_end - t_go:.1f} s")
+        phases["publish_s"] = round(t_end - t_go, 3)
+        done = pub.result("done")
+        if done is None:
+            _log(progress, "publisher did not finish in time")
+
+        # 5. stop ------------------------------------------------------------------------
+        pub_final = await pub.stop(10.0)
+        await asyncio.gather(*(g.stop(15.0) for g in gens))
+        final_stats = [g.final or g.latest for g in gens]
+        final = aggregate(final_stats)
+        server_exit = None
+        if server is not None:
+            alive = server.alive()
+            server_exit = await server.stop()
+            if not alive:
+                raise RunError("server exited before the end of the run:\n" + server.tail())
+        phases["total_s"] = round(time.monotonic() - t_start, 3)
+        latencies = read_latencies(lat_files)
+
+        hot_last = max((d.get("hot_last_ns") or 0 for d in final_stats), default=0) or None
+        return compute(
+            args=args,
+            url=url,
+            server_argv=server_argv,
+            server_pid=server_pid,
+            server_exit=server_exit,
+            ramp_complete=ramp_complete,
+            before=before,
+            after=after,
+            gc_before=list(start_reports),
+            gc_after=list(end_reports),
+            final=final,
+            publisher=done or pub_final or {},
+            publisher_final=pub_final or {},
+            hot_last_ns=hot_last,
+            latencies=latencies,
+            all_delivered=all_delivered,
+            rss_baseline=rss_baseline,
+            rss_start=rss_start,
+            rss_end=rss_end,
+            cpu_publish=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+            cpu_split=(
+                None
+                if split0 is None or split1 is None
+                else (split1[0] - split0[0], split1[1] - split0[1])
+            ),
+            publish_wall=t_end - t_go,
+            machine=(
+                None
+                if machine0 is None or machine1 is None
+                else (machine1[0] - machine0[0], machine1[1] - machine0[1])
+            ),
+            phases=phases,
+            samples=samples,
+        )
+    finally:
+        if pub is not None and pub.alive():
+            with contextlib.suppress(Exception):
+                await pub.stop(3.0)
+        for g in gens:
+            if g.alive():
+                with contextlib.suppress(Exception):
+                    await g.stop(3.0)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.stop()
+        tmp.cleanup()
+
+
+def compute(
+    *,
+    args: argparse.Namespace,
+    url: str,
+    server_argv: list[str] | None,
+    server_pid: int | None,
+    server_exit: int | None,
+    ramp_complete: bool,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    gc_before: list[dict[str, Any]],
+    gc_after: list[dict[str, Any]],
+    final: dict[str, Any],
+    publisher: dict[str, Any],
+    publisher_final: dict[str, Any],
+    hot_last_ns: int | None,
+    latencies: array,
+    all_delivered: bool,
+    rss_baseline: int | None,
+    rss_start: int | None,
+    rss_end: int | None,
+    cpu_publish: float | None,
+    cpu_split: tuple[float, float] | None,
+    publish_wall: float,
+    machine: tuple[float, float] | None,
+    phases: dict[str, float],
+    samples: list[dict[str, Any]],
+) -> dict[str, Any]:
+    k = before["hot_clients"]
+    published = int(publisher.get("published") or 0)
+    expected = k * published
+    delivered = final["hot_messages"]
+    first_send = publisher.get("first_send_ns")
+    last_send = publisher.get("last_send_ns")
+    window_s = None
+    delivered_rate = None
+    if first_send and hot_last_ns and hot_last_ns > first_send:
+        # Each message owns a 1/R slot: M messages demand M/R seconds, so a
+        # server that delivers everything at once has delivered_rate = K * R.
+        window_s = (hot_last_ns - first_send) / 1e9 + 1.0 / args.rate
+        delivered_rate = delivered / window_s
+    publish_rate = None
+    if first_send and last_send and last_send > first_send and published > 1:
+        publish_rate = (published - 1) / ((last_send - first_send) / 1e9)
+    demanded = k * args.rate
+    fraction = None if delivered_rate is None else delivered_rate / demanded
+    lat = latency_stats(latencies)
+    lg_cpu = after["cpu_s"] - before["cpu_s"]
+    # Machine CPU not spent by the server, the generators or the publisher
+    # (the publisher's whole-run CPU is an upper bound of its share here).
+    other_cpu = None
+    if machine is not None and cpu_publish is not None:
+        pub_cpu = float(publisher_final.get("cpu_s") or 0.0)
+        other_cpu = max(0.0, machine[0] - cpu_publish - lg_cpu - pub_cpu)
+    results: dict[str, Any] = {
+        "clients_requested": args.clients,
+        "subscribers_requested": args.subscribers,
+        "connected_at_publish": before["connected"],
+        "hot_clients": k,
+        "ramp_complete": ramp_complete,
+        "failed": final["failed"],
+        "dropped": final["dropped"],
+        "dropped_during_publish": after["dropped"] - before["dropped"],
+        "messages_requested": args.messages,
+        "published": published,
+        "publish_acked": publisher.get("acked"),
+        "publish_failed": publisher.get("failed"),
+        "publish_rate_requested": args.rate,
+        "publish_rate_achieved": None if publish_rate is None else round(publish_rate, 2),
+        "publish_max_lag_ms": publisher.get("max_lag_ms"),
+        "publish_ack_ms": publisher.get("ack_ms"),
+        "publish_requests": publisher.get("publish_requests"),
+        "publish_max_batch": publisher.get("max_batch"),
+        "expected_deliveries": expected,
+        "delivered": delivered,
+        "missing": max(0, expected - delivered),
+        "all_delivered": all_delivered or (expected > 0 and delivered >= expected),
+        "out_of_order": final["hot_out_of_order"],
+        "latency_ms": lat,
+        "delivery_window_s": None if window_s is None else round(window_s, 3),
+        "delivered_per_s": None if delivered_rate is None else round(delivered_rate, 1),
+        "demanded_per_s": demanded,
+        "delivered_fraction": None if fraction is None else round(fraction, 4),
+        "kept_up": bool(
+            fraction is not None and fraction >= KEPT_UP_FRACTION and delivered >= expected
+        ),
+        "server_cpu_publish_s": None if cpu_publish is None else round(cpu_publish, 3),
+        "server_cpu_percent_publish": (
+            None if cpu_publish is None else round(100 * cpu_publish / publish_wall, 1)
+        ),
+        "server_cpu_user_s": None if cpu_split is None else round(cpu_split[0], 3),
+        "server_cpu_system_s": None if cpu_split is None else round(cpu_split[1], 3),
+        "server_cpu_per_delivery_us": (
+            None
+            if cpu_publish is None or not delivered
+            else round(1e6 * cpu_publish / delivered, 2)
+        ),
+        "rss_baseline_bytes": rss_baseline,
+        "rss_publish_start_bytes": rss_start,
+        "rss_publish_end_bytes": rss_end,
+        "bytes_per_client": (
+            None
+            if rss_baseline is None or rss_start is None or not before["connected"]
+            else round((rss_start - rss_baseline) / before["connected"], 1)
+        ),
+        "loadgen": {
+            "procs": args.procs,
+            "cpu_publish_s": round(lg_cpu, 3),
+            "cpu_percent_publish": round(100 * lg_cpu / publish_wall, 1),
+            # full collections in the generators during the publish phase (each
+            # one stalls that generator's deliveries: it would show as latency)
+            "gc_full_publish": sum(int(a.get("gc_full") or 0) for a in gc_after)
+            - sum(int(b.get("gc_full") or 0) for b in gc_before),
+            "gc_full_max_ms": max(
+                (float(a.get("gc_full_max_ms") or 0) for a in gc_after), default=0
+            ),
+        },
+        "machine_busy_percent_publish": (
+            None if machine is None or not machine[1] else round(100 * machine[0] / machine[1], 1)
+        ),
+        "other_cpu_percent_publish": (
+            None if other_cpu is None else round(100 * other_cpu / publish_wall, 1)
+        ),
+        "publisher": {
+            "transport": args.publisher_transport,
+            "cpu_s": publisher_final.get("cpu_s"),
+            "handshakes": publisher_final.get("handshakes"),
+            "connects": publisher_final.get("connects"),
+            "connect_failures": publisher_final.get("connect_failures"),
+            "errors": publisher_final.get("errors") or publisher.get("errors"),
+        },
+        "errors": final["errors"],
+        "server_pid": server_pid,
+        "server_exit_code": server_exit,
+        "phases": phases,
+        "samples": samples,
+    }
+    parameters = {
+        "clients": args.clients,
+        "subscribers": args.subscribers,
+        "messages": args.messages,
+        "rate": args.rate,
+        "transport": args.transport,
+        "publisher_transport": args.publisher_transport,
+        "payload_bytes": args.payload_bytes,
+        "publish_conns": args.publish_conns,
+        "hot_channel": args.hot_channel,
+        "channel": args.channel,
+        "timeout_ms": args.timeout,
+        "procs": args.procs,
+        "source_addrs": args.source_addrs,
+        "ramp_rate": args.ramp_rate,
+        "drain_timeout": args.drain_timeout,
+        "url": url,
+        "server_cmd": None if server_argv is None else shell_join(server_argv),
+        "note": args.note,
+    }
+    return {"parameters": parameters, "results": results}
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _num(v: Any, fmt: str = "{:,}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def report_table(record: dict[str, Any]) -> str:
+    r = record["results"]
+    p = record["parameters"]
+    lat = r["latency_ms"]
+    ack = r.get("publish_ack_ms") or {}
+    lg = r["loadgen"]
+    rows = [
+        ("transport (clients / publisher)", f"{p['transport']} / {p['publisher_transport']}"),
+        ("clients / connected at publish", f"{p['clients']:,} / {r['connected_at_publish']:,}"),
+        ("hot subscribers (K)", _num(r["hot_clients"])),
+        (
+            "published / acked / failed",
+            f"{r['published']:,} / {_num(r['publish_acked'])} / {_num(r['publish_failed'])}",
+        ),
+        (
+            "publish rate requested / achieved",
+            f"{p['rate']:g} / {_num(r['publish_rate_achieved'], '{:.1f}')} /s",
+        ),
+        (
+            "publish requests / largest batch",
+            f"{_num(r.get('publish_requests'))} / {_num(r.get('publish_max_batch'))}",
+        ),
+        (
+            "publish max lag / ack p99",
+            f"{_num(r['publish_max_lag_ms'], '{:.1f}')} / {_num(ack.get('p99'), '{:.1f}')} ms",
+        ),  # fmt: skip
+        ("deliveries expected / received", f"{r['expected_deliveries']:,} / {r['delivered']:,}"),
+        ("missing / out of order", f"{r['missing']:,} / {r['out_of_order']:,}"),
+        (
+            "latency p50 / p90 / p99",
+            " / ".join(_num(lat.get(q), "{:.1f}") for q in ("p50", "p90", "p99")) + " ms",
+        ),
+        (
+            "latency p99.9 / max",
+            " / ".join(_num(lat.get(q), "{:.1f}") for q in ("p999", "max")) + " ms",
+        ),
+        (
+            "delivered / demanded per s",
+            f"{_num(r['delivered_per_s'], '{:,.0f}')} / {r['demanded_per_s']:,.0f}",
+        ),
+        (
+            "kept up (>= 95 % of demanded, none missing)",
+            ("yes" if r["kept_up"] else "NO") + f" ({_num(r['delivered_fraction'], '{:.1%}')})",
+        ),
+        (
+            "server CPU in publish phase",
+            f"{_num(r['server_cpu_publish_s'], '{:.2f}')} s "
+            f"({_num(r['server_cpu_percent_publish'], '{:.0f}')} %)",
+        ),
+        (
+            "server CPU user / system",
+            f"{_num(r.get('server_cpu_user_s'), '{:.2f}')} / "
+            f"{_num(r.get('server_cpu_system_s'), '{:.2f}')} s",
+        ),
+        ("server CPU per delivery", f"{_num(r['server_cpu_per_delivery_us'], '{:.1f}')} us"),
+        (
+            "server RSS baseline / with N",
+            f"{human_bytes(r['rss_baseline_bytes'])} / {human_bytes(r['rss_publish_start_bytes'])}",
+        ),  # fmt: skip
+        ("server RSS after publishing", human_bytes(r["rss_publish_end_bytes"])),
+        (
+            "loadgen CPU in publish phase",
+            f"{lg['cpu_percent_publish']:.0f} % of one core ({lg['procs']} procs)",
+        ),
+        (
+            "loadgen full GCs in publish phase / longest",
+            f"{lg.get('gc_full_publish', 0)} / {lg.get('gc_full_max_ms', 0):.0f} ms (whole run)",
+        ),
+        (
+            "machine busy / other processes",
+            f"{_num(r.get('machine_busy_percent_publish'), '{:.0f}')} % of all CPUs / "
+            f"{_num(r.get('other_cpu_percent_publish'), '{:.0f}')} % of one core",
+        ),
+    ]
+    label = record.get("label")
+    title = (
+        f"fanout scenario, {p['clients']:,} clients, {p['subscribers']:,} on the hot channel, "
+        f"{p['messages']:,} messages at {p['rate']:g}/s" + (f" -- {label}" if label else "")
+    )
+    table = format_table(rows, title=title)
+    if r["errors"]:
+        top = ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:8])
+        table += f"\n  errors: {top}"
+    return table
+
+
+def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, ...]]:
+    def lat(r: dict[str, Any], q: str) -> Any:
+        return (r.get("latency_ms") or {}).get(q)
+
+    def row(label: str, a: Any, b: Any, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
+        rr = ratio(b, a) if with_ratio else None
+        return (label, _num(a, spec), _num(b, spec), _num(rr, "{:.2f}") if with_ratio else "")
+
+    rows = [
+        row("delivered", peer.get("delivered"), engine.get("delivered"), "{:,}", False),
+        row("missing", peer.get("missing"), engine.get("missing"), "{:,}", False),
+    ]
+    for q, name in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("max", "max")):
+        rows.append(row(f"latency {name}, ms", lat(peer, q), lat(engine, q), "{:.1f}"))
+    rows += [
+        row(
+            "delivered per s",
+            peer.get("delivered_per_s"),
+            engine.get("delivered_per_s"),
+            "{:,.0f}",
+        ),
+        (
+            "kept up",
+            "yes" if peer.get("kept_up") else "no",
+            "yes" if engine.get("kept_up") else "no",
+            "",
+        ),
+        row(
+            "server CPU per delivery, us",
+            peer.get("server_cpu_per_delivery_us"),
+            engine.get("server_cpu_per_delivery_us"),
+            "{:.1f}",
+        ),
+        row(
+            "server RSS with N clients",
+            peer.get("rss_publish_start_bytes"),
+            engine.get("rss_publish_start_bytes"),
+            "{:,}",
+        ),
+    ]
+    return rows
+
+
+def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
+    pl, el = peer.get("latency_ms") or {}, engine.get("latency_ms") or {}
+    return {
+        "peer": peer_name,
+        "latency_p50_ratio": ratio(el.get("p50"), pl.get("p50")),
+        "latency_p99_ratio": ratio(el.get("p99"), pl.get("p99")),
+        "delivered_per_s_ratio": ratio(engine.get("delivered_per_s"), peer.get("delivered_per_s")),
+        "cpu_per_delivery_ratio": ratio(
+            engine.get("server_cpu_per_delivery_us"), peer.get("server_cpu_per_delivery_us")
+        ),
+        "rows": [list(r) for r in comparison_rows(peer, engine)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    resolve(args)
+    guard = ChildGuard()
+    guard.install_signals()
+    started = time.time()
+    peer_record: dict[str, Any] | None = None
+    try:
+        if args.peer is not None:
+            try:
+                peer_cmd = peer_server_cmd(args.peer)
+            except PeerSetupError as exc:
+                sys.stderr.write(f"fanout.py: {exc}\n")
+                return 1
+            peer_args = copy.copy(args)
+            peer_args.server_cmd = peer_cmd
+            _log(not args.no_progress, f"--- peer {args.peer}: {peer_cmd}")
+            peer_record = {"name": args.peer, "versions": peer_versions(args.peer)}
+            try:
+                peer_record.update(asyncio.run(run(peer_args, guard)))
+            except (RunError, ServerStartError) as exc:
+                sys.stderr.write(f"fanout.py: peer {args.peer} run failed: {exc}\n")
+                peer_record["error"] = str(exc)
+            guard.kill_all()
+            _log(not args.no_progress, "--- engine")
+        outcome = asyncio.run(run(args, guard))
+    except (RunError, ServerStartError) as exc:
+        sys.stderr.write(f"fanout.py: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("fanout.py: interrupted\n")
+        return 130
+    finally:
+        guard.kill_all()
+    record: dict[str, Any] = {
+        "scenario": SCENARIO,
+        "timestamp": utc_stamp(started),
+        "started_at": started,
+        "machine": machine_info(),
+        "command": [sys.executable, *sys.argv],
+        **outcome,
+    }
+    record["machine"]["platform"] = platform.platform()
+    name = f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-{record['timestamp']}"
+    if peer_record is not None:
+        record["peer"] = peer_record
+        name = (
+            f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-vs-{args.peer}-"
+            f"{record['timestamp']}"
+        )
+        if "results" in peer_record:
+            record["comparison"] = comparison(args.peer, peer_record["results"], outcome["results"])
+    path = write_record(args.results_dir, name, record)
+    if peer_record is not None and "results" in peer_record:
+        print(report_table({**peer_record, "label": args.peer}))
+        print()
+    print(report_table({**record, "label": "engine" if peer_record is not None else None}))
+    if "comparison" in record:
+        print()
+        print(
+            format_comparison(
+                [tuple(r) for r in record["comparison"]["rows"]],
+                names=(args.peer or "peer", "engine", f"engine/{args.peer}"),
+                title=f"fanout side by side ({args.transport})",
+            )
+        )
+    print(f"record: {path}")
+    if args.check and not outcome["results"]["all_delivered"]:
+        sys.stderr.write("fanout.py: --check failed: not every delivery arrived\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
