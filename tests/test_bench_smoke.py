@@ -384,3 +384,42 @@ def test_fanout_helpers() -> None:
     assert (stats["p50"], stats["p90"], stats["p99"], stats["max"]) == (50.0, 90.0, 99.0, 100.0)
     assert sum(stats["hist"]) == 100 and stats["negative"] == 0
     assert fanout.latency_stats(array("q"))["count"] == 0
+
+
+def test_cluster_scenario_single_and_two_workers(tmp_path: Path) -> None:
+    """bench/cluster.py: fan-out on one process and on 2 workers over a real
+    Redis, every message delivered in each configuration."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (CI installs it)")
+        pytest.skip("redis-server is not installed")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "cluster.py"),
+            "--workers",
+            "2",
+            "--clients",
+            "40",
+            "--subscribers",
+            "8",
+            "--messages",
+            "10",
+            "--rate",
+            "20",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record_path,) = tmp_path.glob("cluster-*.json")
+    runs = json.loads(record_path.read_text())["results"]["configurations"]
+    assert set(runs) == {"single process", "2 workers + redis"}
+    for name, result in runs.items():
+        assert result["all_delivered"], name
+        assert result["delivered"] == 8 * 10, name
+        assert result["latency_ms"]["p50"] > 0, name
