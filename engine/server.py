@@ -203,13 +203,7 @@ class BayeuxServer(Application):
                 reuse_port=self.options.reuse_port or None,
             )
         except BaseException:
-            self._core.close()
-            if self.forwarder is not None:
-                self.forwarder.close()
-                self.forwarder = None
-            if self._broker is not None:
-                await self._broker.stop()
-                self._broker = None
+            await self._close_parts()
             raise
         log.info("listening on %s (node %s)", self.url, self.node_id)
         log.info(
@@ -217,6 +211,19 @@ class BayeuxServer(Application):
             self.files_limit,
             self.max_connections,
         )
+
+    async def _close_parts(self) -> None:
+        """The core's timers, then the cluster parts, in reverse order of start."""
+        self.core.close()
+        if self.cluster_status is not None:
+            self.cluster_status.close()
+            self.cluster_status = None
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
 
     async def stop(self) -> None:
         """Stop accepting, answer held connects with `reconnect: retry`, close."""
@@ -237,16 +244,7 @@ class BayeuxServer(Application):
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
-        self.core.close()
-        if self.cluster_status is not None:
-            self.cluster_status.close()
-            self.cluster_status = None
-        if self.forwarder is not None:
-            self.forwarder.close()
-            self.forwarder = None
-        if self._broker is not None:
-            await self._broker.stop()
-            self._broker = None
+        await self._close_parts()
         await self._listener.wait_closed()
         self._listener = None
         if self._stopped is not None:
