@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from engine.options import ServerOptions
 from engine.server import BayeuxServer
+from engine.supervisor import WORKER_OPTIONS_ENV
 
 __all__ = ["main", "build_parser", "options_from_args"]
 
@@ -94,10 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     app: BayeuxServer | None = None
     try:
+        # A worker of `--workers` gets its options from the supervisor in the
+        # environment (secrets stay off the command line).
+        given = os.environ.pop(WORKER_OPTIONS_ENV, None)
+        overrides = json.loads(given) if given else explicit_options(args)
         if args.app:
             app = load_app(args.app)
-            app.configure(**explicit_options(args))
+            app.configure(**overrides)
             options = app.options
+        elif given:
+            options = ServerOptions(**overrides)
         else:
             options = options_from_args(args)
     except (ValueError, ImportError) as exc:

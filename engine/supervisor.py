@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -36,7 +38,7 @@ from typing import Any
 
 from engine.options import ServerOptions
 
-__all__ = ["Supervisor", "run_supervisor", "worker_arguments"]
+__all__ = ["WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
 
 log = logging.getLogger("engine.supervisor")
 
@@ -46,19 +48,7 @@ MAX_RESTARTS = 10  # restarts allowed within RESTART_WINDOW ...
 RESTART_WINDOW = 60.0  # ... seconds, beyond which the supervisor gives up
 STABLE_AFTER = 10.0  # s of life after which a worker's restart delay is reset
 _URL_RE = re.compile(r"(https?://\S+)")
-
-
-def worker_arguments(options: ServerOptions) -> list[str]:
-    """The `serve` command line that reproduces `options`."""
-    args: list[str] = []
-    for f in dataclasses.fields(options):
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(options, f.name)
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + f.name.replace("_", "-"))
-        else:
-            args += [flag, str(value)]
-    return args
+WORKER_OPTIONS_ENV = "ENGINE_WORKER_OPTIONS"  # JSON of a worker's ServerOptions
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -128,17 +118,24 @@ class Supervisor:
     # -------------------------------------------------------------- workers
 
     def _command(self, worker: Worker, port: int) -> list[str]:
+        app = ["--app", self.app] if self.app else []
+        return [sys.executable, "-m", "engine", "serve", *app]
+
+    def _environment(self, worker: Worker, port: int) -> dict[str, str]:
+        """The worker's options travel in its environment, not on its command
+        line: `ps` shows every user the command line, with any Redis password
+        or admin token in it; /proc/PID/environ is readable by the owner only."""
         options = self.options.replace(
             workers=1, reuse_port=True, port=port, node_id=worker.node_id
         )
-        app = ["--app", self.app] if self.app else []
-        return [sys.executable, "-m", "engine", "serve", *app, *worker_arguments(options)]
+        return {**os.environ, WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options))}
 
     async def _spawn(self, worker: Worker, port: int) -> None:
         loop = asyncio.get_running_loop()
         worker.ready = loop.create_future()
         worker.proc = await asyncio.create_subprocess_exec(
             *self._command(worker, port),
+            env=self._environment(worker, port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=None,  # the workers' logs go straight to ours

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -649,3 +650,28 @@ def test_message_too_big_for_redis_pubsub_stays_local() -> None:
         finally:
             a.stop()
             b.stop()
+
+
+def test_worker_command_lines_hold_no_secrets(redis_srv: RedisServer) -> None:
+    """`ps` shows command lines to every user: the workers' options (a Redis
+    password, the admin token) travel in their environment instead."""
+    process = start_server(
+        "--workers", "2", "--broker", redis_srv.url, "--admin-token", "s3cr3t-admin"
+    )
+    try:
+        pids = worker_pids(process)
+        assert len(pids) == 2
+        for pid in pids.values():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            assert b"s3cr3t-admin" not in cmdline and b"redis://" not in cmdline, cmdline
+        # The workers did get the options: the admin endpoints answer.
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{process.port}/stats",
+            headers={"Authorization": "Bearer s3cr3t-admin"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.loads(response.read())["node"].endswith(("w1", "w2"))
+    finally:
+        process.stop()
