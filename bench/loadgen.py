@@ -863,8 +863,11 @@ class BayeuxClient:
             self.interval_ms = i if type(i) is int and i >= 0 else DEFAULT_INTERVAL_MS
             r = advice.get("reconnect")
             self.reconnect = r if type(r) is str else None
-            stats.advice_timeout = self.timeout_ms
-            stats.advice_interval = self.interval_ms
+            if reply.get("successful"):
+                # The server's timeout, as successful replies advise it (a
+                # failed connect's handshake advice has none: the JS default).
+                stats.advice_timeout = self.timeout_ms
+                stats.advice_interval = self.interval_ms
             if advice.get("multiple-clients"):
                 stats.multiple_clients += 1
         kind = self.pending_kind
