@@ -67,14 +67,13 @@ from common import (  # noqa: E402
     DEFAULT_SERVER_CMD,
     ChildGuard,
     ServerProcess,
-    ServerStartError,
     format_table,
     free_port,
     human_bytes,
-    machine_info,
+    record_header,
+    run_scenario,
     shell_join,
     tree_rss_bytes,
-    utc_stamp,
     write_record,
 )
 
@@ -423,24 +422,12 @@ def main(argv: list[str] | None = None) -> int:
     guard = ChildGuard()
     guard.install_signals()
     started = time.time()
-    try:
-        out = asyncio.run(run(args, guard))
-    except (RunError, ServerStartError) as exc:
-        sys.stderr.write(f"bound.py: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("bound.py: interrupted\n")
-        return 130
-    finally:
-        guard.kill_all()
+    ran = run_scenario("bound.py", args, guard, lambda a: asyncio.run(run(a, guard)), print)
+    if isinstance(ran, int):
+        return ran
+    out, _ = ran
     record = {
-        "scenario": SCENARIO,
-        "timestamp": utc_stamp(started),
-        "started_at": started,
-        "machine": machine_info(),
-        "command": [sys.executable, *sys.argv]
-        if argv is None
-        else [sys.executable, __file__, *argv],
+        **record_header(SCENARIO, started, argv, __file__),
         **compute(args, out),
     }
     record["machine"]["platform"] = platform.platform()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import json
 import math
 import os
@@ -60,23 +59,20 @@ from common import (  # noqa: E402
     DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
-    PeerSetupError,
+    RunError,
     ServerProcess,
-    ServerStartError,
     child_setup,
     format_comparison,
     format_table,
     free_port,
     human_bytes,
-    machine_info,
-    peer_server_cmd,
-    peer_versions,
     process_tree,
     ratio,
+    record_header,
+    run_scenario,
     shell_join,
     tree_cpu_seconds,
     tree_rss_bytes,
-    utc_stamp,
     write_record,
 )
 
@@ -85,10 +81,6 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 MAX_HEAD = 65536
 #: Latency histogram bucket upper edges, ms (log scale, 0.05 ms .. 60 s).
 HIST_EDGES_MS = [round(0.05 * 1.25**i, 4) for i in range(64) if 0.05 * 1.25**i <= 60000]
-
-
-class RunError(Exception):
-    """The scenario cannot go on (server died, generator died, ...)."""
 
 
 # =========================================================================== client
@@ -1467,45 +1459,19 @@ def main(argv: list[str] | None = None) -> int:
     guard = ChildGuard()
     guard.install_signals()
     started = time.time()
-    peer_record: dict[str, Any] | None = None
-    try:
-        if args.peer is not None:
-            try:
-                peer_cmd = peer_server_cmd(args.peer)
-            except PeerSetupError as exc:
-                sys.stderr.write(f"churn.py: {exc}\n")
-                return 1
-            peer_args = copy.copy(args)
-            peer_args.server_cmd = peer_cmd
-            _log(args, f"--- peer {args.peer}: {peer_cmd}")
-            peer_record = {"name": args.peer, "versions": peer_versions(args.peer)}
-            try:
-                peer_record.update(
-                    compute_churn(peer_args, asyncio.run(run_churn(peer_args, guard)))
-                )
-            except (RunError, ServerStartError) as exc:
-                sys.stderr.write(f"churn.py: peer {args.peer} run failed: {exc}\n")
-                peer_record["error"] = str(exc)
-            guard.kill_all()
-            _log(args, "--- engine")
-        out = asyncio.run(run_churn(args, guard))
-    except (RunError, ServerStartError) as exc:
-        sys.stderr.write(f"churn.py: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("churn.py: interrupted\n")
-        return 130
-    finally:
-        guard.kill_all()
+    ran = run_scenario(
+        "churn.py",
+        args,
+        guard,
+        lambda a: compute_churn(a, asyncio.run(run_churn(a, guard))),
+        lambda text: _log(args, text),
+    )
+    if isinstance(ran, int):
+        return ran
+    outcome, peer_record = ran
     record = {
-        "scenario": SCENARIO,
-        "timestamp": utc_stamp(started),
-        "started_at": started,
-        "machine": machine_info(),
-        "command": [sys.executable, *sys.argv]
-        if argv is None
-        else [sys.executable, __file__, *argv],
-        **compute_churn(args, out),
+        **record_header(SCENARIO, started, argv, __file__),
+        **outcome,
     }
     name = f"{SCENARIO}-{args.clients}-{record['timestamp']}"
     if peer_record is not None:

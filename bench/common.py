@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime as _dt
 import importlib.metadata
 import json
@@ -37,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "RunError",
+    "record_header",
+    "run_scenario",
     "BENCH_DIR",
     "REPO_DIR",
     "DEFAULT_SERVER_CMD",
@@ -707,3 +711,59 @@ def peer_versions(name: str) -> dict[str, str | None]:
             pkg = PEERS_DIR / "node_modules" / module / "package.json"
             versions[name] = json.loads(pkg.read_text())["version"]
     return versions
+
+
+class RunError(Exception):
+    """The scenario cannot go on (server died, generator died, ...)."""
+
+
+def run_scenario(
+    prog: str, args: Any, guard: Any, once: Any, say: Any
+) -> tuple[Any, dict | None] | int:
+    """Run `once(args)` against `--peer` first (when the scenario has one),
+    then against the engine, killing every child in between and at the end.
+
+    Returns (the engine's outcome, the peer's record or None), or an exit
+    code: 1 when the scenario could not run, 130 when interrupted.
+    """
+    peer = getattr(args, "peer", None)
+    peer_record: dict | None = None
+    try:
+        if peer is not None:
+            try:
+                peer_cmd = peer_server_cmd(peer)
+            except PeerSetupError as exc:
+                sys.stderr.write(f"{prog}: {exc}\n")
+                return 1
+            peer_args = copy.copy(args)
+            peer_args.server_cmd = peer_cmd
+            say(f"--- peer {peer}: {peer_cmd}")
+            peer_record = {"name": peer, "versions": peer_versions(peer)}
+            try:
+                peer_record.update(once(peer_args))
+            except (RunError, ServerStartError) as exc:
+                sys.stderr.write(f"{prog}: peer {peer} run failed: {exc}\n")
+                peer_record["error"] = str(exc)
+            guard.kill_all()
+            say("--- engine")
+        outcome = once(args)
+    except (RunError, ServerStartError) as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    finally:
+        guard.kill_all()
+    return outcome, peer_record
+
+
+def record_header(scenario: str, started: float, argv: list[str] | None, script: str) -> dict:
+    """The fields every record starts with; `command` reruns the scenario."""
+    return {
+        "scenario": scenario,
+        "timestamp": utc_stamp(started),
+        "started_at": started,
+        "machine": machine_info(),
+        "command": [sys.executable, *sys.argv] if argv is None else [sys.executable, script, *argv],
+    }

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import json
 import math
 import os
@@ -67,25 +66,21 @@ from common import (  # noqa: E402
     DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
-    PeerSetupError,
     ProgressBar,
     ServerProcess,
-    ServerStartError,
     child_setup,
     format_comparison,
     format_table,
     free_port,
     human_bytes,
     machine_cpu_seconds,
-    machine_info,
-    peer_server_cmd,
-    peer_versions,
     ratio,
+    record_header,
+    run_scenario,
     shell_join,
     tree_cpu_seconds,
     tree_cpu_split,
     tree_rss_bytes,
-    utc_stamp,
     write_record,
 )
 from idle import (  # noqa: E402
@@ -996,40 +991,18 @@ def main(argv: list[str] | None = None) -> int:
     guard = ChildGuard()
     guard.install_signals()
     started = time.time()
-    peer_record: dict[str, Any] | None = None
-    try:
-        if args.peer is not None:
-            try:
-                peer_cmd = peer_server_cmd(args.peer)
-            except PeerSetupError as exc:
-                sys.stderr.write(f"fanout.py: {exc}\n")
-                return 1
-            peer_args = copy.copy(args)
-            peer_args.server_cmd = peer_cmd
-            _log(not args.no_progress, f"--- peer {args.peer}: {peer_cmd}")
-            peer_record = {"name": args.peer, "versions": peer_versions(args.peer)}
-            try:
-                peer_record.update(asyncio.run(run(peer_args, guard)))
-            except (RunError, ServerStartError) as exc:
-                sys.stderr.write(f"fanout.py: peer {args.peer} run failed: {exc}\n")
-                peer_record["error"] = str(exc)
-            guard.kill_all()
-            _log(not args.no_progress, "--- engine")
-        outcome = asyncio.run(run(args, guard))
-    except (RunError, ServerStartError) as exc:
-        sys.stderr.write(f"fanout.py: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("fanout.py: interrupted\n")
-        return 130
-    finally:
-        guard.kill_all()
+    ran = run_scenario(
+        "fanout.py",
+        args,
+        guard,
+        lambda a: asyncio.run(run(a, guard)),
+        lambda text: _log(not args.no_progress, text),
+    )
+    if isinstance(ran, int):
+        return ran
+    outcome, peer_record = ran
     record: dict[str, Any] = {
-        "scenario": SCENARIO,
-        "timestamp": utc_stamp(started),
-        "started_at": started,
-        "machine": machine_info(),
-        "command": [sys.executable, *sys.argv],
+        **record_header(SCENARIO, started, argv, __file__),
         **outcome,
     }
     record["machine"]["platform"] = platform.platform()

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import math
 import os
 import platform
@@ -49,24 +48,21 @@ from common import (  # noqa: E402
     DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
-    PeerSetupError,
     ProgressBar,
+    RunError,
     ServerProcess,
-    ServerStartError,
     child_setup,
     format_comparison,
     format_table,
     free_port,
     human_bytes,
     machine_cpu_seconds,
-    machine_info,
-    peer_server_cmd,
-    peer_versions,
     ratio,
+    record_header,
+    run_scenario,
     shell_join,
     tree_cpu_seconds,
     tree_rss_bytes,
-    utc_stamp,
     write_record,
 )
 
@@ -118,10 +114,6 @@ SUMMED = (
     "hold_sum_s",
     "opening",
 )
-
-
-class RunError(Exception):
-    """The scenario cannot go on (server died, generator died, ...)."""
 
 
 # --------------------------------------------------------------------------- generators
@@ -963,40 +955,18 @@ def main(argv: list[str] | None = None) -> int:
     guard = ChildGuard()
     guard.install_signals()
     started = time.time()
-    peer_record: dict[str, Any] | None = None
-    try:
-        if args.peer is not None:
-            try:
-                peer_cmd = peer_server_cmd(args.peer)
-            except PeerSetupError as exc:
-                sys.stderr.write(f"idle.py: {exc}\n")
-                return 1
-            peer_args = copy.copy(args)
-            peer_args.server_cmd = peer_cmd
-            _log(not args.no_progress, f"--- peer {args.peer}: {peer_cmd}")
-            peer_record = {"name": args.peer, "versions": peer_versions(args.peer)}
-            try:
-                peer_record.update(asyncio.run(run(peer_args, guard)))
-            except (RunError, ServerStartError) as exc:
-                sys.stderr.write(f"idle.py: peer {args.peer} run failed: {exc}\n")
-                peer_record["error"] = str(exc)
-            guard.kill_all()
-            _log(not args.no_progress, "--- engine")
-        outcome = asyncio.run(run(args, guard))
-    except (RunError, ServerStartError) as exc:
-        sys.stderr.write(f"idle.py: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write("idle.py: interrupted\n")
-        return 130
-    finally:
-        guard.kill_all()
+    ran = run_scenario(
+        "idle.py",
+        args,
+        guard,
+        lambda a: asyncio.run(run(a, guard)),
+        lambda text: _log(not args.no_progress, text),
+    )
+    if isinstance(ran, int):
+        return ran
+    outcome, peer_record = ran
     record = {
-        "scenario": SCENARIO,
-        "timestamp": utc_stamp(started),
-        "started_at": started,
-        "machine": machine_info(),
-        "command": [sys.executable, *sys.argv],
+        **record_header(SCENARIO, started, argv, __file__),
         **outcome,
     }
     record["machine"]["platform"] = platform.platform()
