@@ -26,6 +26,7 @@ MODULES = [
     "_channels",  # channel name validation and the subscription trie
     "_batch",  # splicing encoded messages into one HTTP / JSONP response
     "_wsframe",  # RFC 6455 frame codec
+    "_http",  # httptools callbacks, the Bayeux POST, batched in-order writes
 ]
 
 extensions = [

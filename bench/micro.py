@@ -358,7 +358,7 @@ def encoded_messages(k: int, seed: int) -> list[bytes]:
 def bench_batch(args: argparse.Namespace) -> list[dict[str, Any]]:
     import engine._batch as c
     import engine.batch as p
-    from engine.http import HEAD_OK
+    from engine._http import HEAD_OK
 
     rows = []
     for k in args.batch_sizes:

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             flag,
             dest=f.name,
-            type={"int": int, "str": str}[str(f.type)],
+            type={"int": int, "float": float, "str": str}[str(f.type)],
             default=f.default,
             help=help_text,
             metavar=f.name.upper(),

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -119,6 +120,7 @@ class BayeuxCore:
 
         o = options
         self.timeout_s = o.timeout / 1000.0
+        self.timeout_jitter = o.timeout_jitter
         self.lazy_timeout_s = o.max_lazy_timeout / 1000.0
         self.publish_rate = float(o.max_publish_rate)
         self.max_interval_s = o.max_interval / 1000.0
@@ -426,6 +428,19 @@ class BayeuxCore:
     def _process_now(self, messages: list[Any], exchange: Exchange) -> None:
         stats = self.stats
         stats.messages_in += len(messages)
+        if len(messages) == 1 and not self.extensions_active:
+            # The common request (a lone connect, publish or subscribe): the
+            # general path below, without its per-batch bookkeeping.
+            message = messages[0]
+            if type(message) is dict and message.get("channel") != META_HANDSHAKE:
+                reply = self._dispatch(message, exchange, True)
+                if reply is not None:  # (None: a held connect, answered later)
+                    session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+                    with_connect = reply.get("channel") == META_CONNECT
+                    parts = self._events_for(session, exchange, with_connect)
+                    parts.append(encode_message(reply))
+                    exchange.send(parts)
+                return
         for message in messages:
             if type(message) is dict and message.get("channel") == META_HANDSHAKE:
                 if len(messages) > 1:
@@ -457,14 +472,7 @@ class BayeuxCore:
             if reply.get("channel") == META_CONNECT:
                 with_connect = True
 
-        parts: list[bytes] = []
-        if owner is not None:
-            if owner.ack is not None:
-                # Only connect replies carry events, numbered (10.1).
-                if owner.ack.pending is not None:
-                    parts, owner.ack.pending = owner.ack.pending, None
-            elif owner.queue and self._may_piggyback(exchange, with_connect):
-                parts = owner.take_queue()
+        parts = self._events_for(owner, exchange, with_connect)
         if self.extensions_active:
             replies = [
                 reply
@@ -473,6 +481,20 @@ class BayeuxCore:
             ]
         parts.extend(encode_all(replies))
         exchange.send(parts)
+
+    def _events_for(
+        self, owner: Session | None, exchange: Exchange, with_connect: bool
+    ) -> list[bytes]:
+        """The queued events that go out with this response, taken from the queue."""
+        if owner is not None:
+            if owner.ack is not None:
+                # Only connect replies carry events, numbered (10.1).
+                if owner.ack.pending is not None:
+                    parts, owner.ack.pending = owner.ack.pending, None
+                    return parts
+            elif owner.queue and self._may_piggyback(exchange, with_connect):
+                return owner.take_queue()
+        return []
 
     def _answer_handshake(self, message: Message, exchange: Exchange) -> None:
         reply = self._refused_by_extension(message) or self._handshake(message, exchange)
@@ -752,6 +774,9 @@ class BayeuxCore:
         if browser is not None and limit >= 0 and self.browsers.get(browser, 0) >= limit:
             return self._multiple_clients(session, message)
 
+        # Clients that connected together (a ramp, a reconnect storm after a
+        # restart) would otherwise send their heartbeats together forever.
+        timeout *= 1.0 - self.timeout_jitter * random.random()
         hold = Hold(session, exchange, message.get("id"), self.loop.time() + timeout, advise)
         if self.extensions_active:
             hold.request = message  # for the outgoing extensions of its reply

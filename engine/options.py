@@ -23,6 +23,13 @@ class ServerOptions:
     timeout: int = field(
         default=30000, metadata={"help": "ms a /meta/connect is held without events"}
     )
+    timeout_jitter: float = field(
+        default=0.1,
+        metadata={
+            "help": "fraction of the timeout by which a held connect may end early, at random, "
+            "so that the heartbeats of clients that connected together drift apart"
+        },
+    )
     interval: int = field(
         default=0,
         metadata={"help": "ms a client waits between a connect reply and its next connect"},
@@ -146,6 +153,8 @@ class ServerOptions:
             problems.append("node_id must be ASCII letters and digits")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
             problems.append("broker must be a redis://, rediss:// or unix:// URL")
+        if not 0.0 <= self.timeout_jitter < 1.0:
+            problems.append("timeout_jitter must be within [0, 1)")
         if self.workers < 1:
             problems.append("workers must be >= 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

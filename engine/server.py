@@ -15,7 +15,7 @@ import secrets
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
 
@@ -23,7 +23,7 @@ from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allo
 from engine.app import Application
 from engine.cluster_status import MAX_PATTERNS, ClusterStatus
 from engine.core import BayeuxCore
-from engine.http import HttpConnection, HttpExchange, decode_messages
+from engine.http import HttpConnection, HttpEndpoint, HttpExchange, decode_messages
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
@@ -193,9 +193,12 @@ class BayeuxServer(Application):
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
+        endpoint = HttpEndpoint(self)
         try:
             self._listener = await loop.create_server(
-                lambda: HttpConnection(self),
+                # (HttpConnection has the methods of an asyncio.Protocol; being
+                # compiled, it does not derive from the class.)
+                lambda: cast(asyncio.Protocol, HttpConnection(endpoint)),
                 host=self.options.host,
                 port=self.options.port,
                 backlog=4096,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine import BayeuxServer
+from engine import BayeuxServer, ServerOptions
 from tests.support import Browser, running_server
 
 FAST = {"timeout": 1500, "max_interval": 1000}
@@ -558,3 +558,35 @@ def test_form_encoded_body(browser: Browser) -> None:
     )
     resp = browser.send(b"message=" + quote(handshake).encode())
     assert resp.reply("/meta/handshake")["successful"] is True
+
+
+def test_held_connects_end_at_jittered_deadlines() -> None:
+    # Clients that connected together (a ramp, a reconnect storm) would send
+    # their heartbeats together forever: each hold ends at a random point in
+    # the last `timeout_jitter` of the timeout, never after it.
+    with running_server(timeout=3000, timeout_jitter=0.5) as srv:
+        browsers = [Browser(srv).ready() for _ in range(16)]
+        started = time.monotonic()
+        for b in browsers:
+            b.start_connect()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            holds = [s.hold for s in list(srv.core.sessions.values()) if s.hold is not None]
+            if len(holds) == len(browsers):
+                break
+            time.sleep(0.02)
+        assert len(holds) == len(browsers)
+        loop_now = srv.core.loop.time()
+        left = sorted(hold.deadline - loop_now for hold in holds)
+        assert left[0] >= 1.5 - (time.monotonic() - started) - 0.1, left
+        assert left[-1] <= 3.0, left
+        assert left[-1] - left[0] > 0.2, left  # spread, not all at one instant
+        for b in browsers:
+            reply = b.finish_connect().reply("/meta/connect")
+            assert reply["successful"] is True
+            b.close()
+
+
+def test_timeout_jitter_is_validated() -> None:
+    with pytest.raises(ValueError, match="timeout_jitter"):
+        ServerOptions(timeout_jitter=1.0)

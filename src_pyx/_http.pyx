@@ -1,0 +1,450 @@
+# cython: freethreading_compatible = False
+"""The HTTP/1.1 path every request takes, compiled.
+
+httptools parses and calls back into `HttpProtocol` for each piece of a
+request; a complete request becomes an `HttpExchange`, and a Bayeux POST goes
+straight from here to the core.  Finished responses leave in request order
+(HTTP/1.1 pipelining), written by the server's `HttpEndpoint` once per loop
+iteration.  Per long-polling cycle, the only Python code that runs is the
+Bayeux core's.
+
+`engine.http.HttpConnection` subclasses `HttpProtocol` with the requests that
+are not on that path: other routes, the WebSocket upgrade, callback-polling,
+CORS preflights, form bodies, transport errors.  Methods it provides are called
+through `self` as Python attributes: `route`, `abort`, `upgrade`,
+`cross_origin_refused`, `form_message`.
+"""
+
+import asyncio
+import logging
+
+import httptools
+import orjson
+
+from engine._batch import splice_http, splice_jsonp
+
+COOKIE_NAME = "BAYEUX_BROWSER"
+MAX_HEAD_BYTES = 16384  # request line + headers
+MAX_PIPELINE = 16  # requests waiting for their turn before reading pauses
+
+JSON_TYPE = b"Content-Type: application/json;charset=UTF-8\r\n"
+JAVASCRIPT_TYPE = b"Content-Type: text/javascript;charset=UTF-8\r\n"
+NO_CACHE = b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
+HEAD_OK = b"HTTP/1.1 200 OK\r\n" + JSON_TYPE + NO_CACHE
+REASONS = {
+    200: b"OK",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+log = logging.getLogger("engine.http")
+
+cdef bytes _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
+cdef bytes _SET_COOKIE = b"Set-Cookie: " + COOKIE_NAME.encode() + b"=%s; Path=/; HttpOnly\r\n"
+cdef object _loads = orjson.loads
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _new_parser = httptools.HttpRequestParser
+
+# Shared empty values for idle connections; on_message_begin makes new ones.
+cdef dict _NO_HEADERS = {}
+cdef list _NO_BODY = []
+
+
+class Abort(Exception):
+    """Raised inside a parser callback to stop parsing with an HTTP error."""
+
+    def __init__(self, status, detail):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def error_body(status, detail):
+    return orjson.dumps(
+        {"error": f"{status} {REASONS.get(status, b'').decode()}", "detail": detail}
+    )
+
+
+def origin_host(str origin):
+    """`http://example.com:8080` -> `example.com:8080`."""
+    _, sep, rest = origin.partition("://")
+    return (rest if sep else origin).rstrip("/")
+
+
+def decode_messages(bytes body, Py_ssize_t max_batch):
+    """A request body as a list of message objects, or None and why not."""
+    cdef Py_ssize_t index
+    try:
+        value = _loads(body)
+    except _JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc}"
+    if type(value) is dict:
+        return [value], ""
+    if type(value) is not list:
+        return None, "a Bayeux request is a JSON array of message objects"
+    cdef list messages = <list>value
+    if not messages:
+        return None, "empty message array"
+    if len(messages) > max_batch:
+        return None, f"batch of {len(messages)} messages exceeds max_batch={max_batch}"
+    for index in range(len(messages)):
+        if type(messages[index]) is not dict:
+            return None, f"message {index} is not a JSON object"
+    return messages, ""
+
+
+cdef class HttpEndpoint:
+    """What every HTTP connection of one server shares, and their writes.
+
+    Connections hold one reference to it instead of a copy of each setting.
+
+    Responses leave once per loop iteration, after every request read in it:
+    a burst of answers (a publish releasing held connects, many sockets
+    readable at once) then leaves together.  A write to a peer asleep in its
+    poll wakes it, and one wake-up serves every response written in the
+    burst instead of one each.  The delay is the rest of the iteration.
+    """
+
+    cdef readonly object server
+    cdef readonly object core
+    cdef object stats
+    cdef object process
+    cdef Py_ssize_t max_body
+    cdef Py_ssize_t max_batch
+    cdef bytes base_path
+    cdef bytes base_prefix
+    cdef list conns  # connections with responses to write
+    cdef bint scheduled
+    cdef object call_soon
+
+    def __init__(self, server):
+        self.server = server
+        self.core = server.core
+        self.stats = self.core.stats
+        self.process = self.core.process
+        self.max_body = server.max_body
+        self.max_batch = server.options.max_batch
+        self.base_path = server.base_path
+        self.base_prefix = self.base_path + b"/"
+        self.conns = []
+        self.scheduled = False
+        self.call_soon = None
+
+    cdef schedule(self, HttpProtocol conn):
+        self.conns.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            if self.call_soon is None:  # (asking for the loop costs a getpid())
+                self.call_soon = _get_running_loop().call_soon
+            self.call_soon(self.flush)
+
+    def flush(self):
+        cdef HttpProtocol conn
+        self.scheduled = False
+        conns = self.conns
+        self.conns = []
+        for conn in conns:
+            conn.flush()
+
+    cdef bint is_bayeux_path(self, bytes url):
+        path = url.partition(b"?")[0]
+        base = self.base_path
+        return path == base or path.startswith(self.base_prefix) or (not base and path == b"/")
+
+
+cdef class HttpExchange:
+    """One HTTP request waiting for its response."""
+
+    cdef public HttpProtocol conn
+    cdef public str transport
+    cdef public object browser_id
+    cdef public object new_browser_id
+    cdef public object hold
+    cdef public object cors_origin
+    cdef public object response
+    cdef public object jsonp  # the callback name, for callback-polling
+    cdef public bint keep_alive
+
+    def __init__(self, HttpProtocol conn, bint keep_alive):
+        self.conn = conn
+        self.transport = "long-polling"
+        self.browser_id = conn.cookie_browser
+        self.new_browser_id = None
+        self.hold = None
+        self.cors_origin = conn.cors_origin
+        self.keep_alive = keep_alive
+        self.response = None
+        self.jsonp = None
+
+    def bind(self, session):
+        # HTTP sessions are bound by their browser cookie instead; a session
+        # that moved from WebSocket to HTTP (a fallback) leaves its socket.
+        ws = session.ws
+        if ws is not None:
+            ws.unbind(session)
+
+    def is_gone(self):
+        return self.conn.closed
+
+    cpdef bytes head(self, bytes content_type=JSON_TYPE):
+        cdef bytes extra = b""
+        if self.new_browser_id is not None:
+            extra += _SET_COOKIE % self.new_browser_id.encode()
+        if self.cors_origin is not None:
+            extra += (
+                b"Access-Control-Allow-Origin: %s\r\n"
+                b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n" % self.cors_origin
+            )
+        if not self.keep_alive or self.conn.endpoint.core.draining:
+            extra += b"Connection: close\r\n"
+        if not extra and content_type is JSON_TYPE:
+            return HEAD_OK
+        return b"HTTP/1.1 200 OK\r\n" + content_type + NO_CACHE + extra
+
+    def send(self, list parts):
+        if self.jsonp is not None:
+            response = splice_jsonp(self.head(JAVASCRIPT_TYPE), self.jsonp, parts)
+        else:
+            response = splice_http(self.head(JSON_TYPE), parts)
+        self.conn.complete(self, response)
+
+    def fail(self, int status, str detail=""):
+        self.conn.complete(self, self.conn.error_response(status, detail, self.keep_alive))
+
+
+cdef class HttpProtocol:
+    """One TCP connection speaking HTTP/1.1 (see the module docstring)."""
+
+    cdef public HttpEndpoint endpoint
+    cdef public object parser
+    cdef public object transport
+    cdef public bytes url
+    cdef public Py_ssize_t head_bytes
+    cdef public dict headers
+    cdef public list body
+    cdef public Py_ssize_t body_size
+    # Exchanges in request order; the first one's response goes out first.
+    cdef public list pending
+    # Finished responses waiting for the endpoint's flush; None when none wait.
+    cdef public object out
+    cdef public bint close_after_out
+    cdef public bint closed
+    cdef public object cookie_browser
+    cdef public object cors_origin
+    cdef public bint reading_paused
+    cdef public object upgraded
+
+    def __init__(self, HttpEndpoint endpoint):
+        self.endpoint = endpoint
+        self.parser = _new_parser(self)
+        self.transport = None
+        self.url = b""
+        self.head_bytes = 0
+        self.headers = _NO_HEADERS
+        self.body = _NO_BODY
+        self.body_size = 0
+        self.pending = []
+        self.out = None
+        self.close_after_out = False
+        self.closed = False
+        self.cookie_browser = None
+        self.cors_origin = None
+        self.reading_paused = False
+        self.upgraded = None
+
+    @property
+    def server(self):
+        return self.endpoint.server
+
+    @property
+    def core(self):
+        return self.endpoint.core
+
+    # ------------------------------------------------------------ reading
+
+    def data_received(self, bytes data):
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, Abort):
+                (<object>self).abort(cause.status, cause.detail)
+            else:
+                log.exception("internal error handling a request")
+                (<object>self).abort(500, "internal error")
+        except httptools.HttpParserUpgrade as exc:
+            ws = self.upgraded
+            if ws is not None:  # the rest of the bytes are WebSocket frames
+                offset = exc.args[0] if exc.args else len(data)
+                if offset < len(data):
+                    ws.data_received(data[offset:])
+            elif not self.closed:
+                (<object>self).abort(400, "protocol upgrade refused")
+        except httptools.HttpParserError as exc:
+            self.endpoint.stats.http_errors += 1
+            (<object>self).abort(400, f"malformed HTTP request: {exc}")
+
+    # No on_message_begin nor on_headers_complete: each callback costs a
+    # call from the parser, and on_message_complete leaves the state reset.
+
+    def on_url(self, bytes url):
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise Abort(431, "request line too long")
+
+    def on_header(self, bytes name, bytes value):
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise Abort(431, "request headers too large")
+        if self.headers is _NO_HEADERS:
+            self.headers = {}
+        name = name.lower()
+        self.headers[name] = value
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+            if length > self.endpoint.max_body:
+                raise Abort(
+                    413, f"body of {length} bytes exceeds max_message_size={self.endpoint.max_body}"
+                )
+
+    def on_body(self, bytes body):
+        self.body_size += len(body)
+        if self.body_size > self.endpoint.max_body:
+            raise Abort(413, f"body exceeds max_message_size={self.endpoint.max_body}")
+        if self.body is _NO_BODY:
+            self.body = [body]
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self):
+        cdef HttpEndpoint endpoint = self.endpoint
+        endpoint.stats.http_requests += 1
+        parser = self.parser
+        method = parser.get_method()
+        cdef bint keep_alive = parser.should_keep_alive() and not endpoint.core.draining
+        self.read_cookie_and_origin()
+        exchange = HttpExchange(self, keep_alive)
+        self.pending.append(exchange)
+        if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        try:
+            if (b"upgrade" in self.headers or method == b"CONNECT") and parser.should_upgrade():
+                (<object>self).upgrade(exchange)
+            elif method == b"POST" and endpoint.is_bayeux_path(self.url):
+                self.long_poll(exchange)
+            else:
+                (<object>self).route(exchange)
+        except Exception:
+            log.exception("internal error handling a request")
+            if exchange.response is None and exchange.hold is None:
+                exchange.fail(500, "internal error")
+        finally:
+            # An idle connection (a held long-poll) keeps none of its request:
+            # about a kilobyte per client otherwise.
+            self.url = b""
+            self.head_bytes = 0
+            self.headers = _NO_HEADERS
+            self.body = _NO_BODY
+            self.body_size = 0
+
+    cdef read_cookie_and_origin(self):
+        cdef bytes item, value
+        self.cookie_browser = None
+        cookie = self.headers.get(b"cookie")
+        if cookie:
+            for item in cookie.split(b";"):
+                item = item.strip()
+                if item.startswith(_COOKIE_PREFIX):
+                    value = item[len(_COOKIE_PREFIX):]
+                    if value:
+                        self.cookie_browser = value.decode("latin-1")
+                        break
+        self.cors_origin = None
+        origin = self.headers.get(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1")
+            host = self.headers.get(b"host", b"").decode("latin-1")
+            if origin_host(text) != host and self.endpoint.server.origin_allowed(text):
+                self.cors_origin = origin
+
+    cdef long_poll(self, HttpExchange exchange):
+        """A Bayeux POST: its body is the message batch (JSON, or a form field)."""
+        if b"origin" in self.headers and (<object>self).cross_origin_refused():
+            exchange.fail(403, "origin not allowed (see --allowed-origins)")
+            return
+        cdef list parts = self.body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.body = _NO_BODY
+        if body.startswith(b"message="):
+            # Form body (Faye's cross-origin-long-polling, the spec's form).
+            body = (<object>self).form_message(body, exchange)
+            if body is None:
+                return
+        messages, why = decode_messages(body, self.endpoint.max_batch)
+        if messages is None:
+            exchange.fail(400, why)
+            return
+        self.endpoint.process(messages, exchange)
+
+    # ------------------------------------------------------------ writing
+
+    cpdef complete(self, HttpExchange exchange, bytes response):
+        """Store a response; queue every finished one at the head of the line."""
+        cdef HttpExchange done
+        exchange.response = response
+        pending = self.pending
+        if self.closed or not pending or pending[0] is not exchange:
+            return
+        out = self.out
+        if out is None:
+            out = self.out = []
+            self.endpoint.schedule(self)
+        while pending and (<HttpExchange>pending[0]).response is not None:
+            done = pending.pop(0)
+            out.append(done.response)
+            # The timer wheel may still reference this exchange (through its
+            # answered hold) until the original deadline: keep no bytes alive.
+            done.response = None
+            # While draining, every answered request closes its connection, so
+            # clients reconnect elsewhere instead of reusing a closing socket.
+            if not done.keep_alive or self.endpoint.core.draining:
+                pending.clear()
+                self.close_after_out = True
+                self.closed = True
+                return
+        if self.reading_paused and len(pending) < MAX_PIPELINE:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    cpdef flush(self):
+        """Write the finished responses (the endpoint's flush calls this)."""
+        cdef list out = self.out
+        if out is None:
+            return
+        self.out = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.close_after_out:
+            transport.close()
+
+    def error_response(self, int status, str detail, bint keep_alive):
+        self.endpoint.stats.http_errors += 1
+        body = error_body(status, detail)
+        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")) + JSON_TYPE
+        if not keep_alive:
+            head += b"Connection: close\r\n"
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
