@@ -14,6 +14,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import math
 import random
 import secrets
 from collections.abc import Callable
@@ -63,6 +64,7 @@ GC_FREEZE_PERIOD = 10.0  # s between moves of long-lived objects out of the GC
 CLIENT_ID_RANDOM = 32  # hex characters of randomness at the start of a clientId
 HOLD_RESOLUTION = 0.1  # s; held connects are answered at most this late
 EXPIRY_RESOLUTION = 0.5  # s; the session sweep's granularity
+_NEVER = math.inf
 
 
 def _valid_id(value: object) -> bool:
@@ -114,6 +116,8 @@ class BayeuxCore:
         self.expiry: TimerWheel[Session] = TimerWheel(EXPIRY_RESOLUTION, now)
         self.lazy: TimerWheel[Session] = TimerWheel(HOLD_RESOLUTION, now)
         self._dirty: list[Session] = []
+        # Called after each delivery flush: transports that batch their writes.
+        self.write_flushers: list[Callable[[], None]] = []
         self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_freeze = 0.0
@@ -317,6 +321,10 @@ class BayeuxCore:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         self._send_queued(dirty)
+        # The responses released here leave now: a flush the transports
+        # schedule from here would wait for the next poll of every socket.
+        for flush in self.write_flushers:
+            flush()
 
     def _send_queued(self, sessions: list[Session]) -> None:
         direct = not self.options.meta_connect_deliver_only
@@ -416,7 +424,11 @@ class BayeuxCore:
             if owner is not None and owner != self.node_id:
                 self.forwarder.forward(owner, messages, exchange)
                 return
-        self.process_here(messages, exchange)
+        # (process_here's body, inlined: this runs for every request.)
+        if self.policy_is_async:
+            self.hooks.spawn(self._process_after_policy(messages, exchange))
+            return
+        self._process_now(messages, exchange)
 
     def process_here(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle a request on this node (its own, or one forwarded to it)."""
@@ -436,8 +448,11 @@ class BayeuxCore:
                 reply = self._dispatch(message, exchange, True)
                 if reply is not None:  # (None: a held connect, answered later)
                     session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
-                    with_connect = reply.get("channel") == META_CONNECT
-                    parts = self._events_for(session, exchange, with_connect)
+                    if session is not None and (session.queue or session.ack is not None):
+                        with_connect = reply.get("channel") == META_CONNECT
+                        parts = self._events_for(session, exchange, with_connect)
+                    else:
+                        parts = []
                     parts.append(encode_message(reply))
                     exchange.send(parts)
                 return
@@ -785,7 +800,7 @@ class BayeuxCore:
             hold.counted_browser = browser
         session.hold = hold
         exchange.hold = hold
-        session.expires_at = float("inf")  # never expires while held (6.5)
+        session.expires_at = _NEVER  # never expires while held (6.5)
         self.holds.add(hold.deadline, hold)
         return None
 

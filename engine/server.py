@@ -194,6 +194,7 @@ class BayeuxServer(Application):
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
         endpoint = HttpEndpoint(self)
+        self._core.write_flushers.append(endpoint.flush)
         try:
             self._listener = await loop.create_server(
                 # (HttpConnection has the methods of an asyncio.Protocol; being

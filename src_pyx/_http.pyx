@@ -176,6 +176,9 @@ cdef class HttpExchange:
     cdef public bint keep_alive
 
     def __init__(self, HttpProtocol conn, bint keep_alive):
+        self.setup(conn, keep_alive)
+
+    cdef setup(self, HttpProtocol conn, bint keep_alive):
         self.conn = conn
         self.transport = "long-polling"
         self.browser_id = conn.cookie_browser
@@ -334,7 +337,8 @@ cdef class HttpProtocol:
         method = parser.get_method()
         cdef bint keep_alive = parser.should_keep_alive() and not endpoint.core.draining
         self.read_cookie_and_origin()
-        exchange = HttpExchange(self, keep_alive)
+        cdef HttpExchange exchange = HttpExchange.__new__(HttpExchange)  # (no __init__ call)
+        exchange.setup(self, keep_alive)
         self.pending.append(exchange)
         if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
