@@ -6,8 +6,9 @@ with the single-process server (no broker) measured in the same run.
     python bench/cluster.py --workers 1,2 --clients 200 --subscribers 20 --messages 20
 
 It starts its own `redis-server` on a free loopback port (Debian package
-`redis-server`), then runs `bench/fanout.py` once per configuration:
-`single` (one process, in-process broker) and `W workers`
+`redis-server`; `common.start_redis`, killed on any exit path), then runs
+`bench/fanout.py` once per configuration: `single` (one process, in-process
+broker) and `W workers`
 (`python -m engine serve --workers W --broker redis://...`). With several
 workers the kernel spreads the clients over them (SO_REUSEPORT), so most
 deliveries cross from the publisher's worker to another one through Redis:
@@ -21,59 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCH_DIR,
-    free_port,
+    ChildGuard,
+    RunError,
     machine_info,
+    start_redis,
     utc_stamp,
     write_record,
 )
 
 SERVER = "{python} -m engine serve --host {host} --port {port} --path {path} --timeout {timeout}"
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("bench/cluster.py needs redis-server (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("redis-server did not start within 10 s")
 
 
 def run_fanout(args: argparse.Namespace, server_cmd: str, results: Path) -> dict[str, Any]:
@@ -123,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    redis, redis_port = start_redis(workdir)
-    broker = f"redis://127.0.0.1:{redis_port}/0"
+    guard = ChildGuard()
+    guard.install_signals()
     runs: dict[str, dict[str, Any]] = {}
     try:
+        try:
+            redis = start_redis(workdir, guard)
+        except RunError as exc:
+            raise SystemExit(f"bench/cluster.py: {exc}") from None
+        broker = redis.url
         configurations = [("single process", SERVER)] + [
             (
                 f"{w} worker{'s' if w > 1 else ''} + redis",
@@ -138,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-- {name}", flush=True)
             runs[name] = run_fanout(args, server_cmd, workdir)
     finally:
-        redis.terminate()
-        redis.wait(10)
+        guard.kill_all()  # redis-server, whatever happened
         shutil.rmtree(workdir, ignore_errors=True)
 
     header = ("configuration", "p50 ms", "p99 ms", "delivered/s", "kept up", "RSS/client B")

@@ -10,6 +10,11 @@
   in ``bench/results/``.
 - ``ChildGuard``: every child process a scenario starts is registered here and
   killed (process group, SIGTERM then SIGKILL) on any exit path.
+- ``start_redis``: a throw-away ``redis-server`` on a free loopback port (the
+  broker of a multi-worker server), registered with a ``ChildGuard``.
+- ``hist_*``: a signed, logarithmic histogram (sparse dict of bucket -> count)
+  that the load generators fill and the scenarios merge and read percentiles
+  from: about 6 % resolution, negative values included (heartbeat lateness).
 
 Only the standard library is used here, so the scenario commands start fast and
 the numbers do not depend on a third-party process inspector.
@@ -48,11 +53,15 @@ __all__ = [
     "child_setup",
     "ServerProcess",
     "ServerStartError",
+    "RedisServer",
+    "start_redis",
     "free_port",
     "process_tree",
     "read_rss_bytes",
     "read_cpu_seconds",
     "tree_rss_bytes",
+    "tree_pss_bytes",
+    "read_pss_bytes",
     "tree_cpu_seconds",
     "tree_cpu_split",
     "machine_cpu_seconds",
@@ -69,6 +78,12 @@ __all__ = [
     "peer_versions",
     "format_comparison",
     "ratio",
+    "hist_add",
+    "hist_merge",
+    "hist_sub",
+    "hist_count",
+    "hist_percentile",
+    "hist_edges",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -92,6 +107,7 @@ PEERS: dict[str, dict[str, Any]] = {
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _URL_RE = re.compile(r"\bhttps?://[^\s'\"<>]+")
+_PROBLEM_RE = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
 
 
 # --------------------------------------------------------------------------- /proc
@@ -219,6 +235,32 @@ def tree_rss_bytes(root: int) -> int | None:
     return total if seen else None
 
 
+def read_pss_bytes(pid: int) -> int | None:
+    """Proportional set size of one process (``Pss`` in /proc/PID/smaps_rollup):
+    pages shared with other processes (forked workers) count for their share."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return 0
+
+
+def tree_pss_bytes(root: int) -> int | None:
+    """Sum of PSS over ``root`` and its descendants: the memory the whole
+    process tree really holds (shared pages counted once in all)."""
+    total = 0
+    seen = False
+    for pid in process_tree(root):
+        pss = read_pss_bytes(pid)
+        if pss is not None:
+            total += pss
+            seen = True
+    return total if seen else None
+
+
 def tree_cpu_seconds(root: int) -> float | None:
     """Sum of CPU seconds (user + system, own + reaped children) over the tree."""
     total = 0.0
@@ -304,6 +346,99 @@ class ChildGuard:
         signal.signal(signal.SIGHUP, handler)
 
 
+class RedisServer:
+    """A ``redis-server`` this scenario started (see ``start_redis``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.workdir = workdir
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss(self) -> int | None:
+        return read_rss_bytes(self.proc.pid) if self.alive() else None
+
+    def cpu(self) -> float | None:
+        return read_cpu_seconds(self.proc.pid) if self.alive() else None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` s; idempotent."""
+        if self.proc.poll() is None:
+            _kill_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(grace)
+        return self.proc.returncode
+
+
+def start_redis(
+    workdir: Path, guard: ChildGuard, *, binary: str | None = None, timeout: float = 10.0
+) -> RedisServer:
+    """Start ``redis-server`` on a free 127.0.0.1 port, persistence off, its
+    files in ``workdir``, and wait until it answers PING.
+
+    It runs in its own session, registered with ``guard`` (killed with every
+    other child on any exit path) and dies with this process (PDEATHSIG).
+    Raises ``RunError`` when there is no ``redis-server`` or it does not answer
+    within ``timeout`` seconds.
+    """
+    import shutil
+
+    binary = binary or shutil.which("redis-server")
+    if binary is None:
+        raise RunError("redis-server not found on PATH (Debian: apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=child_setup,
+    )
+    guard.add(proc.pid)
+    redis = RedisServer(proc, port, workdir)
+    deadline = time.monotonic() + timeout
+    # bounded by the deadline
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RunError(f"redis-server exited with code {proc.returncode} at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return redis
+        except OSError:
+            time.sleep(0.05)
+    redis.stop(1.0)
+    raise RunError(f"redis-server did not answer PING within {timeout:.0f} s")
+
+
 class ServerStartError(RuntimeError):
     """The server did not print its URL in time, or exited first."""
 
@@ -314,8 +449,12 @@ class ServerProcess:
     The template is split with ``shlex`` and each word formatted with
     ``python host port path timeout``. The server must print a line holding its
     URL (``http://...``) on stdout or stderr once it accepts connections; the
-    first such URL is used as given. Output keeps being drained (last lines are
-    kept for error reports) so the server never blocks on a full pipe.
+    first such URL is used as given. With ``ready_marker`` only a line holding
+    that text counts (a multi-worker engine logs each worker's URL before its
+    supervisor prints ``engine serving URL (N workers)`` once all are ready).
+    Output keeps being drained (last lines are kept for error reports, and
+    lines that look like warnings or errors are counted) so the server never
+    blocks on a full pipe.
     """
 
     def __init__(
@@ -329,6 +468,7 @@ class ServerProcess:
         guard: ChildGuard,
         cwd: Path = REPO_DIR,
         log_lines: int = 200,
+        ready_marker: str | None = None,
     ) -> None:
         fields = {
             "python": shlex.quote(sys.executable),
@@ -343,6 +483,10 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.url: str | None = None
         self.lines: deque[str] = deque(maxlen=log_lines)
+        self.ready_marker = ready_marker
+        #: Lines saying WARNING, ERROR or Traceback: count and the first few.
+        self.problems = 0
+        self.problem_lines: list[str] = []
         self._drain: asyncio.Task[None] | None = None
 
     @property
@@ -387,7 +531,11 @@ class ServerProcess:
                 break
             line = raw.decode("utf-8", "replace").rstrip()
             self.lines.append(line)
-            if not found.done():
+            if _PROBLEM_RE.search(line):
+                self.problems += 1
+                if len(self.problem_lines) < 20:
+                    self.problem_lines.append(line[:300])
+            if not found.done() and (self.ready_marker is None or self.ready_marker in line):
                 m = _URL_RE.search(line)
                 if m:
                     found.set_result(m.group(0).rstrip(".,;)"))
@@ -767,3 +915,80 @@ def record_header(scenario: str, started: float, argv: list[str] | None, script:
         "machine": machine_info(),
         "command": [sys.executable, *sys.argv] if argv is None else [sys.executable, script, *argv],
     }
+
+
+# --------------------------------------------------------------------------- histograms
+
+#: Buckets per decade of the signed log histogram (edges 10^(k/HIST_PER_DECADE)
+#: ms apart, about 6 %); |values| up to 1 ms share bucket 0.
+HIST_PER_DECADE = 40
+#: Largest bucket index (10^7 ms, beyond any run here); larger values clip.
+HIST_MAX_BUCKET = 7 * HIST_PER_DECADE
+
+
+def hist_bucket(ms: float) -> int:
+    """Bucket of ``ms``: 0 for -1 < ms <= 1; b > 0 for 10^((b-1)/D) < ms <= 10^(b/D);
+    -b for the mirror image below -1 (D = HIST_PER_DECADE)."""
+    import math
+
+    a = ms if ms >= 0 else -ms
+    if a <= 1.0:
+        return 0
+    b = min(math.ceil(math.log10(a) * HIST_PER_DECADE - 1e-9), HIST_MAX_BUCKET)
+    b = max(b, 1)
+    return b if ms > 0 else -b
+
+
+def hist_edges(bucket: int) -> tuple[float, float]:
+    """(low, high) in ms of a bucket: low < value <= high (mirrored below 0)."""
+    if bucket == 0:
+        return (-1.0, 1.0)
+    b = abs(bucket)
+    lo, hi = 10.0 ** ((b - 1) / HIST_PER_DECADE), 10.0 ** (b / HIST_PER_DECADE)
+    return (lo, hi) if bucket > 0 else (-hi, -lo)
+
+
+def hist_add(hist: dict[int, int], ms: float) -> None:
+    b = hist_bucket(ms)
+    hist[b] = hist.get(b, 0) + 1
+
+
+def _hist_items(hist: dict[Any, int] | None) -> Iterable[tuple[int, int]]:
+    """Items of a histogram whose keys may be strings (it went through JSON)."""
+    for k, v in (hist or {}).items():
+        yield int(k), int(v)
+
+
+def hist_merge(*hists: dict[Any, int] | None) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for h in hists:
+        for k, v in _hist_items(h):
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def hist_sub(later: dict[Any, int] | None, earlier: dict[Any, int] | None) -> dict[int, int]:
+    """What was added between two snapshots of one (merged) histogram."""
+    out = hist_merge(later)
+    for k, v in _hist_items(earlier):
+        out[k] = out.get(k, 0) - v
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def hist_count(hist: dict[Any, int] | None) -> int:
+    return sum(v for _, v in _hist_items(hist))
+
+
+def hist_percentile(hist: dict[Any, int] | None, q: float) -> float | None:
+    """Upper edge (ms) of the bucket holding the q-quantile; None when empty."""
+    items = sorted(_hist_items(hist))
+    total = sum(v for _, v in items)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for k, v in items:
+        seen += v
+        if seen >= rank:
+            return hist_edges(k)[1]
+    return hist_edges(items[-1][0])[1]

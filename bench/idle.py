@@ -5,17 +5,28 @@ idle clients, over long-polling or (``--transport websocket``) WebSocket?
 Phases, each bounded in time:
 
 1. start the server (``python -m engine serve`` on a free port, or
-   ``--server-cmd``), or use ``--url`` (+ ``--server-pid`` for RSS/CPU);
-2. measure its baseline RSS (server process + descendants) once it is ready;
+   ``--server-cmd``), or use ``--url`` (+ ``--server-pid`` for RSS/CPU); with
+   ``--workers W`` first a ``redis-server`` on a free loopback port
+   (``common.start_redis``), and the engine runs as ``--workers W --broker
+   redis://...`` (W processes sharing the port, SO_REUSEPORT);
+2. measure its baseline RSS (server process + descendants; redis apart) once
+   it is ready;
 3. ramp: ``--procs`` load generators (bench/loadgen.py) start N clients at
-   ``--ramp-rate`` in total, each client its own browser (cookie) and its own
-   connection from one of ``--source-addrs`` 127.0.0.x addresses; a client is
-   connected once its first /meta/connect has succeeded;
-4. hold for ``--hold`` seconds (at least one connect timeout) while every
-   client long-polls; measure the server's CPU time over the hold and its RSS at
-   the end;
-5. stop the generators and the server, print a table and write a JSON record
-   to ``<results-dir>/idle-<transport>-<N>-<timestamp>.json``.
+   ``--ramp-rate`` in total, at most ``--max-pending`` per generator still
+   setting up, each client its own browser (cookie) and its own connection
+   from one of ``--source-addrs`` 127.0.0.x addresses, subscribed to one of
+   ``--channels`` channels; a client is connected once its first
+   /meta/connect has succeeded;
+4. hold for ``--hold`` seconds (at least one connect timeout; by default two
+   and 5 s) while every client long-polls; measure the server's CPU time over
+   the hold, its RSS at the end, and the heartbeat lateness (held connects
+   answered without events: reply - send - advised timeout);
+5. with ``--fanout-fraction F``: F x N of the clients (spread evenly over the
+   generators) subscribed to ``--hot-channel`` instead; a publisher
+   (bench/publisher.py) sends ``--fanout-messages`` timestamped messages at
+   ``--fanout-rate``/s; every delivery's latency, and whether all arrived;
+6. stop the generators, the server and redis, print a table and write a JSON
+   record to ``<results-dir>/idle-<transport>-<N>[-w<W>]-<timestamp>.json``.
 
 ``--peer faye`` first runs the identical scenario against a Faye Node server
 (bench/peers/faye_server.mjs, npm ``faye`` installed into bench/peers/ when
@@ -24,7 +35,8 @@ and a side-by-side one with the ratios engine/faye, and writes one record
 (``idle-<transport>-<N>-vs-faye-<timestamp>.json``) holding both.
 
 Exit status: 0 when the run completed (with --check: and every client stayed
-connected), 1 when it could not run, 2 when --check failed.
+connected, and the fan-out was complete), 1 when it could not run, 2 when
+--check failed.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,29 +62,54 @@ from common import (  # noqa: E402
     PEERS,
     ChildGuard,
     ProgressBar,
+    RedisServer,
     RunError,
     ServerProcess,
     child_setup,
     format_comparison,
     format_table,
     free_port,
+    hist_count,
+    hist_merge,
+    hist_percentile,
+    hist_sub,
     human_bytes,
     machine_cpu_seconds,
+    process_tree,
     ratio,
     record_header,
     run_scenario,
     shell_join,
+    start_redis,
     tree_cpu_seconds,
+    tree_pss_bytes,
     tree_rss_bytes,
     write_record,
 )
 
 LOADGEN = BENCH_DIR / "loadgen.py"
+PUBLISHER = BENCH_DIR / "publisher.py"
 SCENARIO = "idle"
+#: Clients setting up at once over all generators, by default: enough for any
+#: ramp rate this box sustains (setups take milliseconds), few enough that a
+#: saturated box answers them long before the 10 s reply time-out.
+DEFAULT_TOTAL_PENDING = 1000
+#: The done-when of issue 7: at most this fraction of the clients dropped.
+MAX_DROPPED_FRACTION = 0.001
 #: Per-process open-files budget kept free besides the client sockets.
 FD_MARGIN = 100
 #: Ports the kernel has for one (source address, destination) pair, roughly.
 PORTS_PER_SOURCE = 28000
+#: Clients per source address by default. connect() looks for a free port of
+#: the (source, destination) pair among the even ports first (Linux keeps
+#: the odd ones for bind()), about 14,000 of them; past that, every
+#: connect scans them all in the kernel before trying an odd one: about 1 ms
+#: of system time per connection, event-loop stalls of seconds in the load
+#: generators, replies read too late (the ramp drops of the first 250,000
+#: runs). Kept well below, a connect finds its port at once.
+CLIENTS_PER_SOURCE = 5000
+#: Above this many clients per source address, warn (the even ports run out).
+EVEN_PORTS_PER_SOURCE = 14000
 
 SUMMED = (
     "started",
@@ -113,6 +151,9 @@ SUMMED = (
     "cpu_s",
     "hold_sum_s",
     "opening",
+    "heartbeats",
+    "timeouts_spared",
+    "loop_lags",
 )
 
 
@@ -229,9 +270,20 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
     timeouts: list[int] = []
     first_start: list[float] = []
     last_connected: list[float] = []
+    lateness: list[dict[str, int]] = []
+    late_min: list[float] = []
+    late_max: list[float] = []
+    lag_max = 0.0
     for d in stats:
         if not d:
             continue
+        if d.get("lateness_hist"):
+            lateness.append(d["lateness_hist"])
+        if d.get("lateness_min_ms") is not None:
+            late_min.append(d["lateness_min_ms"])
+        if d.get("lateness_max_ms") is not None:
+            late_max.append(d["lateness_max_ms"])
+        lag_max = max(lag_max, d.get("loop_lag_max_ms") or 0.0)
         for k in SUMMED:
             v = d.get(k)
             if isinstance(v, int | float):
@@ -259,6 +311,10 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
     out["advice_timeout"] = max(timeouts) if timeouts else None
     out["first_start_at"] = min(first_start) if first_start else None
     out["last_connected_at"] = max(last_connected) if last_connected else None
+    out["lateness_hist"] = hist_merge(*lateness)
+    out["lateness_min_ms"] = min(late_min) if late_min else None
+    out["lateness_max_ms"] = max(late_max) if late_max else None
+    out["loop_lag_max_ms"] = lag_max
     return out
 
 
@@ -310,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold",
         type=float,
         default=None,
-        help="seconds to hold all clients, >= one connect timeout (default timeout + 5 s)",
+        help="seconds to hold all clients, >= one connect timeout (default two timeouts + 5 s)",
     )
     p.add_argument(
         "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
@@ -329,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --url: pid of the server (RSS and CPU of it and its descendants)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run the engine as W worker processes sharing the port (--workers W --broker "
+        "redis://...) over a redis-server started here on a free loopback port (default: one "
+        "process, no broker)",
+    )
+    p.add_argument(
+        "--redis-server", default=None, help="with --workers: the redis-server binary (PATH)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
     p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
     p.add_argument("--path", default="/cometd", help="server path for the started server")
@@ -336,9 +403,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-addrs",
         type=int,
         default=None,
-        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default ceil(N/20000))",
+        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default "
+        f"ceil(N/{CLIENTS_PER_SOURCE}))",
     )
     p.add_argument("--channel", default="/bench/idle", help="channel every client subscribes to")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="K > 1: client i subscribes to <--channel>/<i mod K> (a set of channels)",
+    )
+    p.add_argument(
+        "--fanout-fraction",
+        type=float,
+        default=0.0,
+        help="after the hold, F x N clients (spread evenly over the generators, subscribed to "
+        "--hot-channel instead) receive --fanout-messages publishes: delivery latency and "
+        "completeness (0: no fan-out phase)",
+    )
+    p.add_argument(
+        "--fanout-messages", type=int, default=5, help="messages published in the fan-out phase"
+    )
+    p.add_argument("--fanout-rate", type=float, default=1.0, help="fan-out publishes per second")
+    p.add_argument("--hot-channel", default="/bench/hot", help="the fan-out channel")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        help="after the last publish was answered, wait at most this long for deliveries, s",
+    )
     p.add_argument(
         "--transport",
         default="long-polling",
@@ -360,7 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--settle", type=float, default=1.0, help="pause before the baseline RSS, s")
     p.add_argument(
-        "--max-pending", type=int, default=1000, help="clients setting up at once, per generator"
+        "--max-pending",
+        type=int,
+        default=None,
+        help=f"clients setting up at once, per generator (default {DEFAULT_TOTAL_PENDING} over "
+        "all generators, at least 20 each)",
     )
     p.add_argument("--max-attempts", type=int, default=5, help="client failures before giving up")
     p.add_argument(
@@ -389,14 +486,40 @@ def resolve(args: argparse.Namespace) -> None:
     if args.procs is None:
         args.procs = max(1, math.ceil(n / 15000))
     args.procs = max(1, min(args.procs, n))
+    if args.max_pending is None:
+        args.max_pending = max(20, math.ceil(DEFAULT_TOTAL_PENDING / args.procs))
+    if args.max_pending < 1:
+        raise SystemExit("idle.py: --max-pending must be positive")
+    if args.workers is not None:
+        if args.workers < 1:
+            raise SystemExit("idle.py: --workers must be >= 1")
+        if args.url is not None or args.peer is not None:
+            raise SystemExit("idle.py: --workers starts the engine itself (no --url, no --peer)")
+    if args.channels < 1:
+        raise SystemExit("idle.py: --channels must be >= 1")
+    if args.channels > 1 and "{k}" not in args.channel:
+        args.channel = args.channel.rstrip("/") + "/{k}"
+    if not 0.0 <= args.fanout_fraction <= 1.0:
+        raise SystemExit("idle.py: --fanout-fraction must be within [0, 1]")
+    args.hot_clients = 0
+    if args.fanout_fraction > 0:
+        args.hot_clients = max(1, round(args.fanout_fraction * n))
+        if args.fanout_messages <= 0 or args.fanout_rate <= 0:
+            raise SystemExit("idle.py: --fanout-messages and --fanout-rate must be positive")
     if args.source_addrs is None:
-        args.source_addrs = max(1, math.ceil(n / 20000))
+        args.source_addrs = min(254, max(1, math.ceil(n / CLIENTS_PER_SOURCE)))
     if not 1 <= args.source_addrs <= 254:
         raise SystemExit("idle.py: --source-addrs must be in 1..254")
     if n / args.source_addrs > PORTS_PER_SOURCE:
         raise SystemExit(
             f"idle.py: {n} clients over {args.source_addrs} source address(es) exceed "
             f"~{PORTS_PER_SOURCE} ports per address; raise --source-addrs"
+        )
+    if n / args.source_addrs > EVEN_PORTS_PER_SOURCE:
+        sys.stderr.write(
+            f"idle.py: warning: {math.ceil(n / args.source_addrs)} clients per source address: "
+            f"past ~{EVEN_PORTS_PER_SOURCE} every connect() scans the even ports in the kernel "
+            "(slow ramp, stalled generators); raise --source-addrs\n"
         )
     import resource
 
@@ -409,7 +532,7 @@ def resolve(args: argparse.Namespace) -> None:
         )
     timeout_s = args.timeout / 1000.0
     if args.hold is None:
-        args.hold = timeout_s + 5.0
+        args.hold = 2 * timeout_s + 5.0
     if args.hold < timeout_s:
         raise SystemExit(
             f"idle.py: --hold {args.hold} s is shorter than one connect timeout ({timeout_s} s)"
@@ -442,6 +565,118 @@ def split_clients(n: int, procs: int) -> list[tuple[int, int]]:
     return out
 
 
+# --------------------------------------------------------------------------- fan-out
+
+
+class PublisherChild:
+    """The bench/publisher.py child of the fan-out phase: its ``ready``,
+    ``done`` and ``final`` lines, ``go`` and ``stop`` on its stdin."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: dict[str, dict[str, Any]] = {}
+        self.stderr_tail: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, guard: ChildGuard) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_setup,
+        )
+        guard.add(self.proc.pid)
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_err())]
+
+    async def _read(self) -> None:
+        import json
+
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if isinstance(d, dict) and isinstance(d.get("type"), str):
+                    self.lines.setdefault(d["type"], d)
+
+    async def _read_err(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail = (self.stderr_tail + [text])[-20:]
+            sys.stderr.write(f"[publisher] {text}\n")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def send(self, word: str) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(word.encode() + b"\n")
+
+    async def wait_for(self, kind: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        # bounded by the deadline
+        while kind not in self.lines:
+            if "error" in self.lines:
+                raise RunError(f"publisher failed: {self.lines['error'].get('error')}")
+            if not self.alive() or time.monotonic() > deadline:
+                raise RunError(
+                    f"publisher sent no '{kind}' within {timeout:.0f} s\n"
+                    + "\n".join(self.stderr_tail[-10:])
+                )
+            await asyncio.sleep(0.05)
+        return self.lines[kind]
+
+    async def stop(self, timeout: float) -> dict[str, Any] | None:
+        if self.proc is None:
+            return None
+        self.send("stop")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+        for t in self._tasks:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(t, 2.0)
+        return self.lines.get("final")
+
+
+def read_latencies_ms(paths: list[Path]) -> list[float]:
+    """Every fan-out delivery's latency (ms) the generators wrote (int64 ns)."""
+    from array import array
+
+    values = array("q")
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            data = f.read()
+            values.frombytes(data[: len(data) - len(data) % values.itemsize])
+    return sorted(v / 1e6 for v in values)
+
+
+def exact_percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank q-quantile of sorted values; None when empty."""
+    if not sorted_values:
+        return None
+    n = len(sorted_values)
+    return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -451,14 +686,20 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     server: ServerProcess | None = None
     server_pid: int | None = args.server_pid
     server_argv: list[str] | None = None
+    redis: RedisServer | None = None
     gens: list[Generator] = []
+    pub: PublisherChild | None = None
     phases: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
     t_start = time.monotonic()
+    workdir = tempfile.TemporaryDirectory(prefix="bench-idle-")
+    lat_files: list[Path] = []
 
     def server_check() -> None:
         if server is not None and not server.alive():
             raise RunError("server exited during the run:\n" + server.tail())
+        if redis is not None and not redis.alive():
+            raise RunError("redis-server exited during the run")
         for g in gens:
             if not g.alive():
                 raise RunError(
@@ -471,17 +712,30 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     def cpu() -> float | None:
         return tree_cpu_seconds(server_pid) if server_pid else None
 
+    def redis_rss() -> int | None:
+        return redis.rss() if redis is not None else None
+
+    def redis_cpu() -> float | None:
+        return redis.cpu() if redis is not None else None
+
     try:
-        # 1. server --------------------------------------------------------------
+        # 1. server (and its broker) -----------------------------------------------
         if args.url is None:
+            template = args.server_cmd
+            if args.workers is not None:
+                redis = start_redis(Path(workdir.name), guard, binary=args.redis_server)
+                _log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
+                template += f" --workers {args.workers} --broker {redis.url}"
             port = args.port or free_port(args.host)
             server = ServerProcess(
-                args.server_cmd,
+                template,
                 host=args.host,
                 port=port,
                 path=args.path,
                 timeout_ms=args.timeout,
                 guard=guard,
+                # a multi-worker engine: the supervisor's line, once every worker listens
+                ready_marker="engine serving " if args.workers is not None else None,
             )
             server_argv = server.argv
             t = time.monotonic()
@@ -497,12 +751,20 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         if server is not None:
             server_check()
         rss_baseline = rss()
+        pss_baseline = tree_pss_bytes(server_pid) if server_pid else None
+        redis_rss_baseline = redis_rss()
         cpu_baseline = cpu()
+        server_procs = len(process_tree(server_pid)) if server_pid else None
 
         # 3. ramp ----------------------------------------------------------------
         addrs = source_addresses(args.source_addrs)
         per_rate = args.ramp_rate / args.procs
-        max_seconds = args.ramp_timeout + args.hold + 120.0
+        fanout_bound = (
+            args.fanout_messages / args.fanout_rate + args.drain_timeout + 90.0
+            if args.hot_clients
+            else 0.0
+        )
+        max_seconds = args.ramp_timeout + args.hold + fanout_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
             argv = [
                 sys.executable,
@@ -519,6 +781,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 args.transport,
                 "--channel",
                 args.channel,
+                "--channel-count",
+                str(args.channels),
                 "--ramp-rate",
                 f"{per_rate:.3f}",
                 "--max-pending",
@@ -530,6 +794,19 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 "--report-interval",
                 "0.5",
             ]
+            if args.hot_clients:
+                lat_file = Path(workdir.name) / f"latencies-{i}.bin"
+                lat_files.append(lat_file)
+                argv += [
+                    "--hot-channel",
+                    args.hot_channel,
+                    "--hot-clients",
+                    str(args.hot_clients),
+                    "--total-clients",
+                    str(n),
+                    "--latency-file",
+                    str(lat_file),
+                ]
             g = Generator(i, argv)
             await g.start(guard)
             gens.append(g)
@@ -573,6 +850,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         # 4. hold ----------------------------------------------------------------
         start_reports = await asyncio.gather(*(g.report("hold-start", 10.0) for g in gens))
         cpu_hold_start = cpu()
+        redis_cpu_start = redis_cpu()
         machine_hold_start = machine_cpu_seconds()
         t_hold = time.monotonic()
         hold_start = aggregate(list(start_reports))
@@ -597,6 +875,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "cycles": agg["cycles"] - hold_start["cycles"],
                         "rss": r,
                         "cpu": cpu(),
+                        "loadgen_cpu": agg["cpu_s"],
                     }
                 )
             bar.update(
@@ -607,24 +886,53 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         end_reports = await asyncio.gather(*(g.report("hold-end", 10.0) for g in gens))
         hold_s = time.monotonic() - t_hold
         cpu_hold_end = cpu()
+        redis_cpu_end = redis_cpu()
         machine_hold_end = machine_cpu_seconds()
         rss_loaded = rss()
+        pss_loaded = tree_pss_bytes(server_pid) if server_pid else None
+        redis_rss_loaded = redis_rss()
         if rss_loaded is not None and (rss_peak is None or rss_loaded > rss_peak):
             rss_peak = rss_loaded
         hold_end = aggregate(list(end_reports))
         bar.close(f"{hold_s:.1f} s")
         phases["hold_s"] = round(hold_s, 3)
 
-        # 5. stop ----------------------------------------------------------------
-        await asyncio.gather(*(g.stop(10.0) for g in gens))
+        # 5. fan-out -------------------------------------------------------------
+        fan: dict[str, Any] | None = None
+        if args.hot_clients:
+            fan = await fanout_phase(args, url, gens, guard, server_check, progress)
+            pub = fan.pop("_publisher")
+            phases["fanout_s"] = fan["wall_s"]
+
+        # 6. stop ----------------------------------------------------------------
+        if pub is not None:
+            final_pub = await pub.stop(10.0)
+            if fan is not None and final_pub is not None:
+                fan["publisher_final"] = final_pub
+        await asyncio.gather(*(g.stop(15.0) for g in gens))
         final = aggregate([g.final or g.latest for g in gens])
         server_exit = None
+        server_problems: dict[str, Any] | None = None
         if server is not None:
             server_check_alive = server.alive()
             server_exit = await server.stop()
+            server_problems = {"count": server.problems, "first": server.problem_lines}
             if not server_check_alive:
                 raise RunError("server exited before the end of the run:\n" + server.tail())
+        if redis is not None:
+            redis.stop()
         phases["total_s"] = round(time.monotonic() - t_start, 3)
+        if fan is not None:
+            lat = read_latencies_ms(lat_files)
+            fan["latency_ms"] = {
+                "count": len(lat),
+                "min": lat[0] if lat else None,
+                "p50": exact_percentile(lat, 0.50),
+                "p90": exact_percentile(lat, 0.90),
+                "p99": exact_percentile(lat, 0.99),
+                "max": lat[-1] if lat else None,
+                "negative": sum(1 for v in lat if v < 0),
+            }
 
         return compute(
             args=args,
@@ -658,8 +966,27 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             final=final,
             phases=phases,
             samples=samples,
+            cluster={
+                "workers": args.workers,
+                "server_processes": server_procs,
+                "redis_pid": redis.pid if redis is not None else None,
+                "redis_rss_baseline_bytes": redis_rss_baseline,
+                "redis_rss_loaded_bytes": redis_rss_loaded,
+                "redis_cpu_hold_s": (
+                    None
+                    if redis_cpu_start is None or redis_cpu_end is None
+                    else round(redis_cpu_end - redis_cpu_start, 3)
+                ),
+                "pss_baseline_bytes": pss_baseline,
+                "pss_loaded_bytes": pss_loaded,
+                "server_log_problems": server_problems,
+            },
+            fanout=fan,
         )
     finally:
+        if pub is not None and pub.alive():
+            with contextlib.suppress(Exception):
+                await pub.stop(3.0)
         for g in gens:
             if g.alive():
                 with contextlib.suppress(Exception):
@@ -667,6 +994,95 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.stop()
+        if redis is not None:
+            redis.stop()
+        workdir.cleanup()
+
+
+async def fanout_phase(
+    args: argparse.Namespace,
+    url: str,
+    gens: list[Generator],
+    guard: ChildGuard,
+    check: Any,
+    progress: bool,
+) -> dict[str, Any]:
+    """Publish M timestamped messages to the hot channel at R/s from a
+    separate publisher (bench/publisher.py); wait until every hot client got
+    every message, or --drain-timeout after the publisher is done."""
+    m, rate = args.fanout_messages, args.fanout_rate
+    pub = PublisherChild(
+        [
+            sys.executable,
+            str(PUBLISHER),
+            "--url",
+            url,
+            "--transport",
+            args.transport,
+            "--channel",
+            args.hot_channel,
+            "--messages",
+            str(m),
+            "--rate",
+            str(rate),
+            "--ack-timeout",
+            str(args.drain_timeout),
+            "--max-seconds",
+            f"{m / rate + args.drain_timeout + 90:.0f}",
+        ]
+    )
+    out: dict[str, Any] = {"_publisher": pub}
+    await pub.start(guard)
+    await pub.wait_for("ready", 30.0)
+    before = aggregate(list(await asyncio.gather(*(g.report("fan-start", 10.0) for g in gens))))
+    hot = before["hot_clients"]
+    expected = hot * m
+    t_go = time.monotonic()
+    pub.send("go")
+    bar = ProgressBar("fanout", expected, progress)
+    hard_end = t_go + m / rate + args.drain_timeout + 60.0
+    done_at: float | None = None
+    delivered = 0
+    # bounded by hard_end, and by --drain-timeout after the publisher's 'done'
+    while time.monotonic() < hard_end:
+        await asyncio.sleep(0.1)
+        check()
+        agg = aggregate([g.latest for g in gens])
+        delivered = agg["hot_messages"] - before["hot_messages"]
+        bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
+        if done_at is None and "done" in pub.lines:
+            done_at = time.monotonic()
+            # the publishes made: expected from what the server accepted
+            expected = hot * pub.lines["done"].get("acked", m)
+        if done_at is not None and (
+            delivered >= expected or time.monotonic() - done_at > args.drain_timeout
+        ):
+            break
+    after = aggregate(list(await asyncio.gather(*(g.report("fan-end", 10.0) for g in gens))))
+    wall = time.monotonic() - t_go
+    bar.close(f"{wall:.1f} s")
+    delivered = after["hot_messages"] - before["hot_messages"]
+    done = pub.lines.get("done") or {}
+    published = done.get("published", 0)
+    out.update(
+        {
+            "fraction": args.fanout_fraction,
+            "hot_clients": hot,
+            "messages": m,
+            "rate": rate,
+            "published": published,
+            "acked": done.get("acked", 0),
+            "publish_failed": done.get("failed", 0),
+            "expected": hot * m,
+            "delivered": delivered,
+            "missing": max(0, hot * m - delivered),
+            "out_of_order": after["hot_out_of_order"] - before["hot_out_of_order"],
+            "complete": bool(hot) and done.get("acked") == m and delivered >= hot * m,
+            "wall_s": round(wall, 3),
+            "publisher": done,
+        }
+    )
+    return out
 
 
 def compute(
@@ -691,6 +1107,8 @@ def compute(
     final: dict[str, Any],
     phases: dict[str, float],
     samples: list[dict[str, Any]],
+    cluster: dict[str, Any] | None = None,
+    fanout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     n = args.clients
     connected = hold_end["connected"]
@@ -792,6 +1210,66 @@ def compute(
         "phases": phases,
         "samples": samples,
     }
+    # Heartbeats: held connects answered successfully without events,
+    # lateness = reply - send - advised timeout (negative: answered early, as
+    # the server does on purpose by up to its --timeout-jitter).
+    late_hold = hist_sub(hold_end["lateness_hist"], hold_start["lateness_hist"])
+    late_all = final["lateness_hist"]
+
+    def lateness(h: dict[int, int]) -> dict[str, Any]:
+        return {
+            "count": hist_count(h),
+            "p50": hist_percentile(h, 0.50),
+            "p90": hist_percentile(h, 0.90),
+            "p99": hist_percentile(h, 0.99),
+            "max_bucket": hist_percentile(h, 1.0),
+        }
+
+    cpu_count = os.cpu_count() or 1
+    results["heartbeat_lateness_ms"] = {
+        "hold": lateness(late_hold),
+        "run": {
+            **lateness(late_all),
+            "min": final["lateness_min_ms"],
+            "max": final["lateness_max_ms"],
+        },
+        "hist_hold": {str(k): v for k, v in sorted(late_hold.items())},
+        "note": "held connect answered successfully without events: reply - send - advised "
+        "timeout, ms; percentiles are upper edges of ~6 % log buckets; 'run' covers the ramp too",
+    }
+    results["dropped_during_ramp"] = hold_start["dropped"]
+    results["dropped_fraction"] = round(final["dropped"] / n, 6)
+    results["failed_fraction"] = round(final["failed"] / n, 6)
+    results["cycles_per_client_hold"] = round(cycles / connected, 2) if connected else None
+    results["server_cpu_machine_share_hold"] = (
+        None if cpu_hold is None else round(cpu_hold / hold_s / cpu_count, 4)
+    )
+    results["loadgen"]["loop_lag_max_ms"] = final["loop_lag_max_ms"]
+    results["loadgen"]["loop_lags_over_100ms"] = final["loop_lags"]
+    results["loadgen"]["timeouts_spared"] = final["timeouts_spared"]
+    results["loadgen"]["cpu_ramp_per_client_us"] = (
+        round(1e6 * ramp_cpu["loadgen_s"] / final["ever_connected"], 1)
+        if final["ever_connected"]
+        else None
+    )
+    if cluster is not None:
+        results["cluster"] = cluster
+        for key in ("redis_rss_baseline_bytes", "redis_rss_loaded_bytes", "pss_loaded_bytes"):
+            results[key] = cluster.get(key)
+        pss0, pss1 = cluster.get("pss_baseline_bytes"), cluster.get("pss_loaded_bytes")
+        results["pss_bytes_per_client"] = (
+            round((pss1 - pss0) / connected, 1)
+            if pss0 is not None and pss1 is not None and connected
+            else None
+        )
+    if fanout is not None:
+        results["fanout"] = fanout
+    results["held_cleanly"] = bool(
+        connected >= n * (1 - MAX_DROPPED_FRACTION)
+        and final["dropped"] <= n * MAX_DROPPED_FRACTION
+        and timeout_cycles >= 2.0
+        and (fanout is None or fanout.get("complete"))
+    )
     parameters = {
         "clients": n,
         "procs": args.procs,
@@ -808,6 +1286,17 @@ def compute(
         "max_attempts": args.max_attempts,
         "note": args.note,
     }
+    # Only when used: a plain run keeps the configuration key of older records.
+    if args.workers is not None:
+        parameters["workers"] = args.workers
+    if args.channels > 1:
+        parameters["channels"] = args.channels
+    if args.hot_clients:
+        parameters["fanout_fraction"] = args.fanout_fraction
+        parameters["fanout_messages"] = args.fanout_messages
+        parameters["fanout_rate"] = args.fanout_rate
+        parameters["hot_clients"] = args.hot_clients
+        parameters["hot_channel"] = args.hot_channel
     return {"parameters": parameters, "results": results}
 
 
@@ -818,18 +1307,32 @@ def report_table(record: dict[str, Any]) -> str:
     def num(v: Any, fmt: str = "{:,}") -> str:
         return "n/a" if v is None else fmt.format(v)
 
+    def ms(v: Any) -> str:
+        return "n/a" if v is None else f"{v:,.0f}"
+
     lg = r["loadgen"]
     lat = r["setup_latency_ms"]
     held = r["held_connect_s"]
     rate = num(r["ramp_rate_achieved"], "{:,.0f}")
     cpu_hold = num(r["server_cpu_hold_s"], "{:.2f}")
     cpu_pct = num(r["server_cpu_percent_hold"], "{:.1f}")
+    share = r.get("server_cpu_machine_share_hold")
+    n = r["clients_requested"]
+    workers = p.get("workers")
     rows = [
         ("transport", p["transport"]),
-        ("clients requested", num(r["clients_requested"])),
+        (
+            "server",
+            f"{workers} worker{'s' if workers != 1 else ''} + redis" if workers else "one process",
+        ),
+        ("clients requested", num(n)),
         ("connected (end of hold)", num(r["connected"])),
         ("failed", num(r["failed"])),
-        ("dropped (whole run / during hold)", f"{r['dropped']:,} / {r['dropped_during_hold']:,}"),
+        (
+            "dropped (whole run / ramp / hold)",
+            f"{r['dropped']:,} ({100 * r['dropped'] / n:.3f} %) / "
+            f"{r.get('dropped_during_ramp', 0):,} / {r['dropped_during_hold']:,}",
+        ),
         ("gave up", num(r["gave_up"])),
         ("ramp rate requested / achieved", f"{p['ramp_rate']:,.0f} / {rate} clients/s"),
         (
@@ -846,7 +1349,29 @@ def report_table(record: dict[str, Any]) -> str:
         ("server RSS baseline", human_bytes(r["rss_baseline_bytes"])),
         ("server RSS loaded", human_bytes(r["rss_loaded_bytes"])),
         ("bytes per idle client", num(r["bytes_per_client"], "{:,.0f}")),
-        ("server CPU during hold", f"{cpu_hold} s ({cpu_pct} %)"),
+    ]
+    if r.get("pss_loaded_bytes") is not None:
+        rows.append(
+            (
+                "server PSS loaded / per client",
+                f"{human_bytes(r['pss_loaded_bytes'])} / "
+                f"{num(r.get('pss_bytes_per_client'), '{:,.0f}')} B",
+            )
+        )
+    if r.get("redis_rss_loaded_bytes") is not None:
+        rows.append(
+            (
+                "redis RSS baseline / loaded",
+                f"{human_bytes(r.get('redis_rss_baseline_bytes'))} / "
+                f"{human_bytes(r['redis_rss_loaded_bytes'])}",
+            )
+        )
+    rows += [
+        (
+            "server CPU during hold",
+            f"{cpu_hold} s ({cpu_pct} % of a core"
+            + (f", {100 * share:.1f} % of the machine)" if share is not None else ")"),
+        ),
         ("server CPU per heartbeat cycle", f"{num(r['server_cpu_per_cycle_s'], '{:.3f}')} s"),
         ("server CPU per connect", f"{num(r['server_cpu_per_connect_us'], '{:.0f}')} us"),
         (
@@ -857,6 +1382,17 @@ def report_table(record: dict[str, Any]) -> str:
             "held connect min / mean / max",
             " / ".join(num(held[k], "{:.2f}") for k in ("min", "mean", "max")) + " s",
         ),
+    ]
+    late = (r.get("heartbeat_lateness_ms") or {}).get("hold")
+    if late:
+        rows.append(
+            (
+                "heartbeat lateness p50 / p99 / max",
+                f"{ms(late['p50'])} / {ms(late['p99'])} / {ms(late['max_bucket'])} ms "
+                f"({late['count']:,})",
+            )
+        )
+    rows += [
         (
             "early returns / multiple-clients",
             f"{r['early_returns']:,} / {r['multiple_clients_replies']:,}",
@@ -865,17 +1401,48 @@ def report_table(record: dict[str, Any]) -> str:
             "loadgen RSS per client / CPU",
             f"{human_bytes(lg['rss_per_client_bytes'])} / {lg['cpu_percent_hold']:.1f} % CPU",
         ),
+    ]
+    if lg.get("loop_lag_max_ms") is not None:
+        rows.append(
+            (
+                "loadgen loop lag max / ramp CPU per client",
+                f"{lg['loop_lag_max_ms']:,.0f} ms / "
+                f"{num(lg.get('cpu_ramp_per_client_us'), '{:,.0f}')} us",
+            )
+        )
+    rows.append(
         (
             "other processes' CPU during hold",
             f"{num(r.get('other_cpu_percent_hold'), '{:.0f}')} % of one core",
-        ),
-    ]
+        )
+    )
+    fan = r.get("fanout")
+    if fan:
+        fl = fan.get("latency_ms") or {}
+        rows += [
+            (
+                "fan-out: hot clients x messages",
+                f"{fan['hot_clients']:,} ({100 * fan['fraction']:g} %) x {fan['messages']}",
+            ),
+            ("fan-out delivered / expected", f"{fan['delivered']:,} / {fan['expected']:,}"),
+            ("fan-out complete", "yes" if fan["complete"] else "NO"),
+            (
+                "fan-out latency p50 / p99 / max",
+                " / ".join(num(fl.get(k), "{:,.1f}") for k in ("p50", "p99", "max")) + " ms",
+            ),
+        ]
+    if "held_cleanly" in r:
+        rows.append(("held cleanly (see README)", "yes" if r["held_cleanly"] else "NO"))
     label = record.get("label")
     title = f"idle scenario, {p['clients']:,} clients" + (f" -- {label}" if label else "")
     table = format_table(rows, title=title)
     if r["errors"]:
         top = ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:8])
         table += f"\n  errors: {top}"
+    problems = (r.get("cluster") or {}).get("server_log_problems") or {}
+    if problems.get("count"):
+        table += f"\n  server log: {problems['count']} warning/error line(s), first: "
+        table += (problems.get("first") or [""])[0][:200]
     return table
 
 
@@ -970,7 +1537,8 @@ def main(argv: list[str] | None = None) -> int:
         **outcome,
     }
     record["machine"]["platform"] = platform.platform()
-    name = f"{SCENARIO}-{args.transport}-{args.clients}-{record['timestamp']}"
+    workers = f"-w{args.workers}" if args.workers is not None else ""
+    name = f"{SCENARIO}-{args.transport}-{args.clients}{workers}-{record['timestamp']}"
     if peer_record is not None:
         record["peer"] = peer_record
         name = f"{SCENARIO}-{args.transport}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
@@ -988,6 +1556,9 @@ def main(argv: list[str] | None = None) -> int:
     r = outcome["results"]
     if args.check and (r["connected"] != args.clients or r["dropped"] != 0):
         sys.stderr.write("idle.py: --check failed: not every client stayed connected\n")
+        return 2
+    if args.check and r.get("fanout") is not None and not r["fanout"]["complete"]:
+        sys.stderr.write("idle.py: --check failed: the fan-out was not delivered completely\n")
         return 2
     return 0
 

@@ -23,7 +23,23 @@ connect after a failure. A request with no answer within 10 s (connect:
 
 Per-client state is two ``__slots__`` objects (the session logic and the
 connection) plus uvloop's transport and an httptools parser: a few KB, and no
-coroutine or timer per idle client. Time-outs are found by one sweep a second.
+coroutine or timer per idle client. Time-outs are found by one sweep a second,
+which first lets the loop read what already arrived (a generator sharing two
+cores with thirty processes may wake late; a reply sitting in a socket buffer
+is not a time-out) and records how late it woke (``loop_lag_max_ms``).
+
+Connections are opened with a non-blocking ``connect()`` done here (uvloop's
+``sock_connect`` would resolve the numeric address with ``getaddrinfo`` in
+libuv's thread pool: a thread hand-off per connection); over loopback the
+handshake is usually complete when ``connect()`` returns. Frame masks and
+upgrade keys come from ``os.urandom`` fetched 64 KiB at a time.
+
+Heartbeat lateness: every held ``/meta/connect`` answered successfully with
+no events adds (reply time - send time - the advised timeout it was sent
+with), ms, to one per-process histogram of signed log buckets
+(``common.hist_bucket``, ~6 %); reported as ``lateness_hist`` with its exact
+min and max. Negative values are connects answered early (the engine ends
+held connects up to ``--timeout-jitter``, 10 %, early on purpose).
 
 Over WebSocket (``--transport websocket``) the same messages travel as masked
 text frames on one socket to the endpoint (``GET <base>`` with ``Upgrade:
@@ -56,19 +72,25 @@ Control and reports (for ``bench/idle.py``; the tool also runs alone):
   ``stop`` or end of file -> close every connection, final report, exit.
 - SIGTERM/SIGINT stop the same way; ``--max-seconds`` bounds the whole run.
 
+``--channel-count K`` with ``{k}`` in ``--channel``: client i subscribes to
+the channel with ``{k}`` = i mod K (one string per channel, shared).
+
 Counters: ``connected`` (clients whose last connect succeeded, a gauge),
 ``ever_connected``, ``failed`` (failure events before a client first
 connected), ``dropped`` (a connected client whose connection broke, whose
 connect was unsuccessful or timed out, or that was told to re-handshake or
 stop), ``gave_up`` (clients that stopped after ``--max-attempts`` failures in a
 row or on ``reconnect: "none"``), ``cycles`` (held connects completed),
-``messages`` (events received).
+``heartbeats`` (those without events: the lateness samples), ``messages``
+(events received), ``timeouts_spared`` (sweep candidates whose reply was
+already in), ``loop_lags`` (sweeps more than 100 ms late).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import bisect
 import errno
 import gc
@@ -89,6 +111,7 @@ import uvloop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import hist_add  # noqa: E402
 from wsclient import (  # noqa: E402
     OP_BINARY,
     OP_CLOSE,
@@ -97,10 +120,8 @@ from wsclient import (  # noqa: E402
     OP_PONG,
     OP_TEXT,
     FrameError,
+    _encode_client_frame,
     check_upgrade_response,
-    client_frame,
-    close_frame,
-    new_key,
     split_frames,
     upgrade_request,
 )
@@ -117,6 +138,7 @@ __all__ = [
 
 #: Linux: let connect() pick the port, so bind() does not reserve one per address.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0o4000)
 
 # What a client is waiting for (the kind of the request in flight).
 HANDSHAKE, SUBSCRIBE, CONNECT = 0, 1, 2
@@ -128,6 +150,9 @@ NEW, ACTIVE, STOPPED = 0, 1, 2
 #: JS client defaults when a reply's advice lacks a field.
 DEFAULT_TIMEOUT_MS = 60000
 DEFAULT_INTERVAL_MS = 0
+
+#: Sweep wake-ups later than this (ms) count as event-loop lag events.
+LAG_EVENT_MS = 100.0
 
 #: Fan-out latencies kept per process (8 bytes each); beyond, only counted.
 MAX_LATENCIES = 50_000_000
@@ -176,6 +201,9 @@ class Stats:
     hot_clients: int
     hot_messages: int
     hot_out_of_order: int
+    heartbeats: int
+    timeouts_spared: int
+    loop_lags: int
 
     COUNTERS = tuple(__annotations__)
 
@@ -198,6 +226,14 @@ class Stats:
         # Fan-out: CLOCK_MONOTONIC ns of the first and last hot event received.
         self.hot_first_ns: int | None = None
         self.hot_last_ns: int | None = None
+        # Heartbeat lateness: held connects answered successfully without
+        # events, (reply - send - advised timeout) in ms, signed log buckets
+        # (common.hist_bucket); one dict per process, nothing per client.
+        self.lateness: dict[int, int] = {}
+        self.lateness_min_ms: float | None = None
+        self.lateness_max_ms: float | None = None
+        # Event-loop lag seen by the once-a-second sweep (how late it woke).
+        self.loop_lag_max_ms = 0.0
 
     def error(self, reason: str) -> None:
         if len(self.errors) < 64 or reason in self.errors:
@@ -215,6 +251,14 @@ class Stats:
     def setup_latency(self, seconds: float) -> None:
         self.latency_hist[bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000.0)] += 1
 
+    def heartbeat(self, late_ms: float) -> None:
+        self.heartbeats += 1
+        hist_add(self.lateness, late_ms)
+        if self.lateness_min_ms is None or late_ms < self.lateness_min_ms:
+            self.lateness_min_ms = late_ms
+        if self.lateness_max_ms is None or late_ms > self.lateness_max_ms:
+            self.lateness_max_ms = late_ms
+
     def snapshot(self) -> dict[str, Any]:
         d: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
         d["errors"] = dict(self.errors)
@@ -229,10 +273,59 @@ class Stats:
         d["last_connected_at"] = self.last_connected_at
         d["hot_first_ns"] = self.hot_first_ns
         d["hot_last_ns"] = self.hot_last_ns
+        d["lateness_hist"] = {str(k): v for k, v in self.lateness.items()}
+        d["lateness_min_ms"] = (
+            None if self.lateness_min_ms is None else round(self.lateness_min_ms, 1)
+        )
+        d["lateness_max_ms"] = (
+            None if self.lateness_max_ms is None else round(self.lateness_max_ms, 1)
+        )
+        d["loop_lag_max_ms"] = round(self.loop_lag_max_ms, 1)
         d["gc_full"] = self.gc_full
         d["gc_full_max_ms"] = round(self.gc_full_max_ms, 2)
         d["gc_full_total_ms"] = round(self.gc_full_total_ms, 2)
         return d
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+class RandomPool:
+    """``os.urandom`` fetched 64 KiB at a time: frame masks and upgrade keys
+    stay random, without one ``getrandom`` system call per frame."""
+
+    __slots__ = ("buf", "pos")
+
+    SIZE = 65536
+
+    def __init__(self) -> None:
+        self.buf = os.urandom(self.SIZE)
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        pos = self.pos
+        if pos + n > self.SIZE:
+            self.buf = os.urandom(self.SIZE)
+            pos = 0
+        self.pos = pos + n
+        return self.buf[pos : pos + n]
+
+
+_RANDOM = RandomPool()
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked, final client frame, a fresh random mask each (RFC 6455)."""
+    return bytes(_encode_client_frame(opcode, payload, _RANDOM.take(4)))
+
+
+def close_frame(code: int = 1000) -> bytes:
+    return client_frame(OP_CLOSE, code.to_bytes(2, "big"))
+
+
+def new_key() -> bytes:
+    """A Sec-WebSocket-Key: 16 random bytes, base64."""
+    return base64.b64encode(_RANDOM.take(16))
 
 
 # --------------------------------------------------------------------------- connections
@@ -446,6 +539,10 @@ class WebSocketConnection(Connection):
             transport.close()
             return
         gen = self.gen
+        # The client holds its socket from now on, the upgrade included: the
+        # sweep's deadline covers an upgrade never answered, and a close
+        # before the 101 is a failed exchange (retried), not silence.
+        self.client.conn = self
         self.key = new_key()
         data = upgrade_request(gen.ws_path, gen.host_header, self.key)
         gen.stats.bytes_sent += len(data)
@@ -555,6 +652,10 @@ class WebSocketConnection(Connection):
     # contract -------------------------------------------------------------
 
     def send(self, kind: int, body: bytes) -> None:
+        if not self.upgraded:  # on_open sends it once the 101 is in
+            if self.client is not None:
+                self.client.outbox = body
+            return
         gen = self.gen
         gen.stats.requests += 1
         self._write(client_frame(OP_TEXT, body))
@@ -800,6 +901,7 @@ class BayeuxClient:
         self.gen.stats.timeouts += 1
         conn = self.conn
         self.conn = None
+        self.outbox = None  # a WebSocket whose upgrade was never answered
         if conn is not None:
             conn.client = None
             conn.abort()
@@ -962,8 +1064,14 @@ class BayeuxClient:
             stats.cycles += 1
             held = now - self.sent_at
             stats.held(held)
-            if not events and held < 0.5 * self.timeout_ms / 1000.0:
-                stats.early_returns += 1
+            if not events:
+                # The timeout this connect was sent with (the advice then in
+                # force; this reply's advice is already applied): its deadline
+                # was sent_at + timeout + network delay.
+                advised = self.deadline - self.sent_at - gen.network_delay
+                stats.heartbeat((held - advised) * 1000.0)
+                if held < 0.5 * advised:
+                    stats.early_returns += 1
         self.attempts = 0
         if not self.connected:
             self.connected = True
@@ -1066,6 +1174,7 @@ class LoadGenerator:
         # WebSocket: the endpoint itself (the JS client upgrades on the base URL).
         self.ws_path = (base or "/").encode()
         self.host_header = f"{url.hostname}:{self.port}".encode()
+        self.address = (self.host, self.port)
         self.loop = loop
         self.args = args
         self.rss_start = _own_rss()  # before any client exists
@@ -1086,10 +1195,14 @@ class LoadGenerator:
         total = max(args.total_clients or (args.index_start + args.clients), 1)
         self.latencies: array | None = array("q") if args.latency_file else None
 
+        # One string per channel, shared by its clients.
+        count = max(1, args.channel_count)
+        channels = [args.channel.replace("{k}", str(k)) for k in range(count)]
+
         def channel_of(i: int) -> str | None:
             if is_hot(i, hot_k, total):
                 return self.hot_channel
-            return _channel_for(args.channel, i)
+            return _channel_for(channels[i % count], i)
 
         self.clients = [
             BayeuxClient(self, i, sources[i % len(sources)], channel_of(i))
@@ -1112,18 +1225,41 @@ class LoadGenerator:
         self.loop.create_task(self._open(client))
 
     async def _open(self, client: BayeuxClient) -> None:
+        """One TCP connection for ``client``: non-blocking ``connect`` done here
+        (``loop.sock_connect`` would resolve the numeric address through
+        ``getaddrinfo`` in libuv's thread pool, a thread hand-off per
+        connection), the socket then handed to a transport."""
+        loop = self.loop
         sock = None
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            # non-blocking from the start (no ioctl)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | SOCK_NONBLOCK)
             sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((client.source, 0))
-            await asyncio.wait_for(
-                self.loop.sock_connect(sock, (self.host, self.port)), self.connect_timeout
-            )
+            err = sock.connect_ex(self.address)
+            if err == errno.EINPROGRESS:
+                # Over loopback the kernel usually completes the handshake
+                # within connect() itself: no need to wait for writability.
+                try:
+                    sock.getpeername()
+                    err = 0
+                except OSError:
+                    pass
+            if err == errno.EINPROGRESS:
+                fd = sock.fileno()
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, _set_done, ready)
+                try:
+                    # a plain future: wait_for adds a timer, not a task
+                    await asyncio.wait_for(ready, self.connect_timeout)
+                finally:
+                    loop.remove_writer(fd)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
             self.stats.tcp_opens += 1
             conn = self.connection_class(self, client)
-            await self.loop.create_connection(lambda: conn, sock=sock)
+            await loop.create_connection(lambda: conn, sock=sock)
             sock = None  # owned by the transport now
         except TimeoutError:
             client.on_open_failed("tcp_connect_timeout")
@@ -1165,23 +1301,51 @@ class LoadGenerator:
         gc.freeze()
 
     async def sweep(self) -> None:
-        """Once a second: fail requests past their deadline (one pass, no per-client timers)."""
+        """Once a second: fail requests past their deadline (one pass, no
+        per-client timers).
+
+        A reply can already sit in its socket's buffer while this loop was busy
+        (a ramp, a CPU shared with 30 other processes): the candidates are only
+        failed after the loop has polled its sockets once more, and still have
+        no reply. The sweep also measures how late it wakes (event-loop lag)
+        and, while clients are still setting up, freezes what the collector
+        has seen so far, so full collections do not walk every idle client.
+        """
+        loop = self.loop
         settled = False
+        period = 1.0
+        expected = loop.time() + period
         while not self.stopping:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(period)
             stats = self.stats
-            if not settled and stats.ever_connected + stats.gave_up >= len(self.clients):
-                settled = True
-                gc.freeze()  # the connections opened since the end of the ramp too
-            now = self.loop.time()
-            for c in self.clients:
-                if (
-                    c.pending_id is not None
-                    and c.conn is not None
-                    and c.state == ACTIVE
-                    and now > c.deadline
-                ):
-                    c.on_timeout()
+            now = loop.time()
+            lag_ms = (now - expected) * 1000.0
+            if lag_ms > stats.loop_lag_max_ms:
+                stats.loop_lag_max_ms = lag_ms
+            if lag_ms > LAG_EVENT_MS:
+                stats.loop_lags += 1
+            if not settled:
+                # the clients and connections made so far live until the end
+                gc.freeze()
+                settled = stats.ever_connected + stats.gave_up >= len(self.clients)
+            late = [
+                (c, c.pending_id)
+                for c in self.clients
+                if c.pending_id is not None
+                and c.conn is not None
+                and c.state == ACTIVE
+                and now > c.deadline
+            ]
+            if late:
+                for _ in range(2):  # two loop iterations: every ready socket read
+                    await asyncio.sleep(0)
+                now = loop.time()
+                for c, pending in late:
+                    if c.pending_id == pending and c.state == ACTIVE and now > c.deadline:
+                        c.on_timeout()
+                    else:
+                        stats.timeouts_spared += 1
+            expected = loop.time() + period
 
     async def report_loop(self) -> None:
         while not self.stopping:
@@ -1240,6 +1404,11 @@ class LoadGenerator:
                 self.report(tag=words[1] if len(words) > 1 else "")
 
 
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def is_hot(index: int, hot: int, total: int) -> bool:
     """Whether global client ``index`` is one of the ``hot`` of ``total``
     clients: exactly ``hot`` of the indexes 0..total-1, evenly spread."""
@@ -1285,7 +1454,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated 127.x.y.z source addresses; client i uses addrs[i %% len]",
     )
     p.add_argument("--transport", default="long-polling", choices=sorted(CONNECTIONS))
-    p.add_argument("--channel", default="/bench/idle", help="subscription ({i} = client index)")
+    p.add_argument(
+        "--channel",
+        default="/bench/idle",
+        help="subscription ({i} = client index, {k} = index mod --channel-count)",
+    )
+    p.add_argument(
+        "--channel-count",
+        type=int,
+        default=1,
+        help="K channels: client i subscribes to --channel with {k} = i mod K",
+    )
     p.add_argument(
         "--hot-channel",
         default="",

@@ -159,6 +159,116 @@ def test_aggregation_helpers() -> None:
     assert agg["errors"] == {"a": 3, "b": 1}
     assert agg["latency_hist"] == [1, 2]
     assert agg["hold_min_s"] == 1.9 and agg["hold_max_s"] == 2.1
+    assert agg["lateness_hist"] == {} and agg["lateness_min_ms"] is None
+
+    # Heartbeat lateness: signed log buckets, merged over generators through JSON.
+    common = _bench_module("common")
+    h1: dict[int, int] = {}
+    for v in range(-3000, 3001, 10):
+        common.hist_add(h1, v)
+    assert sum(h1.values()) == 601
+    assert common.hist_bucket(0.5) == 0 and common.hist_bucket(-0.5) == 0
+    assert common.hist_bucket(-250.0) == -common.hist_bucket(250.0) < 0
+    for v in (1.5, 37.0, 950.0, 29_999.0, -2.5, -1234.0):
+        lo, hi = common.hist_edges(common.hist_bucket(v))
+        assert lo <= v <= hi and (hi - lo) <= 0.07 * abs(v)  # ~6 % buckets
+    p50 = common.hist_percentile(h1, 0.5)
+    assert -100 < p50 < 100
+    assert common.hist_percentile(h1, 1.0) >= 3000 > common.hist_percentile(h1, 0.9)
+    assert common.hist_percentile({}, 0.5) is None
+    wire = {str(k): v for k, v in h1.items()}  # as in a stats line
+    agg = idle.aggregate(
+        [
+            {"lateness_hist": wire, "lateness_min_ms": -3000.0, "lateness_max_ms": 3000.0},
+            {"lateness_hist": wire, "lateness_min_ms": -10.0, "lateness_max_ms": 4000.0},
+        ]
+    )
+    assert common.hist_count(agg["lateness_hist"]) == 2 * 601
+    assert agg["lateness_min_ms"] == -3000.0 and agg["lateness_max_ms"] == 4000.0
+    assert common.hist_sub(agg["lateness_hist"], wire) == h1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+def test_idle_workers_over_redis_with_fanout(tmp_path: Path, transport: str) -> None:
+    """--workers: idle.py starts its own redis-server and a 2-worker engine,
+    holds every client through two timeouts, records heartbeat lateness, then
+    publishes to the hot 10 % and checks every delivery arrived."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (CI installs it)")
+        pytest.skip("redis-server is not installed")
+    clients, messages = 300, 3
+    cmd = [
+        sys.executable,
+        str(IDLE),
+        "--workers",
+        "2",
+        "--transport",
+        transport,
+        "--clients",
+        str(clients),
+        "--channels",
+        "4",
+        "--fanout-fraction",
+        "0.1",
+        "--fanout-messages",
+        str(messages),
+        "--fanout-rate",
+        "5",
+        "--timeout",
+        "2000",
+        "--hold",
+        "4.5",
+        "--ramp-rate",
+        "600",
+        "--settle",
+        "0.5",
+        "--results-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--check",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    records = sorted(tmp_path.glob(f"idle-{transport}-{clients}-w2-*.json"))
+    assert len(records) == 1, output
+    for row in ("redis RSS", "heartbeat lateness", "fan-out complete", "held cleanly"):
+        assert row in proc.stdout, output
+    record = json.loads(records[0].read_text())
+    p, r = record["parameters"], record["results"]
+    assert p["workers"] == 2 and p["channels"] == 4 and p["hot_clients"] == 30
+    assert "--workers 2 --broker redis://127.0.0.1:" in p["server_cmd"]
+
+    assert r["connected"] == clients and r["dropped"] == 0 and r["failed"] == 0, r["errors"]
+    assert r["timeout_cycles"] >= 2.0 and r["cycles_per_client_hold"] >= 1.0
+    assert r["bytes_per_client"] is not None and r["rss_loaded_bytes"] > 0
+    cluster = r["cluster"]
+    assert cluster["workers"] == 2 and cluster["server_processes"] == 3  # supervisor + 2
+    assert r["redis_rss_baseline_bytes"] > 0 and r["redis_rss_loaded_bytes"] > 0
+    assert r["pss_loaded_bytes"] > 0
+    assert 0 <= r["server_cpu_machine_share_hold"] <= 1
+
+    late = r["heartbeat_lateness_ms"]["hold"]
+    assert late["count"] > 0  # held connects answered without events during the hold
+    assert late["p50"] <= late["p99"] <= late["max_bucket"]
+    assert -2000 < late["p50"] < 2000  # within one timeout of the advised one
+    run = r["heartbeat_lateness_ms"]["run"]
+    assert run["count"] >= late["count"] and run["min"] <= run["max"]
+
+    fan = r["fanout"]
+    assert fan["hot_clients"] == 30 and fan["messages"] == messages
+    assert fan["published"] == messages and fan["acked"] == messages
+    assert fan["expected"] == 30 * messages == fan["delivered"] and fan["missing"] == 0
+    assert fan["complete"] is True and r["held_cleanly"] is True
+    lat = fan["latency_ms"]
+    assert lat["count"] == 30 * messages and lat["negative"] == 0
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+
+    # Nothing is left running: the server, its workers, redis.
+    assert r["server_pid"] and not _pid_alive(r["server_pid"])
+    assert cluster["redis_pid"] and not _pid_alive(cluster["redis_pid"])
 
 
 # --------------------------------------------------------------------------- fan-out

@@ -231,6 +231,38 @@ def test_report(results: Path, tmp_path: Path) -> None:
             for rec in (idle, fan):
                 path = fake_dir / f"{rec['scenario']}-{transport}-{n}.json"
                 path.write_text(json.dumps(rec))
+    # An idle run over 4 workers + redis with a fan-out (issue 7): its own section,
+    # not the single-process table nor the issue-4 targets.
+    cluster = _fake(
+        "idle",
+        "websocket",
+        60000,
+        {
+            "connected": 60000,
+            "failed": 0,
+            "dropped": 3,
+            "hold_seconds": 65.0,
+            "timeout_cycles": 2.17,
+            "bytes_per_client": 2600.0,
+            "rss_loaded_bytes": 300 * 2**20,
+            "redis_rss_loaded_bytes": 12 * 2**20,
+            "server_cpu_percent_hold": 9.5,
+            "server_cpu_machine_share_hold": 0.0475,
+            "heartbeat_lateness_ms": {"hold": {"p50": -1412.5, "p99": 42.2}},
+            "fanout": {
+                "delivered": 3000,
+                "expected": 3000,
+                "complete": True,
+                "latency_ms": {"p50": 3.1, "p99": 12.5, "max": 20.0},
+            },
+            "ramp_rate_achieved": 1500.0,
+            "held_cleanly": True,
+        },
+        {},
+    )
+    del cluster["peer"]
+    cluster["parameters"]["workers"] = 4
+    (fake_dir / "idle-websocket-60000-w4.json").write_text(json.dumps(cluster))
     (fake_dir / "broken.json").write_text("{not json")
     md2, png2 = tmp_path / "R2.md", tmp_path / "r2.png"
     proc = _run(
@@ -250,6 +282,12 @@ def test_report(results: Path, tmp_path: Path) -> None:
     text = md2.read_text()
     assert "## Idle clients" in text and "## Fan-out" in text and "](r2.png)" in text
     assert "16,000" in text and "0.09" in text  # Faye's bytes per client, the ratio
+    section = text.split("## Idle clients over several workers (issue 7)")[1].split("\n## ")[0]
+    assert "| websocket | 60,000 | 4 | 60,000 / 0 / 3 (0.01 %) |" in section
+    assert "-1,412 / 42" in section and "3.1 / 12.5 / 20.0" in section
+    assert "3,000 / 3,000 complete" in section and "300 / 12.0" in section
+    assert "60,000" not in text.split("## Idle clients\n")[1].split("\n## ")[0]
+    assert "idle websocket, 2,000 clients" in text  # the target stays on the Faye record
 
 
 def test_http_client_parses_split_responses() -> None:
