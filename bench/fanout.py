@@ -84,14 +84,15 @@ from common import (  # noqa: E402
     write_record,
 )
 from idle import (  # noqa: E402
+    CLIENTS_PER_SOURCE,
     FD_MARGIN,
     LOADGEN,
-    PORTS_PER_SOURCE,
     Generator,
     RunError,
     _HelpFormatter,
     _log,
     aggregate,
+    resolve_source_addrs,
     source_addresses,
     split_clients,
 )
@@ -284,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-addrs",
         type=int,
         default=None,
-        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default ceil(N/20000))",
+        help="how many source addresses 127.0.0.1, 127.0.0.2, ... "
+        f"(default ceil(N/{CLIENTS_PER_SOURCE}))",
     )
     p.add_argument(
         "--ramp-rate", type=float, default=1000.0, help="clients started per second, in total"
@@ -332,12 +334,7 @@ def resolve(args: argparse.Namespace) -> None:
     if args.procs is None:
         args.procs = max(1, math.ceil(n / 15000))
     args.procs = max(1, min(args.procs, n))
-    if args.source_addrs is None:
-        args.source_addrs = max(1, math.ceil(n / 20000))
-    if not 1 <= args.source_addrs <= 254:
-        raise SystemExit("fanout.py: --source-addrs must be in 1..254")
-    if n / args.source_addrs > PORTS_PER_SOURCE:
-        raise SystemExit("fanout.py: too many clients per source address; raise --source-addrs")
+    args.source_addrs = resolve_source_addrs("fanout.py", n, args.source_addrs)
     import resource
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

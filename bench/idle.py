@@ -506,21 +506,7 @@ def resolve(args: argparse.Namespace) -> None:
         args.hot_clients = max(1, round(args.fanout_fraction * n))
         if args.fanout_messages <= 0 or args.fanout_rate <= 0:
             raise SystemExit("idle.py: --fanout-messages and --fanout-rate must be positive")
-    if args.source_addrs is None:
-        args.source_addrs = min(254, max(1, math.ceil(n / CLIENTS_PER_SOURCE)))
-    if not 1 <= args.source_addrs <= 254:
-        raise SystemExit("idle.py: --source-addrs must be in 1..254")
-    if n / args.source_addrs > PORTS_PER_SOURCE:
-        raise SystemExit(
-            f"idle.py: {n} clients over {args.source_addrs} source address(es) exceed "
-            f"~{PORTS_PER_SOURCE} ports per address; raise --source-addrs"
-        )
-    if n / args.source_addrs > EVEN_PORTS_PER_SOURCE:
-        sys.stderr.write(
-            f"idle.py: warning: {math.ceil(n / args.source_addrs)} clients per source address: "
-            f"past ~{EVEN_PORTS_PER_SOURCE} every connect() scans the even ports in the kernel "
-            "(slow ramp, stalled generators); raise --source-addrs\n"
-        )
+    args.source_addrs = resolve_source_addrs("idle.py", n, args.source_addrs)
     import resource
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -547,6 +533,27 @@ def resolve(args: argparse.Namespace) -> None:
         raise SystemExit("idle.py: --host must be a loopback address (127.0.0.0/8)")
     if args.peer is not None and args.url is not None:
         raise SystemExit("idle.py: --peer starts both servers itself; it does not take --url")
+
+
+def resolve_source_addrs(script: str, n: int, requested: int | None) -> int:
+    """How many source addresses N clients use (CLIENTS_PER_SOURCE each by default)."""
+    count = requested
+    if count is None:
+        count = min(254, max(1, math.ceil(n / CLIENTS_PER_SOURCE)))
+    if not 1 <= count <= 254:
+        raise SystemExit(f"{script}: --source-addrs must be in 1..254")
+    if n / count > PORTS_PER_SOURCE:
+        raise SystemExit(
+            f"{script}: {n} clients over {count} source address(es) exceed "
+            f"~{PORTS_PER_SOURCE} ports per address; raise --source-addrs"
+        )
+    if n / count > EVEN_PORTS_PER_SOURCE:
+        sys.stderr.write(
+            f"{script}: warning: {math.ceil(n / count)} clients per source address: "
+            f"past ~{EVEN_PORTS_PER_SOURCE} every connect() scans the even ports in the kernel "
+            "(slow ramp, stalled generators); raise --source-addrs\n"
+        )
+    return count
 
 
 def source_addresses(count: int) -> list[str]:

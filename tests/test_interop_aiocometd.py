@@ -13,10 +13,12 @@ construction, so it is created inside the running loop (each test runs its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiocometd_ng import Client, ConnectionType, Extension
@@ -33,6 +35,8 @@ pytestmark = [
 
 STEP = 5.0  # seconds allowed for any single exchange
 
+T = TypeVar("T")
+
 
 class Recorder(Extension):
     """Keeps a copy of every payload, in both directions."""
@@ -47,11 +51,22 @@ class Recorder(Extension):
     async def incoming(self, payload, headers=None) -> None:
         self.log.append(("<", copy.deepcopy(list(payload))))
 
-    def received(self) -> list[dict[str, Any]]:
-        return [m for d, p in self.log if d == "<" for m in p]
+    def _messages(self, direction: str, channel: str | None) -> list[dict[str, Any]]:
+        return [
+            m
+            for d, p in self.log
+            if d == direction
+            for m in p
+            if channel is None or m.get("channel") == channel
+        ]
 
-    def sent(self) -> list[dict[str, Any]]:
-        return [m for d, p in self.log if d == ">" for m in p]
+    def received(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """The messages received (on ``channel``), in order."""
+        return self._messages("<", channel)
+
+    def sent(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """The messages sent (on ``channel``), in order."""
+        return self._messages(">", channel)
 
     def dump(self) -> str:
         return "\n".join(
@@ -75,11 +90,35 @@ def new_client(url: str, label: str = "A", **kw: Any) -> tuple[Client, Recorder]
     return client, recorder
 
 
-def run(coro_fn: Callable[[], Awaitable[None]], recorders: list[Recorder]) -> None:
-    """Run one async scenario; on failure append the recorded wire payloads."""
+def run(
+    url: str,
+    scenario: Callable[..., Awaitable[None]],
+    labels: tuple[str, ...] = ("A",),
+    *,
+    open_clients: bool = True,
+    **client_kw: Any,
+) -> None:
+    """Run one async scenario with a client and its Recorder per label (made
+    by :func:`new_client` with ``client_kw``): ``scenario(client_a,
+    recorder_a, client_b, recorder_b, ...)``, the clients opened around it
+    (``async with``) unless ``open_clients`` is false. On failure the recorded
+    wire payloads are appended to the error."""
+    recorders: list[Recorder] = []
+
+    async def clients_and_scenario() -> None:
+        args: list[Any] = []
+        for label in labels:
+            client, recorder = new_client(url, label, **client_kw)
+            recorders.append(recorder)
+            args += [client, recorder]
+        async with contextlib.AsyncExitStack() as stack:
+            if open_clients:
+                for client in args[::2]:
+                    await stack.enter_async_context(client)
+            await scenario(*args)
 
     async def main() -> None:
-        await asyncio.wait_for(coro_fn(), timeout=40)
+        await asyncio.wait_for(clients_and_scenario(), timeout=40)
 
     try:
         asyncio.run(main())
@@ -88,8 +127,13 @@ def run(coro_fn: Callable[[], Awaitable[None]], recorders: list[Recorder]) -> No
         raise AssertionError(f"{type(exc).__name__}: {exc}\n--- wire ---\n{wire}") from exc
 
 
+async def step(aw: Awaitable[T], timeout: float = STEP) -> T:
+    """One exchange (a client call), allowed ``timeout`` seconds."""
+    return await asyncio.wait_for(aw, timeout)
+
+
 async def receive(client: Client, timeout: float = STEP) -> dict[str, Any]:
-    return await asyncio.wait_for(client.receive(), timeout)
+    return await step(client.receive(), timeout)
 
 
 async def receive_until(client: Client, channel: str, timeout: float = STEP) -> list[dict]:
@@ -115,21 +159,17 @@ def assert_delivery(msg: dict[str, Any], channel: str, data: Any) -> None:
 
 
 def test_open_close(server) -> None:
-    rec: list[Recorder] = []
-
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
+    async def scenario(client: Client, r: Recorder) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await asyncio.wait_for(client.open(), STEP)
+        await step(client.open())
         opened_in = loop.time() - t0
         assert not client.closed
         if interop_target() == "engine":
             # The first /meta/connect of a session is answered at once (5.2).
             assert opened_in < 1.0, opened_in
         assert client.connection_type == ConnectionType.LONG_POLLING
-        hs = next(m for m in r.received() if m["channel"] == "/meta/handshake")
+        hs = r.received("/meta/handshake")[0]
         assert hs["successful"] is True
         assert hs["version"] == "1.0"
         assert "long-polling" in hs["supportedConnectionTypes"]
@@ -138,203 +178,168 @@ def test_open_close(server) -> None:
         assert advice["reconnect"] == "retry"
         assert isinstance(advice["interval"], int) and isinstance(advice["timeout"], int)
         # aiocometd starts its ids at "0": the reply must echo it verbatim.
-        hs_request = next(m for m in r.sent() if m["channel"] == "/meta/handshake")
+        hs_request = r.sent("/meta/handshake")[0]
         assert hs["id"] == hs_request["id"]
-        connect = next(m for m in r.received() if m["channel"] == "/meta/connect")
+        connect = r.received("/meta/connect")[0]
         assert connect["successful"] is True
-        await asyncio.wait_for(client.close(), STEP)
+        await step(client.close())
         assert client.closed
-        disconnects = [m for m in r.received() if m["channel"] == "/meta/disconnect"]
+        disconnects = r.received("/meta/disconnect")
         assert disconnects and disconnects[-1]["successful"] is True, r.dump()
 
-    run(scenario, rec)
+    run(server.url, scenario, open_clients=False)
 
 
 def test_default_connection_types_negotiate(server) -> None:
     """aiocometd's default preference (websocket, long-polling) must end on a
     transport the server listed."""
-    rec: list[Recorder] = []
 
-    async def scenario() -> None:
-        client, r = new_client(server.url, connection_types=None)
-        rec.append(r)
-        await asyncio.wait_for(client.open(), STEP)
-        hs = next(m for m in r.received() if m["channel"] == "/meta/handshake")
-        offered = hs["supportedConnectionTypes"]
+    async def scenario(client: Client, r: Recorder) -> None:
+        await step(client.open())
+        offered = r.received("/meta/handshake")[0]["supportedConnectionTypes"]
         expected = (
             ConnectionType.WEBSOCKET if "websocket" in offered else ConnectionType.LONG_POLLING
         )
         assert client.connection_type == expected
-        await asyncio.wait_for(client.close(), STEP)
+        await step(client.close())
 
-    run(scenario, rec)
+    run(server.url, scenario, open_clients=False, connection_types=None)
 
 
 def test_subscribe_publish_receive(server) -> None:
-    rec: list[Recorder] = []
+    async def scenario(client: Client, r: Recorder) -> None:
+        await step(client.subscribe("/interop/py"))
+        assert client.subscriptions == {"/interop/py"}
+        assert r.received("/meta/subscribe")[0]["subscription"] == "/interop/py"
+        data = {"text": "hi", "n": 1, "list": [1, 2.5, None, True], "u": "\u00e9\u2603"}
+        reply = await step(client.publish("/interop/py", data))
+        assert reply["successful"] is True
+        assert reply["channel"] == "/interop/py"
+        assert "data" not in reply
+        assert_delivery(await receive(client), "/interop/py", data)
 
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            await asyncio.wait_for(client.subscribe("/interop/py"), STEP)
-            assert client.subscriptions == {"/interop/py"}
-            sub = next(m for m in r.received() if m["channel"] == "/meta/subscribe")
-            assert sub["subscription"] == "/interop/py"
-            data = {"text": "hi", "n": 1, "list": [1, 2.5, None, True], "u": "\u00e9\u2603"}
-            reply = await asyncio.wait_for(client.publish("/interop/py", data), STEP)
-            assert reply["successful"] is True
-            assert reply["channel"] == "/interop/py"
-            assert "data" not in reply
-            msg = await receive(client)
-            assert_delivery(msg, "/interop/py", data)
-
-    run(scenario, rec)
+    run(server.url, scenario)
 
 
 def test_wildcards(server) -> None:
-    rec: list[Recorder] = []
+    async def scenario(client: Client, r: Recorder) -> None:
+        for pattern in ("/chat/*", "/news/**", "/interop/sentinel"):
+            await step(client.subscribe(pattern))
+        channels = [
+            "/chat/room",
+            "/chat/room/deep",
+            "/chat",
+            "/chatter/x",
+            "/news/a",
+            "/news/a/b/c",
+            "/news",
+            "/newsroom/a",
+            "/other/x",
+        ]
+        for channel in channels:
+            reply = await step(client.publish(channel, {"c": channel}))
+            assert reply["successful"] is True, reply
+        await step(client.publish("/interop/sentinel", {"last": True}))
+        got = await receive_until(client, "/interop/sentinel")
+        assert [m["channel"] for m in got] == [
+            "/chat/room",
+            "/news/a",
+            "/news/a/b/c",
+            "/interop/sentinel",
+        ]
+        for m in got[:-1]:
+            assert_delivery(m, m["channel"], {"c": m["channel"]})
 
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            for pattern in ("/chat/*", "/news/**", "/interop/sentinel"):
-                await asyncio.wait_for(client.subscribe(pattern), STEP)
-            channels = [
-                "/chat/room",
-                "/chat/room/deep",
-                "/chat",
-                "/chatter/x",
-                "/news/a",
-                "/news/a/b/c",
-                "/news",
-                "/newsroom/a",
-                "/other/x",
-            ]
-            for channel in channels:
-                reply = await asyncio.wait_for(client.publish(channel, {"c": channel}), STEP)
-                assert reply["successful"] is True, reply
-            await asyncio.wait_for(client.publish("/interop/sentinel", {"last": True}), STEP)
-            got = await receive_until(client, "/interop/sentinel")
-            assert [m["channel"] for m in got] == [
-                "/chat/room",
-                "/news/a",
-                "/news/a/b/c",
-                "/interop/sentinel",
-            ]
-            for m in got[:-1]:
-                assert_delivery(m, m["channel"], {"c": m["channel"]})
-
-    run(scenario, rec)
+    run(server.url, scenario)
 
 
 def test_two_clients(server) -> None:
-    rec: list[Recorder] = []
+    async def scenario(a: Client, ra: Recorder, b: Client, rb: Recorder) -> None:
+        await step(b.subscribe("/interop/two"))
+        # Let B's connect be held so the delivery wakes a long poll.
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await step(a.publish("/interop/two", {"from": "A"}))
+        assert_delivery(await receive(b), "/interop/two", {"from": "A"})
+        assert loop.time() - t0 < 1.5
+        # A is not subscribed: nothing for it.
+        with pytest.raises(asyncio.TimeoutError):
+            await receive(a, 0.5)
+        ids = {m["clientId"] for r in (ra, rb) for m in r.received("/meta/handshake")}
+        assert len(ids) == 2
 
-    async def scenario() -> None:
-        a, ra = new_client(server.url, "A")
-        b, rb = new_client(server.url, "B")
-        rec.extend([ra, rb])
-        async with a, b:
-            await asyncio.wait_for(b.subscribe("/interop/two"), STEP)
-            # Let B's connect be held so the delivery wakes a long poll.
-            await asyncio.sleep(0.3)
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            await asyncio.wait_for(a.publish("/interop/two", {"from": "A"}), STEP)
-            msg = await receive(b)
-            assert_delivery(msg, "/interop/two", {"from": "A"})
-            assert loop.time() - t0 < 1.5
-            # A is not subscribed: nothing for it.
-            with pytest.raises(asyncio.TimeoutError):
-                await receive(a, 0.5)
-            ids = {
-                m["clientId"]
-                for r in (ra, rb)
-                for m in r.received()
-                if m["channel"] == "/meta/handshake"
-            }
-            assert len(ids) == 2
-
-    run(scenario, rec)
+    run(server.url, scenario, ("A", "B"))
 
 
 def test_unsubscribe(server) -> None:
-    rec: list[Recorder] = []
+    async def scenario(client: Client, r: Recorder) -> None:
+        await step(client.subscribe("/interop/unsub"))
+        await step(client.subscribe("/interop/sentinel"))
+        await step(client.publish("/interop/unsub", {"n": 1}))
+        assert_delivery(await receive(client), "/interop/unsub", {"n": 1})
+        await step(client.unsubscribe("/interop/unsub"))
+        unsub = r.received("/meta/unsubscribe")
+        assert unsub[-1]["successful"] is True
+        assert unsub[-1]["subscription"] == "/interop/unsub"
+        assert client.subscriptions == {"/interop/sentinel"}
+        reply = await step(client.publish("/interop/unsub", {"n": 2}))
+        assert reply["successful"] is True
+        await step(client.publish("/interop/sentinel", {"n": 3}))
+        got = await receive_until(client, "/interop/sentinel")
+        assert [m["channel"] for m in got] == ["/interop/sentinel"], got
 
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            await asyncio.wait_for(client.subscribe("/interop/unsub"), STEP)
-            await asyncio.wait_for(client.subscribe("/interop/sentinel"), STEP)
-            await asyncio.wait_for(client.publish("/interop/unsub", {"n": 1}), STEP)
-            assert_delivery(await receive(client), "/interop/unsub", {"n": 1})
-            await asyncio.wait_for(client.unsubscribe("/interop/unsub"), STEP)
-            unsub = [m for m in r.received() if m["channel"] == "/meta/unsubscribe"]
-            assert unsub[-1]["successful"] is True
-            assert unsub[-1]["subscription"] == "/interop/unsub"
-            assert client.subscriptions == {"/interop/sentinel"}
-            reply = await asyncio.wait_for(client.publish("/interop/unsub", {"n": 2}), STEP)
-            assert reply["successful"] is True
-            await asyncio.wait_for(client.publish("/interop/sentinel", {"n": 3}), STEP)
-            got = await receive_until(client, "/interop/sentinel")
-            assert [m["channel"] for m in got] == ["/interop/sentinel"], got
-
-    run(scenario, rec)
+    run(server.url, scenario)
 
 
 @pytest.mark.server_args("--timeout", "1000")
 def test_idle_connect_cycles(server) -> None:
     """Held connects time out (1 s) and aiocometd re-polls; after 3 s the
     session still receives."""
-    rec: list[Recorder] = []
 
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            await asyncio.wait_for(client.subscribe("/interop/idle"), STEP)
-            await asyncio.sleep(3.0)
-            connects = [m for m in r.received() if m["channel"] == "/meta/connect"]
-            assert len(connects) >= 3, connects
-            assert all(m["successful"] is True for m in connects), connects
-            assert not [m for m in r.sent() if m["channel"] == "/meta/handshake"][1:]
-            await asyncio.wait_for(client.publish("/interop/idle", {"n": 1}), STEP)
-            assert_delivery(await receive(client), "/interop/idle", {"n": 1})
+    async def scenario(client: Client, r: Recorder) -> None:
+        await step(client.subscribe("/interop/idle"))
+        await asyncio.sleep(3.0)
+        connects = r.received("/meta/connect")
+        assert len(connects) >= 3, connects
+        assert all(m["successful"] is True for m in connects), connects
+        assert not r.sent("/meta/handshake")[1:]
+        await step(client.publish("/interop/idle", {"n": 1}))
+        assert_delivery(await receive(client), "/interop/idle", {"n": 1})
 
-    run(scenario, rec)
+    run(server.url, scenario)
 
 
-def test_subscribe_meta_channel_refused(server) -> None:
-    rec: list[Recorder] = []
+@pytest.mark.parametrize(
+    ("request_refused", "error"),
+    [
+        pytest.param(
+            lambda client: client.subscribe("/meta/connect"),
+            r"403:.*",
+            id="subscribe_meta_channel",
+        ),
+        pytest.param(
+            lambda client: client.publish("/chat/*", {"x": 1}),
+            "405::channel_invalid",
+            id="publish_to_wildcard",
+            marks=pytest.mark.skipif(
+                interop_target() == "ref", reason="project rule; the Node reference accepts it"
+            ),
+        ),
+    ],
+)
+def test_refused(server, request_refused, error) -> None:
+    """A request the server must refuse: the client raises ServerError with
+    the unsuccessful reply (``error`` matches it), and the session is still
+    usable."""
 
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            with pytest.raises(ServerError) as info:
-                await asyncio.wait_for(client.subscribe("/meta/connect"), STEP)
-            reply = info.value.response
-            assert reply["successful"] is False
-            assert str(reply["error"]).startswith("403:")
-            # The session is still usable.
-            await asyncio.wait_for(client.subscribe("/interop/ok"), STEP)
+    async def scenario(client: Client, r: Recorder) -> None:
+        with pytest.raises(ServerError) as info:
+            await step(request_refused(client))
+        reply = info.value.response
+        assert reply["successful"] is False
+        assert re.fullmatch(error, str(reply["error"])), reply
+        # The session is still usable.
+        await step(client.subscribe("/interop/ok"))
 
-    run(scenario, rec)
-
-
-@pytest.mark.skipif(interop_target() == "ref", reason="project rule; the Node reference accepts it")
-def test_publish_to_wildcard_refused(server) -> None:
-    rec: list[Recorder] = []
-
-    async def scenario() -> None:
-        client, r = new_client(server.url)
-        rec.append(r)
-        async with client:
-            with pytest.raises(ServerError) as info:
-                await asyncio.wait_for(client.publish("/chat/*", {"x": 1}), STEP)
-            assert info.value.response["error"] == "405::channel_invalid"
-
-    run(scenario, rec)
+    run(server.url, scenario)

@@ -17,76 +17,47 @@ any duplicate delivery.
 from __future__ import annotations
 
 import pytest
-from interop.helpers import (
-    FAYE_CLIENT,
-    REQUIRED_TRANSPORTS,
-    describe_js_failure,
-    interop_target,
-    run_js,
-    server_transports,
-)
+from interop import node_clients
+from interop.helpers import FAYE_CLIENT, describe_js_failure
 
 pytestmark = pytest.mark.timeout(90)
 
 FAYE_TRANSPORTS = ("websocket", "long-polling")
 
 
-@pytest.fixture(params=FAYE_TRANSPORTS)
-def transport(request, server):
-    """The transport Faye must end up on; skips transports the server does not
-    offer yet (never the required ones)."""
-    name = request.param
-    if name not in REQUIRED_TRANSPORTS:
-        offered = server_transports(server.url)
-        if name not in offered:
-            pytest.skip(f"server does not offer {name} yet (offers {offered})")
-    return name
-
-
-@pytest.fixture
-def faye(node_bin, server):
-    """run(scenario, transport, **kw) -> result dict, bound to this test's server.
-    ``transport`` "websocket" means Faye's default behaviour (it negotiates
-    websocket itself); "long-polling" disables websocket."""
-
-    def run(scenario: str, transport: str | None, **kw):
-        forced = "long-polling" if transport == "long-polling" else None
-        r = run_js(node_bin, server.url, scenario, forced, script=FAYE_CLIENT, **kw)
-        if transport is not None:
-            msg = describe_js_failure(r)
-            # The transport actually used, by Faye's dispatcher and on the wire.
-            assert r["transport"] == transport, msg
-            for label, types in r["connect_transports"].items():
-                assert types == [transport], f"{label}: connects went over {types}\n{msg}"
-            if transport == "long-polling":
-                opened = [e for e in r.get("wire", []) if e.get("kind") == "ws"]
-                assert opened == [], msg
-        return r
-
-    return run
-
-
-def _no_resends(r):
+def _check_run(r, transport):
+    """Every run: Faye resent nothing; with a ``transport``, it is the one
+    actually used, by Faye's dispatcher and on the wire."""
     msg = describe_js_failure(r)
     for label, resends in (r["results"].get("resends") or {}).items():
         assert resends == [], f"{label} resent messages\n{msg}"
+    if transport is None:
+        return
+    assert r["transport"] == transport, msg
+    for label, types in r["connect_transports"].items():
+        assert types == [transport], f"{label}: connects went over {types}\n{msg}"
+    if transport == "long-polling":
+        opened = [e for e in r.get("wire", []) if e.get("kind") == "ws"]
+        assert opened == [], msg
+
+
+transport = node_clients.transport_fixture(FAYE_TRANSPORTS, "The transport Faye must end up on.")
+faye = node_clients.runner_fixture(
+    FAYE_CLIENT,
+    cli_transport=lambda transport: "long-polling" if transport == "long-polling" else None,
+    check=_check_run,
+    doc="""
+    ``transport`` "websocket" means Faye's default behaviour (it negotiates
+    websocket itself); "long-polling" disables websocket. Every result is
+    checked for resends and, with a transport, for the one actually used.""",
+)
 
 
 def test_handshake(faye, transport):
     r = faye("handshake", transport)
     res = r["results"]
     msg = describe_js_failure(r)
-    hs = res["handshake_reply"]
-    assert hs["successful"] is True, msg
-    assert hs["channel"] == "/meta/handshake", msg
-    assert hs["version"] == "1.0", msg
-    assert isinstance(hs["clientId"], str) and hs["clientId"].isalnum(), msg
-    assert transport in hs["supportedConnectionTypes"], msg
-    # Faye merges advice: the handshake must carry all of it.
-    advice = hs.get("advice") or {}
-    assert advice.get("reconnect") == "retry", msg
-    assert isinstance(advice.get("interval"), int), msg
-    assert isinstance(advice.get("timeout"), int), msg
+    node_clients.check_handshake_reply(res["handshake_reply"], transport, msg)
     # Faye lists in-process too; the server must ignore what it does not know.
     assert "in-process" in res["handshake_request"]["supportedConnectionTypes"], msg
     assert res["handshake_attempts"] == 1, msg
@@ -98,7 +69,6 @@ def test_handshake(faye, transport):
     assert "BAYEUX_BROWSER" in res["cookies"], msg
     if transport == "websocket":
         assert res["ws_opened"] >= 1, msg
-    _no_resends(r)
 
 
 def test_default_transport_is_websocket(faye, server):
@@ -111,41 +81,15 @@ def test_default_transport_is_websocket(faye, server):
 
 
 def test_subscribe_publish_exact(faye, transport):
-    r = faye("subscribe_publish", transport)
-    res = r["results"]
-    msg = describe_js_failure(r)
-    assert res["subscribe_reply"]["subscription"] == "/interop/exact", msg
-    publish_reply = res["publish_reply"]
-    assert publish_reply["successful"] is True, msg
-    assert publish_reply["channel"] == "/interop/exact", msg
-    assert "data" not in publish_reply, msg
-    assert len(res["received"]) == 1, msg
-    assert res["received"][0]["data"]["unicode"] == "h\u00e9llo \u2603", msg
-    assert len(res["raw_events"]) == 1, msg
-    _no_resends(r)
+    node_clients.check_subscribe_publish_exact(faye("subscribe_publish", transport))
 
 
 def test_wildcards(faye, transport):
-    r = faye("wildcard", transport)
-    res = r["results"]
-    msg = describe_js_failure(r)
-    assert res["listener_channels"]["/chat/*"] == ["/chat/room"], msg
-    assert res["listener_channels"]["/news/**"] == ["/news/a", "/news/a/b/c"], msg
-    assert res["raw_event_channels"] == [
-        "/chat/room",
-        "/news/a",
-        "/news/a/b/c",
-        "/interop/sentinel",
-    ], msg
-    assert all(rep["successful"] for rep in res["publish_replies"].values()), msg
-    _no_resends(r)
+    node_clients.check_wildcards(faye("wildcard", transport))
 
 
 def test_two_clients(faye, transport):
-    r = faye("two_clients", transport)
-    res = r["results"]
-    msg = describe_js_failure(r)
-    assert res["client_ids"][0] != res["client_ids"][1], msg
+    res, msg = node_clients.check_two_clients(faye("two_clients", transport))
     # Each Faye client has its own cookie jar.
     assert res["cookies"]["A"]["BAYEUX_BROWSER"] != res["cookies"]["B"]["BAYEUX_BROWSER"], msg
     assert [m["channel"] for m in res["events"]["B"]] == [
@@ -153,39 +97,17 @@ def test_two_clients(faye, transport):
         "/interop/two/b/x",
     ], msg
     assert [m["channel"] for m in res["events"]["A"]] == ["/interop/two/to-a"], msg
-    # Delivery through the held connect / the socket is prompt.
-    assert res["a_to_b_ms"] < 1500, msg
-    assert res["b_to_a_ms"] < 1500, msg
-    _no_resends(r)
 
 
 def test_unsubscribe(faye, transport):
-    r = faye("unsubscribe", transport)
-    res = r["results"]
-    msg = describe_js_failure(r)
-    assert res["unsubscribe_reply"]["successful"] is True, msg
-    assert res["unsubscribe_reply"]["subscription"] == "/interop/unsub", msg
-    delivered = [m for m in res["raw_events"] if m["channel"] == "/interop/unsub"]
-    assert [m["data"] for m in delivered] == [{"n": 1}], msg
-    _no_resends(r)
+    node_clients.check_unsubscribe(faye("unsubscribe", transport))
 
 
 def test_disconnect(faye, transport):
-    r = faye("disconnect", transport)
-    res = r["results"]
-    msg = describe_js_failure(r)
-    assert res["transport_before"] == transport, msg
-    assert res["disconnect_reply"]["successful"] is True, msg
-    assert res["disconnect_ms"] < 1000, msg
-    assert res["requests_after_disconnect"] == [], msg
+    res, msg = node_clients.check_disconnect(
+        faye("disconnect", transport), transport, held_connect=True
+    )
     assert res["messages_after_disconnect"] == [], msg
-    held = res["held_connect_reply"]
-    assert held is not None, msg
-    assert held["successful"] is True, msg
-    if interop_target() == "engine":
-        # Project rule (bayeux.md 5.2/5.3): the released hold says stop.
-        assert (held.get("advice") or {}).get("reconnect") == "none", msg
-    _no_resends(r)
 
 
 @pytest.mark.server_args("--timeout", "1500")
@@ -202,7 +124,6 @@ def test_idle_connect_cycles(faye, transport):
     assert 3 <= res["connects_sent"] <= 6, msg
     holds = [h["ms"] for h in res["connect_hold_ms"]]
     assert holds and max(holds) < 1800, msg
-    _no_resends(r)
 
 
 @pytest.mark.server_args("--allowed-transports", "long-polling,callback-polling")
@@ -215,4 +136,3 @@ def test_no_websocket_offered(faye, server):
     assert r["connect_transports"]["A"] == ["long-polling"], msg
     opened = [e for e in r.get("wire", []) if e.get("kind") == "ws" and e.get("dir") == "open"]
     assert opened == [], msg
-    _no_resends(r)

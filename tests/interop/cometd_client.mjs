@@ -35,114 +35,17 @@ import * as nodeHttp from "node:http";
 import * as nodeHttps from "node:https";
 import * as net from "node:net";
 import {WebSocket as WsWebSocket} from "ws";
+import {
+    START, wire, record, recordSocketEvents, parseMaybeJSON, check, sleep, withTimeout, deepEqual, copy,
+    expectSuccess, checkDelivery, RecordingPeer, runDriver, onePeerScenario,
+    handshakeSteps, subscribePublishScenario, wildcardScenario, unsubscribeScenario, disconnectSteps, idleSteps,
+} from "./cli_common.mjs";
 
 const TRANSPORTS = ["websocket", "long-polling", "callback-polling"];
 const CUT_MODES = ["blackhole", "reset", "halfopen"];
 const SCENARIOS = {};
 
-// ---------------------------------------------------------------- arguments
-
-function usage(message) {
-    process.stderr.write((message ? message + "\n" : "") +
-        "usage: node cometd_client.mjs URL SCENARIO [--transport T] [--timeout MS] " +
-        "[--step-timeout MS] [--duration MS] [--messages N] [--outage MS] [--cut MODE] " +
-        "[--log-level L] [--no-wire]\n" +
-        "scenarios: " + Object.keys(SCENARIOS).join(", ") + "\n" +
-        "transports: " + TRANSPORTS.join(", ") + "\n");
-    process.exit(3);
-}
-
-function parseArgs(argv) {
-    const opts = {
-        url: null,
-        scenario: null,
-        transport: null,
-        timeout: 20000,
-        stepTimeout: 8000,
-        duration: 4000,
-        messages: 20,
-        outage: 2000,
-        cut: "blackhole",
-        logLevel: "warn",
-        wire: true,
-    };
-    const positional = [];
-    for (let i = 0; i < argv.length; ++i) {
-        const arg = argv[i];
-        const next = () => {
-            if (i + 1 >= argv.length) {
-                usage("missing value for " + arg);
-            }
-            return argv[++i];
-        };
-        if (arg === "--transport") {
-            opts.transport = next();
-        } else if (arg.startsWith("--transport=")) {
-            opts.transport = arg.substring("--transport=".length);
-        } else if (arg === "--timeout") {
-            opts.timeout = parseInt(next(), 10);
-        } else if (arg === "--duration") {
-            opts.duration = parseInt(next(), 10);
-        } else if (arg === "--messages") {
-            opts.messages = parseInt(next(), 10);
-        } else if (arg === "--outage") {
-            opts.outage = parseInt(next(), 10);
-        } else if (arg === "--cut") {
-            opts.cut = next();
-        } else if (arg === "--step-timeout") {
-            opts.stepTimeout = parseInt(next(), 10);
-        } else if (arg === "--log-level") {
-            opts.logLevel = next();
-        } else if (arg === "--no-wire") {
-            opts.wire = false;
-        } else if (arg === "-h" || arg === "--help") {
-            usage();
-        } else if (arg.startsWith("--")) {
-            usage("unknown option " + arg);
-        } else {
-            positional.push(arg);
-        }
-    }
-    if (positional.length !== 2) {
-        usage("expected URL and SCENARIO");
-    }
-    [opts.url, opts.scenario] = positional;
-    if (opts.transport && !TRANSPORTS.includes(opts.transport)) {
-        usage("unknown transport " + opts.transport);
-    }
-    if (!SCENARIOS[opts.scenario]) {
-        usage("unknown scenario " + opts.scenario);
-    }
-    if (!CUT_MODES.includes(opts.cut)) {
-        usage("unknown cut mode " + opts.cut);
-    }
-    return opts;
-}
-
-// ---------------------------------------------------------------- wire log
-
-const START = Date.now();
-const wire = [];
-let wireEnabled = true;
-
-function parseMaybeJSON(text) {
-    if (typeof text !== "string") {
-        return text;
-    }
-    try {
-        return JSON.parse(text);
-    } catch (x) {
-        return text;
-    }
-}
-
-function record(entry) {
-    if (!wireEnabled) {
-        return;
-    }
-    entry.t = Date.now() - START;
-    wire.push(entry);
-}
+// ---------------------------------------------------------------- cookies
 
 function cookieHeaderFor(jar, hostname) {
     const perHost = jar && jar[hostname];
@@ -256,10 +159,7 @@ class RecordingWebSocket extends WsWebSocket {
         const id = "ws" + (++wsCounter);
         this._wireId = id;
         record({kind: "ws", conn: id, dir: "open-request", url: String(url), protocol: protocols || null});
-        this.addEventListener("open", () => record({kind: "ws", conn: id, dir: "open"}));
-        this.addEventListener("message", (e) => record({kind: "ws", conn: id, dir: "recv", body: parseMaybeJSON(String(e.data))}));
-        this.addEventListener("close", (e) => record({kind: "ws", conn: id, dir: "close", code: e.code, reason: e.reason}));
-        this.addEventListener("error", (e) => record({kind: "ws", conn: id, dir: "error", error: String(e && (e.message || e.error) || e)}));
+        recordSocketEvents(this, {kind: "ws", conn: id});
     }
 
     send(data, ...rest) {
@@ -360,72 +260,17 @@ function installNodeAdapter() {
     window.WebSocket = RecordingWebSocket;
 }
 
-// ---------------------------------------------------------------- helpers
-
-class CheckFailed extends Error {
-}
-
-class StepTimeout extends Error {
-}
-
-function check(condition, message, detail) {
-    if (!condition) {
-        const text = detail === undefined ? message : message + ": " + JSON.stringify(detail);
-        throw new CheckFailed(text);
-    }
-}
-
-function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function withTimeout(promise, ms, what) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new StepTimeout("timed out after " + ms + " ms waiting for " + what)), ms);
-    });
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function deepEqual(a, b) {
-    return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
-}
-
-function canonical(v) {
-    if (Array.isArray(v)) {
-        return v.map(canonical);
-    }
-    if (v && typeof v === "object") {
-        const out = {};
-        for (const k of Object.keys(v).sort()) {
-            out[k] = canonical(v[k]);
-        }
-        return out;
-    }
-    return v;
-}
-
-function copy(message) {
-    return message === undefined ? undefined : JSON.parse(JSON.stringify(message));
-}
+// ---------------------------------------------------------------- peers
 
 // One CometD client with its own cookie jar and message recorders.
-class Peer {
+class Peer extends RecordingPeer {
     // Options: sharedJar (use the process-wide jar), url (instead of the
     // command line's, e.g. a proxy), config (extra cometd.configure() keys).
     constructor(label, opts, {sharedJar = false, url = null, config = null} = {}) {
-        this.label = label;
-        this.opts = opts;
+        super(label, opts);
         this.url = url || opts.url;
         this.cometd = new CometD(label);
         this.jar = sharedJar ? SHARED_JAR : {};
-        this.events = [];         // every non-meta message received from the server (raw, before listeners)
-        this.metaReplies = [];    // every /meta/* message received
-        this.replies = [];        // non-meta replies (publish replies)
-        this.waiters = [];
-        this.handshakes = [];
-        this.connects = [];
-        this.connectsSent = 0;
         this.sentConnects = [];
         this.connectFailures = [];  // unsuccessful /meta/connect (server replies and local failures)
 
@@ -451,96 +296,39 @@ class Peer {
         const self = this;
         cometd.registerExtension("interop-recorder", {
             incoming(message) {
-                const m = copy(message);
-                const isMeta = typeof m.channel === "string" && m.channel.startsWith("/meta/");
-                // A reply has `successful` and no `data`; anything else that is
-                // not meta is an event (delivery) pushed by the server.
-                const isReply = ("successful" in m) && !("data" in m);
-                if (isMeta) {
-                    self.metaReplies.push(m);
-                    if (m.channel === "/meta/connect") {
-                        self.connects.push(m);
-                    }
-                } else if (isReply) {
-                    self.replies.push(m);
-                } else {
-                    self.events.push(m);
-                }
-                self.#wake();
+                self.noteIncoming(copy(message));
+                self.wake();
                 return message;
             },
             outgoing(message) {
                 if (message.channel === "/meta/connect") {
                     self.connectsSent += 1;
                     self.sentConnects.push(copy(message));
-                    self.#wake();
+                    self.wake();
                 }
                 return message;
             },
         });
+        // Listeners also see the client's local failures.
         cometd.addListener("/meta/handshake", (m) => {
             this.handshakes.push(copy(m));
-            this.#wake();
+            this.wake();
         });
         cometd.addListener("/meta/connect", (m) => {
             if (!m.successful) {
                 this.connectFailures.push(copy(m));
-                this.#wake();
+                this.wake();
             }
         });
     }
 
-    #wake() {
-        const run = () => {
-            for (const w of this.waiters.slice()) {
-                w();
-            }
-        };
-        run();
-        // Callbacks and listeners run after the incoming extensions: look again
-        // once they have.
-        setTimeout(run, 0);
-    }
-
-    // Resolve when predicate() returns a truthy value (re-checked on every message).
-    waitUntil(predicate, what, ms) {
-        return withTimeout(new Promise((resolve) => {
-            const test = () => {
-                let value;
-                try {
-                    value = predicate();
-                } catch (x) {
-                    value = undefined;
-                }
-                if (value) {
-                    this.waiters = this.waiters.filter((w) => w !== test);
-                    resolve(value);
-                }
-            };
-            this.waiters.push(test);
-            test();
-        }), ms || this.opts.stepTimeout, this.label + ": " + what);
+    startHandshake() {
+        this.cometd.handshake();
     }
 
     transportType() {
         const t = this.cometd.getTransport();
         return t ? t.type : null;
-    }
-
-    // Handshake, then wait for the first successful /meta/connect reply.
-    async connect() {
-        this.cometd.handshake();
-        const hs = await this.waitUntil(() => this.handshakes.find((m) => m.successful), "successful /meta/handshake reply");
-        const first = await this.waitUntil(() => this.connects.find((m) => m.successful === true), "first successful /meta/connect reply");
-        return {handshake: hs, connect: first};
-    }
-
-    // Wait until a /meta/connect is outstanding after at least one connect
-    // reply (i.e. the server is presumably holding it), plus a little slack.
-    async connectHeld() {
-        await this.waitUntil(() => this.connects.length >= 1 && this.connectsSent > this.connects.length,
-            "an outstanding (held) /meta/connect");
-        await sleep(150);
     }
 
     subscribe(channel, listener) {
@@ -570,26 +358,9 @@ class Peer {
         }), ms || this.opts.stepTimeout, this.label + ": /meta/disconnect reply");
     }
 
-    eventsOn(channel) {
-        return this.events.filter((m) => m.channel === channel);
-    }
-
     cookies() {
         return Object.assign({}, ...Object.values(this.jar).map((perHost) => Object.assign({}, perHost)));
     }
-}
-
-function expectSuccess(reply, what) {
-    check(reply && reply.successful === true, what + " not successful", reply);
-    return reply;
-}
-
-function checkDelivery(message, channel, data, what) {
-    check(message.channel === channel, what + ": wrong channel", message);
-    check(deepEqual(message.data, data), what + ": data differs", {expected: data, got: message.data});
-    check(!("clientId" in message), what + ": delivery carries clientId", message);
-    check(!("id" in message), what + ": delivery carries id", message);
-    check(!("successful" in message), what + ": delivery carries successful", message);
 }
 
 function multipleClientsAdvice(peer) {
@@ -600,93 +371,17 @@ function multipleClientsAdvice(peer) {
 
 SCENARIOS.handshake = async (opts, ctx) => {
     const a = ctx.peer("A");
-    const {handshake, connect} = await a.connect();
-    ctx.results.handshake_reply = handshake;
-    ctx.results.first_connect_reply = connect;
+    const replies = await a.connect();
     ctx.results.client_id = a.cometd.getClientId();
-    ctx.results.cookies = a.cookies();
-    ctx.results.handshake_attempts = a.handshakes.length;
-    check(typeof handshake.clientId === "string" && handshake.clientId.length > 0, "no clientId in handshake reply", handshake);
-    check(Array.isArray(handshake.supportedConnectionTypes), "no supportedConnectionTypes in handshake reply", handshake);
-    check(handshake.supportedConnectionTypes.includes(a.transportType()),
-        "transport in use is not listed by the server", {using: a.transportType(), server: handshake.supportedConnectionTypes});
+    handshakeSteps(ctx, a, replies);
     await a.connectHeld();
     ctx.results.second_connect_request = a.sentConnects[1] || null;
     check(a.cometd.getStatus() === "connected", "status is not connected", a.cometd.getStatus());
 };
 
-SCENARIOS.subscribe_publish = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const channel = "/interop/exact";
-    const received = [];
-    const {reply: subReply} = await a.subscribe(channel, (m) => received.push(copy(m)));
-    ctx.results.subscribe_reply = subReply;
-    expectSuccess(subReply, "subscribe " + channel);
-    check(subReply.subscription === channel, "subscribe reply does not echo subscription", subReply);
+SCENARIOS.subscribe_publish = onePeerScenario(subscribePublishScenario, {settleMs: 200});
 
-    const data = {text: "hello", n: 1, nested: {list: [1, 2.5, "x", null, true]}, unicode: "h\u00e9llo \u2603"};
-    const pubReply = await a.publish(channel, data);
-    ctx.results.publish_reply = pubReply;
-    expectSuccess(pubReply, "publish");
-    check(!("data" in pubReply), "publish reply carries data", pubReply);
-    await a.waitUntil(() => received.length >= 1, "own publish delivered to the listener");
-    ctx.results.received = received;
-    const raw = a.eventsOn(channel);
-    ctx.results.raw_events = raw;
-    checkDelivery(raw[0], channel, data, "delivery");
-    await sleep(200);
-    check(a.eventsOn(channel).length === 1, "publish delivered more than once", a.eventsOn(channel));
-};
-
-SCENARIOS.wildcard = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const got = {"/chat/*": [], "/news/**": [], "/interop/sentinel": []};
-    for (const pattern of Object.keys(got)) {
-        const {reply} = await a.subscribe(pattern, (m) => got[pattern].push(m.channel));
-        expectSuccess(reply, "subscribe " + pattern);
-        check(reply.subscription === pattern, "subscribe reply does not echo subscription", reply);
-    }
-    const publishes = [
-        "/chat/room",        // /chat/*
-        "/chat/room/deep",   // no: * is one segment
-        "/chat",             // no
-        "/chatter/x",        // no
-        "/news/a",           // /news/**
-        "/news/a/b/c",       // /news/**
-        "/news",             // no
-        "/newsroom/a",       // no
-        "/other/x",          // no
-    ];
-    const expected = {
-        "/chat/*": ["/chat/room"],
-        "/news/**": ["/news/a", "/news/a/b/c"],
-    };
-    const replies = {};
-    for (const channel of publishes) {
-        const reply = await a.publish(channel, {channel: channel});
-        replies[channel] = reply;
-        expectSuccess(reply, "publish to " + channel);
-    }
-    // A sentinel published last: events of one session arrive in order, so once
-    // it is here every earlier matching publish must have arrived too.
-    expectSuccess(await a.publish("/interop/sentinel", {last: true}), "publish to sentinel");
-    await a.waitUntil(() => got["/interop/sentinel"].length >= 1, "sentinel delivery");
-    await sleep(200);
-    const rawChannels = a.events.map((m) => m.channel);
-    ctx.results.listener_channels = got;
-    ctx.results.raw_event_channels = rawChannels;
-    ctx.results.publish_replies = replies;
-    check(deepEqual(got["/chat/*"], expected["/chat/*"]), "/chat/* listener got wrong channels", got["/chat/*"]);
-    check(deepEqual(got["/news/**"], expected["/news/**"]), "/news/** listener got wrong channels", got["/news/**"]);
-    const expectedRaw = ["/chat/room", "/news/a", "/news/a/b/c", "/interop/sentinel"];
-    check(deepEqual(rawChannels, expectedRaw),
-        "server delivered the wrong set of channels (raw, before client-side matching)", {expected: expectedRaw, got: rawChannels});
-    for (const m of a.events) {
-        checkDelivery(m, m.channel, m.channel === "/interop/sentinel" ? {last: true} : {channel: m.channel}, "delivery on " + m.channel);
-    }
-};
+SCENARIOS.wildcard = onePeerScenario(wildcardScenario, {settleMs: 200});
 
 async function twoClients(opts, ctx, sharedJar) {
     const a = ctx.peer("A", {sharedJar});
@@ -768,60 +463,16 @@ SCENARIOS.batch = async (opts, ctx) => {
     const sent = wire.slice(wireStart).filter((e) => e.dir === "send" && Array.isArray(e.body) && (e.client === "A" || e.kind === "ws"));
     const bodies = sent.map((e) => e.body.map((m) => m.channel));
     ctx.results.requests_after_batch = bodies;
-    if (wireEnabled) {
+    if (opts.wire) {
         check(bodies.some((channels) => channels.includes("/meta/subscribe") && channels.includes(channel)),
             "subscribe and publish were not sent in one request", bodies);
     }
 };
 
-SCENARIOS.unsubscribe = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const channel = "/interop/unsub";
-    const sentinel = "/interop/unsub-sentinel";
-    const received = [];
-    const sentinels = [];
-    const {sub, reply: subReply} = await a.subscribe(channel, (m) => received.push(copy(m)));
-    expectSuccess(subReply, "subscribe");
-    expectSuccess((await a.subscribe(sentinel, (m) => sentinels.push(copy(m)))).reply, "subscribe sentinel");
+SCENARIOS.unsubscribe = onePeerScenario(unsubscribeScenario, {settleMs: 300});
 
-    expectSuccess(await a.publish(channel, {n: 1}), "publish before unsubscribe");
-    await a.waitUntil(() => received.length >= 1, "delivery before unsubscribe");
-
-    const unsubReply = await a.unsubscribe(sub);
-    ctx.results.unsubscribe_reply = unsubReply;
-    expectSuccess(unsubReply, "unsubscribe");
-    check(unsubReply.subscription === channel, "unsubscribe reply does not echo subscription", unsubReply);
-
-    const pub2 = await a.publish(channel, {n: 2});
-    ctx.results.publish_after_unsubscribe_reply = pub2;
-    expectSuccess(pub2, "publish after unsubscribe");
-    expectSuccess(await a.publish(sentinel, {n: 3}), "publish sentinel");
-    await a.waitUntil(() => sentinels.length >= 1, "sentinel delivery");
-    await sleep(300);
-    ctx.results.raw_events = a.events;
-    check(received.length === 1, "listener called after unsubscribe", received);
-    check(a.eventsOn(channel).length === 1,
-        "server still delivered to the unsubscribed session (raw)", a.eventsOn(channel));
-};
-
-SCENARIOS.disconnect = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    await a.connectHeld();
-    const connectsBefore = a.connects.length;
-    const t0 = Date.now();
-    const reply = await a.disconnect();
-    ctx.results.disconnect_ms = Date.now() - t0;
-    ctx.results.disconnect_reply = reply;
-    expectSuccess(reply, "disconnect");
-    // The held connect should come back (reconnect: none) promptly.
-    try {
-        await a.waitUntil(() => a.connects.length > connectsBefore, "held /meta/connect returning after disconnect", 3000);
-        ctx.results.held_connect_reply = a.connects[a.connects.length - 1];
-    } catch (x) {
-        ctx.results.held_connect_reply = null;
-    }
+SCENARIOS.disconnect = onePeerScenario(async (ctx, a) => {
+    await disconnectSteps(ctx, a);
     const sentAt = wire.length;
     const connectsSentAt = a.connectsSent;
     await sleep(500);
@@ -830,31 +481,23 @@ SCENARIOS.disconnect = async (opts, ctx) => {
     const later = wire.slice(sentAt).filter((e) => e.dir === "send" && e.client === "A");
     ctx.results.requests_after_disconnect = later.map((e) => e.body);
     check(a.connectsSent === connectsSentAt, "client kept sending /meta/connect after disconnect", later);
-};
+});
 
 // Stay connected for --duration ms (default 4000): with a short server
 // timeout the held /meta/connect must come back successful each time and the
 // client must simply re-poll (no failures, no re-handshake); a publish at the
-// end still arrives.
+// end still arrives, once.
 SCENARIOS.idle = async (opts, ctx) => {
     const a = ctx.peer("A");
     const failures = [];
     a.cometd.addListener("/meta/unsuccessful", (m) => failures.push(copy(m)));
     await a.connect();
-    const channel = "/interop/idle";
-    const received = [];
-    expectSuccess((await a.subscribe(channel, (m) => received.push(m.data))).reply, "subscribe");
-    const t0 = Date.now();
-    await sleep(opts.duration);
-    ctx.results.connect_replies = a.connects;
-    ctx.results.connects_sent = a.connectsSent;
-    ctx.results.failures = failures;
-    ctx.results.handshakes = a.handshakes.length;
-    check(failures.length === 0, "/meta/unsuccessful while idle", failures);
-    check(a.handshakes.length === 1, "client re-handshook while idle", a.handshakes);
-    check(a.connects.every((m) => m.successful === true), "unsuccessful /meta/connect reply", a.connects);
-    expectSuccess(await a.publish(channel, {after: Date.now() - t0}), "publish after idle");
-    await a.waitUntil(() => received.length >= 1, "delivery after idling");
+    await idleSteps(ctx, a, {
+        afterIdle() {
+            ctx.results.failures = failures;
+            check(failures.length === 0, "/meta/unsuccessful while idle", failures);
+        },
+    });
 };
 
 // The JS AckExtension: events must travel only with /meta/connect replies,
@@ -887,7 +530,7 @@ SCENARIOS.ack = async (opts, ctx) => {
     }
     ctx.results.connect_request_acks = a.sentConnects.map((m) => m.ext && m.ext.ack);
     // Events only with connect replies (no piggy-backing, no direct WS writes).
-    if (wireEnabled) {
+    if (opts.wire) {
         const bad = wire.filter((e) => e.dir === "recv" && (e.client === "A" || e.kind === "ws")).map((e) => {
             let body = e.body;
             if (e.kind === "jsonp" && typeof body === "string") {
@@ -1186,85 +829,15 @@ SCENARIOS.ack_outage = async (opts, ctx) => {
 
 // ---------------------------------------------------------------- main
 
-async function main() {
-    const opts = parseArgs(process.argv.slice(2));
-    wireEnabled = opts.wire;
-    installNodeAdapter();
-
-    const peers = [];
-    const ctx = {
-        results: {},
-        cleanup: [],
-        peer(label, options) {
-            const p = new Peer(label, opts, options);
-            peers.push(p);
-            return p;
-        },
-    };
-    const output = {
-        scenario: opts.scenario,
-        ok: false,
-        url: opts.url,
-        requested_transport: opts.transport,
-        transport: null,
-        elapsed_ms: 0,
-        results: ctx.results,
-    };
-    let exitCode = 1;
-
-    const finish = () => {
-        output.transport = peers.length ? peers[0].transportType() : null;
-        output.transports = Object.fromEntries(peers.map((p) => [p.label, p.transportType()]));
-        output.elapsed_ms = Date.now() - START;
-        if (wireEnabled) {
-            output.wire = wire;
-        }
-    };
-
-    const overall = setTimeout(() => {
-        output.error = "overall timeout of " + opts.timeout + " ms exceeded";
-        output.error_type = "timeout";
-        finish();
-        emit(output, 2);
-    }, opts.timeout);
-
-    try {
-        await SCENARIOS[opts.scenario](opts, ctx);
-        output.ok = true;
-        exitCode = 0;
-    } catch (x) {
-        output.ok = false;
-        output.error = x && x.message ? x.message : String(x);
-        output.error_type = x instanceof CheckFailed ? "check" : x instanceof StepTimeout ? "timeout" : "exception";
-        if (!(x instanceof CheckFailed) && !(x instanceof StepTimeout)) {
-            output.stack = x && x.stack;
-        }
-        exitCode = x instanceof StepTimeout ? 2 : 1;
-    }
-    finish();
-    // Best-effort cleanup so the server does not keep sessions around.
-    await Promise.allSettled(peers.map((p) => p.disconnect(2000).catch(() => null)));
-    for (const fn of ctx.cleanup) {
-        try {
-            fn();
-        } catch (x) {
-            // ignore
-        }
-    }
-    clearTimeout(overall);
-    emit(output, exitCode);
-}
-
-let emitted = false;
-
-function emit(output, code) {
-    if (emitted) {
-        return;
-    }
-    emitted = true;
-    process.stdout.write(JSON.stringify(output) + "\n", () => process.exit(code));
-}
-
-main().catch((x) => {
-    emit({ok: false, error: String(x && x.stack || x), error_type: "exception"}, 1);
+runDriver({
+    script: "cometd_client.mjs",
+    scenarios: SCENARIOS,
+    transports: TRANSPORTS,
+    options: {
+        "messages": {int: true, metavar: "N", default: 20},
+        "outage": {int: true, metavar: "MS", default: 2000},
+        "cut": {metavar: "MODE", default: "blackhole", choices: CUT_MODES, what: "cut mode"},
+    },
+    setup: installNodeAdapter,
+    newPeer: (label, opts, options) => new Peer(label, opts, options),
 });

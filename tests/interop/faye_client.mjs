@@ -46,6 +46,11 @@
 //    server's raw deliveries are recorded separately (incoming extension).
 
 import {createRequire} from "node:module";
+import {
+    START, wire, record, recordSocketEvents, parseMaybeJSON, check, sleep, withTimeout, deepEqual, copy,
+    expectSuccess, checkDelivery, CheckFailed, RecordingPeer, runDriver, onePeerScenario,
+    handshakeSteps, subscribePublishScenario, wildcardScenario, unsubscribeScenario, disconnectSteps, idleSteps,
+} from "./cli_common.mjs";
 
 const require = createRequire(import.meta.url);
 const faye = require("faye");
@@ -55,100 +60,7 @@ const FayeWebSocket = require("faye/src/transport/web_socket");
 const TRANSPORTS = ["websocket", "long-polling"];
 const SCENARIOS = {};
 
-// ---------------------------------------------------------------- arguments
-
-function usage(message) {
-    process.stderr.write((message ? message + "\n" : "") +
-        "usage: node faye_client.mjs URL SCENARIO [--transport T] [--timeout MS] " +
-        "[--step-timeout MS] [--duration MS] [--log-level L] [--no-wire]\n" +
-        "scenarios: " + Object.keys(SCENARIOS).join(", ") + "\n" +
-        "transports: " + TRANSPORTS.join(", ") + " (default: Faye's own choice)\n");
-    process.exit(3);
-}
-
-function parseArgs(argv) {
-    const opts = {
-        url: null,
-        scenario: null,
-        transport: null,
-        timeout: 20000,
-        stepTimeout: 8000,
-        duration: 3500,
-        logLevel: "warn",
-        wire: true,
-    };
-    const positional = [];
-    for (let i = 0; i < argv.length; ++i) {
-        const arg = argv[i];
-        const next = () => {
-            if (i + 1 >= argv.length) {
-                usage("missing value for " + arg);
-            }
-            return argv[++i];
-        };
-        if (arg === "--transport") {
-            opts.transport = next();
-        } else if (arg.startsWith("--transport=")) {
-            opts.transport = arg.substring("--transport=".length);
-        } else if (arg === "--timeout") {
-            opts.timeout = parseInt(next(), 10);
-        } else if (arg === "--step-timeout") {
-            opts.stepTimeout = parseInt(next(), 10);
-        } else if (arg === "--duration") {
-            opts.duration = parseInt(next(), 10);
-        } else if (arg === "--log-level") {
-            opts.logLevel = next();
-        } else if (arg === "--no-wire") {
-            opts.wire = false;
-        } else if (arg === "-h" || arg === "--help") {
-            usage();
-        } else if (arg.startsWith("--")) {
-            usage("unknown option " + arg);
-        } else {
-            positional.push(arg);
-        }
-    }
-    if (positional.length !== 2) {
-        usage("expected URL and SCENARIO");
-    }
-    [opts.url, opts.scenario] = positional;
-    if (opts.transport && !TRANSPORTS.includes(opts.transport)) {
-        usage("unknown transport " + opts.transport);
-    }
-    if (!SCENARIOS[opts.scenario]) {
-        usage("unknown scenario " + opts.scenario);
-    }
-    return opts;
-}
-
 // ---------------------------------------------------------------- wire log
-
-const START = Date.now();
-const wire = [];
-let wireEnabled = true;
-
-function parseMaybeJSON(text) {
-    if (typeof text !== "string") {
-        return text;
-    }
-    try {
-        return JSON.parse(text);
-    } catch (x) {
-        return text;
-    }
-}
-
-function record(entry) {
-    if (!wireEnabled) {
-        return;
-    }
-    entry.t = Date.now() - START;
-    wire.push(entry);
-}
-
-function copy(message) {
-    return message === undefined ? undefined : JSON.parse(JSON.stringify(message));
-}
 
 function labelOf(dispatcher) {
     return (dispatcher && dispatcher._client && dispatcher._client._interopLabel) || "?";
@@ -228,10 +140,7 @@ FayeWebSocket.prototype._createSocket = function () {
         peer.wsOpened += 1;
     }
     record({client: label, kind: "ws", conn: id, dir: "open-request", url: FayeWebSocket.getSocketUrl(this.endpoint), cookie: cookie});
-    socket.addEventListener("open", () => record({client: label, kind: "ws", conn: id, dir: "open"}));
-    socket.addEventListener("message", (e) => record({client: label, kind: "ws", conn: id, dir: "recv", body: parseMaybeJSON(String(e.data))}));
-    socket.addEventListener("close", (e) => record({client: label, kind: "ws", conn: id, dir: "close", code: e.code, reason: e.reason}));
-    socket.addEventListener("error", (e) => record({client: label, kind: "ws", conn: id, dir: "error", error: String(e && (e.message || e.data) || e)}));
+    recordSocketEvents(socket, {client: label, kind: "ws", conn: id});
     const send = socket.send;
     socket.send = function (data) {
         const body = parseMaybeJSON(String(data));
@@ -242,50 +151,8 @@ FayeWebSocket.prototype._createSocket = function () {
     return socket;
 };
 
-// ---------------------------------------------------------------- helpers
 
-class CheckFailed extends Error {
-}
-
-class StepTimeout extends Error {
-}
-
-function check(condition, message, detail) {
-    if (!condition) {
-        const text = detail === undefined ? message : message + ": " + JSON.stringify(detail);
-        throw new CheckFailed(text);
-    }
-}
-
-function sleep(ms) {
-    return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function withTimeout(promise, ms, what) {
-    let timer;
-    const timeout = new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new StepTimeout("timed out after " + ms + " ms waiting for " + what)), ms);
-    });
-    return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function canonical(v) {
-    if (Array.isArray(v)) {
-        return v.map(canonical);
-    }
-    if (v && typeof v === "object") {
-        const out = {};
-        for (const k of Object.keys(v).sort()) {
-            out[k] = canonical(v[k]);
-        }
-        return out;
-    }
-    return v;
-}
-
-function deepEqual(a, b) {
-    return JSON.stringify(canonical(a)) === JSON.stringify(canonical(b));
-}
+// ---------------------------------------------------------------- peers
 
 // Faye's deferrables (Subscription, Publication) as real promises.
 function deferred(d, what) {
@@ -295,46 +162,29 @@ function deferred(d, what) {
 }
 
 // One Faye client with message recorders.
-class Peer {
+class Peer extends RecordingPeer {
     constructor(label, opts) {
-        this.label = label;
-        this.opts = opts;
+        super(label, opts);
         this.client = new faye.Client(opts.url);
         this.client._interopLabel = label;
         this.client._interopPeer = this;
         if (opts.transport === "long-polling") {
             this.client.disable("websocket");
         }
-        this.events = [];         // raw deliveries (non-meta messages with data), before client-side matching
-        this.metaReplies = [];    // every /meta/* message received
-        this.replies = [];        // non-meta replies (publish replies)
         this.outgoing = [];       // every message Faye sent (once per message, after extensions)
-        this.handshakes = [];
-        this.connects = [];
-        this.connectsSent = 0;
         this.sendCounts = new Map();  // id -> number of times handed to a connection
         this.wireSends = [];
         this.wsOpened = 0;
         this.transportEvents = [];
-        this.waiters = [];
         this.lastTransport = null;
 
         const self = this;
         this.client.addExtension({
             incoming(message, callback) {
                 const m = copy(message);
-                const isMeta = typeof m.channel === "string" && m.channel.startsWith("/meta/");
-                if (isMeta) {
-                    self.metaReplies.push(m);
-                    if (m.channel === "/meta/handshake") {
-                        self.handshakes.push(m);
-                    } else if (m.channel === "/meta/connect") {
-                        self.connects.push(m);
-                    }
-                } else if (("successful" in m) && !("data" in m)) {
-                    self.replies.push(m);
-                } else {
-                    self.events.push(m);
+                self.noteIncoming(m);
+                if (m.channel === "/meta/handshake") {
+                    self.handshakes.push(m);
                 }
                 self.noteTransport();
                 self.wake();
@@ -354,6 +204,10 @@ class Peer {
         this.client.on("transport:up", () => this.transportEvents.push({t: Date.now() - START, event: "up"}));
     }
 
+    startHandshake() {
+        this.client.connect();
+    }
+
     noteTransport() {
         const t = this.client._dispatcher._transport;
         if (t) {
@@ -366,56 +220,10 @@ class Peer {
         return this.lastTransport;
     }
 
-    wake() {
-        const run = () => {
-            for (const w of this.waiters.slice()) {
-                w();
-            }
-        };
-        run();
-        // Listeners and callbacks run after the incoming extensions.
-        setTimeout(run, 0);
-    }
-
-    waitUntil(predicate, what, ms) {
-        return withTimeout(new Promise((resolve) => {
-            const test = () => {
-                let value;
-                try {
-                    value = predicate();
-                } catch (x) {
-                    value = undefined;
-                }
-                if (value) {
-                    this.waiters = this.waiters.filter((w) => w !== test);
-                    resolve(value);
-                }
-            };
-            this.waiters.push(test);
-            test();
-        }), ms || this.opts.stepTimeout, this.label + ": " + what);
-    }
-
-    // Handshake and wait for the first successful /meta/connect reply.
-    async connect() {
-        this.client.connect();
-        const hs = await this.waitUntil(() => this.handshakes.find((m) => m.successful), "successful /meta/handshake reply");
-        const first = await this.waitUntil(() => this.connects.find((m) => m.successful === true),
-            "first successful /meta/connect reply");
-        return {handshake: hs, connect: first};
-    }
-
-    // Wait until a /meta/connect is outstanding after at least one connect reply.
-    async connectHeld() {
-        await this.waitUntil(() => this.connects.length >= 1 && this.connectsSent > this.connects.length,
-            "an outstanding (held) /meta/connect");
-        await sleep(150);
-    }
-
-    // subscribe(channel) -> {sub, reply}; listener(channel, data).
+    // subscribe(channel) -> {sub, reply}; listener({channel, data}).
     async subscribe(channel, listener) {
         const sub = this.client.subscribe(channel);
-        sub.withChannel((ch, data) => listener(ch, copy(data)));
+        sub.withChannel((ch, data) => listener({channel: ch, data: copy(data)}));
         await withTimeout(deferred(sub, "subscribe " + channel), this.opts.stepTimeout,
             this.label + ": subscription to " + channel);
         const reply = await this.waitUntil(() => this.metaReplies.slice().reverse().find(
@@ -423,7 +231,8 @@ class Peer {
         return {sub, reply};
     }
 
-    async unsubscribe(sub, channel) {
+    async unsubscribe(sub) {
+        const channel = sub._channels;
         const before = this.metaReplies.length;
         sub.cancel();
         return this.waitUntil(() => this.metaReplies.slice(before).find(
@@ -463,10 +272,6 @@ class Peer {
         return this.metaReplies.slice(before).find((m) => m.channel === "/meta/disconnect") || null;
     }
 
-    eventsOn(channel) {
-        return this.events.filter((m) => m.channel === channel);
-    }
-
     resends() {
         return [...this.sendCounts.entries()].filter(([, n]) => n > 1).map(([id, n]) => {
             const m = this.outgoing.find((o) => o.id === id);
@@ -490,20 +295,6 @@ class Peer {
     }
 }
 
-function expectSuccess(reply, what) {
-    check(reply && reply.successful === true, what + " not successful", reply);
-    return reply;
-}
-
-function checkDelivery(message, channel, data, what) {
-    check(message, what + ": nothing delivered");
-    check(message.channel === channel, what + ": wrong channel", message);
-    check(deepEqual(message.data, data), what + ": data differs", {expected: data, got: message.data});
-    check(!("clientId" in message), what + ": delivery carries clientId", message);
-    check(!("id" in message), what + ": delivery carries id", message);
-    check(!("successful" in message), what + ": delivery carries successful", message);
-}
-
 function checkNoResends(ctx, peers) {
     const resends = Object.fromEntries(peers.map((p) => [p.label, p.resends()]));
     ctx.results.resends = resends;
@@ -516,97 +307,26 @@ function checkNoResends(ctx, peers) {
 
 SCENARIOS.handshake = async (opts, ctx) => {
     const a = ctx.peer("A");
-    const {handshake, connect} = await a.connect();
+    const replies = await a.connect();
     await a.connectHeld();
-    ctx.results.handshake_reply = handshake;
-    ctx.results.first_connect_reply = connect;
     ctx.results.handshake_request = a.outgoing.find((m) => m.channel === "/meta/handshake");
     ctx.results.client_id = a.client._dispatcher.clientId;
-    ctx.results.cookies = a.cookies();
-    ctx.results.handshake_attempts = a.handshakes.length;
     ctx.results.connect_requests = a.outgoing.filter((m) => m.channel === "/meta/connect");
     ctx.results.connect_transports = a.connectTransports();
     ctx.results.ws_opened = a.wsOpened;
-    check(typeof handshake.clientId === "string" && handshake.clientId.length > 0, "no clientId in handshake reply", handshake);
-    check(Array.isArray(handshake.supportedConnectionTypes), "no supportedConnectionTypes in handshake reply", handshake);
-    check(handshake.supportedConnectionTypes.includes(a.transportType()),
-        "transport in use is not listed by the server", {using: a.transportType(), server: handshake.supportedConnectionTypes});
+    handshakeSteps(ctx, a, replies);
     check(a.client._state === a.client.CONNECTED, "client not connected", a.client._state);
     checkNoResends(ctx, [a]);
 };
 
-SCENARIOS.subscribe_publish = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const channel = "/interop/exact";
-    const received = [];
-    const {reply: subReply} = await a.subscribe(channel, (ch, data) => received.push({channel: ch, data}));
-    ctx.results.subscribe_reply = subReply;
-    expectSuccess(subReply, "subscribe " + channel);
-    check(subReply.subscription === channel, "subscribe reply does not echo subscription", subReply);
-    await a.connectHeld();
+// One client "A", deliveries through a held /meta/connect; no resends.
+function fayeScenario(steps) {
+    return onePeerScenario(steps, {holdConnect: true, settleMs: 300}, (ctx, a) => checkNoResends(ctx, [a]));
+}
 
-    const data = {text: "hello", n: 1, nested: {list: [1, 2.5, "x", null, true]}, unicode: "h\u00e9llo \u2603"};
-    const pubReply = await a.publish(channel, data);
-    ctx.results.publish_reply = pubReply;
-    expectSuccess(pubReply, "publish");
-    check(!("data" in pubReply), "publish reply carries data", pubReply);
-    await a.waitUntil(() => received.length >= 1, "own publish delivered to the subscriber");
-    await sleep(300);
-    ctx.results.received = received;
-    ctx.results.raw_events = a.events;
-    checkDelivery(a.eventsOn(channel)[0], channel, data, "delivery");
-    check(a.eventsOn(channel).length === 1, "publish delivered more than once (raw)", a.eventsOn(channel));
-    check(received.length === 1, "subscriber called more than once", received);
-    checkNoResends(ctx, [a]);
-};
+SCENARIOS.subscribe_publish = fayeScenario(subscribePublishScenario);
 
-SCENARIOS.wildcard = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const got = {"/chat/*": [], "/news/**": [], "/interop/sentinel": []};
-    for (const pattern of Object.keys(got)) {
-        const {reply} = await a.subscribe(pattern, (ch) => got[pattern].push(ch));
-        expectSuccess(reply, "subscribe " + pattern);
-        check(reply.subscription === pattern, "subscribe reply does not echo subscription", reply);
-    }
-    await a.connectHeld();
-    const publishes = [
-        "/chat/room",        // /chat/*
-        "/chat/room/deep",   // no: * is one segment
-        "/chat",             // no
-        "/chatter/x",        // no
-        "/news/a",           // /news/**
-        "/news/a/b/c",       // /news/**
-        "/news",             // no
-        "/newsroom/a",       // no
-        "/other/x",          // no
-    ];
-    const replies = {};
-    for (const channel of publishes) {
-        const reply = await a.publish(channel, {channel: channel});
-        replies[channel] = reply;
-        expectSuccess(reply, "publish to " + channel);
-    }
-    // Events of one session arrive in order: once the sentinel is here, every
-    // earlier matching publish must have arrived too.
-    expectSuccess(await a.publish("/interop/sentinel", {last: true}), "publish to sentinel");
-    await a.waitUntil(() => got["/interop/sentinel"].length >= 1, "sentinel delivery");
-    await sleep(300);
-    const rawChannels = a.events.map((m) => m.channel);
-    ctx.results.listener_channels = got;
-    ctx.results.raw_event_channels = rawChannels;
-    ctx.results.publish_replies = replies;
-    check(deepEqual(got["/chat/*"], ["/chat/room"]), "/chat/* subscriber got wrong channels", got["/chat/*"]);
-    check(deepEqual(got["/news/**"], ["/news/a", "/news/a/b/c"]), "/news/** subscriber got wrong channels", got["/news/**"]);
-    const expectedRaw = ["/chat/room", "/news/a", "/news/a/b/c", "/interop/sentinel"];
-    check(deepEqual(rawChannels, expectedRaw),
-        "server delivered the wrong set of channels (raw, before client-side matching)", {expected: expectedRaw, got: rawChannels});
-    for (const m of a.events) {
-        checkDelivery(m, m.channel, m.channel === "/interop/sentinel" ? {last: true} : {channel: m.channel}, "delivery on " + m.channel);
-    }
-    checkNoResends(ctx, [a]);
-};
+SCENARIOS.wildcard = fayeScenario(wildcardScenario);
 
 SCENARIOS.two_clients = async (opts, ctx) => {
     const a = ctx.peer("A");
@@ -621,9 +341,9 @@ SCENARIOS.two_clients = async (opts, ctx) => {
     const toA = "/interop/two/to-a";
     const gotB = [];
     const gotA = [];
-    expectSuccess((await b.subscribe(toB, (ch, data) => gotB.push(data))).reply, "B subscribe");
-    expectSuccess((await b.subscribe("/interop/two/b/*", (ch, data) => gotB.push(data))).reply, "B subscribe wildcard");
-    expectSuccess((await a.subscribe(toA, (ch, data) => gotA.push(data))).reply, "A subscribe");
+    expectSuccess((await b.subscribe(toB, (m) => gotB.push(m.data))).reply, "B subscribe");
+    expectSuccess((await b.subscribe("/interop/two/b/*", (m) => gotB.push(m.data))).reply, "B subscribe wildcard");
+    expectSuccess((await a.subscribe(toA, (m) => gotA.push(m.data))).reply, "A subscribe");
     // Deliveries go through the held /meta/connect (or the socket), not by
     // piggy-backing on B's own requests.
     await a.connectHeld();
@@ -656,58 +376,10 @@ SCENARIOS.two_clients = async (opts, ctx) => {
     checkNoResends(ctx, [a, b]);
 };
 
-SCENARIOS.unsubscribe = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const channel = "/interop/unsub";
-    const sentinel = "/interop/unsub-sentinel";
-    const received = [];
-    const sentinels = [];
-    const {sub, reply: subReply} = await a.subscribe(channel, (ch, data) => received.push(data));
-    expectSuccess(subReply, "subscribe");
-    expectSuccess((await a.subscribe(sentinel, (ch, data) => sentinels.push(data))).reply, "subscribe sentinel");
-    await a.connectHeld();
+SCENARIOS.unsubscribe = fayeScenario(unsubscribeScenario);
 
-    expectSuccess(await a.publish(channel, {n: 1}), "publish before unsubscribe");
-    await a.waitUntil(() => received.length >= 1, "delivery before unsubscribe");
-
-    const unsubReply = await a.unsubscribe(sub, channel);
-    ctx.results.unsubscribe_reply = unsubReply;
-    expectSuccess(unsubReply, "unsubscribe");
-    check(unsubReply.subscription === channel, "unsubscribe reply does not echo subscription", unsubReply);
-
-    const pub2 = await a.publish(channel, {n: 2});
-    ctx.results.publish_after_unsubscribe_reply = pub2;
-    expectSuccess(pub2, "publish after unsubscribe");
-    expectSuccess(await a.publish(sentinel, {n: 3}), "publish sentinel");
-    await a.waitUntil(() => sentinels.length >= 1, "sentinel delivery");
-    await sleep(300);
-    ctx.results.raw_events = a.events;
-    ctx.results.received = received;
-    check(received.length === 1, "subscriber called after cancel()", received);
-    check(deepEqual(a.eventsOn(channel).map((m) => m.data), [{n: 1}]),
-        "server still delivered to the unsubscribed session (raw)", a.eventsOn(channel));
-    check(sentinels.length === 1, "sentinel delivered more than once", sentinels);
-    checkNoResends(ctx, [a]);
-};
-
-SCENARIOS.disconnect = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    await a.connectHeld();
-    ctx.results.transport_before = a.transportType();
-    const connectsBefore = a.connects.length;
-    const t0 = Date.now();
-    const reply = await a.disconnect();
-    ctx.results.disconnect_ms = Date.now() - t0;
-    ctx.results.disconnect_reply = reply;
-    expectSuccess(reply, "disconnect");
-    try {
-        await a.waitUntil(() => a.connects.length > connectsBefore, "held /meta/connect returning after disconnect", 3000);
-        ctx.results.held_connect_reply = a.connects[a.connects.length - 1];
-    } catch (x) {
-        ctx.results.held_connect_reply = null;
-    }
+SCENARIOS.disconnect = fayeScenario(async (ctx, a) => {
+    await disconnectSteps(ctx, a);
     const sentAt = a.wireSends.length;
     const outAt = a.outgoing.length;
     await sleep(700);
@@ -717,37 +389,21 @@ SCENARIOS.disconnect = async (opts, ctx) => {
     ctx.results.messages_after_disconnect = a.outgoing.slice(outAt);
     check(a.wireSends.length === sentAt && a.outgoing.length === outAt,
         "client kept sending after disconnect", {wire: a.wireSends.slice(sentAt), messages: a.outgoing.slice(outAt)});
-    checkNoResends(ctx, [a]);
-};
+});
 
 // Stay connected for --duration ms: with a short server timeout every held
 // /meta/connect must come back in time (Faye resends anything unanswered
 // after 1.2 x advice.timeout), no re-handshake, no failure; a publish at the
 // end is delivered once.
-SCENARIOS.idle = async (opts, ctx) => {
-    const a = ctx.peer("A");
-    await a.connect();
-    const channel = "/interop/idle";
-    const received = [];
-    expectSuccess((await a.subscribe(channel, (ch, data) => received.push(data))).reply, "subscribe");
-    const t0 = Date.now();
-    await sleep(opts.duration);
-    ctx.results.connect_replies = a.connects;
-    ctx.results.connects_sent = a.connectsSent;
-    ctx.results.handshakes = a.handshakes.length;
-    ctx.results.connect_transports = a.connectTransports();
-    ctx.results.transport_events = a.transportEvents;
-    check(a.handshakes.length === 1, "client re-handshook while idle", a.handshakes);
-    check(a.connects.every((m) => m.successful === true), "unsuccessful /meta/connect reply", a.connects);
-    const reply = await a.publish(channel, {after: Date.now() - t0});
-    expectSuccess(reply, "publish after idle");
-    await a.waitUntil(() => received.length >= 1, "delivery after idling");
-    await sleep(300);
-    ctx.results.received = received;
-    check(received.length === 1, "delivery duplicated", received);
+SCENARIOS.idle = fayeScenario(async (ctx, a) => {
+    await idleSteps(ctx, a, {
+        afterIdle() {
+            ctx.results.connect_transports = a.connectTransports();
+            ctx.results.transport_events = a.transportEvents;
+        },
+    });
     ctx.results.connect_hold_ms = holdTimes(a);
-    checkNoResends(ctx, [a]);
-};
+});
 
 // How long each /meta/connect took from its (first) send to its reply, from
 // the wire log (by id).
@@ -773,82 +429,21 @@ function holdTimes(peer) {
 
 // ---------------------------------------------------------------- main
 
-async function main() {
-    const opts = parseArgs(process.argv.slice(2));
-    wireEnabled = opts.wire;
-    const toStderr = (text) => process.stderr.write(text + "\n");
-    const levels = ["debug", "info", "warn", "error", "fatal"];
-    const minLevel = Math.max(0, levels.indexOf(opts.logLevel));
-    faye.logger = Object.fromEntries(levels.map((l, i) => [l, i >= minLevel ? toStderr : () => {}]));
-
-    const peers = [];
-    const ctx = {
-        results: {},
-        peer(label) {
-            const p = new Peer(label, opts);
-            peers.push(p);
-            return p;
-        },
-    };
-    const output = {
-        scenario: opts.scenario,
-        client: "faye",
-        ok: false,
-        url: opts.url,
-        requested_transport: opts.transport,
-        transport: null,
-        elapsed_ms: 0,
-        results: ctx.results,
-    };
-    let exitCode = 1;
-
-    const finish = () => {
-        output.transport = peers.length ? peers[0].transportType() : null;
-        output.transports = Object.fromEntries(peers.map((p) => [p.label, p.transportType()]));
+runDriver({
+    script: "faye_client.mjs",
+    scenarios: SCENARIOS,
+    transports: TRANSPORTS,
+    transportNote: " (default: Faye's own choice)",
+    options: {"duration": {default: 3500}},
+    setup: (opts) => {
+        const toStderr = (text) => process.stderr.write(text + "\n");
+        const levels = ["debug", "info", "warn", "error", "fatal"];
+        const minLevel = Math.max(0, levels.indexOf(opts.logLevel));
+        faye.logger = Object.fromEntries(levels.map((l, i) => [l, i >= minLevel ? toStderr : () => {}]));
+    },
+    newPeer: (label, opts) => new Peer(label, opts),
+    output: {client: "faye"},
+    finish: (output, peers) => {
         output.connect_transports = Object.fromEntries(peers.map((p) => [p.label, p.connectTransports()]));
-        output.elapsed_ms = Date.now() - START;
-        if (wireEnabled) {
-            output.wire = wire;
-        }
-    };
-
-    const overall = setTimeout(() => {
-        output.error = "overall timeout of " + opts.timeout + " ms exceeded";
-        output.error_type = "timeout";
-        finish();
-        emit(output, 2);
-    }, opts.timeout);
-
-    try {
-        await SCENARIOS[opts.scenario](opts, ctx);
-        output.ok = true;
-        exitCode = 0;
-    } catch (x) {
-        output.ok = false;
-        output.error = x && x.message ? x.message : String(x);
-        output.error_type = x instanceof CheckFailed ? "check" : x instanceof StepTimeout ? "timeout" : "exception";
-        if (!(x instanceof CheckFailed) && !(x instanceof StepTimeout)) {
-            output.stack = x && x.stack;
-        }
-        exitCode = x instanceof StepTimeout ? 2 : 1;
-    }
-    finish();
-    // Best-effort cleanup so the server does not keep sessions around.
-    await Promise.allSettled(peers.map((p) => p.disconnect(2000).catch(() => null)));
-    clearTimeout(overall);
-    emit(output, exitCode);
-}
-
-let emitted = false;
-
-function emit(output, code) {
-    if (emitted) {
-        return;
-    }
-    emitted = true;
-    process.stdout.write(JSON.stringify(output) + "\n", () => process.exit(code));
-}
-
-main().catch((x) => {
-    emit({ok: false, error: String(x && x.stack || x), error_type: "exception"}, 1);
+    },
 });

@@ -9,6 +9,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+# node_clients.py asserts like a test module; conftest.py imports this module
+# before any test module imports that one.
+pytest.register_assert_rewrite("interop.node_clients")
+
 INTEROP_DIR = Path(__file__).resolve().parent
 
 TARGET_ENV = "ENGINE_INTEROP_TARGET"
