@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -54,23 +53,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from churn import (  # noqa: E402
-    RunError,
     cores_mean,
     cpu_plan,
     limiter,
-    pin_tree,
     run_workers,
-    split_even,
+    start_pinned,
+    worker_specs,
 )
 from common import (  # noqa: E402
     BENCH_DIR,
     DEFAULT_SERVER_CMD,
     ChildGuard,
     ServerProcess,
+    add_results_dir_arg,
     format_table,
     free_port,
     human_bytes,
-    record_header,
+    log,
+    na,
     run_scenario,
     shell_join,
     tree_rss_bytes,
@@ -129,18 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="py-spy record the engine during its first window into this file "
         "(.svg flame graph, .json speedscope, .txt raw)",
     )
-    p.add_argument(
-        "--results-dir", type=Path, default=BENCH_DIR / "results", help="where the record goes"
-    )
+    add_results_dir_arg(p, "where the record goes")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--note", default="", help="free text stored in the record")
     return p
-
-
-def _log(args: argparse.Namespace, text: str) -> None:
-    if not args.no_progress:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 def _profile_cmd(path: Path, pid: int, seconds: float) -> list[str] | None:
@@ -173,6 +165,7 @@ async def _delayed_exec(cmd: list[str], delay: float) -> asyncio.subprocess.Proc
 
 
 async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
+    progress = not args.no_progress
     server_cpus, gen_cpus = cpu_plan(args.pin)
     if args.procs is None:
         args.procs = max(1, len(gen_cpus) if gen_cpus else (os.cpu_count() or 2) - 1)
@@ -183,44 +176,23 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     try:
         for name, template in (("engine", args.server_cmd), ("bound", args.bound_cmd)):
             port = free_port(args.host)
-            try:
-                srv = ServerProcess(
-                    template,
-                    host=args.host,
-                    port=port,
-                    path=args.path,
-                    timeout_ms=args.timeout,
-                    guard=guard,
-                )
-            except (KeyError, IndexError, ValueError) as exc:
-                raise RunError(
-                    f"bad server command template {template!r}: {exc!r} (placeholders: "
-                    "{python} {host} {port} {path} {timeout}; write other braces doubled)"
-                ) from None
-            url = await srv.start(args.startup_timeout)
-            assert srv.pid is not None
-            pin_tree(srv.pid, server_cpus)
+            srv = ServerProcess(
+                template,
+                host=args.host,
+                port=port,
+                path=args.path,
+                timeout_ms=args.timeout,
+                guard=guard,
+            )
+            url = await start_pinned(srv, args.startup_timeout, server_cpus, name, progress)
             servers[name] = srv
             urls[name] = url if name == "engine" else url.rstrip("/") + args.path
-            _log(args, f"{name} ready at {url} (pid {srv.pid}, cpus {server_cpus or 'any'})")
         rss_start = {n: tree_rss_bytes(s.pid or 0) for n, s in servers.items()}
-        addrs = [f"127.0.0.{i}" for i in range(1, args.source_addrs + 1)]
         order = ["bound", "engine"] * args.repeats
         for i, name in enumerate(order):
             srv = servers[name]
-            specs = [
-                {
-                    "mode": "connect" if name == "engine" else "bound",
-                    "url": urls[name],
-                    "clients": count,
-                    "index_start": start,
-                    "source_addrs": addrs,
-                    "cpus": gen_cpus,
-                    "request_timeout": args.request_timeout,
-                    "max_seconds": 120,
-                }
-                for start, count in split_even(args.clients, args.procs)
-            ]
+            mode = "connect" if name == "engine" else "bound"
+            specs = worker_specs(args, mode, urls[name], gen_cpus)
             prof_task = None
             if args.profile and name == "engine" and profile is None:
                 cmd = _profile_cmd(args.profile, srv.pid or 0, max(1.0, args.duration - 1))
@@ -229,7 +201,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                     "output": str(args.profile),
                 }
                 if cmd is None:
-                    _log(args, "py-spy not found: no profile")
+                    log(progress, "py-spy not found: no profile")
                 else:
                     # the clients' set-up takes a moment: start inside the window, roughly
                     prof_task = asyncio.create_task(_delayed_exec(cmd, args.warmup + 0.5))
@@ -284,8 +256,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 "loadgen_cores_busy_percent": cores_mean(cores, gen_cpus, "busy_percent"),
             }
             phases.append(phase)
-            _log(
-                args,
+            log(
+                progress,
                 f"  {name:6} {phase['per_s']:>10,.0f} /s   server CPU "
                 f"{phase['server_cpu_percent']} % ({phase['server_cpu_per_request_us']} us/req), "
                 f"loadgen CPU {phase['loadgen_cpu_percent']} %, cores busy "
@@ -368,7 +340,7 @@ def table(record: dict[str, Any]) -> str:
     e, b = r["engine"], r["bound"]
 
     def f(v: Any, spec: str = "{:,.0f}") -> str:
-        return "n/a" if v is None else spec.format(v)
+        return na(v, spec)
 
     rows = [
         ("clients / load generators", f"{p['clients']} / {p['procs']}"),
@@ -419,18 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bound.py: --procs must be positive")
     if not args.host.startswith("127."):
         raise SystemExit("bound.py: --host must be a loopback address")
-    guard = ChildGuard()
-    guard.install_signals()
-    started = time.time()
-    ran = run_scenario("bound.py", args, guard, lambda a: asyncio.run(run(a, guard)), print)
-    if isinstance(ran, int):
-        return ran
-    out, _ = ran
-    record = {
-        **record_header(SCENARIO, started, argv, __file__),
-        **compute(args, out),
-    }
-    record["machine"]["platform"] = platform.platform()
+    record = run_scenario(
+        SCENARIO,
+        __file__,
+        args,
+        argv,
+        lambda a, guard: compute(a, asyncio.run(run(a, guard))),
+        say=print,
+    )
+    if isinstance(record, int):
+        return record
     path = write_record(
         args.results_dir, f"{SCENARIO}-{args.clients}-{record['timestamp']}", record
     )

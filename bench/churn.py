@@ -36,9 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import platform
 import random
 import resource
 import secrets
@@ -55,22 +53,27 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BENCH_DIR,
     DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
+    LineChild,
     RunError,
     ServerProcess,
-    child_setup,
-    format_comparison,
+    add_results_dir_arg,
     format_table,
     free_port,
     human_bytes,
+    log,
+    na,
+    percentile_ms,
+    print_tables,
     process_tree,
     ratio,
-    record_header,
+    read_rss_bytes,
     run_scenario,
     shell_join,
+    source_addresses,
+    split_clients,
     tree_cpu_seconds,
     tree_rss_bytes,
     write_record,
@@ -147,19 +150,6 @@ def hist_add(hist: list[int], ms: float) -> None:
     import bisect
 
     hist[bisect.bisect_left(HIST_EDGES_MS, ms)] += 1
-
-
-def hist_percentile(hist: list[int], q: float) -> float | None:
-    """Upper bucket edge (ms) of the q-quantile; None when empty."""
-    total = sum(hist)
-    if not total:
-        return None
-    rank, seen = q * total, 0
-    for i, n in enumerate(hist):
-        seen += n
-        if seen >= rank:
-            return HIST_EDGES_MS[i] if i < len(HIST_EDGES_MS) else math.inf
-    return math.inf
 
 
 class HttpConn(asyncio.Protocol):
@@ -664,21 +654,10 @@ async def worker_async(spec: dict[str, Any]) -> int:
                 "type": "result",
                 "window": res,
                 "total": w.stats.snapshot(),
-                "rss_bytes": _self_rss(),
+                "rss_bytes": read_rss_bytes(os.getpid()) or 0,
             }
         )
     sweeper.cancel()
-    return 0
-
-
-def _self_rss() -> int:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
     return 0
 
 
@@ -700,117 +679,56 @@ def worker_main(spec_json: str) -> int:
 # =========================================================================== parent side
 
 
-class WorkerProc:
-    """A worker child process: ready line, go, result line."""
+class WorkerProc(LineChild):
+    """A worker child process (this script, ``--worker SPEC``): ready line,
+    go, result line; its stderr is kept for error reports, not echoed."""
 
     def __init__(self, index: int, spec: dict[str, Any]) -> None:
+        super().__init__(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+            f"worker {index}",
+            echo=False,
+        )
         self.index = index
         self.spec = spec
-        self.proc: asyncio.subprocess.Process | None = None
-        self.ready: dict[str, Any] | None = None
-        self.result: dict[str, Any] | None = None
-        self.stderr_tail: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ready_evt = asyncio.Event()
-        self._result_evt = asyncio.Event()
+        self.lines: dict[str, dict[str, Any]] = {}
+        self._events = {"ready": asyncio.Event(), "result": asyncio.Event()}
 
-    async def start(self, guard: ChildGuard) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            json.dumps(self.spec),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=child_setup,
-        )
-        guard.add(self.proc.pid)
-        self._tasks = [
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._read_err()),
-        ]
+    def on_line(self, d: dict[str, Any]) -> None:
+        kind = d.get("type")
+        if isinstance(kind, str) and kind in self._events:
+            self.lines[kind] = d
+            self._events[kind].set()
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+    def on_eof(self) -> None:
+        for event in self._events.values():
+            event.set()
 
-    async def _read(self) -> None:
-        assert self.proc and self.proc.stdout
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                self._ready_evt.set()
-                self._result_evt.set()
-                return
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if d.get("type") == "ready":
-                self.ready = d
-                self._ready_evt.set()
-            elif d.get("type") == "result":
-                self.result = d
-                self._result_evt.set()
-
-    async def _read_err(self) -> None:
-        assert self.proc and self.proc.stderr
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail = (self.stderr_tail + [text])[-20:]
+    async def _wait_line(self, kind: str, timeout: float, late: str) -> dict[str, Any]:
+        """Its ``kind`` line, waited for at most ``timeout`` s; RunError when
+        late (``late``) or when the worker exited without printing it."""
+        try:
+            await asyncio.wait_for(self._events[kind].wait(), timeout)
+        except TimeoutError:
+            raise RunError(f"worker {self.index} {late} within {timeout:.0f} s") from None
+        line = self.lines.get(kind)
+        if line is None:
+            raise RunError(f"worker {self.index} died:\n" + "\n".join(self.stderr_tail))
+        return line
 
     async def wait_ready(self, timeout: float) -> dict[str, Any]:
-        try:
-            await asyncio.wait_for(self._ready_evt.wait(), timeout)
-        except TimeoutError:
-            raise RunError(f"worker {self.index} not ready within {timeout:.0f} s") from None
-        if self.ready is None:
-            raise RunError(f"worker {self.index} died:\n" + "\n".join(self.stderr_tail))
-        return self.ready
+        return await self._wait_line("ready", timeout, "not ready")
 
     def go(self, warmup: float, measure: float) -> None:
-        assert self.proc and self.proc.stdin
-        self.proc.stdin.write(f"go {warmup} {measure}\n".encode())
+        self.send(f"go {warmup} {measure}")
 
     async def wait_result(self, timeout: float) -> dict[str, Any]:
-        try:
-            await asyncio.wait_for(self._result_evt.wait(), timeout)
-        except TimeoutError:
-            raise RunError(f"worker {self.index} gave no result within {timeout:.0f} s") from None
-        if self.result is None:
-            raise RunError(f"worker {self.index} died:\n" + "\n".join(self.stderr_tail))
-        return self.result
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.stdin and not self.proc.stdin.is_closing():
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-        for t in self._tasks:
-            t.cancel()
+        return await self._wait_line("result", timeout, "gave no result")
 
 
 def split_even(n: int, parts: int) -> list[tuple[int, int]]:
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        c = base + (1 if i < extra else 0)
-        out.append((start, c))
-        start += c
-    return [x for x in out if x[1] > 0]
+    """(start index, count) per worker, as even as possible, none empty."""
+    return [x for x in split_clients(n, parts) if x[1] > 0]
 
 
 def cpu_plan(pin: bool) -> tuple[list[int] | None, list[int] | None]:
@@ -839,6 +757,44 @@ def pin_tree(pid: int, cpus: list[int] | None) -> None:
         for tid in tids:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(tid, set(cpus))
+
+
+def worker_specs(
+    args: argparse.Namespace, mode: str, url: str, cpus: list[int] | None, **extra: Any
+) -> list[dict[str, Any]]:
+    """One ``--worker`` spec per load-generator process: its share of
+    --clients, the options every mode takes, then the mode's own ``extra``."""
+    addrs = source_addresses(args.source_addrs)
+    return [
+        {
+            "mode": mode,
+            "url": url,
+            "clients": count,
+            "index_start": start,
+            "source_addrs": addrs,
+            "cpus": cpus,
+            "request_timeout": args.request_timeout,
+            **extra,
+            "max_seconds": 120,
+        }
+        for start, count in split_even(args.clients, args.procs)
+    ]
+
+
+async def start_pinned(
+    server: ServerProcess,
+    startup_timeout: float,
+    cpus: list[int] | None,
+    label: str,
+    progress: bool,
+) -> str:
+    """Start a server, pin every thread of its process tree to ``cpus`` (its
+    own core, away from the generators') and say where it listens."""
+    url = await server.start(startup_timeout)
+    assert server.pid is not None
+    pin_tree(server.pid, cpus)
+    log(progress, f"{label} ready at {url} (pid {server.pid}, cpus {cpus or 'any'})")
+    return url
 
 
 async def run_workers(
@@ -887,7 +843,7 @@ async def run_workers(
     finally:
         for w in workers:
             with contextlib.suppress(Exception):
-                await w.stop()
+                await w.stop(5.0, word=None)
     agg: dict[str, Any] = {"errors": {}, "hs_hist": None, "cycle_hist": None}
     setup_errors: dict[str, int] = {}
     for rd in readies:
@@ -1064,20 +1020,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the server to the first CPU and the generators to the others",
     )
     p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
-    p.add_argument(
-        "--results-dir", type=Path, default=BENCH_DIR / "results", help="where the record goes"
-    )
+    add_results_dir_arg(p, "where the record goes")
     p.add_argument("--check", action="store_true", help="exit 2 on errors or leftover sessions")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.add_argument("--note", default="", help="free text stored in the record")
     p.add_argument("--seed", type=int, default=1, help="seed of the abandon draws")
     return p
-
-
-def _log(args: argparse.Namespace, text: str) -> None:
-    if not args.no_progress:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 async def settle_sessions(
@@ -1097,32 +1045,25 @@ async def settle_sessions(
 
 
 async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
+    progress = not args.no_progress
     token = args.admin_token or secrets.token_hex(12)
     template = args.server_cmd
     if template == DEFAULT_SERVER_CMD:
         template += f" --admin-token {token} --max-interval {args.max_interval}"
     server_cpus, gen_cpus = cpu_plan(args.pin)
     port = free_port(args.host)
+    server = ServerProcess(
+        template,
+        host=args.host,
+        port=port,
+        path=args.path,
+        timeout_ms=args.timeout,
+        guard=guard,
+    )
     try:
-        server = ServerProcess(
-            template,
-            host=args.host,
-            port=port,
-            path=args.path,
-            timeout_ms=args.timeout,
-            guard=guard,
-        )
-    except (KeyError, IndexError, ValueError) as exc:
-        raise RunError(
-            f"bad server command template {template!r}: {exc!r} (placeholders: "
-            "{python} {host} {port} {path} {timeout}; write other braces doubled)"
-        ) from None
-    try:
-        url = await server.start(args.startup_timeout)
+        url = await start_pinned(server, args.startup_timeout, server_cpus, "server", progress)
         pid = server.pid
         assert pid is not None
-        pin_tree(pid, server_cpus)
-        _log(args, f"server ready at {url} (pid {pid}, cpus {server_cpus or 'any'})")
         await asyncio.sleep(args.settle)
         base_stats = await asyncio.to_thread(http_get_json, stats_url(url), token)
         rss_base = tree_rss_bytes(pid)
@@ -1132,30 +1073,21 @@ async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, An
             if args.settle_timeout is not None
             else 2 * args.max_interval / 1000 + 10
         )
-        addrs = [f"127.0.0.{i}" for i in range(1, args.source_addrs + 1)]
         for rnd in range(1, args.rounds + 1):
-            specs = []
-            for start, count in split_even(args.clients, args.procs):
-                specs.append(
-                    {
-                        "mode": "churn",
-                        "url": url,
-                        "clients": count,
-                        "index_start": start,
-                        "source_addrs": addrs,
-                        "cpus": gen_cpus,
-                        "request_timeout": args.request_timeout,
-                        "abandon": args.abandon,
-                        "channels": args.channels,
-                        "subscribe": not args.no_subscribe,
-                        "connect": not args.no_connect,
-                        "reuse_connection": args.reuse_connection,
-                        "seed": args.seed + 1000 * rnd,
-                        "max_seconds": 120,
-                    }
-                )
-            _log(
+            specs = worker_specs(
                 args,
+                "churn",
+                url,
+                gen_cpus,
+                abandon=args.abandon,
+                channels=args.channels,
+                subscribe=not args.no_subscribe,
+                connect=not args.no_connect,
+                reuse_connection=args.reuse_connection,
+                seed=args.seed + 1000 * rnd,
+            )
+            log(
+                progress,
                 f"round {rnd}/{args.rounds}: {args.clients} clients for "
                 f"{args.warmup + args.duration:.0f} s",
             )
@@ -1208,8 +1140,8 @@ async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, An
                 }
             )
             w = agg
-            _log(
-                args,
+            log(
+                progress,
                 f"  {w.get('handshakes', 0) / w['window_s']:,.0f} handshakes/s, "
                 f"errors {sum(w['errors'].values())}, sessions after settle {sessions_left} "
                 f"({waited} s), RSS {human_bytes(rss_settled)}",
@@ -1252,8 +1184,8 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
                 "errors": w["errors"],
                 "errors_total": sum(w["errors"].values()),
                 "errors_whole_run": w["total_errors"],
-                "handshake_ms": {q: hist_percentile(hsh, v) for q, v in _QS},
-                "cycle_ms": {q: hist_percentile(cyh, v) for q, v in _QS},
+                "handshake_ms": {q: percentile_ms(hsh, HIST_EDGES_MS, v) for q, v in _QS},
+                "cycle_ms": {q: percentile_ms(cyh, HIST_EDGES_MS, v) for q, v in _QS},
                 "server_cpu_s": w["server_cpu_s"],
                 "server_cpu_percent": None
                 if w["server_cpu_s"] is None
@@ -1342,10 +1274,6 @@ def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def _ms(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
-
-
 def churn_table(record: dict[str, Any]) -> str:
     r = record["results"]
     p = record["parameters"]
@@ -1364,7 +1292,8 @@ def churn_table(record: dict[str, Any]) -> str:
             ),
             (
                 f"round {n}: handshake p50/p99 ms",
-                f"<= {_ms(rd['handshake_ms']['p50'])} / <= {_ms(rd['handshake_ms']['p99'])}",
+                f"<= {na(rd['handshake_ms']['p50'], '{:.2f}')} / "
+                f"<= {na(rd['handshake_ms']['p99'], '{:.2f}')}",
             ),
             (
                 f"round {n}: server CPU, per handshake",
@@ -1406,10 +1335,6 @@ def churn_table(record: dict[str, Any]) -> str:
 
 def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
     """engine / peer ratios and the side-by-side rows."""
-
-    def f(v: Any, spec: str) -> str:
-        return "n/a" if v is None else spec.format(v)
-
     keys = (
         ("handshakes / s", "handshakes_per_s", "{:,.0f}"),
         ("errors", "errors_total", "{:,}"),
@@ -1429,7 +1354,7 @@ def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> 
             )
         else:
             a, b = peer.get(key), engine.get(key)
-        rows.append([label, f(a, spec), f(b, spec), f(ratio(b, a), "{:.2f}")])
+        rows.append([label, na(a, spec), na(b, spec), na(ratio(b, a), "{:.2f}")])
     return {
         "peer": peer_name,
         "handshakes_per_s_ratio": ratio(
@@ -1456,44 +1381,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.host.startswith("127."):
         raise SystemExit("churn.py: --host must be a loopback address")
     args.procs = min(args.procs, args.clients)
-    guard = ChildGuard()
-    guard.install_signals()
-    started = time.time()
-    ran = run_scenario(
-        "churn.py",
+    record = run_scenario(
+        SCENARIO,
+        __file__,
         args,
-        guard,
-        lambda a: compute_churn(a, asyncio.run(run_churn(a, guard))),
-        lambda text: _log(args, text),
+        argv,
+        lambda a, guard: compute_churn(a, asyncio.run(run_churn(a, guard))),
+        comparison=comparison,
     )
-    if isinstance(ran, int):
-        return ran
-    outcome, peer_record = ran
-    record = {
-        **record_header(SCENARIO, started, argv, __file__),
-        **outcome,
-    }
+    if isinstance(record, int):
+        return record
     name = f"{SCENARIO}-{args.clients}-{record['timestamp']}"
-    if peer_record is not None:
-        record["peer"] = peer_record
+    if "peer" in record:
         name = f"{SCENARIO}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
-        if "results" in peer_record:
-            record["comparison"] = comparison(args.peer, peer_record["results"], record["results"])
-    record["machine"]["platform"] = platform.platform()
     path = write_record(args.results_dir, name, record)
-    if peer_record is not None and "results" in peer_record:
-        print(churn_table({**peer_record, "label": args.peer}))
-        print()
-    print(churn_table({**record, "label": "engine" if peer_record is not None else None}))
-    if "comparison" in record:
-        print()
-        print(
-            format_comparison(
-                [tuple(r) for r in record["comparison"]["rows"]],
-                names=(args.peer, "engine", f"engine/{args.peer}"),
-                title=f"churn side by side, {args.clients} clients",
-            )
-        )
+    print_tables(record, churn_table, f"churn side by side, {args.clients} clients")
     print(f"record: {path}")
     r = record["results"]
     if args.check and (r["errors_total"] or r["sessions_settled"] != 0):

@@ -10,11 +10,21 @@
   in ``bench/results/``.
 - ``ChildGuard``: every child process a scenario starts is registered here and
   killed (process group, SIGTERM then SIGKILL) on any exit path.
+- ``LineChild``: a helper process (load generator, publisher, churn worker)
+  talking JSON lines on stdout and words on stdin; ``stop_quietly`` and
+  ``stop_server`` end a run; ``split_clients`` and ``source_addresses`` share
+  the clients out.
+- ``run_scenario``: the peer-then-engine runner of the scenarios that start a
+  server, returning the record (``scenario_record``); ``print_tables`` prints
+  the peer's table, the engine's and both side by side.
+- ``add_*_args`` and ``check_loopback``: command-line options the scenarios
+  share word for word.
 - ``start_redis``: a throw-away ``redis-server`` on a free loopback port (the
   broker of a multi-worker server), registered with a ``ChildGuard``.
 - ``hist_*``: a signed, logarithmic histogram (sparse dict of bucket -> count)
   that the load generators fill and the scenarios merge and read percentiles
   from: about 6 % resolution, negative values included (heartbeat lateness).
+  ``percentile_ms`` reads the fixed-edge histograms (setup, churn latency).
 
 Only the standard library is used here, so the scenario commands start fast and
 the numbers do not depend on a third-party process inspector.
@@ -22,12 +32,14 @@ the numbers do not depend on a third-party process inspector.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import copy
 import datetime as _dt
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -38,19 +50,27 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "RunError",
     "record_header",
+    "scenario_record",
     "run_scenario",
+    "print_tables",
     "BENCH_DIR",
     "REPO_DIR",
     "DEFAULT_SERVER_CMD",
     "ChildGuard",
     "child_setup",
+    "LineChild",
+    "stop_quietly",
+    "stop_server",
+    "split_clients",
+    "source_addresses",
     "ServerProcess",
     "ServerStartError",
     "RedisServer",
@@ -70,8 +90,14 @@ __all__ = [
     "utc_stamp",
     "format_table",
     "human_bytes",
+    "na",
+    "log",
     "ProgressBar",
     "shell_join",
+    "add_server_args",
+    "add_listen_args",
+    "add_results_dir_arg",
+    "check_loopback",
     "PEERS",
     "PeerSetupError",
     "peer_server_cmd",
@@ -84,6 +110,7 @@ __all__ = [
     "hist_count",
     "hist_percentile",
     "hist_edges",
+    "percentile_ms",
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -219,20 +246,26 @@ def process_tree(root: int, max_procs: int = 4096) -> list[int]:
     return out
 
 
+def _tree_sum(root: int, read: Callable[[int], Any]) -> Any:
+    """``read(pid)`` summed over ``root`` and its live descendants; None when
+    no process of the tree could be read (one walk for RSS, PSS and CPU)."""
+    total = 0
+    seen = False
+    for pid in process_tree(root):
+        value = read(pid)
+        if value is not None:
+            total += value
+            seen = True
+    return total if seen else None
+
+
 def tree_rss_bytes(root: int) -> int | None:
     """Sum of VmRSS over ``root`` and its descendants.
 
     Pages shared between forked workers are counted once per process, as every
     process-level tool does; a multi-process server's figure is an upper bound.
     """
-    total = 0
-    seen = False
-    for pid in process_tree(root):
-        rss = read_rss_bytes(pid)
-        if rss is not None:
-            total += rss
-            seen = True
-    return total if seen else None
+    return _tree_sum(root, read_rss_bytes)
 
 
 def read_pss_bytes(pid: int) -> int | None:
@@ -251,26 +284,12 @@ def read_pss_bytes(pid: int) -> int | None:
 def tree_pss_bytes(root: int) -> int | None:
     """Sum of PSS over ``root`` and its descendants: the memory the whole
     process tree really holds (shared pages counted once in all)."""
-    total = 0
-    seen = False
-    for pid in process_tree(root):
-        pss = read_pss_bytes(pid)
-        if pss is not None:
-            total += pss
-            seen = True
-    return total if seen else None
+    return _tree_sum(root, read_pss_bytes)
 
 
 def tree_cpu_seconds(root: int) -> float | None:
     """Sum of CPU seconds (user + system, own + reaped children) over the tree."""
-    total = 0.0
-    seen = False
-    for pid in process_tree(root):
-        cpu = read_cpu_seconds(pid)
-        if cpu is not None:
-            total += cpu
-            seen = True
-    return total if seen else None
+    return _tree_sum(root, read_cpu_seconds)
 
 
 # --------------------------------------------------------------------------- processes
@@ -477,7 +496,13 @@ class ServerProcess:
             "path": path,
             "timeout": str(timeout_ms),
         }
-        self.argv = [w.format(**fields) for w in shlex.split(template)]
+        try:
+            self.argv = [w.format(**fields) for w in shlex.split(template)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ServerStartError(
+                f"bad server command template {template!r}: {exc!r} (placeholders: "
+                "{python} {host} {port} {path} {timeout}; write other braces doubled)"
+            ) from None
         self.cwd = cwd
         self.guard = guard
         self.proc: asyncio.subprocess.Process | None = None
@@ -567,6 +592,150 @@ class ServerProcess:
             with contextlib.suppress(BaseException):
                 await self._drain
         return self.proc.returncode
+
+
+async def stop_server(server: ServerProcess | None) -> int | None:
+    """Stop the server at the end of a run and return its exit code; RunError
+    when it had died before (the figures would be of a crash)."""
+    if server is None:
+        return None
+    alive = server.alive()
+    code = await server.stop()
+    if not alive:
+        raise RunError("server exited before the end of the run:\n" + server.tail())
+    return code
+
+
+class LineChild:
+    """A helper process of a scenario (load generator, publisher, churn worker).
+
+    It prints JSON objects, one a line, on its stdout (each handed to
+    ``on_line``) and reads words on its stdin (``send``); its stderr is kept
+    (the last 20 lines, for error reports) and, with ``echo``, copied to ours
+    as ``[label] line``. It runs in its own session, registered with a
+    ``ChildGuard``.
+    """
+
+    def __init__(self, argv: list[str], label: str, *, echo: bool = True) -> None:
+        self.argv = argv
+        self.label = label
+        self.echo = echo
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr_tail: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def start(self, guard: ChildGuard) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=child_setup,
+        )
+        guard.add(self.proc.pid)
+        self._tasks = [
+            asyncio.create_task(self._read_stdout()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+
+    def on_line(self, d: dict[str, Any]) -> None:
+        """One JSON object the child printed (subclasses keep what they need)."""
+
+    def on_eof(self) -> None:
+        """The child closed its stdout (it exited)."""
+
+    async def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            try:
+                line = await self.proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue  # a line over the stream limit: skipped
+            if not line:
+                self.on_eof()
+                return
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                self.on_line(d)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while True:
+            line = await self.proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self.stderr_tail = (self.stderr_tail + [text])[-20:]
+            if self.echo:
+                sys.stderr.write(f"[{self.label}] {text}\n")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def send(self, line: str) -> None:
+        """Write one line to its stdin (nothing once it is closed)."""
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.proc.stdin.write(line.encode() + b"\n")
+
+    async def stop(self, timeout: float, word: str | None = "stop") -> None:
+        """Send ``word`` and close its stdin, kill it when it has not exited
+        within ``timeout`` s, then let its readers take its last lines."""
+        if self.proc is None:
+            return
+        if word is not None:
+            self.send(word)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)
+        for t in self._tasks:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(t, 2.0)
+
+
+async def stop_quietly(children: Sequence[LineChild | None], server: ServerProcess | None) -> None:
+    """On any exit path of a run: stop the children still alive, then the
+    server, ignoring their errors (the run's own error is the one to report)."""
+    for child in children:
+        if child is not None and child.alive():
+            with contextlib.suppress(Exception):
+                await child.stop(3.0)
+    if server is not None:
+        with contextlib.suppress(Exception):
+            await server.stop()
+
+
+def split_clients(n: int, procs: int) -> list[tuple[int, int]]:
+    """(start index, count) per generator, as even as possible."""
+    base, extra = divmod(n, procs)
+    out = []
+    start = 0
+    for i in range(procs):
+        count = base + (1 if i < extra else 0)
+        out.append((start, count))
+        start += count
+    return out
+
+
+def source_addresses(count: int) -> list[str]:
+    """The loopback source addresses clients connect from: 127.0.0.1 .. 127.0.0.<count>."""
+    return [f"127.0.0.{i}" for i in range(1, count + 1)]
 
 
 _PR_SET_PDEATHSIG = 1
@@ -703,6 +872,18 @@ def human_bytes(n: float | None) -> str:
     return f"{sign}{n:.1f} GiB"
 
 
+def na(v: Any, spec: str = "{:,}") -> str:
+    """A figure for a table: ``spec.format(v)``, or "n/a" when it is missing."""
+    return "n/a" if v is None else spec.format(v)
+
+
+def log(enabled: bool, text: str) -> None:
+    """A progress line on stderr (stdout carries the tables), unless --no-progress."""
+    if enabled:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
 def format_table(rows: Sequence[tuple[str, str]], title: str | None = None) -> str:
     width = max((len(k) for k, _ in rows), default=0)
     vwidth = max((len(v) for _, v in rows), default=0)
@@ -789,6 +970,58 @@ def format_comparison(
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- command line
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """--timeout, --server-cmd or --url, --server-pid: the server under test,
+    as the scenarios holding idle clients (idle.py, fanout.py) take it."""
+    p.add_argument(
+        "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--server-cmd",
+        default=DEFAULT_SERVER_CMD,
+        help="server command template; placeholders {python} {host} {port} {path} {timeout}; "
+        "it must print a line holding its URL when ready",
+    )
+    src.add_argument("--url", default=None, help="use an already running server at this URL")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
+    )
+
+
+def add_listen_args(p: argparse.ArgumentParser) -> None:
+    """--host, --port, --path of the server the scenario starts."""
+    p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
+    p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
+    p.add_argument("--path", default="/cometd", help="server path for the started server")
+
+
+def add_results_dir_arg(
+    p: argparse.ArgumentParser, help_text: str = "where the JSON record is written"
+) -> None:
+    """--results-dir, bench/results/ by default: where every scenario's record goes."""
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help=help_text)
+
+
+def check_loopback(script: str, args: argparse.Namespace) -> None:
+    """Refuse a server off 127.0.0.0/8 (--url, --host), and --url with --peer
+    (a peer run starts both servers itself)."""
+    if args.url is not None:
+        u = urlsplit(args.url)
+        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
+            raise SystemExit(f"{script}: only loopback servers (127.0.0.0/8)")
+    if not args.host.startswith("127."):
+        raise SystemExit(f"{script}: --host must be a loopback address (127.0.0.0/8)")
+    if args.peer is not None and args.url is not None:
+        raise SystemExit(f"{script}: --peer starts both servers itself; it does not take --url")
+
+
 # --------------------------------------------------------------------------- peers
 
 
@@ -866,14 +1099,32 @@ class RunError(Exception):
 
 
 def run_scenario(
-    prog: str, args: Any, guard: Any, once: Any, say: Any
-) -> tuple[Any, dict | None] | int:
-    """Run `once(args)` against `--peer` first (when the scenario has one),
-    then against the engine, killing every child in between and at the end.
+    scenario: str,
+    script: str,
+    args: Any,
+    argv: list[str] | None,
+    once: Callable[[Any, ChildGuard], dict[str, Any]],
+    *,
+    comparison: Callable[[str, dict, dict], dict] | None = None,
+    say: Callable[[str], Any] | None = None,
+) -> dict[str, Any] | int:
+    """Run `once(args, guard)` against `--peer` first (when the scenario has
+    one), then against the engine, killing every child in between and at the
+    end (and on SIGTERM/SIGHUP); `once` returns the run's parameters and
+    results. `say` shows the progress (default: stderr unless --no-progress).
 
-    Returns (the engine's outcome, the peer's record or None), or an exit
-    code: 1 when the scenario could not run, 130 when interrupted.
+    Returns the record of the run (see `scenario_record`; not written yet), or
+    an exit code: 1 when the scenario could not run, 130 when interrupted.
     """
+    prog = Path(script).name
+
+    def progress(text: str) -> None:
+        log(not args.no_progress, text)
+
+    say = say or progress
+    guard = ChildGuard()
+    guard.install_signals()
+    started = time.time()
     peer = getattr(args, "peer", None)
     peer_record: dict | None = None
     try:
@@ -888,13 +1139,13 @@ def run_scenario(
             say(f"--- peer {peer}: {peer_cmd}")
             peer_record = {"name": peer, "versions": peer_versions(peer)}
             try:
-                peer_record.update(once(peer_args))
+                peer_record.update(once(peer_args, guard))
             except (RunError, ServerStartError) as exc:
                 sys.stderr.write(f"{prog}: peer {peer} run failed: {exc}\n")
                 peer_record["error"] = str(exc)
             guard.kill_all()
             say("--- engine")
-        outcome = once(args)
+        outcome = once(args, guard)
     except (RunError, ServerStartError) as exc:
         sys.stderr.write(f"{prog}: {exc}\n")
         return 1
@@ -903,18 +1154,64 @@ def run_scenario(
         return 130
     finally:
         guard.kill_all()
-    return outcome, peer_record
+    return scenario_record(scenario, started, argv, script, outcome, peer_record, comparison)
 
 
 def record_header(scenario: str, started: float, argv: list[str] | None, script: str) -> dict:
     """The fields every record starts with; `command` reruns the scenario."""
+    machine = machine_info()
+    machine["platform"] = platform.platform()
     return {
         "scenario": scenario,
         "timestamp": utc_stamp(started),
         "started_at": started,
-        "machine": machine_info(),
+        "machine": machine,
         "command": [sys.executable, *sys.argv] if argv is None else [sys.executable, script, *argv],
     }
+
+
+def scenario_record(
+    scenario: str,
+    started: float,
+    argv: list[str] | None,
+    script: str,
+    outcome: dict[str, Any],
+    peer_record: dict[str, Any] | None = None,
+    comparison: Callable[[str, dict, dict], dict] | None = None,
+) -> dict[str, Any]:
+    """The record of a run: header, the engine's parameters and results, then
+    the peer's run and ``comparison(peer name, peer results, engine results)``
+    when ``--peer`` ran (and got results)."""
+    record = {**record_header(scenario, started, argv, script), **outcome}
+    if peer_record is not None:
+        record["peer"] = peer_record
+        if "results" in peer_record and comparison is not None:
+            record["comparison"] = comparison(
+                peer_record["name"], peer_record["results"], outcome["results"]
+            )
+    return record
+
+
+def print_tables(
+    record: dict[str, Any], table: Callable[[dict[str, Any]], str], comparison_title: str
+) -> None:
+    """Print the peer's table (when ``--peer`` ran), the engine's, then the
+    side-by-side one: every scenario with a peer shows them this way."""
+    peer = record.get("peer")
+    if peer is not None and "results" in peer:
+        print(table({**peer, "label": peer["name"]}))
+        print()
+    print(table({**record, "label": "engine" if peer is not None else None}))
+    if "comparison" in record:
+        name = record["peer"]["name"]
+        print()
+        print(
+            format_comparison(
+                [tuple(r) for r in record["comparison"]["rows"]],
+                names=(name, "engine", f"engine/{name}"),
+                title=comparison_title,
+            )
+        )
 
 
 # --------------------------------------------------------------------------- histograms
@@ -929,8 +1226,6 @@ HIST_MAX_BUCKET = 7 * HIST_PER_DECADE
 def hist_bucket(ms: float) -> int:
     """Bucket of ``ms``: 0 for -1 < ms <= 1; b > 0 for 10^((b-1)/D) < ms <= 10^(b/D);
     -b for the mirror image below -1 (D = HIST_PER_DECADE)."""
-    import math
-
     a = ms if ms >= 0 else -ms
     if a <= 1.0:
         return 0
@@ -992,3 +1287,18 @@ def hist_percentile(hist: dict[Any, int] | None, q: float) -> float | None:
         if seen >= rank:
             return hist_edges(k)[1]
     return hist_edges(items[-1][0])[1]
+
+
+def percentile_ms(hist: list[int], edges_ms: Sequence[float], q: float) -> float | None:
+    """Upper edge (ms) of the bucket holding the q-quantile of a histogram
+    counted over fixed bucket edges (the last bucket is +inf); None when empty."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        seen += n
+        if seen >= rank:
+            return float(edges_ms[i]) if i < len(edges_ms) else math.inf
+    return math.inf

@@ -46,58 +46,60 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from array import array
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BENCH_DIR,
-    DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
     ProgressBar,
     ServerProcess,
-    child_setup,
-    format_comparison,
+    add_listen_args,
+    add_results_dir_arg,
+    add_server_args,
+    check_loopback,
     format_table,
     free_port,
     human_bytes,
+    log,
     machine_cpu_seconds,
+    na,
+    print_tables,
     ratio,
-    record_header,
     run_scenario,
     shell_join,
+    split_clients,
+    stop_quietly,
+    stop_server,
     tree_cpu_seconds,
     tree_cpu_split,
     tree_rss_bytes,
     write_record,
 )
 from idle import (  # noqa: E402
-    CLIENTS_PER_SOURCE,
-    FD_MARGIN,
-    LOADGEN,
     Generator,
+    PublisherChild,
     RunError,
     _HelpFormatter,
-    _log,
+    add_ramp_timeout_arg,
+    add_source_addrs_arg,
     aggregate,
-    resolve_source_addrs,
-    source_addresses,
-    split_clients,
+    check_running,
+    loadgen_argv,
+    nearest_rank,
+    read_latencies,
+    resolve_generators,
+    start_server,
+    wait_ramp,
 )
 
-PUBLISHER = BENCH_DIR / "publisher.py"
 SCENARIO = "fanout"
 #: Latency histogram edges (ms) stored in the record, for charts; last is +inf.
 HIST_EDGES_MS = (
@@ -105,108 +107,6 @@ HIST_EDGES_MS = (
 )  # fmt: skip
 #: Delivered rate / demanded rate at or above which the server kept up.
 KEPT_UP_FRACTION = 0.95
-
-
-# --------------------------------------------------------------------------- publisher
-
-
-class PublisherProc:
-    """The bench/publisher.py child: ready / done / final lines, go, stop."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
-        self.proc: asyncio.subprocess.Process | None = None
-        self.events: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.stderr_tail: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def _future(self, kind: str) -> asyncio.Future[dict[str, Any]]:
-        fut = self.events.get(kind)
-        if fut is None:
-            fut = self.events[kind] = asyncio.get_running_loop().create_future()
-        return fut
-
-    async def start(self, guard: ChildGuard) -> None:
-        for kind in ("ready", "done", "final", "error"):
-            self._future(kind)
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=child_setup,
-        )
-        guard.add(self.proc.pid)
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_err())]
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            fut = self.events.get(d.get("type"))
-            if fut is not None and not fut.done():
-                fut.set_result(d)
-
-    async def _read_err(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail = (self.stderr_tail + [text])[-20:]
-            sys.stderr.write(f"[publisher] {text}\n")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def send(self, word: str) -> None:
-        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.proc.stdin.write(word.encode() + b"\n")
-
-    async def wait(self, kind: str, timeout: float) -> dict[str, Any]:
-        fut = self._future(kind)
-        err = self._future("error")
-        done, _ = await asyncio.wait({fut, err}, timeout=timeout, return_when="FIRST_COMPLETED")
-        if fut in done:
-            return fut.result()
-        if err in done:
-            raise RunError(f"publisher failed: {err.result().get('error')}")
-        raise RunError(
-            f"publisher sent no '{kind}' within {timeout:.0f} s\n" + "\n".join(self.stderr_tail)
-        )
-
-    def result(self, kind: str) -> dict[str, Any] | None:
-        fut = self.events.get(kind)
-        return fut.result() if fut is not None and fut.done() else None
-
-    async def stop(self, timeout: float) -> dict[str, Any] | None:
-        if self.proc is None:
-            return None
-        self.send("stop")
-        if self.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-        for t in self._tasks:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(t, 2.0)
-        return self.result("final")
 
 
 # --------------------------------------------------------------------------- command line
@@ -251,23 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hot-channel", default="/bench/hot", help="the channel published to")
     p.add_argument("--channel", default="/bench/idle", help="channel of the other N-K clients")
-    p.add_argument(
-        "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--server-cmd",
-        default=DEFAULT_SERVER_CMD,
-        help="server command template; placeholders {python} {host} {port} {path} {timeout}; "
-        "it must print a line holding its URL when ready",
-    )
-    src.add_argument("--url", default=None, help="use an already running server at this URL")
-    p.add_argument(
-        "--server-pid",
-        type=int,
-        default=None,
-        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
-    )
+    add_server_args(p)
     p.add_argument(
         "--peer",
         choices=sorted(PEERS),
@@ -275,28 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="first run the identical scenario against this peer server (installed into "
         "bench/peers/ with npm when missing), then against the engine; print both and the ratios",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
-    p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
-    p.add_argument("--path", default="/cometd", help="server path for the started server")
+    add_listen_args(p)
     p.add_argument(
         "--procs", type=int, default=None, help="load generator processes (default ceil(N/15000))"
     )
-    p.add_argument(
-        "--source-addrs",
-        type=int,
-        default=None,
-        help="how many source addresses 127.0.0.1, 127.0.0.2, ... "
-        f"(default ceil(N/{CLIENTS_PER_SOURCE}))",
-    )
+    add_source_addrs_arg(p)
     p.add_argument(
         "--ramp-rate", type=float, default=1000.0, help="clients started per second, in total"
     )
-    p.add_argument(
-        "--ramp-timeout",
-        type=float,
-        default=None,
-        help="ramp bound, s (default 2 * N / ramp-rate + 30)",
-    )
+    add_ramp_timeout_arg(p)
     p.add_argument(
         "--drain-timeout",
         type=float,
@@ -309,12 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-attempts", type=int, default=5, help="client failures before giving up")
     p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=BENCH_DIR / "results",
-        help="where the JSON record is written",
-    )
+    add_results_dir_arg(p)
     p.add_argument("--check", action="store_true", help="exit 2 unless every delivery arrived")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--note", default="", help="free text stored in the record")
@@ -331,40 +197,11 @@ def resolve(args: argparse.Namespace) -> None:
         raise SystemExit("fanout.py: --ramp-rate and --timeout must be positive")
     if args.publisher_transport is None:
         args.publisher_transport = args.transport
-    if args.procs is None:
-        args.procs = max(1, math.ceil(n / 15000))
-    args.procs = max(1, min(args.procs, n))
-    args.source_addrs = resolve_source_addrs("fanout.py", n, args.source_addrs)
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if math.ceil(n / args.procs) + FD_MARGIN > hard:
-        raise SystemExit(
-            f"fanout.py: more clients per generator than the open-files limit {hard}; "
-            f"use --procs {math.ceil(n / (hard - FD_MARGIN))} or more"
-        )
-    if args.ramp_timeout is None:
-        args.ramp_timeout = 2.0 * n / args.ramp_rate + 30.0
-    if args.url is not None:
-        u = urlsplit(args.url)
-        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
-            raise SystemExit("fanout.py: only loopback servers (127.0.0.0/8)")
-    if not args.host.startswith("127."):
-        raise SystemExit("fanout.py: --host must be a loopback address (127.0.0.0/8)")
-    if args.peer is not None and args.url is not None:
-        raise SystemExit("fanout.py: --peer starts both servers itself; it does not take --url")
+    resolve_generators("fanout.py", args)
+    check_loopback("fanout.py", args)
 
 
 # --------------------------------------------------------------------------- run
-
-
-def read_latencies(paths: list[Path]) -> array:
-    out = array("q")
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-            data = f.read()
-            out.frombytes(data[: len(data) - len(data) % out.itemsize])
-    return out
 
 
 def latency_stats(values: array) -> dict[str, Any]:
@@ -375,8 +212,7 @@ def latency_stats(values: array) -> dict[str, Any]:
     n = len(s)
 
     def q(p: float) -> float:
-        # nearest rank
-        return s[min(n - 1, max(0, math.ceil(p * n) - 1))] / 1e6
+        return s[nearest_rank(n, p)] / 1e6
 
     hist = [0] * (len(HIST_EDGES_MS) + 1)
     j = 0
@@ -407,7 +243,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     server_pid: int | None = args.server_pid
     server_argv: list[str] | None = None
     gens: list[Generator] = []
-    pub: PublisherProc | None = None
+    pub: PublisherChild | None = None
     phases: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
     t_start = time.monotonic()
@@ -415,13 +251,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     lat_files: list[Path] = []
 
     def check() -> None:
-        if server is not None and not server.alive():
-            raise RunError("server exited during the run:\n" + server.tail())
-        for g in gens:
-            if not g.alive():
-                raise RunError(
-                    f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:])
-                )
+        check_running(server, gens)
 
     def rss() -> int | None:
         return tree_rss_bytes(server_pid) if server_pid else None
@@ -441,11 +271,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 guard=guard,
             )
             server_argv = server.argv
-            t = time.monotonic()
-            url = await server.start(args.startup_timeout)
-            phases["startup_s"] = round(time.monotonic() - t, 3)
+            url = await start_server(server, args.startup_timeout, phases, progress)
             server_pid = server.pid
-            _log(progress, f"server ready at {url} (pid {server_pid})")
         else:
             url = args.url
         await asyncio.sleep(args.settle)
@@ -453,28 +280,12 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         rss_baseline = rss()
 
         # 2. ramp --------------------------------------------------------------------
-        addrs = source_addresses(args.source_addrs)
-        per_rate = args.ramp_rate / args.procs
         publish_bound = args.messages / args.rate + args.drain_timeout + 60.0
         max_seconds = args.ramp_timeout + publish_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
             lat_file = Path(tmp.name) / f"latencies-{i}.bin"
             lat_files.append(lat_file)
-            argv = [
-                sys.executable,
-                str(LOADGEN),
-                "--url",
-                url,
-                "--clients",
-                str(count),
-                "--index-start",
-                str(start),
-                "--source-addrs",
-                ",".join(addrs),
-                "--transport",
-                args.transport,
-                "--channel",
-                args.channel,
+            hot = [
                 "--hot-channel",
                 args.hot_channel,
                 "--hot-clients",
@@ -483,68 +294,30 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 str(n),
                 "--latency-file",
                 str(lat_file),
-                "--ramp-rate",
-                f"{per_rate:.3f}",
-                "--max-pending",
-                str(args.max_pending),
-                "--max-attempts",
-                str(args.max_attempts),
-                "--max-seconds",
-                f"{max_seconds:.0f}",
-                "--report-interval",
-                "0.5",
             ]
-            g = Generator(i, argv)
+            g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, hot))
             await g.start(guard)
             gens.append(g)
-        t_ramp = time.monotonic()
-        bar = ProgressBar("ramp", n, progress)
-        ramp_deadline = t_ramp + args.ramp_timeout
-        ramp_complete = False
-        # bounded by ramp_deadline
-        while time.monotonic() < ramp_deadline:
-            await asyncio.sleep(0.25)
-            check()
-            agg = aggregate([g.latest for g in gens])
-            bar.update(
-                agg["connected"],
-                f"{agg['connected']}/{n} connected, {agg['failed']} failed",
-            )
-            if agg["started"] >= n and agg["ever_connected"] + agg["gave_up"] >= n:
-                ramp_complete = True
-                break
-        phases["ramp_s"] = round(time.monotonic() - t_ramp, 3)
-        bar.close(f"{phases['ramp_s']:.1f} s")
+        ramp_complete, ramp_wall = await wait_ramp(
+            gens, n, time.monotonic(), args.ramp_timeout, check, progress
+        )
+        phases["ramp_s"] = round(ramp_wall, 3)
         if not ramp_complete:
-            _log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; going on")
+            log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; going on")
 
         # 3. publisher -------------------------------------------------------------------
-        pub = PublisherProc(
-            [
-                sys.executable,
-                str(PUBLISHER),
-                "--url",
-                url,
-                "--transport",
-                args.publisher_transport,
-                "--channel",
-                args.hot_channel,
-                "--messages",
-                str(args.messages),
-                "--rate",
-                str(args.rate),
-                "--payload-bytes",
-                str(args.payload_bytes),
-                "--conns",
-                str(args.publish_conns),
-                "--ack-timeout",
-                str(args.drain_timeout),
-                "--max-seconds",
-                f"{publish_bound + 60:.0f}",
-            ]
+        pub = PublisherChild(
+            url=url,
+            transport=args.publisher_transport,
+            channel=args.hot_channel,
+            messages=args.messages,
+            rate=args.rate,
+            ack_timeout=args.drain_timeout,
+            max_seconds=publish_bound + 60,
+            extra=["--payload-bytes", str(args.payload_bytes), "--conns", str(args.publish_conns)],
         )
         await pub.start(guard)
-        await pub.wait("ready", 30.0)
+        await pub.wait_for("ready", 30.0)
         await asyncio.sleep(args.settle)
         check()
 
@@ -587,7 +360,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 )
                 last_delivered = delivered
             bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
-            if done_at is None and pub.result("done") is not None:
+            if done_at is None and "done" in pub.lines:
                 done_at = time.monotonic()
             if done_at is not None:
                 if delivered >= expected:
@@ -604,21 +377,17 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         after = aggregate(list(end_reports))
         bar.close(f"{t_end - t_go:.1f} s")
         phases["publish_s"] = round(t_end - t_go, 3)
-        done = pub.result("done")
+        done = pub.lines.get("done")
         if done is None:
-            _log(progress, "publisher did not finish in time")
+            log(progress, "publisher did not finish in time")
 
         # 5. stop ------------------------------------------------------------------------
-        pub_final = await pub.stop(10.0)
+        await pub.stop(10.0)
+        pub_final = pub.lines.get("final")
         await asyncio.gather(*(g.stop(15.0) for g in gens))
         final_stats = [g.final or g.latest for g in gens]
         final = aggregate(final_stats)
-        server_exit = None
-        if server is not None:
-            alive = server.alive()
-            server_exit = await server.stop()
-            if not alive:
-                raise RunError("server exited before the end of the run:\n" + server.tail())
+        server_exit = await stop_server(server)
         phases["total_s"] = round(time.monotonic() - t_start, 3)
         latencies = read_latencies(lat_files)
 
@@ -659,16 +428,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             samples=samples,
         )
     finally:
-        if pub is not None and pub.alive():
-            with contextlib.suppress(Exception):
-                await pub.stop(3.0)
-        for g in gens:
-            if g.alive():
-                with contextlib.suppress(Exception):
-                    await g.stop(3.0)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await server.stop()
+        await stop_quietly([pub, *gens], server)
         tmp.cleanup()
 
 
@@ -835,10 +595,6 @@ def compute(
 # --------------------------------------------------------------------------- output
 
 
-def _num(v: Any, fmt: str = "{:,}") -> str:
-    return "n/a" if v is None else fmt.format(v)
-
-
 def report_table(record: dict[str, Any]) -> str:
     r = record["results"]
     p = record["parameters"]
@@ -848,52 +604,52 @@ def report_table(record: dict[str, Any]) -> str:
     rows = [
         ("transport (clients / publisher)", f"{p['transport']} / {p['publisher_transport']}"),
         ("clients / connected at publish", f"{p['clients']:,} / {r['connected_at_publish']:,}"),
-        ("hot subscribers (K)", _num(r["hot_clients"])),
+        ("hot subscribers (K)", na(r["hot_clients"])),
         (
             "published / acked / failed",
-            f"{r['published']:,} / {_num(r['publish_acked'])} / {_num(r['publish_failed'])}",
+            f"{r['published']:,} / {na(r['publish_acked'])} / {na(r['publish_failed'])}",
         ),
         (
             "publish rate requested / achieved",
-            f"{p['rate']:g} / {_num(r['publish_rate_achieved'], '{:.1f}')} /s",
+            f"{p['rate']:g} / {na(r['publish_rate_achieved'], '{:.1f}')} /s",
         ),
         (
             "publish requests / largest batch",
-            f"{_num(r.get('publish_requests'))} / {_num(r.get('publish_max_batch'))}",
+            f"{na(r.get('publish_requests'))} / {na(r.get('publish_max_batch'))}",
         ),
         (
             "publish max lag / ack p99",
-            f"{_num(r['publish_max_lag_ms'], '{:.1f}')} / {_num(ack.get('p99'), '{:.1f}')} ms",
+            f"{na(r['publish_max_lag_ms'], '{:.1f}')} / {na(ack.get('p99'), '{:.1f}')} ms",
         ),  # fmt: skip
         ("deliveries expected / received", f"{r['expected_deliveries']:,} / {r['delivered']:,}"),
         ("missing / out of order", f"{r['missing']:,} / {r['out_of_order']:,}"),
         (
             "latency p50 / p90 / p99",
-            " / ".join(_num(lat.get(q), "{:.1f}") for q in ("p50", "p90", "p99")) + " ms",
+            " / ".join(na(lat.get(q), "{:.1f}") for q in ("p50", "p90", "p99")) + " ms",
         ),
         (
             "latency p99.9 / max",
-            " / ".join(_num(lat.get(q), "{:.1f}") for q in ("p999", "max")) + " ms",
+            " / ".join(na(lat.get(q), "{:.1f}") for q in ("p999", "max")) + " ms",
         ),
         (
             "delivered / demanded per s",
-            f"{_num(r['delivered_per_s'], '{:,.0f}')} / {r['demanded_per_s']:,.0f}",
+            f"{na(r['delivered_per_s'], '{:,.0f}')} / {r['demanded_per_s']:,.0f}",
         ),
         (
             "kept up (>= 95 % of demanded, none missing)",
-            ("yes" if r["kept_up"] else "NO") + f" ({_num(r['delivered_fraction'], '{:.1%}')})",
+            ("yes" if r["kept_up"] else "NO") + f" ({na(r['delivered_fraction'], '{:.1%}')})",
         ),
         (
             "server CPU in publish phase",
-            f"{_num(r['server_cpu_publish_s'], '{:.2f}')} s "
-            f"({_num(r['server_cpu_percent_publish'], '{:.0f}')} %)",
+            f"{na(r['server_cpu_publish_s'], '{:.2f}')} s "
+            f"({na(r['server_cpu_percent_publish'], '{:.0f}')} %)",
         ),
         (
             "server CPU user / system",
-            f"{_num(r.get('server_cpu_user_s'), '{:.2f}')} / "
-            f"{_num(r.get('server_cpu_system_s'), '{:.2f}')} s",
+            f"{na(r.get('server_cpu_user_s'), '{:.2f}')} / "
+            f"{na(r.get('server_cpu_system_s'), '{:.2f}')} s",
         ),
-        ("server CPU per delivery", f"{_num(r['server_cpu_per_delivery_us'], '{:.1f}')} us"),
+        ("server CPU per delivery", f"{na(r['server_cpu_per_delivery_us'], '{:.1f}')} us"),
         (
             "server RSS baseline / with N",
             f"{human_bytes(r['rss_baseline_bytes'])} / {human_bytes(r['rss_publish_start_bytes'])}",
@@ -909,8 +665,8 @@ def report_table(record: dict[str, Any]) -> str:
         ),
         (
             "machine busy / other processes",
-            f"{_num(r.get('machine_busy_percent_publish'), '{:.0f}')} % of all CPUs / "
-            f"{_num(r.get('other_cpu_percent_publish'), '{:.0f}')} % of one core",
+            f"{na(r.get('machine_busy_percent_publish'), '{:.0f}')} % of all CPUs / "
+            f"{na(r.get('other_cpu_percent_publish'), '{:.0f}')} % of one core",
         ),
     ]
     label = record.get("label")
@@ -931,7 +687,7 @@ def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[
 
     def row(label: str, a: Any, b: Any, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
         rr = ratio(b, a) if with_ratio else None
-        return (label, _num(a, spec), _num(b, spec), _num(rr, "{:.2f}") if with_ratio else "")
+        return (label, na(a, spec), na(b, spec), na(rr, "{:.2f}") if with_ratio else "")
 
     rows = [
         row("delivered", peer.get("delivered"), engine.get("delivered"), "{:,}", False),
@@ -985,49 +741,26 @@ def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve(args)
-    guard = ChildGuard()
-    guard.install_signals()
-    started = time.time()
-    ran = run_scenario(
-        "fanout.py",
+    record = run_scenario(
+        SCENARIO,
+        __file__,
         args,
-        guard,
-        lambda a: asyncio.run(run(a, guard)),
-        lambda text: _log(not args.no_progress, text),
+        argv,
+        lambda a, guard: asyncio.run(run(a, guard)),
+        comparison=comparison,
     )
-    if isinstance(ran, int):
-        return ran
-    outcome, peer_record = ran
-    record: dict[str, Any] = {
-        **record_header(SCENARIO, started, argv, __file__),
-        **outcome,
-    }
-    record["machine"]["platform"] = platform.platform()
+    if isinstance(record, int):
+        return record
     name = f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-{record['timestamp']}"
-    if peer_record is not None:
-        record["peer"] = peer_record
+    if "peer" in record:
         name = (
             f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-vs-{args.peer}-"
             f"{record['timestamp']}"
         )
-        if "results" in peer_record:
-            record["comparison"] = comparison(args.peer, peer_record["results"], outcome["results"])
     path = write_record(args.results_dir, name, record)
-    if peer_record is not None and "results" in peer_record:
-        print(report_table({**peer_record, "label": args.peer}))
-        print()
-    print(report_table({**record, "label": "engine" if peer_record is not None else None}))
-    if "comparison" in record:
-        print()
-        print(
-            format_comparison(
-                [tuple(r) for r in record["comparison"]["rows"]],
-                names=(args.peer or "peer", "engine", f"engine/{args.peer}"),
-                title=f"fanout side by side ({args.transport})",
-            )
-        )
+    print_tables(record, report_table, f"fanout side by side ({args.transport})")
     print(f"record: {path}")
-    if args.check and not outcome["results"]["all_delivered"]:
+    if args.check and not record["results"]["all_delivered"]:
         sys.stderr.write("fanout.py: --check failed: not every delivery arrived\n")
         return 2
     return 0

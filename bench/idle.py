@@ -46,27 +46,29 @@ import asyncio
 import contextlib
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
+from array import array
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     BENCH_DIR,
-    DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,
+    LineChild,
     ProgressBar,
     RedisServer,
     RunError,
     ServerProcess,
-    child_setup,
-    format_comparison,
+    add_listen_args,
+    add_results_dir_arg,
+    add_server_args,
+    check_loopback,
     format_table,
     free_port,
     hist_count,
@@ -74,13 +76,20 @@ from common import (  # noqa: E402
     hist_percentile,
     hist_sub,
     human_bytes,
+    log,
     machine_cpu_seconds,
+    na,
+    percentile_ms,
+    print_tables,
     process_tree,
     ratio,
-    record_header,
     run_scenario,
     shell_join,
+    source_addresses,
+    split_clients,
     start_redis,
+    stop_quietly,
+    stop_server,
     tree_cpu_seconds,
     tree_pss_bytes,
     tree_rss_bytes,
@@ -160,103 +169,134 @@ SUMMED = (
 # --------------------------------------------------------------------------- generators
 
 
-class Generator:
+class Generator(LineChild):
     """One bench/loadgen.py child: latest stats, tagged reports, stop."""
 
     def __init__(self, index: int, argv: list[str]) -> None:
+        super().__init__(argv, f"loadgen {index}")
         self.index = index
-        self.argv = argv
-        self.proc: asyncio.subprocess.Process | None = None
         self.latest: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
         self.tagged: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.reader: asyncio.Task[None] | None = None
-        self.stderr_tail: list[str] = []
 
-    async def start(self, guard: ChildGuard) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=child_setup,
-        )
-        guard.add(self.proc.pid)
-        self.reader = asyncio.create_task(self._read())
-        self._err_reader = asyncio.create_task(self._read_stderr())
-
-    async def _read(self) -> None:
-        import json
-
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            try:
-                line = await self.proc.stdout.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not line:
-                return
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue
-            if d.get("type") != "stats":
-                continue
-            self.latest = d
-            if d.get("final"):
-                self.final = d
-            tag = d.get("tag")
-            if tag is not None:
-                fut = self.tagged.get(tag)
-                if fut is not None and not fut.done():
-                    fut.set_result(d)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail = (self.stderr_tail + [text])[-20:]
-            sys.stderr.write(f"[loadgen {self.index}] {text}\n")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def _write(self, line: str) -> None:
-        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+    def on_line(self, d: dict[str, Any]) -> None:
+        if d.get("type") != "stats":
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.proc.stdin.write(line.encode() + b"\n")
+        self.latest = d
+        if d.get("final"):
+            self.final = d
+        tag = d.get("tag")
+        if tag is not None:
+            fut = self.tagged.get(tag)
+            if fut is not None and not fut.done():
+                fut.set_result(d)
 
     async def report(self, tag: str, timeout: float) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.tagged[tag] = fut
-        self._write(f"report {tag}")
+        self.send(f"report {tag}")
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RunError(f"loadgen {self.index} did not report within {timeout} s") from None
 
-    async def stop(self, timeout: float) -> None:
-        if self.proc is None:
-            return
-        self._write("stop")
-        if self.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-        if self.reader is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self.reader, 2.0)
+
+def loadgen_argv(
+    args: argparse.Namespace,
+    url: str,
+    start: int,
+    count: int,
+    max_seconds: float,
+    extra: list[str],
+) -> list[str]:
+    """The bench/loadgen.py command of one generator: clients ``start`` ..
+    ``start + count - 1`` of N, its share of --ramp-rate, the options every
+    scenario passes, then the scenario's own ``extra`` ones."""
+    return [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        url,
+        "--clients",
+        str(count),
+        "--index-start",
+        str(start),
+        "--source-addrs",
+        ",".join(source_addresses(args.source_addrs)),
+        "--transport",
+        args.transport,
+        "--channel",
+        args.channel,
+        *extra,
+        "--ramp-rate",
+        f"{args.ramp_rate / args.procs:.3f}",
+        "--max-pending",
+        str(args.max_pending),
+        "--max-attempts",
+        str(args.max_attempts),
+        "--max-seconds",
+        f"{max_seconds:.0f}",
+        "--report-interval",
+        "0.5",
+    ]
+
+
+def check_running(
+    server: ServerProcess | None, gens: list[Generator], redis: RedisServer | None = None
+) -> None:
+    """RunError as soon as the server, its redis or a load generator has died
+    (what follows would measure a crash)."""
+    if server is not None and not server.alive():
+        raise RunError("server exited during the run:\n" + server.tail())
+    if redis is not None and not redis.alive():
+        raise RunError("redis-server exited during the run")
+    for g in gens:
+        if not g.alive():
+            raise RunError(f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:]))
+
+
+async def start_server(
+    server: ServerProcess, startup_timeout: float, phases: dict[str, float], progress: bool
+) -> str:
+    """Start the server under test and wait for its URL; its start-up time
+    goes into ``phases["startup_s"]``."""
+    t = time.monotonic()
+    url = await server.start(startup_timeout)
+    phases["startup_s"] = round(time.monotonic() - t, 3)
+    log(progress, f"server ready at {url} (pid {server.pid})")
+    return url
+
+
+async def wait_ramp(
+    gens: list[Generator],
+    n: int,
+    t_ramp: float,
+    timeout: float,
+    check: Callable[[], None],
+    progress: bool,
+    show_dropped: bool = False,
+) -> tuple[bool, float]:
+    """Wait until each of the N clients has connected once or given up, at
+    most ``timeout`` s after ``t_ramp`` (when the generators started), with a
+    progress bar; (whether the ramp completed, its wall time in s)."""
+    bar = ProgressBar("ramp", n, progress)
+    ramp_deadline = t_ramp + timeout
+    complete = False
+    # bounded by ramp_deadline
+    while time.monotonic() < ramp_deadline:
+        await asyncio.sleep(0.25)
+        check()
+        agg = aggregate([g.latest for g in gens])
+        text = f"{agg['connected']}/{n} connected, {agg['failed']} failed"
+        if show_dropped:
+            text += f", {agg['dropped']} dropped"
+        bar.update(agg["connected"], text)
+        if agg["started"] >= n and agg["ever_connected"] + agg["gave_up"] >= n:
+            complete = True
+            break
+    wall = time.monotonic() - t_ramp
+    bar.close(f"{wall:.1f} s")
+    return complete, wall
 
 
 def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -318,20 +358,6 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def percentile_ms(hist: list[int], buckets: list[int], q: float) -> float | None:
-    """Upper bound (bucket edge) of the q-quantile; None for an empty histogram."""
-    total = sum(hist)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(hist):
-        seen += n
-        if seen >= rank:
-            return float(buckets[i]) if i < len(buckets) else math.inf
-    return math.inf
-
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -368,23 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds to hold all clients, >= one connect timeout (default two timeouts + 5 s)",
     )
-    p.add_argument(
-        "--timeout", type=int, default=10000, help="server connect timeout in ms (--timeout MS)"
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--server-cmd",
-        default=DEFAULT_SERVER_CMD,
-        help="server command template; placeholders {python} {host} {port} {path} {timeout}; "
-        "it must print a line holding its URL when ready",
-    )
-    src.add_argument("--url", default=None, help="use an already running server at this URL")
-    p.add_argument(
-        "--server-pid",
-        type=int,
-        default=None,
-        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
-    )
+    add_server_args(p)
     p.add_argument(
         "--workers",
         type=int,
@@ -396,16 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--redis-server", default=None, help="with --workers: the redis-server binary (PATH)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address the started server listens on")
-    p.add_argument("--port", type=int, default=0, help="port for the started server (0: free)")
-    p.add_argument("--path", default="/cometd", help="server path for the started server")
-    p.add_argument(
-        "--source-addrs",
-        type=int,
-        default=None,
-        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default "
-        f"ceil(N/{CLIENTS_PER_SOURCE}))",
-    )
+    add_listen_args(p)
+    add_source_addrs_arg(p)
     p.add_argument("--channel", default="/bench/idle", help="channel every client subscribes to")
     p.add_argument(
         "--channels",
@@ -438,19 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["long-polling", "websocket"],
         help="how every client talks to the server",
     )
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=BENCH_DIR / "results",
-        help="where the JSON record is written",
-    )
+    add_results_dir_arg(p)
     p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
-    p.add_argument(
-        "--ramp-timeout",
-        type=float,
-        default=None,
-        help="ramp bound, s (default 2 * N / ramp-rate + 30)",
-    )
+    add_ramp_timeout_arg(p)
     p.add_argument("--settle", type=float, default=1.0, help="pause before the baseline RSS, s")
     p.add_argument(
         "--max-pending",
@@ -483,9 +475,7 @@ def resolve(args: argparse.Namespace) -> None:
         raise SystemExit("idle.py: --ramp-rate must be positive")
     if args.timeout <= 0:
         raise SystemExit("idle.py: --timeout must be positive")
-    if args.procs is None:
-        args.procs = max(1, math.ceil(n / 15000))
-    args.procs = max(1, min(args.procs, n))
+    resolve_generators("idle.py", args)
     if args.max_pending is None:
         args.max_pending = max(20, math.ceil(DEFAULT_TOTAL_PENDING / args.procs))
     if args.max_pending < 1:
@@ -506,16 +496,6 @@ def resolve(args: argparse.Namespace) -> None:
         args.hot_clients = max(1, round(args.fanout_fraction * n))
         if args.fanout_messages <= 0 or args.fanout_rate <= 0:
             raise SystemExit("idle.py: --fanout-messages and --fanout-rate must be positive")
-    args.source_addrs = resolve_source_addrs("idle.py", n, args.source_addrs)
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    per_proc = math.ceil(n / args.procs)
-    if per_proc + FD_MARGIN > hard:
-        raise SystemExit(
-            f"idle.py: {per_proc} clients per generator exceed the open-files limit {hard}; "
-            f"use --procs {math.ceil(n / (hard - FD_MARGIN))} or more"
-        )
     timeout_s = args.timeout / 1000.0
     if args.hold is None:
         args.hold = 2 * timeout_s + 5.0
@@ -523,16 +503,50 @@ def resolve(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"idle.py: --hold {args.hold} s is shorter than one connect timeout ({timeout_s} s)"
         )
+    check_loopback("idle.py", args)
+
+
+def add_source_addrs_arg(p: argparse.ArgumentParser) -> None:
+    """--source-addrs, whose default follows CLIENTS_PER_SOURCE (see resolve_source_addrs)."""
+    p.add_argument(
+        "--source-addrs",
+        type=int,
+        default=None,
+        help="how many source addresses 127.0.0.1, 127.0.0.2, ... (default "
+        f"ceil(N/{CLIENTS_PER_SOURCE}))",
+    )
+
+
+def add_ramp_timeout_arg(p: argparse.ArgumentParser) -> None:
+    """--ramp-timeout, whose default resolve_generators computes from N and --ramp-rate."""
+    p.add_argument(
+        "--ramp-timeout",
+        type=float,
+        default=None,
+        help="ramp bound, s (default 2 * N / ramp-rate + 30)",
+    )
+
+
+def resolve_generators(script: str, args: argparse.Namespace) -> None:
+    """The load generators' share of the N clients: --procs (default one per
+    15,000 clients), --source-addrs, --ramp-timeout; refuse more clients per
+    generator than the open-files limit allows."""
+    import resource
+
+    n = args.clients
+    if args.procs is None:
+        args.procs = max(1, math.ceil(n / 15000))
+    args.procs = max(1, min(args.procs, n))
+    args.source_addrs = resolve_source_addrs(script, n, args.source_addrs)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_proc = math.ceil(n / args.procs)
+    if per_proc + FD_MARGIN > hard:
+        raise SystemExit(
+            f"{script}: {per_proc} clients per generator exceed the open-files limit {hard}; "
+            f"use --procs {math.ceil(n / (hard - FD_MARGIN))} or more"
+        )
     if args.ramp_timeout is None:
         args.ramp_timeout = 2.0 * n / args.ramp_rate + 30.0
-    if args.url is not None:
-        u = urlsplit(args.url)
-        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
-            raise SystemExit("idle.py: only loopback servers (127.0.0.0/8)")
-    if not args.host.startswith("127."):
-        raise SystemExit("idle.py: --host must be a loopback address (127.0.0.0/8)")
-    if args.peer is not None and args.url is not None:
-        raise SystemExit("idle.py: --peer starts both servers itself; it does not take --url")
 
 
 def resolve_source_addrs(script: str, n: int, requested: int | None) -> int:
@@ -556,79 +570,53 @@ def resolve_source_addrs(script: str, n: int, requested: int | None) -> int:
     return count
 
 
-def source_addresses(count: int) -> list[str]:
-    return [f"127.0.0.{i}" for i in range(1, count + 1)]
-
-
-def split_clients(n: int, procs: int) -> list[tuple[int, int]]:
-    """(start index, count) per generator, as even as possible."""
-    base, extra = divmod(n, procs)
-    out = []
-    start = 0
-    for i in range(procs):
-        count = base + (1 if i < extra else 0)
-        out.append((start, count))
-        start += count
-    return out
-
-
 # --------------------------------------------------------------------------- fan-out
 
 
-class PublisherChild:
-    """The bench/publisher.py child of the fan-out phase: its ``ready``,
-    ``done`` and ``final`` lines, ``go`` and ``stop`` on its stdin."""
+class PublisherChild(LineChild):
+    """The bench/publisher.py child of a fan-out: the first line of each type
+    it prints (``ready``, ``done``, ``final``, ``error``), ``go`` and ``stop``
+    on its stdin."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = argv
-        self.proc: asyncio.subprocess.Process | None = None
-        self.lines: dict[str, dict[str, Any]] = {}
-        self.stderr_tail: list[str] = []
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self, guard: ChildGuard) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=child_setup,
+    def __init__(
+        self,
+        *,
+        url: str,
+        transport: str,
+        channel: str,
+        messages: int,
+        rate: float,
+        ack_timeout: float,
+        max_seconds: float,
+        extra: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            [
+                sys.executable,
+                str(PUBLISHER),
+                "--url",
+                url,
+                "--transport",
+                transport,
+                "--channel",
+                channel,
+                "--messages",
+                str(messages),
+                "--rate",
+                str(rate),
+                *extra,
+                "--ack-timeout",
+                str(ack_timeout),
+                "--max-seconds",
+                f"{max_seconds:.0f}",
+            ],
+            "publisher",
         )
-        guard.add(self.proc.pid)
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._read_err())]
+        self.lines: dict[str, dict[str, Any]] = {}
 
-    async def _read(self) -> None:
-        import json
-
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            with contextlib.suppress(ValueError):
-                d = json.loads(line)
-                if isinstance(d, dict) and isinstance(d.get("type"), str):
-                    self.lines.setdefault(d["type"], d)
-
-    async def _read_err(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                return
-            text = line.decode("utf-8", "replace").rstrip()
-            self.stderr_tail = (self.stderr_tail + [text])[-20:]
-            sys.stderr.write(f"[publisher] {text}\n")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def send(self, word: str) -> None:
-        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self.proc.stdin.write(word.encode() + b"\n")
+    def on_line(self, d: dict[str, Any]) -> None:
+        if isinstance(d.get("type"), str):
+            self.lines.setdefault(d["type"], d)
 
     async def wait_for(self, kind: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -644,44 +632,33 @@ class PublisherChild:
             await asyncio.sleep(0.05)
         return self.lines[kind]
 
-    async def stop(self, timeout: float) -> dict[str, Any] | None:
-        if self.proc is None:
-            return None
-        self.send("stop")
-        if self.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 2.0)
-        for t in self._tasks:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(t, 2.0)
-        return self.lines.get("final")
 
-
-def read_latencies_ms(paths: list[Path]) -> list[float]:
-    """Every fan-out delivery's latency (ms) the generators wrote (int64 ns)."""
-    from array import array
-
+def read_latencies(paths: list[Path]) -> array:
+    """Every fan-out delivery's latency (int64 ns) the generators wrote
+    (--latency-file), a missing file counting for none."""
     values = array("q")
     for path in paths:
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
             data = f.read()
             values.frombytes(data[: len(data) - len(data) % values.itemsize])
-    return sorted(v / 1e6 for v in values)
+    return values
 
 
-def exact_percentile(sorted_values: list[float], q: float) -> float | None:
+def read_latencies_ms(paths: list[Path]) -> list[float]:
+    """Every fan-out delivery's latency (ms) the generators wrote, sorted."""
+    return sorted(v / 1e6 for v in read_latencies(paths))
+
+
+def nearest_rank(n: int, q: float) -> int:
+    """Index of the q-quantile among n sorted values (nearest rank)."""
+    return min(n - 1, max(0, math.ceil(q * n) - 1))
+
+
+def exact_percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Nearest-rank q-quantile of sorted values; None when empty."""
     if not sorted_values:
         return None
-    n = len(sorted_values)
-    return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
+    return sorted_values[nearest_rank(len(sorted_values), q)]
 
 
 # --------------------------------------------------------------------------- run
@@ -703,15 +680,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     lat_files: list[Path] = []
 
     def server_check() -> None:
-        if server is not None and not server.alive():
-            raise RunError("server exited during the run:\n" + server.tail())
-        if redis is not None and not redis.alive():
-            raise RunError("redis-server exited during the run")
-        for g in gens:
-            if not g.alive():
-                raise RunError(
-                    f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:])
-                )
+        check_running(server, gens, redis)
 
     def rss() -> int | None:
         return tree_rss_bytes(server_pid) if server_pid else None
@@ -731,7 +700,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             template = args.server_cmd
             if args.workers is not None:
                 redis = start_redis(Path(workdir.name), guard, binary=args.redis_server)
-                _log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
+                log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
                 template += f" --workers {args.workers} --broker {redis.url}"
             port = args.port or free_port(args.host)
             server = ServerProcess(
@@ -745,11 +714,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 ready_marker="engine serving " if args.workers is not None else None,
             )
             server_argv = server.argv
-            t = time.monotonic()
-            url = await server.start(args.startup_timeout)
-            phases["startup_s"] = round(time.monotonic() - t, 3)
+            url = await start_server(server, args.startup_timeout, phases, progress)
             server_pid = server.pid
-            _log(progress, f"server ready at {url} (pid {server_pid})")
         else:
             url = args.url
 
@@ -764,8 +730,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         server_procs = len(process_tree(server_pid)) if server_pid else None
 
         # 3. ramp ----------------------------------------------------------------
-        addrs = source_addresses(args.source_addrs)
-        per_rate = args.ramp_rate / args.procs
         fanout_bound = (
             args.fanout_messages / args.fanout_rate + args.drain_timeout + 90.0
             if args.hot_clients
@@ -773,38 +737,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         )
         max_seconds = args.ramp_timeout + args.hold + fanout_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
-            argv = [
-                sys.executable,
-                str(LOADGEN),
-                "--url",
-                url,
-                "--clients",
-                str(count),
-                "--index-start",
-                str(start),
-                "--source-addrs",
-                ",".join(addrs),
-                "--transport",
-                args.transport,
-                "--channel",
-                args.channel,
-                "--channel-count",
-                str(args.channels),
-                "--ramp-rate",
-                f"{per_rate:.3f}",
-                "--max-pending",
-                str(args.max_pending),
-                "--max-attempts",
-                str(args.max_attempts),
-                "--max-seconds",
-                f"{max_seconds:.0f}",
-                "--report-interval",
-                "0.5",
-            ]
+            extra = ["--channel-count", str(args.channels)]
             if args.hot_clients:
                 lat_file = Path(workdir.name) / f"latencies-{i}.bin"
                 lat_files.append(lat_file)
-                argv += [
+                extra += [
                     "--hot-channel",
                     args.hot_channel,
                     "--hot-clients",
@@ -814,33 +751,17 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                     "--latency-file",
                     str(lat_file),
                 ]
-            g = Generator(i, argv)
+            g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, extra))
             await g.start(guard)
             gens.append(g)
         t_ramp = time.monotonic()
         cpu_ramp_start = cpu()
-        bar = ProgressBar("ramp", n, progress)
-        ramp_deadline = t_ramp + args.ramp_timeout
-        ramp_complete = False
-        # bounded by ramp_deadline
-        while time.monotonic() < ramp_deadline:
-            await asyncio.sleep(0.25)
-            server_check()
-            agg = aggregate([g.latest for g in gens])
-            settled = agg["ever_connected"] + agg["gave_up"]
-            bar.update(
-                agg["connected"],
-                f"{agg['connected']}/{n} connected, {agg['failed']} failed, "
-                f"{agg['dropped']} dropped",
-            )
-            if agg["started"] >= n and settled >= n:
-                ramp_complete = True
-                break
-        ramp_wall = time.monotonic() - t_ramp
+        ramp_complete, ramp_wall = await wait_ramp(
+            gens, n, t_ramp, args.ramp_timeout, server_check, progress, show_dropped=True
+        )
         phases["ramp_s"] = round(ramp_wall, 3)
-        bar.close(f"{ramp_wall:.1f} s")
         if not ramp_complete:
-            _log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; holding anyway")
+            log(progress, f"ramp did not finish within {args.ramp_timeout:.0f} s; holding anyway")
         ramp_stats = aggregate([g.latest for g in gens])
         cpu_ramp_end = cpu()
         ramp_cpu = {
@@ -913,19 +834,16 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
 
         # 6. stop ----------------------------------------------------------------
         if pub is not None:
-            final_pub = await pub.stop(10.0)
+            await pub.stop(10.0)
+            final_pub = pub.lines.get("final")
             if fan is not None and final_pub is not None:
                 fan["publisher_final"] = final_pub
         await asyncio.gather(*(g.stop(15.0) for g in gens))
         final = aggregate([g.final or g.latest for g in gens])
-        server_exit = None
+        server_exit = await stop_server(server)
         server_problems: dict[str, Any] | None = None
         if server is not None:
-            server_check_alive = server.alive()
-            server_exit = await server.stop()
             server_problems = {"count": server.problems, "first": server.problem_lines}
-            if not server_check_alive:
-                raise RunError("server exited before the end of the run:\n" + server.tail())
         if redis is not None:
             redis.stop()
         phases["total_s"] = round(time.monotonic() - t_start, 3)
@@ -991,16 +909,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             fanout=fan,
         )
     finally:
-        if pub is not None and pub.alive():
-            with contextlib.suppress(Exception):
-                await pub.stop(3.0)
-        for g in gens:
-            if g.alive():
-                with contextlib.suppress(Exception):
-                    await g.stop(3.0)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await server.stop()
+        await stop_quietly([pub, *gens], server)
         if redis is not None:
             redis.stop()
         workdir.cleanup()
@@ -1019,24 +928,13 @@ async def fanout_phase(
     every message, or --drain-timeout after the publisher is done."""
     m, rate = args.fanout_messages, args.fanout_rate
     pub = PublisherChild(
-        [
-            sys.executable,
-            str(PUBLISHER),
-            "--url",
-            url,
-            "--transport",
-            args.transport,
-            "--channel",
-            args.hot_channel,
-            "--messages",
-            str(m),
-            "--rate",
-            str(rate),
-            "--ack-timeout",
-            str(args.drain_timeout),
-            "--max-seconds",
-            f"{m / rate + args.drain_timeout + 90:.0f}",
-        ]
+        url=url,
+        transport=args.transport,
+        channel=args.hot_channel,
+        messages=m,
+        rate=rate,
+        ack_timeout=args.drain_timeout,
+        max_seconds=m / rate + args.drain_timeout + 90,
     )
     out: dict[str, Any] = {"_publisher": pub}
     await pub.start(guard)
@@ -1311,18 +1209,15 @@ def report_table(record: dict[str, Any]) -> str:
     r = record["results"]
     p = record["parameters"]
 
-    def num(v: Any, fmt: str = "{:,}") -> str:
-        return "n/a" if v is None else fmt.format(v)
-
     def ms(v: Any) -> str:
-        return "n/a" if v is None else f"{v:,.0f}"
+        return na(v, "{:,.0f}")
 
     lg = r["loadgen"]
     lat = r["setup_latency_ms"]
     held = r["held_connect_s"]
-    rate = num(r["ramp_rate_achieved"], "{:,.0f}")
-    cpu_hold = num(r["server_cpu_hold_s"], "{:.2f}")
-    cpu_pct = num(r["server_cpu_percent_hold"], "{:.1f}")
+    rate = na(r["ramp_rate_achieved"], "{:,.0f}")
+    cpu_hold = na(r["server_cpu_hold_s"], "{:.2f}")
+    cpu_pct = na(r["server_cpu_percent_hold"], "{:.1f}")
     share = r.get("server_cpu_machine_share_hold")
     n = r["clients_requested"]
     workers = p.get("workers")
@@ -1332,37 +1227,37 @@ def report_table(record: dict[str, Any]) -> str:
             "server",
             f"{workers} worker{'s' if workers != 1 else ''} + redis" if workers else "one process",
         ),
-        ("clients requested", num(n)),
-        ("connected (end of hold)", num(r["connected"])),
-        ("failed", num(r["failed"])),
+        ("clients requested", na(n)),
+        ("connected (end of hold)", na(r["connected"])),
+        ("failed", na(r["failed"])),
         (
             "dropped (whole run / ramp / hold)",
             f"{r['dropped']:,} ({100 * r['dropped'] / n:.3f} %) / "
             f"{r.get('dropped_during_ramp', 0):,} / {r['dropped_during_hold']:,}",
         ),
-        ("gave up", num(r["gave_up"])),
+        ("gave up", na(r["gave_up"])),
         ("ramp rate requested / achieved", f"{p['ramp_rate']:,.0f} / {rate} clients/s"),
         (
             "ramp CPU server / loadgen",
-            f"{num(r['ramp_cpu_s']['server_s'], '{:.1f}')} / "
+            f"{na(r['ramp_cpu_s']['server_s'], '{:.1f}')} / "
             f"{r['ramp_cpu_s']['loadgen_s']:.1f} s in {r['ramp_cpu_s']['wall_s']:.1f} s",
         ),
         (
             "setup latency p50 / p99",
-            f"<= {num(lat['p50'], '{:.0f}')} / <= {num(lat['p99'], '{:.0f}')} ms",
+            f"<= {na(lat['p50'], '{:.0f}')} / <= {na(lat['p99'], '{:.0f}')} ms",
         ),
         ("server timeout", f"{r['server_timeout_ms']} ms"),
         ("hold", f"{r['hold_seconds']:.1f} s = {r['timeout_cycles']:.2f} timeout cycles"),
         ("server RSS baseline", human_bytes(r["rss_baseline_bytes"])),
         ("server RSS loaded", human_bytes(r["rss_loaded_bytes"])),
-        ("bytes per idle client", num(r["bytes_per_client"], "{:,.0f}")),
+        ("bytes per idle client", na(r["bytes_per_client"], "{:,.0f}")),
     ]
     if r.get("pss_loaded_bytes") is not None:
         rows.append(
             (
                 "server PSS loaded / per client",
                 f"{human_bytes(r['pss_loaded_bytes'])} / "
-                f"{num(r.get('pss_bytes_per_client'), '{:,.0f}')} B",
+                f"{na(r.get('pss_bytes_per_client'), '{:,.0f}')} B",
             )
         )
     if r.get("redis_rss_loaded_bytes") is not None:
@@ -1379,15 +1274,15 @@ def report_table(record: dict[str, Any]) -> str:
             f"{cpu_hold} s ({cpu_pct} % of a core"
             + (f", {100 * share:.1f} % of the machine)" if share is not None else ")"),
         ),
-        ("server CPU per heartbeat cycle", f"{num(r['server_cpu_per_cycle_s'], '{:.3f}')} s"),
-        ("server CPU per connect", f"{num(r['server_cpu_per_connect_us'], '{:.0f}')} us"),
+        ("server CPU per heartbeat cycle", f"{na(r['server_cpu_per_cycle_s'], '{:.3f}')} s"),
+        ("server CPU per connect", f"{na(r['server_cpu_per_connect_us'], '{:.0f}')} us"),
         (
             "connect cycles / s (steady state)",
             f"{r['connect_cycles_per_s']:,.1f} ({r['steady_cycles_per_s']:,.1f})",
         ),
         (
             "held connect min / mean / max",
-            " / ".join(num(held[k], "{:.2f}") for k in ("min", "mean", "max")) + " s",
+            " / ".join(na(held[k], "{:.2f}") for k in ("min", "mean", "max")) + " s",
         ),
     ]
     late = (r.get("heartbeat_lateness_ms") or {}).get("hold")
@@ -1414,13 +1309,13 @@ def report_table(record: dict[str, Any]) -> str:
             (
                 "loadgen loop lag max / ramp CPU per client",
                 f"{lg['loop_lag_max_ms']:,.0f} ms / "
-                f"{num(lg.get('cpu_ramp_per_client_us'), '{:,.0f}')} us",
+                f"{na(lg.get('cpu_ramp_per_client_us'), '{:,.0f}')} us",
             )
         )
     rows.append(
         (
             "other processes' CPU during hold",
-            f"{num(r.get('other_cpu_percent_hold'), '{:.0f}')} % of one core",
+            f"{na(r.get('other_cpu_percent_hold'), '{:.0f}')} % of one core",
         )
     )
     fan = r.get("fanout")
@@ -1435,7 +1330,7 @@ def report_table(record: dict[str, Any]) -> str:
             ("fan-out complete", "yes" if fan["complete"] else "NO"),
             (
                 "fan-out latency p50 / p99 / max",
-                " / ".join(num(fl.get(k), "{:,.1f}") for k in ("p50", "p99", "max")) + " ms",
+                " / ".join(na(fl.get(k), "{:,.1f}") for k in ("p50", "p99", "max")) + " ms",
             ),
         ]
     if "held_cleanly" in r:
@@ -1453,22 +1348,13 @@ def report_table(record: dict[str, Any]) -> str:
     return table
 
 
-def _log(enabled: bool, text: str) -> None:
-    if enabled:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-
 def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, ...]]:
     """(what, peer, engine, engine/peer) rows of the side-by-side table."""
-
-    def fmt(v: Any, spec: str) -> str:
-        return "n/a" if v is None else spec.format(v)
 
     def row(label: str, key: str, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
         a, b = peer.get(key), engine.get(key)
         r = ratio(b, a) if with_ratio else None
-        return (label, fmt(a, spec), fmt(b, spec), "" if not with_ratio else fmt(r, "{:.2f}"))
+        return (label, na(a, spec), na(b, spec), "" if not with_ratio else na(r, "{:.2f}"))
 
     return [
         row("connected (end of hold)", "connected", "{:,}", False),
@@ -1510,57 +1396,31 @@ def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> 
     }
 
 
-def comparison_table(record: dict[str, Any]) -> str:
-    cmp = record["comparison"]
-    peer = record["peer"]["name"]
-    title = (
-        f"idle scenario side by side, {record['parameters']['clients']:,} "
-        f"{record['parameters']['transport']} clients"
-    )
-    table = format_comparison(
-        [tuple(r) for r in cmp["rows"]], names=(peer, "engine", f"engine/{peer}"), title=title
-    )
-    return table
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve(args)
-    guard = ChildGuard()
-    guard.install_signals()
-    started = time.time()
-    ran = run_scenario(
-        "idle.py",
+    record = run_scenario(
+        SCENARIO,
+        __file__,
         args,
-        guard,
-        lambda a: asyncio.run(run(a, guard)),
-        lambda text: _log(not args.no_progress, text),
+        argv,
+        lambda a, guard: asyncio.run(run(a, guard)),
+        comparison=comparison,
     )
-    if isinstance(ran, int):
-        return ran
-    outcome, peer_record = ran
-    record = {
-        **record_header(SCENARIO, started, argv, __file__),
-        **outcome,
-    }
-    record["machine"]["platform"] = platform.platform()
+    if isinstance(record, int):
+        return record
     workers = f"-w{args.workers}" if args.workers is not None else ""
     name = f"{SCENARIO}-{args.transport}-{args.clients}{workers}-{record['timestamp']}"
-    if peer_record is not None:
-        record["peer"] = peer_record
+    if "peer" in record:
         name = f"{SCENARIO}-{args.transport}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
-        if "results" in peer_record:
-            record["comparison"] = comparison(args.peer, peer_record["results"], outcome["results"])
     path = write_record(args.results_dir, name, record)
-    if peer_record is not None and "results" in peer_record:
-        print(report_table({**peer_record, "label": args.peer}))
-        print()
-    print(report_table({**record, "label": "engine" if peer_record is not None else None}))
-    if "comparison" in record:
-        print()
-        print(comparison_table(record))
+    print_tables(
+        record,
+        report_table,
+        f"idle scenario side by side, {args.clients:,} {args.transport} clients",
+    )
     print(f"record: {path}")
-    r = outcome["results"]
+    r = record["results"]
     if args.check and (r["connected"] != args.clients or r["dropped"] != 0):
         sys.stderr.write("idle.py: --check failed: not every client stayed connected\n")
         return 2

@@ -111,7 +111,7 @@ import uvloop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import hist_add  # noqa: E402
+from common import hist_add, read_rss_bytes  # noqa: E402
 from wsclient import (  # noqa: E402
     OP_BINARY,
     OP_CLOSE,
@@ -1422,14 +1422,8 @@ def _channel_for(template: str, index: int) -> str | None:
 
 
 def _own_rss() -> int:
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    """This generator's resident memory, bytes (0 when unreadable)."""
+    return read_rss_bytes(os.getpid()) or 0
 
 
 # --------------------------------------------------------------------------- main

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import random
 import statistics
 import sys
@@ -39,12 +38,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BENCH_DIR,
+    add_results_dir_arg,
+    format_comparison,
     format_table,
     human_bytes,
-    machine_info,
+    log,
     read_rss_bytes,
-    utc_stamp,
+    scenario_record,
     write_record,
 )
 
@@ -110,9 +110,7 @@ def twin(
 
 
 def _progress(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+    log(not args.quiet, text)
 
 
 class Mismatch(Exception):
@@ -469,22 +467,10 @@ def _ns(v: float) -> str:
 
 
 def twin_table(rows: Sequence[dict[str, Any]], title: str) -> str:
-    header = ("", "compiled", "pure", "pure/compiled")
     body = [
         (r["name"], _ns(r["compiled_ns"]), _ns(r["pure_ns"]), f"{r['ratio']:.1f}x") for r in rows
     ]
-    table = [header, *body]
-    widths = [max(len(t[i]) for t in table) for i in range(4)]
-    line = "-" * (sum(widths) + 11)
-    out = [title, line]
-    for i, t in enumerate(table):
-        out.append(
-            "  " + "   ".join([t[0].ljust(widths[0])] + [t[j].rjust(widths[j]) for j in (1, 2, 3)])
-        )
-        if i == 0:
-            out.append(line)
-    out.append(line)
-    return "\n".join(out)
+    return format_comparison(body, names=("compiled", "pure", "pure/compiled"), title=title)
 
 
 def report(record: dict[str, Any]) -> str:
@@ -609,12 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2_000_000,
         help="refuse larger sizes (memory bound: ~0.45 KiB per subscription)",
     )
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=BENCH_DIR / "results",
-        help="where the JSON record is written",
-    )
+    add_results_dir_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--note", default="", help="free text stored in the record")
     return p
@@ -652,19 +633,14 @@ def main(argv: list[str] | None = None) -> int:
             "match_ratio_at_100k": at.get(100_000),
             "match_time_factor": (ch.get("scaling_summary") or {}).get("match_time_factor"),
         }
-    record = {
-        "scenario": SCENARIO,
-        "timestamp": utc_stamp(started),
-        "started_at": started,
-        "machine": machine_info(),
-        "command": [sys.executable, *sys.argv]
-        if argv is None
-        else [sys.executable, __file__, *argv],
-        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        | {"groups": groups},
-        "results": results,
-    }
-    record["machine"]["platform"] = platform.platform()
+    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    record = scenario_record(
+        SCENARIO,
+        started,
+        argv,
+        __file__,
+        {"parameters": parameters | {"groups": groups}, "results": results},
+    )
     path = write_record(args.results_dir, f"{SCENARIO}-{record['timestamp']}", record)
     print(report(record))
     print(f"record: {path}")

@@ -82,6 +82,17 @@ class ProtocolError(Exception):
     pass
 
 
+def _replies(status: int, body: bytes) -> list[dict[str, Any]]:
+    """The messages of an HTTP reply (a lone object counts as one); ProtocolError
+    unless it is a 200: one reading for the session's and the publishes' replies."""
+    if status != 200:
+        raise ProtocolError(f"http_{status}")
+    replies = orjson.loads(body)
+    if isinstance(replies, dict):
+        replies = [replies]
+    return [m for m in replies if type(m) is dict]
+
+
 async def _open_socket(host: str, port: int, source: str, timeout: float) -> socket.socket:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -341,13 +352,8 @@ class Publisher:
         for name, value in headers:
             if name == b"set-cookie":
                 self._set_cookie(value)
-        if status != 200:
-            raise ProtocolError(f"http_{status}")
-        replies = orjson.loads(body)
-        if isinstance(replies, dict):
-            replies = [replies]
-        for m in replies:
-            if type(m) is dict and m.get("id") == message["id"]:
+        for m in _replies(status, body):
+            if m.get("id") == message["id"]:
                 return m
         raise ProtocolError("no_reply")
 
@@ -519,14 +525,8 @@ class Publisher:
                 status, headers, body = await conn.request(
                     path, orjson.dumps(batch), self.cookie, self.args.ack_timeout
                 )
-                if status != 200:
-                    raise ProtocolError(f"http_{status}")
-                replies = orjson.loads(body)
-                if isinstance(replies, dict):
-                    replies = [replies]
-                for m in replies:
-                    if type(m) is dict:
-                        self._on_publish_reply(m)
+                for m in _replies(status, body):
+                    self._on_publish_reply(m)
             except (ProtocolError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
                 self.error("publish:" + (str(exc) or type(exc).__name__)[:60])
                 conn.close()

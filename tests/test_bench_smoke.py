@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,20 @@ def _bench_module(name: str):  # type: ignore[no-untyped-def]
         return __import__(name)
     finally:
         sys.path.remove(str(BENCH))
+
+
+def _run_for_record(
+    cmd: list[str], results: Path, pattern: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run a scenario to its end: (the finished process, its one record, found
+    by ``pattern`` in ``results`` and named on its stdout)."""
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    records = sorted(results.glob(pattern))
+    assert len(records) == 1, output
+    assert str(records[0]) in proc.stdout
+    return proc, json.loads(records[0].read_text())
 
 
 needs_node = pytest.mark.skipif(
@@ -75,14 +90,7 @@ def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> Non
     server_cmd = os.environ.get("BENCH_SERVER_CMD")
     if server_cmd:
         cmd += ["--server-cmd", server_cmd]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=80)
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
-
-    records = sorted(tmp_path.glob(f"idle-{transport}-{CLIENTS}-*.json"))
-    assert len(records) == 1, output
-    record = json.loads(records[0].read_text())
-    assert str(records[0]) in proc.stdout
+    proc, record = _run_for_record(cmd, tmp_path, f"idle-{transport}-{CLIENTS}-*.json", 80)
     assert "bytes per idle client" in proc.stdout
 
     r = record["results"]
@@ -229,14 +237,10 @@ def test_idle_workers_over_redis_with_fanout(tmp_path: Path, transport: str) -> 
         "--no-progress",
         "--check",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
-    records = sorted(tmp_path.glob(f"idle-{transport}-{clients}-w2-*.json"))
-    assert len(records) == 1, output
+    pattern = f"idle-{transport}-{clients}-w2-*.json"
+    proc, record = _run_for_record(cmd, tmp_path, pattern, 110)
     for row in ("redis RSS", "heartbeat lateness", "fan-out complete", "held cleanly"):
-        assert row in proc.stdout, output
-    record = json.loads(records[0].read_text())
+        assert row in proc.stdout, proc.stdout
     p, r = record["parameters"], record["results"]
     assert p["workers"] == 2 and p["channels"] == 4 and p["hot_clients"] == 30
     assert "--workers 2 --broker redis://127.0.0.1:" in p["server_cmd"]
@@ -334,18 +338,9 @@ def _check_fanout_results(r: dict, transport: str) -> None:  # type: ignore[type
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("transport", ["long-polling", "websocket"])
 def test_fanout_delivers_every_message(tmp_path: Path, transport: str) -> None:
-    proc = subprocess.run(
-        _fanout_cmd(tmp_path, transport), cwd=ROOT, capture_output=True, text=True, timeout=55
-    )
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
-    records = sorted(
-        tmp_path.glob(f"fanout-{transport}-{FANOUT_CLIENTS}-{FANOUT_SUBSCRIBERS}-*.json")
-    )
-    assert len(records) == 1, output
-    assert str(records[0]) in proc.stdout
+    pattern = f"fanout-{transport}-{FANOUT_CLIENTS}-{FANOUT_SUBSCRIBERS}-*.json"
+    proc, record = _run_for_record(_fanout_cmd(tmp_path, transport), tmp_path, pattern, 55)
     assert "latency p50 / p90 / p99" in proc.stdout
-    record = json.loads(records[0].read_text())
     assert record["scenario"] == "fanout"
     assert record["parameters"]["publisher_transport"] == transport
     r = record["results"]
@@ -399,13 +394,9 @@ def test_idle_side_by_side_with_faye(tmp_path: Path) -> None:
         "--no-progress",
         "--check",
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
-    records = sorted(tmp_path.glob(f"idle-websocket-{clients}-vs-faye-*.json"))
-    assert len(records) == 1, output
+    pattern = f"idle-websocket-{clients}-vs-faye-*.json"
+    proc, record = _run_for_record(cmd, tmp_path, pattern, 230)
     assert "engine/faye" in proc.stdout
-    record = json.loads(records[0].read_text())
     peer, engine = record["peer"], record["results"]
     assert peer["name"] == "faye" and peer["versions"]["faye"] and peer["versions"]["node"]
     assert "error" not in peer, peer.get("error")
@@ -425,13 +416,8 @@ def test_idle_side_by_side_with_faye(tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_fanout_side_by_side_with_faye(tmp_path: Path) -> None:
     cmd = _fanout_cmd(tmp_path, "websocket", "--peer", "faye")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=230)
-    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, output
-    records = sorted(tmp_path.glob("fanout-websocket-*-vs-faye-*.json"))
-    assert len(records) == 1, output
+    proc, record = _run_for_record(cmd, tmp_path, "fanout-websocket-*-vs-faye-*.json", 230)
     assert "engine/faye" in proc.stdout
-    record = json.loads(records[0].read_text())
     peer = record["peer"]
     assert "error" not in peer, peer.get("error")
     _check_fanout_results(peer["results"], "websocket")

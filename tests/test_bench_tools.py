@@ -334,3 +334,64 @@ def test_http_client_parses_split_responses() -> None:
         assert failures == ["http_500"] and conn.loop_req is None
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_line_child_and_bad_template() -> None:
+    """common.LineChild, the handle of every helper process: its JSON lines,
+    words on its stdin, its stderr kept, stop; and a malformed server command
+    template is a clean ServerStartError, not a traceback."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+
+    script = (
+        "import json, sys\n"
+        "print(json.dumps({'type': 'hello'}), flush=True)\n"
+        "print('not json', flush=True)\n"
+        "while line := sys.stdin.readline():\n"
+        "    print(json.dumps({'type': 'got', 'word': line.strip()}), flush=True)\n"
+        "    print('note', file=sys.stderr, flush=True)\n"
+    )
+
+    class Echo(common.LineChild):
+        def __init__(self) -> None:
+            super().__init__([sys.executable, "-c", script], "echo", echo=False)
+            self.got: list[dict[str, Any]] = []
+
+        def on_line(self, d: dict[str, Any]) -> None:
+            self.got.append(d)
+
+    async def main() -> None:
+        guard = common.ChildGuard()
+        child = Echo()
+        try:
+            await child.start(guard)
+            child.send("ping")
+            for _ in range(500):  # bounded: 5 s
+                if len(child.got) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            await child.stop(5.0)  # "stop", then end of file: it answers and exits
+        finally:
+            guard.kill_all()
+        assert [(d["type"], d.get("word")) for d in child.got] == [
+            ("hello", None),
+            ("got", "ping"),
+            ("got", "stop"),
+        ]
+        assert child.stderr_tail == ["note", "note"] and not child.alive()
+
+    asyncio.run(main())
+
+    with pytest.raises(common.ServerStartError, match="bad server command template"):
+        common.ServerProcess(
+            "{python} -m engine serve --port {port} --oops {nope}",
+            host="127.0.0.1",
+            port=1,
+            path="/cometd",
+            timeout_ms=1000,
+            guard=common.ChildGuard(),
+        )
