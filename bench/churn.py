@@ -66,17 +66,16 @@ from common import (  # noqa: E402
     log,
     na,
     percentile_ms,
-    print_tables,
     process_tree,
     ratio,
     read_rss_bytes,
     run_scenario,
+    save_and_print,
     shell_join,
     source_addresses,
     split_clients,
     tree_cpu_seconds,
     tree_rss_bytes,
-    write_record,
 )
 
 SCENARIO = "churn"
@@ -1391,12 +1390,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if isinstance(record, int):
         return record
-    name = f"{SCENARIO}-{args.clients}-{record['timestamp']}"
-    if "peer" in record:
-        name = f"{SCENARIO}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
-    path = write_record(args.results_dir, name, record)
-    print_tables(record, churn_table, f"churn side by side, {args.clients} clients")
-    print(f"record: {path}")
+    save_and_print(
+        record,
+        args.results_dir,
+        f"{SCENARIO}-{args.clients}",
+        churn_table,
+        f"churn side by side, {args.clients} clients",
+    )
     r = record["results"]
     if args.check and (r["errors_total"] or r["sessions_settled"] != 0):
         sys.stderr.write("churn.py: --check failed: errors or sessions left after settling\n")

@@ -1214,6 +1214,27 @@ def print_tables(
         )
 
 
+def save_and_print(
+    record: dict[str, Any],
+    results_dir: Path,
+    stem: str,
+    table: Callable[[dict[str, Any]], str],
+    comparison_title: str,
+    suffix: str = "",
+) -> Path:
+    """Write the record as ``<stem><suffix>-<timestamp>`` (``<stem>-vs-<peer>-...``
+    when a peer ran), print its tables and where it went."""
+    peer = record.get("peer")
+    if peer is not None:
+        name = f"{stem}-vs-{peer['name']}-{record['timestamp']}"
+    else:
+        name = f"{stem}{suffix}-{record['timestamp']}"
+    path = write_record(results_dir, name, record)
+    print_tables(record, table, comparison_title)
+    print(f"record: {path}")
+    return path
+
+
 # --------------------------------------------------------------------------- histograms
 
 #: Buckets per decade of the signed log histogram (edges 10^(k/HIST_PER_DECADE)

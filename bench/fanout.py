@@ -71,9 +71,9 @@ from common import (  # noqa: E402
     log,
     machine_cpu_seconds,
     na,
-    print_tables,
     ratio,
     run_scenario,
+    save_and_print,
     shell_join,
     split_clients,
     stop_quietly,
@@ -81,7 +81,6 @@ from common import (  # noqa: E402
     tree_cpu_seconds,
     tree_cpu_split,
     tree_rss_bytes,
-    write_record,
 )
 from idle import (  # noqa: E402
     Generator,
@@ -751,15 +750,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if isinstance(record, int):
         return record
-    name = f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-{record['timestamp']}"
-    if "peer" in record:
-        name = (
-            f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}-vs-{args.peer}-"
-            f"{record['timestamp']}"
-        )
-    path = write_record(args.results_dir, name, record)
-    print_tables(record, report_table, f"fanout side by side ({args.transport})")
-    print(f"record: {path}")
+    save_and_print(
+        record,
+        args.results_dir,
+        f"{SCENARIO}-{args.transport}-{args.clients}-{args.subscribers}",
+        report_table,
+        f"fanout side by side ({args.transport})",
+    )
     if args.check and not record["results"]["all_delivered"]:
         sys.stderr.write("fanout.py: --check failed: not every delivery arrived\n")
         return 2

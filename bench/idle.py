@@ -80,10 +80,10 @@ from common import (  # noqa: E402
     machine_cpu_seconds,
     na,
     percentile_ms,
-    print_tables,
     process_tree,
     ratio,
     run_scenario,
+    save_and_print,
     shell_join,
     source_addresses,
     split_clients,
@@ -93,7 +93,6 @@ from common import (  # noqa: E402
     tree_cpu_seconds,
     tree_pss_bytes,
     tree_rss_bytes,
-    write_record,
 )
 
 LOADGEN = BENCH_DIR / "loadgen.py"
@@ -1409,17 +1408,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     if isinstance(record, int):
         return record
-    workers = f"-w{args.workers}" if args.workers is not None else ""
-    name = f"{SCENARIO}-{args.transport}-{args.clients}{workers}-{record['timestamp']}"
-    if "peer" in record:
-        name = f"{SCENARIO}-{args.transport}-{args.clients}-vs-{args.peer}-{record['timestamp']}"
-    path = write_record(args.results_dir, name, record)
-    print_tables(
+    save_and_print(
         record,
+        args.results_dir,
+        f"{SCENARIO}-{args.transport}-{args.clients}",
         report_table,
         f"idle scenario side by side, {args.clients:,} {args.transport} clients",
+        suffix=f"-w{args.workers}" if args.workers is not None else "",
     )
-    print(f"record: {path}")
     r = record["results"]
     if args.check and (r["connected"] != args.clients or r["dropped"] != 0):
         sys.stderr.write("idle.py: --check failed: not every client stayed connected\n")
