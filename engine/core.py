@@ -424,11 +424,7 @@ class BayeuxCore:
             if owner is not None and owner != self.node_id:
                 self.forwarder.forward(owner, messages, exchange)
                 return
-        # (process_here's body, inlined: this runs for every request.)
-        if self.policy_is_async:
-            self.hooks.spawn(self._process_after_policy(messages, exchange))
-            return
-        self._process_now(messages, exchange)
+        self.process_here(messages, exchange)
 
     def process_here(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle a request on this node (its own, or one forwarded to it)."""

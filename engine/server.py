@@ -23,7 +23,7 @@ from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allo
 from engine.app import Application
 from engine.cluster_status import MAX_PATTERNS, ClusterStatus
 from engine.core import BayeuxCore
-from engine.http import HttpConnection, HttpEndpoint, HttpExchange, decode_messages
+from engine.http import HttpConnection, HttpEndpoint
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
@@ -146,12 +146,6 @@ class BayeuxServer(Application):
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.origins or origin in self.origins
-
-    def decode_batch(self, body: bytes, exchange: HttpExchange) -> list[Any] | None:
-        messages, why = decode_messages(body, self.options.max_batch)
-        if messages is None:
-            exchange.fail(400, why)
-        return messages
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
