@@ -417,6 +417,9 @@ class BayeuxCore:
 
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
+        if self.forwarder is None and not self.policy_is_async:
+            self._process_now(messages, exchange)  # one node, a synchronous policy
+            return
         if self.forwarder is not None and exchange.transport in HTTP_TRANSPORTS:
             # In a cluster, an HTTP request for a session another node owns
             # goes to that node, held connects included (no sticky sessions).

@@ -15,6 +15,10 @@ through `self` as Python attributes: `route`, `abort`, `upgrade`,
 `cross_origin_refused`, `form_message`.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.string cimport memchr, memcmp
+
 import asyncio
 import logging
 
@@ -54,10 +58,75 @@ cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _new_parser = httptools.HttpRequestParser
+# The parser's methods, called unbound: no attribute lookup per request.
+cdef object _feed_data = httptools.HttpRequestParser.feed_data
+cdef object _get_method = httptools.HttpRequestParser.get_method
+cdef object _should_keep_alive = httptools.HttpRequestParser.should_keep_alive
 
-# Shared empty values for idle connections; on_message_begin makes new ones.
+# Shared empty values for idle connections; the first header or body piece
+# of a request makes new ones.
 cdef dict _NO_HEADERS = {}
 cdef list _NO_BODY = []
+
+
+cdef bytes ascii_lower(bytes name):
+    """`name.lower()` without its method call, and no copy if already lower."""
+    cdef const char* s = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), i, first = -1
+    for i in range(n):
+        if b'A' <= s[i] <= b'Z':
+            first = i
+            break
+    if first < 0:
+        return name
+    cdef bytes lowered = PyBytes_FromStringAndSize(s, n)  # new, not yet shared
+    cdef char* d = PyBytes_AS_STRING(lowered)
+    for i in range(first, n):
+        if b'A' <= d[i] <= b'Z':
+            d[i] = d[i] + 32
+    return lowered
+
+
+cdef long long decimal_length(bytes value):
+    """A Content-Length value, or -1 if it is not plain digits (llhttp rejects
+    those itself) or has more than 18 of them."""
+    cdef const char* s = PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
+    cdef long long length = 0
+    if n == 0 or n > 18:
+        return -1 if n == 0 else 10 ** 18
+    for i in range(n):
+        if not b'0' <= s[i] <= b'9':
+            return -1
+        length = length * 10 + (s[i] - 48)
+    return length
+
+
+cdef object cookie_value(bytes header):
+    """The BAYEUX_BROWSER value in a Cookie header, as str, or None.
+
+    Cookies are `name=value` pairs separated by `;` and optional spaces.
+    """
+    cdef const char* s = PyBytes_AS_STRING(header)
+    cdef const char* end = s + PyBytes_GET_SIZE(header)
+    cdef const char* prefix = PyBytes_AS_STRING(_COOKIE_PREFIX)
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(_COOKIE_PREFIX)
+    cdef const char* stop
+    cdef const char* value_end
+    while s < end:
+        while s < end and (s[0] == b' ' or s[0] == b'\t'):
+            s += 1
+        stop = <const char*>memchr(s, b';', end - s)
+        if stop == NULL:
+            stop = end
+        if stop - s > plen and memcmp(s, prefix, plen) == 0:
+            value_end = stop
+            while value_end > s + plen and (value_end[-1] == b' ' or value_end[-1] == b'\t'):
+                value_end -= 1
+            if value_end > s + plen:
+                return PyUnicode_DecodeLatin1(s + plen, value_end - s - plen, NULL)
+        s = stop + 1
+    return None
 
 
 class Abort(Exception):
@@ -81,7 +150,7 @@ def origin_host(str origin):
     return (rest if sep else origin).rstrip("/")
 
 
-def decode_messages(bytes body, Py_ssize_t max_batch):
+cpdef tuple decode_messages(bytes body, Py_ssize_t max_batch):
     """A request body as a list of message objects, or None and why not."""
     cdef Py_ssize_t index
     try:
@@ -122,7 +191,6 @@ cdef class HttpEndpoint:
     cdef Py_ssize_t max_body
     cdef Py_ssize_t max_batch
     cdef bytes base_path
-    cdef bytes base_prefix
     cdef list conns  # connections with responses to write
     cdef bint scheduled
     cdef object call_soon
@@ -135,7 +203,6 @@ cdef class HttpEndpoint:
         self.max_body = server.max_body
         self.max_batch = server.options.max_batch
         self.base_path = server.base_path
-        self.base_prefix = self.base_path + b"/"
         self.conns = []
         self.scheduled = False
         self.call_soon = None
@@ -157,9 +224,14 @@ cdef class HttpEndpoint:
             conn.flush()
 
     cdef bint is_bayeux_path(self, bytes url):
-        path = url.partition(b"?")[0]
-        base = self.base_path
-        return path == base or path.startswith(self.base_prefix) or (not base and path == b"/")
+        """The base path, or below it (query string aside)."""
+        cdef const char* s = PyBytes_AS_STRING(url)
+        cdef const char* query = <const char*>memchr(s, b'?', PyBytes_GET_SIZE(url))
+        cdef Py_ssize_t n = query - s if query != NULL else PyBytes_GET_SIZE(url)
+        cdef Py_ssize_t base = PyBytes_GET_SIZE(self.base_path)
+        if n < base or memcmp(s, PyBytes_AS_STRING(self.base_path), base) != 0:
+            return False
+        return n == base or s[base] == b'/'
 
 
 cdef class HttpExchange:
@@ -277,7 +349,7 @@ cdef class HttpProtocol:
 
     def data_received(self, bytes data):
         try:
-            self.parser.feed_data(data)
+            _feed_data(self.parser, data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, Abort):
@@ -307,15 +379,16 @@ cdef class HttpProtocol:
             raise Abort(431, "request line too long")
 
     def on_header(self, bytes name, bytes value):
-        self.head_bytes += len(name) + len(value)
+        cdef long long length
+        self.head_bytes += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value)
         if self.head_bytes > MAX_HEAD_BYTES:
             raise Abort(431, "request headers too large")
         if self.headers is _NO_HEADERS:
             self.headers = {}
-        name = name.lower()
+        name = ascii_lower(name)
         self.headers[name] = value
-        if name == b"content-length" and value.isdigit():
-            length = int(value)
+        if name == b"content-length":
+            length = decimal_length(value)
             if length > self.endpoint.max_body:
                 raise Abort(
                     413, f"body of {length} bytes exceeds max_message_size={self.endpoint.max_body}"
@@ -334,8 +407,8 @@ cdef class HttpProtocol:
         cdef HttpEndpoint endpoint = self.endpoint
         endpoint.stats.http_requests += 1
         parser = self.parser
-        method = parser.get_method()
-        cdef bint keep_alive = parser.should_keep_alive() and not endpoint.core.draining
+        method = _get_method(parser)
+        cdef bint keep_alive = _should_keep_alive(parser) and not endpoint.core.draining
         self.read_cookie_and_origin()
         cdef HttpExchange exchange = HttpExchange.__new__(HttpExchange)  # (no __init__ call)
         exchange.setup(self, keep_alive)
@@ -364,17 +437,8 @@ cdef class HttpProtocol:
             self.body_size = 0
 
     cdef read_cookie_and_origin(self):
-        cdef bytes item, value
-        self.cookie_browser = None
         cookie = self.headers.get(b"cookie")
-        if cookie:
-            for item in cookie.split(b";"):
-                item = item.strip()
-                if item.startswith(_COOKIE_PREFIX):
-                    value = item[len(_COOKIE_PREFIX):]
-                    if value:
-                        self.cookie_browser = value.decode("latin-1")
-                        break
+        self.cookie_browser = cookie_value(cookie) if cookie is not None else None
         self.cors_origin = None
         origin = self.headers.get(b"origin")
         if origin is not None:
@@ -389,9 +453,9 @@ cdef class HttpProtocol:
             exchange.fail(403, "origin not allowed (see --allowed-origins)")
             return
         cdef list parts = self.body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        cdef bytes body = parts[0] if len(parts) == 1 else b"".join(parts)
         self.body = _NO_BODY
-        if body.startswith(b"message="):
+        if PyBytes_GET_SIZE(body) >= 8 and memcmp(PyBytes_AS_STRING(body), b"message=", 8) == 0:
             # Form body (Faye's cross-origin-long-polling, the spec's form).
             body = (<object>self).form_message(body, exchange)
             if body is None:

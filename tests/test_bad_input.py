@@ -77,6 +77,40 @@ def test_body_over_limit(server: BayeuxServer) -> None:
     bystander_unharmed(server, bad)
 
 
+def test_content_length_values(server: BayeuxServer) -> None:
+    def bad() -> None:
+        # Whatever the header name's case, and however many digits.
+        for name, value in (
+            (b"CONTENT-LENGTH", b"5000"),
+            (b"Content-Length", b"9" * 18),
+            (b"content-length", b"1" + b"0" * 19),
+        ):
+            head = b"POST /cometd HTTP/1.1\r\nHost: x\r\n%s: %s\r\n\r\n" % (name, value)
+            assert status_of(http(server, head)) == 413
+        # Not a number, or past 64 bits: the parser refuses it.
+        for value in (b"1x", b"9" * 30):
+            head = b"POST /cometd HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n" % value
+            assert status_of(http(server, head)) == 400
+
+    bystander_unharmed(server, bad)
+
+
+def test_paths_next_to_the_base_path(server: BayeuxServer) -> None:
+    body = b'[{"channel":"/meta/handshake","supportedConnectionTypes":["long-polling"]}]'
+
+    def post(path: bytes) -> int:
+        head = b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % path
+        return status_of(http(server, head + b"Content-Length: %d\r\n\r\n" % len(body), body))
+
+    def bad() -> None:
+        for path in (b"/cometd", b"/cometd/", b"/cometd/handshake", b"/cometd?x=1"):
+            assert post(path) == 200, path
+        for path in (b"/cometdx", b"/comet", b"/", b"/other/cometd", b"/x?/cometd"):
+            assert post(path) == 404, path
+
+    bystander_unharmed(server, bad)
+
+
 def test_invalid_json(server: BayeuxServer) -> None:
     def bad() -> None:
         resp = Browser(server).send(b'[{"channel": "/meta/handshake",')

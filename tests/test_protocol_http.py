@@ -488,6 +488,27 @@ def test_cookie_binds_session(server: BayeuxServer) -> None:  # item 38
     assert no_cookie.publish("/x", 1).messages[0]["error"] == "402::session_unknown"
 
 
+def test_browser_cookie_among_others(server: BayeuxServer) -> None:
+    from tests.support import raw_exchange
+
+    b = make(server)
+    b.subscribe("/cookies")
+    body = json.dumps([b.message("/meta/connect", connectionType="long-polling")]).encode()
+    for cookie in (
+        b"a=1; BAYEUX_BROWSER=%s; z=2",
+        b"BAYEUX_BROWSERX=no;BAYEUX_BROWSER=;  BAYEUX_BROWSER=%s  ",
+        b"\tBAYEUX_BROWSER=%s",
+    ):
+        value = cookie.replace(b"%s", b.cookie.encode())  # type: ignore[union-attr]
+        answer = raw_exchange(
+            server,
+            b"POST /cometd/connect HTTP/1.1\r\nhost: x\r\nCOOKIE: " + value + b"\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body,
+        )
+        # The session is recognised, so the connect succeeds (held, then answered).
+        assert b'"successful":true' in answer, (cookie, answer)
+
+
 def test_pipelined_requests_answered_in_order(server: BayeuxServer) -> None:
     import socket
 
