@@ -52,10 +52,10 @@ class HttpProtocol:
     url: bytes
     head_bytes: int
     headers: dict[bytes, bytes]
-    body: list[bytes]
+    body: bytes | list[bytes]
     body_size: int
     pending: list[HttpExchange]
-    out: list[bytes] | None
+    out: bytes | list[bytes] | None
     close_after_out: bool
     closed: bool
     cookie_browser: str | None

@@ -63,10 +63,19 @@ cdef object _feed_data = httptools.HttpRequestParser.feed_data
 cdef object _get_method = httptools.HttpRequestParser.get_method
 cdef object _should_keep_alive = httptools.HttpRequestParser.should_keep_alive
 
-# Shared empty values for idle connections; the first header or body piece
-# of a request makes new ones.
+# Shared empty headers for idle connections; a request's first header makes
+# its own dict.
 cdef dict _NO_HEADERS = {}
-cdef list _NO_BODY = []
+
+# Header names as clients usually spell them, with their lowercase form: the
+# lookup spares a lowered copy of each name per request.
+cdef dict _LOWERED = {name: name.lower() for name in (
+    b"Host", b"Content-Type", b"Content-Length", b"Cookie", b"Origin", b"Connection",
+    b"User-Agent", b"Accept", b"Accept-Encoding", b"Accept-Language", b"Referer",
+    b"Cache-Control", b"Pragma", b"Upgrade", b"Transfer-Encoding", b"Sec-WebSocket-Key",
+    b"Sec-WebSocket-Version", b"Sec-WebSocket-Extensions", b"Sec-WebSocket-Protocol",
+    b"Sec-Fetch-Site", b"Sec-Fetch-Mode", b"Sec-Fetch-Dest", b"X-Forwarded-For",
+)}
 
 
 cdef bytes ascii_lower(bytes name):
@@ -150,26 +159,32 @@ def origin_host(str origin):
     return (rest if sep else origin).rstrip("/")
 
 
-cpdef tuple decode_messages(bytes body, Py_ssize_t max_batch):
+def decode_messages(bytes body, Py_ssize_t max_batch):
     """A request body as a list of message objects, or None and why not."""
+    result = decode_batch(body, max_batch)
+    return (None, result) if type(result) is str else (result, "")
+
+
+cdef object decode_batch(bytes body, Py_ssize_t max_batch):
+    """The list of message objects in a request body, or why not (a str)."""
     cdef Py_ssize_t index
     try:
         value = _loads(body)
     except _JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc}"
+        return f"invalid JSON: {exc}"
     if type(value) is dict:
-        return [value], ""
+        return [value]
     if type(value) is not list:
-        return None, "a Bayeux request is a JSON array of message objects"
+        return "a Bayeux request is a JSON array of message objects"
     cdef list messages = <list>value
     if not messages:
-        return None, "empty message array"
+        return "empty message array"
     if len(messages) > max_batch:
-        return None, f"batch of {len(messages)} messages exceeds max_batch={max_batch}"
+        return f"batch of {len(messages)} messages exceeds max_batch={max_batch}"
     for index in range(len(messages)):
         if type(messages[index]) is not dict:
-            return None, f"message {index} is not a JSON object"
-    return messages, ""
+            return f"message {index} is not a JSON object"
+    return messages
 
 
 cdef class HttpEndpoint:
@@ -306,11 +321,13 @@ cdef class HttpProtocol:
     cdef public bytes url
     cdef public Py_ssize_t head_bytes
     cdef public dict headers
-    cdef public list body
+    # The body read so far: b"", its one piece (bytes), or a list of pieces.
+    cdef public object body
     cdef public Py_ssize_t body_size
     # Exchanges in request order; the first one's response goes out first.
     cdef public list pending
-    # Finished responses waiting for the endpoint's flush; None when none wait.
+    # Finished responses waiting for the endpoint's flush: None, one response
+    # (bytes), or a list of them.
     cdef public object out
     cdef public bint close_after_out
     cdef public bint closed
@@ -326,7 +343,7 @@ cdef class HttpProtocol:
         self.url = b""
         self.head_bytes = 0
         self.headers = _NO_HEADERS
-        self.body = _NO_BODY
+        self.body = b""
         self.body_size = 0
         self.pending = []
         self.out = None
@@ -385,7 +402,8 @@ cdef class HttpProtocol:
             raise Abort(431, "request headers too large")
         if self.headers is _NO_HEADERS:
             self.headers = {}
-        name = ascii_lower(name)
+        lowered = _LOWERED.get(name)
+        name = ascii_lower(name) if lowered is None else <bytes>lowered
         self.headers[name] = value
         if name == b"content-length":
             length = decimal_length(value)
@@ -398,10 +416,13 @@ cdef class HttpProtocol:
         self.body_size += len(body)
         if self.body_size > self.endpoint.max_body:
             raise Abort(413, f"body exceeds max_message_size={self.endpoint.max_body}")
-        if self.body is _NO_BODY:
-            self.body = [body]
+        pieces = self.body
+        if type(pieces) is list:
+            (<list>pieces).append(body)
+        elif pieces:
+            self.body = [pieces, body]
         else:
-            self.body.append(body)
+            self.body = body
 
     def on_message_complete(self):
         cdef HttpEndpoint endpoint = self.endpoint
@@ -433,7 +454,7 @@ cdef class HttpProtocol:
             self.url = b""
             self.head_bytes = 0
             self.headers = _NO_HEADERS
-            self.body = _NO_BODY
+            self.body = b""
             self.body_size = 0
 
     cdef read_cookie_and_origin(self):
@@ -452,17 +473,17 @@ cdef class HttpProtocol:
         if b"origin" in self.headers and (<object>self).cross_origin_refused():
             exchange.fail(403, "origin not allowed (see --allowed-origins)")
             return
-        cdef list parts = self.body
-        cdef bytes body = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.body = _NO_BODY
+        pieces = self.body
+        cdef bytes body = b"".join(pieces) if type(pieces) is list else pieces
+        self.body = b""
         if PyBytes_GET_SIZE(body) >= 8 and memcmp(PyBytes_AS_STRING(body), b"message=", 8) == 0:
             # Form body (Faye's cross-origin-long-polling, the spec's form).
             body = (<object>self).form_message(body, exchange)
             if body is None:
                 return
-        messages, why = decode_messages(body, self.endpoint.max_batch)
-        if messages is None:
-            exchange.fail(400, why)
+        messages = decode_batch(body, self.endpoint.max_batch)
+        if type(messages) is str:
+            exchange.fail(400, messages)
             return
         self.endpoint.process(messages, exchange)
 
@@ -475,13 +496,17 @@ cdef class HttpProtocol:
         pending = self.pending
         if self.closed or not pending or pending[0] is not exchange:
             return
-        out = self.out
-        if out is None:
-            out = self.out = []
+        if self.out is None:
             self.endpoint.schedule(self)
         while pending and (<HttpExchange>pending[0]).response is not None:
             done = pending.pop(0)
-            out.append(done.response)
+            out = self.out
+            if out is None:
+                self.out = done.response
+            elif type(out) is list:
+                (<list>out).append(done.response)
+            else:
+                self.out = [out, done.response]
             # The timer wheel may still reference this exchange (through its
             # answered hold) until the original deadline: keep no bytes alive.
             done.response = None
@@ -498,14 +523,14 @@ cdef class HttpProtocol:
 
     cpdef flush(self):
         """Write the finished responses (the endpoint's flush calls this)."""
-        cdef list out = self.out
+        out = self.out
         if out is None:
             return
         self.out = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport.write(b"".join(out) if type(out) is list else out)
         if self.close_after_out:
             transport.close()
 

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from interop.helpers import interop_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,11 @@ NODE_MODULES = INTEROP_DIR / "node_modules"
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 URL_RE = re.compile(r"(https?://\S+)")
+
+# Property tests check results, never speed: a loaded CI machine must not fail
+# them on Hypothesis's per-example deadline.
+settings.register_profile("engine", deadline=None)
+settings.load_profile("engine")
 
 
 def free_port() -> int:
