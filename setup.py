@@ -27,6 +27,7 @@ MODULES = [
     "_batch",  # splicing encoded messages into one HTTP / JSONP response
     "_wsframe",  # RFC 6455 frame codec
     "_http",  # httptools callbacks, the Bayeux POST, batched in-order writes
+    "_sessions",  # sessions, the timer wheel, heartbeats and delivery (the core's hot half)
 ]
 
 extensions = [

@@ -5,6 +5,12 @@ Transports decode a request into a list of message objects and hand it to
 exchange, at once or, for a held `/meta/connect`, later.  Data flows one way:
 transport -> core -> broker -> session queue -> exchange.
 
+The hot half (a request's messages in order, `/meta/connect` and the held
+connects, delivery into session queues) is compiled: `SessionCore` in
+src_pyx/_sessions.pyx, the base class of `BayeuxCore`.  This module is the
+rest: handshake, subscriptions, publish, security, services, extensions,
+the timer tick and the session lifecycle.
+
 Rules follow bayeux.md (the section numbers in comments point there).
 """
 
@@ -14,8 +20,6 @@ import asyncio
 import gc
 import inspect
 import logging
-import math
-import random
 import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,12 +27,21 @@ from typing import Any, Protocol
 import orjson
 
 from engine import errors
-from engine._batch import encode_all, encode_message
+from engine._batch import encode_message
 from engine._channels import (
     CHANNEL_INVALID,
     CHANNEL_OK_PATTERN,
     normalize_channel,
     validate_channel,
+)
+from engine._sessions import (
+    HTTP_TRANSPORTS,
+    META_CONNECT,
+    META_DISCONNECT,
+    META_HANDSHAKE,
+    META_SUBSCRIBE,
+    META_UNSUBSCRIBE,
+    SessionCore,
 )
 from engine.broker import Broker, LocalBroker
 from engine.extensions import Extension, TimesyncExtension
@@ -37,7 +50,6 @@ from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.session import AckState, Exchange, Hold, Session
 from engine.stats import Counters
-from engine.timers import TimerWheel
 
 __all__ = ["BayeuxCore"]
 
@@ -45,15 +57,9 @@ log = logging.getLogger("engine.core")
 
 Message = dict[str, Any]
 
-META_HANDSHAKE = "/meta/handshake"
-META_CONNECT = "/meta/connect"
-META_DISCONNECT = "/meta/disconnect"
-META_SUBSCRIBE = "/meta/subscribe"
-META_UNSUBSCRIBE = "/meta/unsubscribe"
 META_CHANNELS = frozenset(
     (META_HANDSHAKE, META_CONNECT, META_DISCONNECT, META_SUBSCRIBE, META_UNSUBSCRIBE)
 )
-HTTP_TRANSPORTS = frozenset(("long-polling", "callback-polling"))
 
 # Fields a publisher may not pass on to subscribers: its identity, its own
 # request id, and fields that would make a delivery look like a reply or
@@ -64,21 +70,13 @@ GC_FREEZE_PERIOD = 10.0  # s between moves of long-lived objects out of the GC
 CLIENT_ID_RANDOM = 32  # hex characters of randomness at the start of a clientId
 HOLD_RESOLUTION = 0.1  # s; held connects are answered at most this late
 EXPIRY_RESOLUTION = 0.5  # s; the session sweep's granularity
-_NEVER = math.inf
-
-
-def _valid_id(value: object) -> bool:
-    """CometD's message id validation: alphanumeric strings; numbers tolerated."""
-    if type(value) is str:
-        return value.isascii() and value.isalnum() and len(value) <= 64
-    return type(value) is int
 
 
 class Forwarder(Protocol):
     def forward(self, owner: str, messages: list[Any], exchange: Exchange) -> None: ...
 
 
-class BayeuxCore:
+class BayeuxCore(SessionCore):
     def __init__(
         self,
         options: ServerOptions,
@@ -89,8 +87,9 @@ class BayeuxCore:
         broker: Broker | None = None,
         hooks: Hooks | None = None,
     ) -> None:
-        self.options = options
-        self.loop = loop
+        super().__init__(
+            options, loop, Counters(), hooks or Hooks(), HOLD_RESOLUTION, EXPIRY_RESOLUTION
+        )
         self.node_id = node_id
         self.policy = policy or SecurityPolicy()
         self.policy_is_async = self.policy.is_async
@@ -98,39 +97,18 @@ class BayeuxCore:
         self._decided: dict[tuple[int, str, str], bool] | None = None
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
         self.broker: Broker = broker or LocalBroker(self.deliver)
-        self.hooks = hooks or Hooks()
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: Forwarder | None = None
         if options.timesync_extension and not any(
             isinstance(e, TimesyncExtension) for e in self.hooks.extensions
         ):
             self.hooks.extensions.append(TimesyncExtension())
-        self.session_extensions = 0  # sessions that have extensions of their own
-        self.sessions: dict[str, Session] = {}
-        # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
-        self.browsers: dict[str, int] = {}
-        self.stats = Counters()
-        self.draining = False
-        now = loop.time()
-        self.holds: TimerWheel[Hold] = TimerWheel(HOLD_RESOLUTION, now)
-        self.expiry: TimerWheel[Session] = TimerWheel(EXPIRY_RESOLUTION, now)
-        self.lazy: TimerWheel[Session] = TimerWheel(HOLD_RESOLUTION, now)
-        self._dirty: list[Session] = []
-        # Called after each delivery flush: transports that batch their writes.
-        self.write_flushers: list[Callable[[], None]] = []
-        self._flush_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_freeze = 0.0
 
         o = options
-        self.timeout_s = o.timeout / 1000.0
-        self.timeout_jitter = o.timeout_jitter
-        self.lazy_timeout_s = o.max_lazy_timeout / 1000.0
         self.publish_rate = float(o.max_publish_rate)
-        self.max_interval_s = o.max_interval / 1000.0
-        self.after_reply_s = (o.interval + o.max_interval) / 1000.0
         self.transports = list(o.transports)
-        self.advice = {"reconnect": "retry", "interval": o.interval, "timeout": o.timeout}
         self.advice_none = {"reconnect": "none", "interval": o.interval, "timeout": o.timeout}
         self.advice_handshake = {"reconnect": "handshake", "interval": 0}
         self.advice_refused = {"reconnect": "none", "interval": 0}
@@ -198,39 +176,6 @@ class BayeuxCore:
             return None
         return client_id[CLIENT_ID_RANDOM:]
 
-    def _expire_at(self, session: Session, when: float) -> None:
-        session.expires_at = when
-        slot = self.expiry.slot_of(when)
-        if slot != session.expiry_slot:
-            self.expiry.add_to_slot(slot, session)
-            session.expiry_slot = slot
-
-    def _touch(self, session: Session) -> None:
-        """Any message other than a held connect keeps the session alive (6.5)."""
-        if session.hold is None:
-            when = self.loop.time() + self.max_interval_s
-            if when > session.expires_at:
-                self._expire_at(session, when)
-
-    def lookup(self, message: Message, exchange: Exchange) -> Session | None:
-        client_id = message.get("clientId")
-        if type(client_id) is not str:
-            return None
-        session = self.sessions.get(client_id)
-        if session is None:
-            return None
-        # HTTP sessions are bound to the browser cookie they were created
-        # under: a stolen clientId with another cookie is unknown (section 11).
-        if (
-            session.browser_id is not None
-            and exchange.transport in HTTP_TRANSPORTS
-            and exchange.browser_id != session.browser_id
-        ):
-            self.stats.browser_mismatch += 1
-            return None
-        exchange.bind(session)
-        return session
-
     def add_session_extension(self, session: Session, extension: Extension) -> None:
         if not session.extensions:
             session.extensions = []
@@ -269,78 +214,6 @@ class BayeuxCore:
 
     # -------------------------------------------------------------- delivery
 
-    def deliver(self, session: Session, encoded: bytes, lazy: bool = False) -> None:
-        """Queue one encoded message for a session; wake its held connect soon.
-
-        A lazy message (CometD's lazy channels) wakes nothing: it leaves with
-        the next connect reply or frame, or after max_lazy_timeout at most.
-        """
-        if session.extensions:
-            # The one case that re-encodes: this session's own extensions.
-            changed = self._extend_delivery(session, encoded)
-            if changed is None:
-                return
-            encoded = changed
-        if session.local is not None:
-            self.stats.delivered += 1
-            session.local(encoded)
-            return
-        queue = session.queue
-        if queue is None:
-            session.queue = [encoded]
-        else:
-            if len(queue) >= self.options.max_queue:
-                del queue[0]
-                session.dropped += 1
-                self.stats.dropped_queue_full += 1
-                if session.dropped == 1 or session.dropped % 1000 == 0:
-                    log.warning(
-                        "session %s: queue full (max_queue=%d), %d oldest message(s) dropped",
-                        session.id,
-                        self.options.max_queue,
-                        session.dropped,
-                    )
-            queue.append(encoded)
-        self.stats.delivered += 1
-        if lazy:
-            if not session.lazy_due and (session.hold is not None or session.ws is not None):
-                session.lazy_due = self.loop.time() + self.lazy_timeout_s
-                self.lazy.add(session.lazy_due, session)
-            return
-        if (session.hold is not None or session.ws is not None) and not session.flush_pending:
-            # Not now: a request being processed may still take the queue
-            # into its own response (piggy-backing), and several publishes in
-            # one loop turn should leave in one response or frame.
-            session.flush_pending = True
-            self._dirty.append(session)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        self._send_queued(dirty)
-        # The responses released here leave now: a flush the transports
-        # schedule from here would wait for the next poll of every socket.
-        for flush in self.write_flushers:
-            flush()
-
-    def _send_queued(self, sessions: list[Session]) -> None:
-        direct = not self.options.meta_connect_deliver_only
-        for session in sessions:
-            session.flush_pending = False
-            session.lazy_due = 0.0
-            if not session.queue:
-                continue
-            ws = session.ws
-            if ws is not None and direct and session.ack is None:
-                # WebSocket: events go out at once; the held connect stays a
-                # heartbeat until its timeout (7.4).
-                ws.write_events(session)
-            elif session.hold is not None:
-                self._release(session.hold, None)
-
     def _extend_delivery(self, session: Session, encoded: bytes) -> bytes | None:
         message = orjson.loads(encoded)
         if not self.hooks.outgoing(session.extensions or [], session, message, None):
@@ -349,58 +222,6 @@ class BayeuxCore:
         return encode_message(message)
 
     # ---------------------------------------------------------- held connects
-
-    def _ack_batch(self, session: Session, reply: Message) -> list[bytes]:
-        """Acknowledge extension (10.1): number this connect reply's batch and
-        return every event not yet acknowledged, oldest first."""
-        ack = session.ack
-        assert ack is not None
-        batch = ack.batch
-        if session.queue:
-            ack.unacked.extend((batch, event) for event in session.take_queue())
-            excess = len(ack.unacked) - self.options.max_queue
-            if excess > 0:
-                del ack.unacked[:excess]
-                session.dropped += excess
-                self.stats.dropped_queue_full += excess
-                log.warning("session %s: %d unacknowledged message(s) dropped", session.id, excess)
-        ext = reply.get("ext")
-        if type(ext) is not dict:
-            ext = reply["ext"] = {}
-        ext["ack"] = batch
-        ack.batch = batch + 1
-        return [event for _, event in ack.unacked]
-
-    def _unhold(self, hold: Hold) -> Session:
-        session = hold.session
-        session.hold = None
-        hold.exchange.hold = None
-        browser = hold.counted_browser
-        if browser is not None:
-            left = self.browsers.get(browser, 1) - 1
-            if left > 0:
-                self.browsers[browser] = left
-            else:
-                self.browsers.pop(browser, None)
-        if not session.removed:
-            self._expire_at(session, self.loop.time() + self.after_reply_s)
-        return session
-
-    def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None:
-        """Answer a held connect: the queued events, then the connect reply."""
-        session = self._unhold(hold)
-        session.lazy_due = 0.0
-        if advice is None and hold.advise:
-            advice = self.advice
-        reply: Message = {"channel": META_CONNECT, "successful": True}
-        if hold.message_id is not None:
-            reply["id"] = hold.message_id
-        if advice is not None:
-            reply["advice"] = advice
-        parts = self._ack_batch(session, reply) if session.ack else session.take_queue()
-        if hold.request is None or self._extend_reply(session, reply, hold.request):
-            parts.append(encode_message(reply))
-        hold.exchange.send(parts)
 
     def abandon(self, hold: Hold) -> None:
         """The connection of a held connect went away: drop the hold quietly."""
@@ -436,80 +257,6 @@ class BayeuxCore:
             return
         self._process_now(messages, exchange)
 
-    def _process_now(self, messages: list[Any], exchange: Exchange) -> None:
-        stats = self.stats
-        stats.messages_in += len(messages)
-        if len(messages) == 1 and not self.extensions_active:
-            # The common request (a lone connect, publish or subscribe): the
-            # general path below, without its per-batch bookkeeping.
-            message = messages[0]
-            if type(message) is dict and message.get("channel") != META_HANDSHAKE:
-                reply = self._dispatch(message, exchange, True)
-                if reply is not None:  # (None: a held connect, answered later)
-                    session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
-                    if session is not None and (session.queue or session.ack is not None):
-                        with_connect = reply.get("channel") == META_CONNECT
-                        parts = self._events_for(session, exchange, with_connect)
-                    else:
-                        parts = []
-                    parts.append(encode_message(reply))
-                    exchange.send(parts)
-                return
-        for message in messages:
-            if type(message) is dict and message.get("channel") == META_HANDSHAKE:
-                if len(messages) > 1:
-                    # Spec: a handshake ignores the rest of its batch (section 12).
-                    stats.dropped_with_handshake += len(messages) - 1
-                    log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
-                self._answer_handshake(message, exchange)
-                return
-
-        alone = len(messages) == 1
-        replies: list[Message] = []
-        owner: Session | None = None
-        with_connect = False
-        requests: list[Message] = []
-        for message in messages:
-            if type(message) is not dict:
-                replies.append({"successful": False, "error": "400::message_invalid"})
-                requests.append({})
-                continue
-            reply = self._refused_by_extension(message) if self.extensions_active else None
-            if reply is None:
-                reply = self._dispatch(message, exchange, alone)
-                if reply is None:  # a held connect: answered later
-                    return
-            replies.append(reply)
-            requests.append(message)
-            if owner is None:
-                owner = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
-            if reply.get("channel") == META_CONNECT:
-                with_connect = True
-
-        parts = self._events_for(owner, exchange, with_connect)
-        if self.extensions_active:
-            replies = [
-                reply
-                for reply, request in zip(replies, requests, strict=True)
-                if self._extend_reply(owner, reply, request)
-            ]
-        parts.extend(encode_all(replies))
-        exchange.send(parts)
-
-    def _events_for(
-        self, owner: Session | None, exchange: Exchange, with_connect: bool
-    ) -> list[bytes]:
-        """The queued events that go out with this response, taken from the queue."""
-        if owner is not None:
-            if owner.ack is not None:
-                # Only connect replies carry events, numbered (10.1).
-                if owner.ack.pending is not None:
-                    parts, owner.ack.pending = owner.ack.pending, None
-                    return parts
-            elif owner.queue and self._may_piggyback(exchange, with_connect):
-                return owner.take_queue()
-        return []
-
     def _answer_handshake(self, message: Message, exchange: Exchange) -> None:
         reply = self._refused_by_extension(message) or self._handshake(message, exchange)
         if self.extensions_active:
@@ -518,10 +265,6 @@ class BayeuxCore:
                 exchange.send([])
                 return
         exchange.send([encode_message(reply)])
-
-    @property
-    def extensions_active(self) -> bool:
-        return bool(self.hooks.extensions) or self.session_extensions > 0
 
     def _refused_by_extension(self, message: Message) -> Message | None:
         """Run incoming extensions; a failure reply if they delete the message."""
@@ -543,49 +286,6 @@ class BayeuxCore:
             if not hooks.outgoing(session.extensions, session, reply, request):
                 return False
         return hooks.outgoing(hooks.extensions, session, reply, request)
-
-    def _may_piggyback(self, exchange: Exchange, with_connect: bool) -> bool:
-        """May this response carry the session's queued events (7.2, 7.3, 8)?
-
-        A connect reply always may.  Other replies may on long-polling and
-        WebSocket, but not on callback-polling (scripts run in order, so the
-        held connect must be woken instead) nor with meta_connect_deliver_only.
-        """
-        if with_connect:
-            return True
-        if self.options.meta_connect_deliver_only:
-            return False
-        return exchange.transport != "callback-polling"
-
-    def _dispatch(self, message: Message, exchange: Exchange, alone: bool) -> Message | None:
-        channel = message.get("channel")
-        message_id = message.get("id")
-        if message_id is not None and not _valid_id(message_id):
-            return self._failure(message, errors.MESSAGE_ID_INVALID, echo_id=False)
-        if channel is None:
-            return self._failure(message, errors.CHANNEL_MISSING)
-        if type(channel) is not str:
-            return self._failure(message, errors.CHANNEL_INVALID)
-        if channel == META_CONNECT:
-            return self._connect(message, exchange, alone)
-        if channel == META_SUBSCRIBE:
-            return self._subscribe(message, exchange)
-        if channel == META_UNSUBSCRIBE:
-            return self._unsubscribe(message, exchange)
-        if channel == META_DISCONNECT:
-            return self._disconnect(message, exchange)
-        return self._publish(message, exchange, channel)
-
-    @staticmethod
-    def _failure(message: Message, error: str, echo_id: bool = True) -> Message:
-        reply: Message = {"successful": False, "error": error}
-        channel = message.get("channel")
-        if type(channel) is str:
-            reply["channel"] = channel
-        message_id = message.get("id")
-        if echo_id and message_id is not None:
-            reply["id"] = message_id
-        return reply
 
     def _unknown_session(self, message: Message, meta: bool) -> Message:
         self.stats.unknown_session += 1
@@ -755,78 +455,6 @@ class BayeuxCore:
         return reply
 
     # --------------------------------------------------------------- connect
-
-    def _connect(self, message: Message, exchange: Exchange, alone: bool) -> Message | None:
-        session = self.lookup(message, exchange)
-        if session is None:
-            return self._unknown_session(message, meta=True)
-        self.stats.connects += 1
-        first = not session.connected
-        session.connected = True
-        session.transport = exchange.transport
-        if session.hold is not None:
-            self._supersede(session.hold)
-
-        timeout = self.timeout_s
-        client_advice = message.get("advice")
-        advised = type(client_advice) is dict
-        if advised:
-            wanted = client_advice.get("timeout")  # type: ignore[union-attr]
-            if type(wanted) in (int, float) and wanted >= 0:
-                timeout = min(wanted / 1000.0, self.timeout_s)
-        advise = first or advised or session.advice_dirty
-        session.advice_dirty = False
-        resend = session.ack is not None and self._acknowledge(session, message)
-
-        # Answer at once instead of holding (5.2).
-        if first or timeout <= 0 or session.queue or not alone or self.draining or resend:
-            self._expire_at(session, self.loop.time() + self.after_reply_s)
-            return self._connect_now(session, message, advise)
-
-        browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
-        limit = self.options.max_sessions_per_browser
-        if browser is not None and limit >= 0 and self.browsers.get(browser, 0) >= limit:
-            return self._multiple_clients(session, message)
-
-        # Clients that connected together (a ramp, a reconnect storm after a
-        # restart) would otherwise send their heartbeats together forever.
-        timeout *= 1.0 - self.timeout_jitter * random.random()
-        hold = Hold(session, exchange, message.get("id"), self.loop.time() + timeout, advise)
-        if self.extensions_active:
-            hold.request = message  # for the outgoing extensions of its reply
-        if browser is not None:
-            self.browsers[browser] = self.browsers.get(browser, 0) + 1
-            hold.counted_browser = browser
-        session.hold = hold
-        exchange.hold = hold
-        session.expires_at = _NEVER  # never expires while held (6.5)
-        self.holds.add(hold.deadline, hold)
-        return None
-
-    def _connect_now(self, session: Session, message: Message, advise: bool) -> Message:
-        reply: Message = {"channel": META_CONNECT, "successful": True}
-        if message.get("id") is not None:
-            reply["id"] = message["id"]
-        if advise:
-            reply["advice"] = self.advice
-        if session.ack is not None:
-            session.ack.pending = self._ack_batch(session, reply)
-        return reply
-
-    @staticmethod
-    def _acknowledge(session: Session, message: Message) -> bool:
-        """Drop the events the client confirmed (`ext.ack`: the last batch it got).
-
-        True when sent events remain unconfirmed: they were lost, so this
-        connect is answered at once to send them again.
-        """
-        ack = session.ack
-        assert ack is not None
-        ext = message.get("ext")
-        confirmed = ext.get("ack") if type(ext) is dict else None
-        if type(confirmed) is int:
-            ack.unacked = [(b, e) for b, e in ack.unacked if b > confirmed]
-        return bool(ack.unacked) and ack.unacked[0][0] < ack.batch
 
     def _multiple_clients(self, session: Session, message: Message) -> Message:
         """The browser already holds its quota of long-polls (section 9)."""

@@ -98,7 +98,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine._batch import encode_all
-from engine.core import HTTP_TRANSPORTS, META_CONNECT, META_HANDSHAKE
+from engine._sessions import HTTP_TRANSPORTS, META_CONNECT, META_HANDSHAKE
 from engine.timers import TimerWheel
 
 if TYPE_CHECKING:

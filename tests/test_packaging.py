@@ -19,6 +19,8 @@ import pytest
 import engine
 import engine._batch
 import engine._channels
+import engine._http
+import engine._sessions
 import engine._wsframe
 import engine.broker
 import engine.core
@@ -36,7 +38,10 @@ HANDSHAKE = json.dumps(
 ).encode()
 
 
-@pytest.mark.parametrize("module", [engine._batch, engine._channels, engine._wsframe])
+@pytest.mark.parametrize(
+    "module",
+    [engine._batch, engine._channels, engine._http, engine._sessions, engine._wsframe],
+)
 def test_compiled_modules_are_extensions(module: object) -> None:
     path = getattr(module, "__file__", "")
     assert any(path.endswith(s) for s in importlib.machinery.EXTENSION_SUFFIXES), path
@@ -46,6 +51,8 @@ def test_core_uses_the_compiled_modules() -> None:
     assert engine.core.encode_message is engine._batch.encode_message
     assert engine.core.validate_channel is engine._channels.validate_channel
     assert engine.broker.ChannelTrie is engine._channels.ChannelTrie
+    assert issubclass(engine.core.BayeuxCore, engine._sessions.SessionCore)
+    assert engine.core.Session is engine._sessions.Session
 
 
 # One cookie jar: sessions are bound to their BAYEUX_BROWSER cookie.
@@ -153,7 +160,8 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("engine/_channels.") and n.endswith(".so") for n in names)
+    for module in ("_batch", "_channels", "_http", "_sessions", "_wsframe"):
+        assert any(n.startswith(f"engine/{module}.") and n.endswith(".so") for n in names)
     assert not any(n.endswith((".c", ".pyx")) for n in names)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)

@@ -1,0 +1,120 @@
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from engine.broker import Broker
+from engine.extensions import Extension
+from engine.hooks import Hooks
+from engine.options import ServerOptions
+from engine.session import Exchange
+from engine.stats import Counters
+from engine.websocket import WebSocketConnection
+
+T = TypeVar("T")
+
+META_HANDSHAKE: str
+META_CONNECT: str
+META_DISCONNECT: str
+META_SUBSCRIBE: str
+META_UNSUBSCRIBE: str
+HTTP_TRANSPORTS: frozenset[str]
+NEVER: float
+
+class AckState:
+    batch: int
+    unacked: list[tuple[int, bytes]]
+    pending: list[bytes] | None
+    def __init__(self) -> None: ...
+
+class Hold:
+    session: Session
+    exchange: Exchange
+    message_id: Any
+    deadline: float
+    counted_browser: str | None
+    advise: bool
+    request: dict[str, Any] | None
+    def __init__(
+        self, session: Session, exchange: Exchange, message_id: Any, deadline: float, advise: bool
+    ) -> None: ...
+
+class Session:
+    id: str
+    browser_id: str | None
+    transport: str
+    queue: list[bytes] | None
+    subscriptions: set[str] | None
+    hold: Hold | None
+    expires_at: float
+    expiry_slot: int
+    connected: bool
+    removed: bool
+    flush_pending: bool
+    advice_dirty: bool
+    dropped: int
+    broker: Broker
+    ws: WebSocketConnection | None
+    extensions: list[Extension] | None
+    local: Callable[[bytes], None] | None
+    attributes: dict[str, Any] | None
+    ack: AckState | None
+    lazy_due: float
+    bucket: list[float] | None
+    def __init__(
+        self, client_id: str, browser_id: str | None, transport: str, broker: Broker
+    ) -> None: ...
+    def take_queue(self) -> list[bytes]: ...
+
+class TimerWheel(Generic[T]):
+    resolution: float
+    slots: dict[int, list[T]]
+    next_slot: int
+    def __init__(self, resolution: float, now: float) -> None: ...
+    def slot_of(self, when: float) -> int: ...
+    def add(self, when: float, item: T) -> int: ...
+    def add_to_slot(self, slot: int, item: T) -> None: ...
+    def due(self, now: float) -> Iterator[T]: ...
+    def next_due(self) -> float: ...
+    def __len__(self) -> int: ...
+
+class SessionCore:
+    options: ServerOptions
+    loop: asyncio.AbstractEventLoop
+    stats: Counters
+    hooks: Hooks
+    sessions: dict[str, Session]
+    browsers: dict[str, int]
+    draining: bool
+    holds: TimerWheel[Hold]
+    expiry: TimerWheel[Session]
+    lazy: TimerWheel[Session]
+    write_flushers: list[Callable[[], None]]
+    session_extensions: int
+    timeout_s: float
+    timeout_jitter: float
+    lazy_timeout_s: float
+    max_interval_s: float
+    after_reply_s: float
+    advice: dict[str, Any]
+    def __init__(
+        self,
+        options: ServerOptions,
+        loop: asyncio.AbstractEventLoop,
+        stats: Counters,
+        hooks: Hooks,
+        hold_resolution: float,
+        expiry_resolution: float,
+    ) -> None: ...
+    @property
+    def extensions_active(self) -> bool: ...
+    @staticmethod
+    def _failure(message: dict[str, Any], error: str, echo_id: bool = True) -> dict[str, Any]: ...
+    def _expire_at(self, session: Session, when: float) -> None: ...
+    def _touch(self, session: Session) -> None: ...
+    def lookup(self, message: dict[str, Any], exchange: Exchange) -> Session | None: ...
+    def deliver(self, session: Session, encoded: bytes, lazy: bool = False) -> None: ...
+    def _flush(self) -> None: ...
+    def _send_queued(self, sessions: list[Session]) -> None: ...
+    def _unhold(self, hold: Hold) -> Session: ...
+    def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None: ...
+    def _process_now(self, messages: list[Any], exchange: Exchange) -> None: ...

@@ -1,0 +1,629 @@
+# cython: freethreading_compatible = False
+"""Sessions and the path every heartbeat and every delivery takes, compiled.
+
+A `Session` is what the server keeps per idle client, so it is a C struct:
+typed fields, no timer, no queue object until a message is actually queued.
+A `Hold` is a `/meta/connect` waiting for an event or its deadline, and
+`TimerWheel` is the one coarse timer structure per process that holds them
+(design principle 2).
+
+`SessionCore` is the base class of `engine.core.BayeuxCore`: the state each
+request touches, and the methods of the hot path (a request's messages in
+order, `/meta/connect`, the held connects, delivery into session queues and
+the flush that answers them).  The rest of the protocol (handshake,
+subscriptions, publish, security, services, extensions) is Python in
+core.py; methods of it that the hot path needs are called through `self` as
+Python attributes (`_answer_handshake`, `_subscribe`, `_publish`...).
+
+Rules follow bayeux.md (the section numbers in comments point there).
+"""
+
+from libc.math cimport ceil, isfinite
+
+import logging
+import random
+
+from engine import errors
+from engine._batch import encode_all, encode_message
+
+META_HANDSHAKE = "/meta/handshake"
+META_CONNECT = "/meta/connect"
+META_DISCONNECT = "/meta/disconnect"
+META_SUBSCRIBE = "/meta/subscribe"
+META_UNSUBSCRIBE = "/meta/unsubscribe"
+HTTP_TRANSPORTS = frozenset(("long-polling", "callback-polling"))
+NEVER = float("inf")
+
+cdef object _random = random.random
+
+log = logging.getLogger("engine.core")
+
+
+cdef class AckState:
+    """Acknowledge extension state of one session (bayeux.md 10.1)."""
+
+    cdef public Py_ssize_t batch  # the number the next connect reply carries
+    cdef public list unacked  # (batch sent in, event)
+    # Events of a connect reply being composed (immediate replies).
+    cdef public list pending
+
+    def __init__(self):
+        self.batch = 1
+        self.unacked = []
+        self.pending = None
+
+
+cdef class Hold:
+    """A /meta/connect waiting for an event or its deadline."""
+
+    cdef public Session session
+    cdef public object exchange
+    cdef public object message_id
+    cdef public double deadline
+    # The browser whose held-connect quota this hold uses (HTTP only).
+    cdef public str counted_browser
+    # Whether the reply carries full advice (client sent advice, first hold...).
+    cdef public bint advise
+    # The connect request, kept only while extensions need it for the reply.
+    cdef public dict request
+
+    def __init__(self, Session session, exchange, message_id, double deadline, bint advise):
+        self.session = session
+        self.exchange = exchange
+        self.message_id = message_id
+        self.deadline = deadline
+        self.counted_browser = None
+        self.advise = advise
+        self.request = None
+
+
+cdef class Session:
+    """Server-side state of one client (one clientId)."""
+
+    cdef public str id
+    cdef public str browser_id
+    cdef public str transport
+    # Encoded messages waiting for delivery; None while empty (the common,
+    # idle case) so an idle session carries no list.
+    cdef public list queue
+    cdef public set subscriptions
+    cdef public Hold hold
+    cdef public double expires_at
+    cdef public Py_ssize_t expiry_slot
+    cdef public bint connected
+    cdef public bint removed
+    cdef public bint flush_pending
+    # True after temporary advice (multiple-clients): the next connect
+    # reply carries the normal advice again (bayeux.md 6.3 rule 4).
+    cdef public bint advice_dirty
+    cdef public Py_ssize_t dropped
+    cdef public object broker
+    # The WebSocket connection that carries this session's events, if any.
+    cdef public object ws
+    # This session's own extensions (rare; None keeps idle sessions small).
+    cdef public list extensions
+    # For in-process (local) sessions: called with each encoded delivery.
+    cdef public object local
+    # Application data about the session (e.g. the authenticated user).
+    cdef public dict attributes
+    cdef public AckState ack  # acknowledge extension, when negotiated
+    cdef public double lazy_due  # when queued lazy messages must leave at the latest
+    cdef public list bucket  # publish rate limit: [tokens, at]
+
+    def __init__(self, str client_id, str browser_id, str transport, broker):
+        self.id = client_id
+        self.browser_id = browser_id
+        self.transport = transport
+        self.expiry_slot = -1
+        self.broker = broker
+
+    cpdef list take_queue(self):
+        queue = self.queue
+        self.queue = None
+        return queue if queue is not None else []
+
+    def __repr__(self):
+        return f"<Session {self.id} {self.transport}{' removed' if self.removed else ''}>"
+
+
+cdef class TimerWheel:
+    """Entries in slots of `resolution` seconds; one periodic tick takes every
+    slot whose time has passed.
+
+    Entries are never removed early; an entry that no longer applies (its
+    connect was answered, its session was touched again) is recognised as
+    stale by the caller when its slot comes due.
+    """
+
+    cdef public double resolution
+    cdef public dict slots
+    cdef public Py_ssize_t next_slot
+
+    def __init__(self, double resolution, double now):
+        self.resolution = resolution
+        self.slots = {}
+        self.next_slot = <Py_ssize_t>(now / resolution)
+
+    cpdef Py_ssize_t slot_of(self, double when) except? -1:
+        """The first slot that comes due at or after `when` (never early)."""
+        if not isfinite(when):
+            raise OverflowError(f"no slot for {when}")
+        cdef Py_ssize_t slot = <Py_ssize_t>ceil(when / self.resolution)
+        return slot if slot >= self.next_slot else self.next_slot
+
+    cpdef Py_ssize_t add(self, double when, item) except? -1:
+        cdef Py_ssize_t slot = self.slot_of(when)
+        self.add_to_slot(slot, item)
+        return slot
+
+    cpdef add_to_slot(self, Py_ssize_t slot, item):
+        bucket = self.slots.get(slot)
+        if bucket is None:
+            self.slots[slot] = [item]
+        else:
+            (<list>bucket).append(item)
+
+    def due(self, double now):
+        """Pop and yield every entry whose slot time is <= now, oldest first."""
+        cdef Py_ssize_t last = <Py_ssize_t>(now / self.resolution)
+        while self.next_slot <= last:
+            bucket = self.slots.pop(self.next_slot, None)
+            self.next_slot += 1
+            if bucket:
+                yield from bucket
+
+    def next_due(self):
+        """When the next slot comes due: the time to schedule the tick for."""
+        return self.next_slot * self.resolution
+
+    def __len__(self):
+        return sum(len(b) for b in self.slots.values())
+
+
+cdef bint valid_id(value):
+    """CometD's message id validation: alphanumeric strings; numbers tolerated."""
+    cdef Py_ssize_t i, n
+    cdef str text
+    cdef Py_UCS4 c
+    if type(value) is str:
+        text = <str>value
+        n = len(text)
+        if n == 0 or n > 64:
+            return False
+        for i in range(n):
+            c = text[i]
+            if not ("0" <= c <= "9" or "a" <= c <= "z" or "A" <= c <= "Z"):
+                return False
+        return True
+    return type(value) is int
+
+
+cdef dict failure(dict message, str error, bint echo_id=True):
+    reply = {"successful": False, "error": error}
+    channel = message.get("channel")
+    if type(channel) is str:
+        reply["channel"] = channel
+    message_id = message.get("id")
+    if echo_id and message_id is not None:
+        reply["id"] = message_id
+    return reply
+
+
+cdef class SessionCore:
+    """The hot half of the Bayeux core (see the module docstring)."""
+
+    cdef public object options
+    cdef public object loop
+    cdef public object stats
+    cdef public object hooks
+    cdef public dict sessions
+    # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
+    cdef public dict browsers
+    cdef public bint draining
+    cdef public TimerWheel holds
+    cdef public TimerWheel expiry
+    cdef public TimerWheel lazy
+    # Called after each delivery flush: transports that batch their writes.
+    cdef public list write_flushers
+    cdef public Py_ssize_t session_extensions  # sessions with extensions of their own
+    cdef public double timeout_s
+    cdef public double timeout_jitter
+    cdef public double lazy_timeout_s
+    cdef public double max_interval_s
+    cdef public double after_reply_s
+    cdef public dict advice
+    cdef object time  # the loop's clock
+    cdef list dirty  # sessions with queued messages, until the next flush
+    cdef bint flush_scheduled
+    cdef Py_ssize_t max_queue
+    cdef bint deliver_only  # meta_connect_deliver_only
+    cdef Py_ssize_t max_sessions_per_browser
+
+    def __init__(self, options, loop, stats, hooks, double hold_resolution, double expiry_resolution):
+        self.options = options
+        self.loop = loop
+        self.time = loop.time
+        self.stats = stats
+        self.hooks = hooks
+        self.sessions = {}
+        self.browsers = {}
+        self.draining = False
+        now = loop.time()
+        self.holds = TimerWheel(hold_resolution, now)
+        self.expiry = TimerWheel(expiry_resolution, now)
+        self.lazy = TimerWheel(hold_resolution, now)
+        self.write_flushers = []
+        self.session_extensions = 0
+        self.dirty = []
+        self.flush_scheduled = False
+        o = options
+        self.timeout_s = o.timeout / 1000.0
+        self.timeout_jitter = o.timeout_jitter
+        self.lazy_timeout_s = o.max_lazy_timeout / 1000.0
+        self.max_interval_s = o.max_interval / 1000.0
+        self.after_reply_s = (o.interval + o.max_interval) / 1000.0
+        self.advice = {"reconnect": "retry", "interval": o.interval, "timeout": o.timeout}
+        self.max_queue = o.max_queue
+        self.deliver_only = o.meta_connect_deliver_only
+        self.max_sessions_per_browser = o.max_sessions_per_browser
+
+    @property
+    def extensions_active(self):
+        return self.extensions_on()
+
+    cdef bint extensions_on(self):
+        return bool(self.hooks.extensions) or self.session_extensions > 0
+
+    @staticmethod
+    def _failure(dict message, str error, bint echo_id=True):
+        return failure(message, error, echo_id)
+
+    # -------------------------------------------------------------- sessions
+
+    cpdef _expire_at(self, Session session, double when):
+        session.expires_at = when
+        cdef Py_ssize_t slot = self.expiry.slot_of(when)
+        if slot != session.expiry_slot:
+            self.expiry.add_to_slot(slot, session)
+            session.expiry_slot = slot
+
+    cpdef _touch(self, Session session):
+        """Any message other than a held connect keeps the session alive (6.5)."""
+        cdef double when
+        if session.hold is None:
+            when = self.time() + self.max_interval_s
+            if when > session.expires_at:
+                self._expire_at(session, when)
+
+    cpdef Session lookup(self, dict message, exchange):
+        client_id = message.get("clientId")
+        if type(client_id) is not str:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        cdef Session found = <Session>session
+        # HTTP sessions are bound to the browser cookie they were created
+        # under: a stolen clientId with another cookie is unknown (section 11).
+        if (
+            found.browser_id is not None
+            and exchange.transport in HTTP_TRANSPORTS
+            and exchange.browser_id != found.browser_id
+        ):
+            self.stats.browser_mismatch += 1
+            return None
+        exchange.bind(found)
+        return found
+
+    # -------------------------------------------------------------- delivery
+
+    cpdef deliver(self, Session session, bytes encoded, bint lazy=False):
+        """Queue one encoded message for a session; wake its held connect soon.
+
+        A lazy message (CometD's lazy channels) wakes nothing: it leaves with
+        the next connect reply or frame, or after max_lazy_timeout at most.
+        """
+        if session.extensions:
+            # The one case that re-encodes: this session's own extensions.
+            changed = (<object>self)._extend_delivery(session, encoded)
+            if changed is None:
+                return
+            encoded = changed
+        if session.local is not None:
+            self.stats.delivered += 1
+            session.local(encoded)
+            return
+        cdef list queue = session.queue
+        if queue is None:
+            session.queue = [encoded]
+        else:
+            if len(queue) >= self.max_queue:
+                del queue[0]
+                session.dropped += 1
+                self.stats.dropped_queue_full += 1
+                if session.dropped == 1 or session.dropped % 1000 == 0:
+                    log.warning(
+                        "session %s: queue full (max_queue=%d), %d oldest message(s) dropped",
+                        session.id,
+                        self.max_queue,
+                        session.dropped,
+                    )
+            queue.append(encoded)
+        self.stats.delivered += 1
+        if lazy:
+            if not session.lazy_due and (session.hold is not None or session.ws is not None):
+                session.lazy_due = self.time() + self.lazy_timeout_s
+                self.lazy.add(session.lazy_due, session)
+            return
+        if (session.hold is not None or session.ws is not None) and not session.flush_pending:
+            # Not now: a request being processed may still take the queue
+            # into its own response (piggy-backing), and several publishes in
+            # one loop turn should leave in one response or frame.
+            session.flush_pending = True
+            self.dirty.append(session)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush)
+
+    def _flush(self):
+        self.flush_scheduled = False
+        dirty = self.dirty
+        self.dirty = []
+        self._send_queued(dirty)
+        # The responses released here leave now: a flush the transports
+        # schedule from here would wait for the next poll of every socket.
+        for flush in self.write_flushers:
+            flush()
+
+    cpdef _send_queued(self, list sessions):
+        cdef Session session
+        cdef bint direct = not self.deliver_only
+        for session in sessions:
+            session.flush_pending = False
+            session.lazy_due = 0.0
+            if not session.queue:
+                continue
+            ws = session.ws
+            if ws is not None and direct and session.ack is None:
+                # WebSocket: events go out at once; the held connect stays a
+                # heartbeat until its timeout (7.4).
+                ws.write_events(session)
+            elif session.hold is not None:
+                self._release(session.hold, None)
+
+    # ---------------------------------------------------------- held connects
+
+    cdef list _ack_batch(self, Session session, dict reply):
+        """Acknowledge extension (10.1): number this connect reply's batch and
+        return every event not yet acknowledged, oldest first."""
+        cdef AckState ack = session.ack
+        cdef Py_ssize_t batch = ack.batch, excess
+        if session.queue:
+            ack.unacked.extend([(batch, event) for event in session.take_queue()])
+            excess = len(ack.unacked) - self.max_queue
+            if excess > 0:
+                del ack.unacked[:excess]
+                session.dropped += excess
+                self.stats.dropped_queue_full += excess
+                log.warning("session %s: %d unacknowledged message(s) dropped", session.id, excess)
+        ext = reply.get("ext")
+        if type(ext) is not dict:
+            ext = reply["ext"] = {}
+        ext["ack"] = batch
+        ack.batch = batch + 1
+        return [event for _, event in ack.unacked]
+
+    cpdef Session _unhold(self, Hold hold):
+        cdef Session session = hold.session
+        session.hold = None
+        hold.exchange.hold = None
+        browser = hold.counted_browser
+        if browser is not None:
+            left = self.browsers.get(browser, 1) - 1
+            if left > 0:
+                self.browsers[browser] = left
+            else:
+                self.browsers.pop(browser, None)
+        if not session.removed:
+            self._expire_at(session, self.time() + self.after_reply_s)
+        return session
+
+    cpdef _release(self, Hold hold, dict advice):
+        """Answer a held connect: the queued events, then the connect reply."""
+        cdef Session session = self._unhold(hold)
+        session.lazy_due = 0.0
+        if advice is None and hold.advise:
+            advice = self.advice
+        reply = {"channel": META_CONNECT, "successful": True}
+        if hold.message_id is not None:
+            reply["id"] = hold.message_id
+        if advice is not None:
+            reply["advice"] = advice
+        cdef list parts = self._ack_batch(session, reply) if session.ack is not None else session.take_queue()
+        if hold.request is None or (<object>self)._extend_reply(session, reply, hold.request):
+            parts.append(encode_message(reply))
+        hold.exchange.send(parts)
+
+    # ------------------------------------------------------------ processing
+
+    cpdef _process_now(self, list messages, exchange):
+        stats = self.stats
+        stats.messages_in += len(messages)
+        cdef bint extensions = self.extensions_on()
+        if len(messages) == 1 and not extensions:
+            # The common request (a lone connect, publish or subscribe): the
+            # general path below, without its per-batch bookkeeping.
+            message = messages[0]
+            if type(message) is dict and (<dict>message).get("channel") != META_HANDSHAKE:
+                reply = self._dispatch(<dict>message, exchange, True)
+                if reply is not None:  # (None: a held connect, answered later)
+                    session = self.sessions.get((<dict>message).get("clientId"))
+                    if session is not None and (
+                        (<Session>session).queue or (<Session>session).ack is not None
+                    ):
+                        parts = self._events_for(
+                            session, exchange, reply.get("channel") == META_CONNECT
+                        )
+                    else:
+                        parts = []
+                    parts.append(encode_message(reply))
+                    exchange.send(parts)
+                return
+        for message in messages:
+            if type(message) is dict and (<dict>message).get("channel") == META_HANDSHAKE:
+                if len(messages) > 1:
+                    # Spec: a handshake ignores the rest of its batch (section 12).
+                    stats.dropped_with_handshake += len(messages) - 1
+                    log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
+                (<object>self)._answer_handshake(message, exchange)
+                return
+
+        cdef bint alone = len(messages) == 1
+        cdef list replies = []
+        cdef list requests = []
+        cdef Session owner = None
+        cdef bint with_connect = False
+        for message in messages:
+            if type(message) is not dict:
+                replies.append({"successful": False, "error": "400::message_invalid"})
+                requests.append({})
+                continue
+            reply = (<object>self)._refused_by_extension(message) if extensions else None
+            if reply is None:
+                reply = self._dispatch(<dict>message, exchange, alone)
+                if reply is None:  # a held connect: answered later
+                    return
+            replies.append(reply)
+            requests.append(message)
+            if owner is None:
+                owner = self.sessions.get((<dict>message).get("clientId"))
+            if reply.get("channel") == META_CONNECT:
+                with_connect = True
+
+        parts = self._events_for(owner, exchange, with_connect)
+        if extensions:
+            replies = [
+                reply
+                for reply, request in zip(replies, requests, strict=True)
+                if (<object>self)._extend_reply(owner, reply, request)
+            ]
+        parts.extend(encode_all(replies))
+        exchange.send(parts)
+
+    cdef list _events_for(self, Session owner, exchange, bint with_connect):
+        """The queued events that go out with this response, taken from the queue."""
+        if owner is not None:
+            if owner.ack is not None:
+                # Only connect replies carry events, numbered (10.1).
+                if owner.ack.pending is not None:
+                    parts = owner.ack.pending
+                    owner.ack.pending = None
+                    return parts
+            elif owner.queue and self._may_piggyback(exchange, with_connect):
+                return owner.take_queue()
+        return []
+
+    cdef bint _may_piggyback(self, exchange, bint with_connect):
+        """May this response carry the session's queued events (7.2, 7.3, 8)?
+
+        A connect reply always may.  Other replies may on long-polling and
+        WebSocket, but not on callback-polling (scripts run in order, so the
+        held connect must be woken instead) nor with meta_connect_deliver_only.
+        """
+        if with_connect:
+            return True
+        if self.deliver_only:
+            return False
+        return exchange.transport != "callback-polling"
+
+    cdef dict _dispatch(self, dict message, exchange, bint alone):
+        channel = message.get("channel")
+        message_id = message.get("id")
+        if message_id is not None and not valid_id(message_id):
+            return failure(message, errors.MESSAGE_ID_INVALID, False)
+        if channel is None:
+            return failure(message, errors.CHANNEL_MISSING)
+        if type(channel) is not str:
+            return failure(message, errors.CHANNEL_INVALID)
+        if channel == META_CONNECT:
+            return self._connect(message, exchange, alone)
+        if channel == META_SUBSCRIBE:
+            return (<object>self)._subscribe(message, exchange)
+        if channel == META_UNSUBSCRIBE:
+            return (<object>self)._unsubscribe(message, exchange)
+        if channel == META_DISCONNECT:
+            return (<object>self)._disconnect(message, exchange)
+        return (<object>self)._publish(message, exchange, channel)
+
+    # --------------------------------------------------------------- connect
+
+    cdef dict _connect(self, dict message, exchange, bint alone):
+        cdef Session session = self.lookup(message, exchange)
+        if session is None:
+            return (<object>self)._unknown_session(message, meta=True)
+        self.stats.connects += 1
+        cdef bint first = not session.connected
+        session.connected = True
+        session.transport = exchange.transport
+        if session.hold is not None:
+            (<object>self)._supersede(session.hold)
+
+        cdef double timeout = self.timeout_s
+        client_advice = message.get("advice")
+        cdef bint advised = type(client_advice) is dict
+        if advised:
+            wanted = (<dict>client_advice).get("timeout")
+            if (type(wanted) is int or type(wanted) is float) and wanted >= 0:
+                timeout = min(wanted / 1000.0, self.timeout_s)
+        cdef bint advise = first or advised or session.advice_dirty
+        session.advice_dirty = False
+        cdef bint resend = session.ack is not None and self._acknowledge(session, message)
+
+        # Answer at once instead of holding (5.2).
+        if first or timeout <= 0 or session.queue or not alone or self.draining or resend:
+            self._expire_at(session, self.time() + self.after_reply_s)
+            return self._connect_now(session, message, advise)
+
+        browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
+        cdef Py_ssize_t limit = self.max_sessions_per_browser
+        if browser is not None and limit >= 0 and self.browsers.get(browser, 0) >= limit:
+            return (<object>self)._multiple_clients(session, message)
+
+        # Clients that connected together (a ramp, a reconnect storm after a
+        # restart) would otherwise send their heartbeats together forever.
+        timeout *= 1.0 - self.timeout_jitter * _random()
+        cdef Hold hold = Hold(session, exchange, message.get("id"), self.time() + timeout, advise)
+        if self.extensions_on():
+            hold.request = message  # for the outgoing extensions of its reply
+        if browser is not None:
+            self.browsers[browser] = self.browsers.get(browser, 0) + 1
+            hold.counted_browser = browser
+        session.hold = hold
+        exchange.hold = hold
+        session.expires_at = NEVER  # never expires while held (6.5)
+        self.holds.add(hold.deadline, hold)
+        return None
+
+    cdef dict _connect_now(self, Session session, dict message, bint advise):
+        reply = {"channel": META_CONNECT, "successful": True}
+        message_id = message.get("id")
+        if message_id is not None:
+            reply["id"] = message_id
+        if advise:
+            reply["advice"] = self.advice
+        if session.ack is not None:
+            session.ack.pending = self._ack_batch(session, reply)
+        return reply
+
+    cdef bint _acknowledge(self, Session session, dict message):
+        """Drop the events the client confirmed (`ext.ack`: the last batch it got).
+
+        True when sent events remain unconfirmed: they were lost, so this
+        connect is answered at once to send them again.
+        """
+        cdef AckState ack = session.ack
+        ext = message.get("ext")
+        confirmed = (<dict>ext).get("ack") if type(ext) is dict else None
+        if type(confirmed) is int:
+            ack.unacked = [(b, e) for b, e in ack.unacked if b > confirmed]
+        return bool(ack.unacked) and ack.unacked[0][0] < ack.batch
