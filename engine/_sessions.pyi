@@ -45,6 +45,8 @@ class Session:
     queue: list[bytes] | None
     subscriptions: set[str] | None
     hold: Hold | None
+    hold_slot: int
+    hold_entry: int
     expires_at: float
     expiry_slot: int
     connected: bool
@@ -85,7 +87,7 @@ class SessionCore:
     sessions: dict[str, Session]
     browsers: dict[str, int]
     draining: bool
-    holds: TimerWheel[Hold]
+    holds: TimerWheel[Session]
     expiry: TimerWheel[Session]
     lazy: TimerWheel[Session]
     write_flushers: list[Callable[[], None]]
@@ -117,4 +119,5 @@ class SessionCore:
     def _send_queued(self, sessions: list[Session]) -> None: ...
     def _unhold(self, hold: Hold) -> Session: ...
     def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None: ...
+    def release_due_holds(self, now: float) -> None: ...
     def _process_now(self, messages: list[Any], exchange: Exchange) -> None: ...

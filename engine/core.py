@@ -132,9 +132,7 @@ class BayeuxCore(SessionCore):
 
     def _tick(self) -> None:
         now = self.loop.time()
-        for hold in self.holds.due(now):
-            if hold.session.hold is hold:
-                self._release(hold, None)
+        self.release_due_holds(now)
         lazy = [s for s in self.lazy.due(now) if s.lazy_due and s.lazy_due <= now]
         if lazy:
             self._send_queued(lazy)

@@ -88,6 +88,10 @@ cdef class Session:
     cdef public list queue
     cdef public set subscriptions
     cdef public Hold hold
+    # The hold wheel's slot of its hold's deadline, and of its one entry there
+    # (-1: none); the entry may come first, never later.
+    cdef public Py_ssize_t hold_slot
+    cdef public Py_ssize_t hold_entry
     cdef public double expires_at
     cdef public Py_ssize_t expiry_slot
     cdef public bint connected
@@ -114,6 +118,8 @@ cdef class Session:
         self.id = client_id
         self.browser_id = browser_id
         self.transport = transport
+        self.hold_slot = -1
+        self.hold_entry = -1
         self.expiry_slot = -1
         self.broker = broker
 
@@ -220,7 +226,7 @@ cdef class SessionCore:
     # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
     cdef public dict browsers
     cdef public bint draining
-    cdef public TimerWheel holds
+    cdef public TimerWheel holds  # sessions, in the slot of their hold's deadline
     cdef public TimerWheel expiry
     cdef public TimerWheel lazy
     # Called after each delivery flush: transports that batch their writes.
@@ -444,6 +450,34 @@ cdef class SessionCore:
             parts.append(encode_message(reply))
         hold.exchange.send(parts)
 
+    cpdef release_due_holds(self, double now):
+        """Answer every held connect whose deadline has passed (the tick).
+
+        A session's entry may be earlier than its current hold (held again
+        since): the entry then moves to the hold's slot.  An entry that is
+        not the session's latest is stale and dropped.
+        """
+        cdef TimerWheel wheel = self.holds
+        cdef Py_ssize_t slot, last = <Py_ssize_t>(now / wheel.resolution)
+        cdef Session session
+        while wheel.next_slot <= last:
+            slot = wheel.next_slot
+            wheel.next_slot += 1
+            bucket = wheel.slots.pop(slot, None)
+            if bucket is None:
+                continue
+            for session in bucket:
+                if session.hold_entry != slot:
+                    continue
+                session.hold_entry = -1
+                if session.hold is None:
+                    continue
+                if session.hold_slot <= slot:
+                    self._release(session.hold, None)
+                else:
+                    wheel.add_to_slot(session.hold_slot, session)
+                    session.hold_entry = session.hold_slot
+
     # ------------------------------------------------------------ processing
 
     cpdef _process_now(self, list messages, exchange):
@@ -601,7 +635,14 @@ cdef class SessionCore:
         session.hold = hold
         exchange.hold = hold
         session.expires_at = NEVER  # never expires while held (6.5)
-        self.holds.add(hold.deadline, hold)
+        # The wheel holds the session, once, not the hold: answered holds
+        # waiting there for their deadline were most of the heap (and of the
+        # garbage collector's work) at high connect rates.
+        cdef Py_ssize_t slot = self.holds.slot_of(hold.deadline)
+        session.hold_slot = slot
+        if session.hold_entry < 0 or session.hold_entry > slot:
+            self.holds.add_to_slot(slot, session)
+            session.hold_entry = slot
         return None
 
     cdef dict _connect_now(self, Session session, dict message, bint advise):

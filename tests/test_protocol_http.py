@@ -610,6 +610,36 @@ def test_held_connects_end_at_jittered_deadlines() -> None:
             b.close()
 
 
+def test_answered_holds_leave_one_wheel_entry_per_session() -> None:
+    # Answered holds used to wait in the timer wheel until their deadline
+    # (most of the heap at high connect rates): the wheel keeps each session
+    # once, and a hold still ends at its deadline after its entry moved.
+    from engine.session import Session
+
+    with running_server(timeout=1000, timeout_jitter=0) as srv:
+        sub = Browser(srv).ready()
+        sub.subscribe("/wheel")
+        session = srv.core.sessions[sub.client_id]  # type: ignore[index]
+        pub = Browser(srv).ready()
+        for i in range(20):
+            sub.start_connect()
+            deadline = time.monotonic() + 5
+            while session.hold is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            pub.publish("/wheel", i)
+            assert [e["data"] for e in sub.finish_connect().events()] == [i]
+        entries = [e for bucket in list(srv.core.holds.slots.values()) for e in bucket]
+        assert entries == [session]
+        assert all(isinstance(e, Session) for e in entries)
+        started = time.monotonic()
+        reply = sub.connect().reply("/meta/connect")
+        took = time.monotonic() - started
+        assert reply["successful"] is True
+        assert 0.8 <= took <= 2.0, took
+        sub.close()
+        pub.close()
+
+
 def test_timeout_jitter_is_validated() -> None:
     with pytest.raises(ValueError, match="timeout_jitter"):
         ServerOptions(timeout_jitter=1.0)
