@@ -507,8 +507,8 @@ cdef class HttpProtocol:
                 (<list>out).append(done.response)
             else:
                 self.out = [out, done.response]
-            # The timer wheel may still reference this exchange (through its
-            # answered hold) until the original deadline: keep no bytes alive.
+            # Whatever still references the exchange (the hold being answered)
+            # keeps no bytes alive.
             done.response = None
             # While draining, every answered request closes its connection, so
             # clients reconnect elsewhere instead of reusing a closing socket.
