@@ -13,8 +13,9 @@ Differences are only in how the work is done:
 """
 
 cimport cython
-from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memcmp
 from cpython.unicode cimport (
     PyUnicode_1BYTE_KIND,
     PyUnicode_DATA,
@@ -160,6 +161,12 @@ cpdef int channel_kind(object name) except -1:
     return C_KIND_BROADCAST
 
 
+cdef extern from "Python.h":
+    # The keyed hash str uses (SipHash), over bytes: a segment is looked up
+    # without making a str of it, and crafted names cannot flood a table.
+    Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t length)
+
+
 @cython.final
 cdef class _Node:
     """One prefix path (``/a/b``) of the trie."""
@@ -170,8 +177,115 @@ cdef class _Node:
     cdef set exact
     cdef set star
     cdef set double_star
-    # segment (str) -> _Node; None while the node has no children.
-    cdef dict children
+    # Its own segment under its parent, and that segment's hash.
+    cdef str segment
+    cdef Py_hash_t hash
+    # Children: a list that owns them, None while there are none, and an
+    # open-addressed table (linear probing, at most half full) of indexes
+    # into it, found by the segment's hash and checked against its bytes.
+    cdef list kids
+    cdef Py_ssize_t *slots
+    cdef Py_ssize_t mask  # table size - 1
+
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
+
+    cdef _Node find(self, const unsigned char *segment, Py_ssize_t length, Py_hash_t h):
+        """The child under ``segment``, or None."""
+        if self.kids is None:
+            return None
+        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>h & <size_t>self.mask), index
+        cdef _Node child
+        while True:
+            index = self.slots[i]
+            if index < 0:
+                return None
+            child = <_Node>PyList_GET_ITEM(self.kids, index)
+            if (
+                child.hash == h
+                and len(child.segment) == length
+                and memcmp(PyUnicode_DATA(child.segment), segment, length) == 0
+            ):
+                return child
+            i = (i + 1) & self.mask
+
+    cdef int _place(self, Py_ssize_t index, Py_hash_t h) except -1:
+        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>h & <size_t>self.mask)
+        while self.slots[i] >= 0:
+            i = (i + 1) & self.mask
+        self.slots[i] = index
+        return 0
+
+    cdef int _resize(self, Py_ssize_t size) except -1:
+        """A new table of ``size`` (a power of two) slots for every child."""
+        cdef Py_ssize_t *slots = <Py_ssize_t *>PyMem_Malloc(size * sizeof(Py_ssize_t))
+        if slots == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t i
+        for i in range(size):
+            slots[i] = -1
+        PyMem_Free(self.slots)
+        self.slots = slots
+        self.mask = size - 1
+        for i in range(len(self.kids)):
+            self._place(i, (<_Node>PyList_GET_ITEM(self.kids, i)).hash)
+        return 0
+
+    cdef _Node add_child(self, str segment, Py_hash_t h):
+        cdef _Node child = _Node()
+        child.segment = segment
+        child.hash = h
+        if self.kids is None:
+            self.kids = [child]
+            self._resize(4)
+            return child
+        self.kids.append(child)
+        if 2 * len(self.kids) > self.mask + 1:
+            self._resize(2 * (self.mask + 1))
+        else:
+            self._place(len(self.kids) - 1, h)
+        return child
+
+    cdef Py_ssize_t _slot_of(self, Py_ssize_t index, Py_hash_t h) noexcept:
+        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>h & <size_t>self.mask)
+        while self.slots[i] != index:
+            i = (i + 1) & self.mask
+        return i
+
+    cdef int remove_child(self, _Node child) except -1:
+        """Drop a child (pruning): its slot goes (the entries after it in its
+        run shift back), and the last child takes its place in the list."""
+        cdef Py_ssize_t i = <Py_ssize_t>(<size_t>child.hash & <size_t>self.mask)
+        while <_Node>PyList_GET_ITEM(self.kids, self.slots[i]) is not child:
+            i = (i + 1) & self.mask
+        cdef Py_ssize_t index = self.slots[i], last = len(self.kids) - 1, j = i, home
+        while True:
+            j = (j + 1) & self.mask
+            if self.slots[j] < 0:
+                break
+            home = <Py_ssize_t>(
+                <size_t>(<_Node>PyList_GET_ITEM(self.kids, self.slots[j])).hash
+                & <size_t>self.mask
+            )
+            # The entry at j may fill the hole at i unless its home slot lies
+            # cyclically in (i, j].
+            if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                self.slots[i] = self.slots[j]
+                i = j
+        self.slots[i] = -1
+        if last == 0:
+            self.kids = None
+            PyMem_Free(self.slots)
+            self.slots = NULL
+            self.mask = 0
+            return 0
+        cdef _Node moved
+        if index != last:
+            moved = <_Node>PyList_GET_ITEM(self.kids, last)
+            self.slots[self._slot_of(last, moved.hash)] = index
+            self.kids[index] = moved
+        del self.kids[last]
+        return 0
 
     cdef inline set get(self, int which):
         if which == _EXACT:
@@ -193,18 +307,16 @@ cdef class _Node:
             self.exact is None
             and self.star is None
             and self.double_star is None
-            and self.children is None
+            and self.kids is None
         )
 
 
-cdef inline _Node _child(_Node node, str name, Py_ssize_t start, Py_ssize_t end):
-    """The child of ``node`` under segment ``name[start:end]``, or None."""
-    if node.children is None:
+cdef inline _Node _child(_Node node, const unsigned char *data, Py_ssize_t start,
+                         Py_ssize_t end):
+    """The child of ``node`` under segment ``data[start:end]``, or None."""
+    if node.kids is None:
         return None
-    cdef PyObject *found = PyDict_GetItem(node.children, PyUnicode_Substring(name, start, end))
-    if found is NULL:
-        return None
-    return <_Node>found
+    return node.find(data + start, end - start, _Py_HashBytes(data + start, end - start))
 
 
 cdef inline Py_ssize_t _segment_end(const unsigned char *data, Py_ssize_t start,
@@ -276,18 +388,13 @@ cdef class ChannelTrie:
         cdef Py_ssize_t seg_end
         cdef _Node node = self._root
         cdef _Node child
-        cdef str segment
+        cdef Py_hash_t h
         while start < end:
             seg_end = _segment_end(data, start, end)
-            segment = PyUnicode_Substring(name, start, seg_end)
-            if node.children is None:
-                node.children = {}
-                child = None
-            else:
-                child = <_Node>node.children.get(segment)
+            h = _Py_HashBytes(data + start, seg_end - start)
+            child = node.find(data + start, seg_end - start, h)
             if child is None:
-                child = _Node()
-                node.children[segment] = child
+                child = node.add_child(PyUnicode_Substring(name, start, seg_end), h)
             node = child
             start = seg_end + 1
 
@@ -316,21 +423,15 @@ cdef class ChannelTrie:
         cdef Py_ssize_t end = _prefix_end(data, n, code, &which)
         cdef Py_ssize_t start = 1
         cdef Py_ssize_t seg_end
-        # path[i + 1] is the child of path[i] under keys[i]: kept for pruning.
+        # path[i + 1] is a child of path[i]: kept for pruning.
         cdef list path = [self._root]
-        cdef list keys = []
         cdef _Node node = self._root
-        cdef str segment
         while start < end:
             seg_end = _segment_end(data, start, end)
-            segment = PyUnicode_Substring(name, start, seg_end)
-            if node.children is None:
-                return False
-            node = <_Node>node.children.get(segment)
+            node = _child(node, data, start, seg_end)
             if node is None:
                 return False
             path.append(node)
-            keys.append(segment)
             start = seg_end + 1
 
         cdef set subscribers = node.get(which)
@@ -343,13 +444,11 @@ cdef class ChannelTrie:
         self._patterns -= 1
         cdef Py_ssize_t i
         cdef _Node parent
-        for i in range(len(keys) - 1, -1, -1):
+        for i in range(len(path) - 2, -1, -1):
             if not (<_Node>path[i + 1]).is_empty():
                 break
             parent = <_Node>path[i]
-            del parent.children[keys[i]]
-            if not parent.children:
-                parent.children = None
+            parent.remove_child(<_Node>path[i + 1])
         return True
 
     cpdef list match(self, object channel):
@@ -377,7 +476,7 @@ cdef class ChannelTrie:
         cdef _Node node = self._root
         while start < end:
             seg_end = _segment_end(data, start, end)
-            node = _child(node, name, start, seg_end)
+            node = _child(node, data, start, seg_end)
             if node is None:
                 return None
             start = seg_end + 1
@@ -412,9 +511,9 @@ cdef class ChannelTrie:
                 found.append(prefix + u"/*")
             if node.double_star is not None:
                 found.append(prefix + u"/**")
-            if node.children is not None:
-                for segment, child in node.children.items():
-                    stack.append((prefix + u"/" + segment, child))
+            if node.kids is not None:
+                for child in node.kids:
+                    stack.append((prefix + u"/" + (<_Node>child).segment, child))
         return found
 
     cpdef clear(self):
@@ -460,7 +559,7 @@ cdef class ChannelTrie:
                         first = group
                     else:
                         merged = _merge(merged, first, group)
-            node = _child(node, name, start, seg_end)
+            node = _child(node, data, start, seg_end)
             if node is None:
                 break
             start = seg_end + 1

@@ -8,6 +8,7 @@ agree with each other, and with a brute-force matcher, on random inputs.
 from __future__ import annotations
 
 import gc
+import random
 import tracemalloc
 from types import ModuleType
 from typing import Any
@@ -324,6 +325,49 @@ def test_tries_agree(ops: list[tuple[str, str, int]]) -> None:
         assert len(got_fast) == len(set(got_fast))  # each subscriber once
         assert set(got_fast) == set(got_slow) == expected, channel
         assert fast.count_matching(channel) == slow.count_matching(channel) == len(expected)
+
+
+WIDE = [f"s{i}" for i in range(64)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove"]),
+            st.lists(st.sampled_from(WIDE), min_size=1, max_size=2).map(
+                lambda parts: "/" + "/".join(parts)
+            ),
+            st.integers(0, 2),
+        ),
+        max_size=300,
+    )
+)
+def test_many_siblings_agree(ops: list[tuple[str, str, int]]) -> None:
+    # Dozens of children under one node: the compiled trie's child table
+    # grows, and pruning shifts entries back within probe runs.
+    fast = compiled.ChannelTrie()
+    slow = reference.PyChannelTrie()
+    for op, name, subscriber in ops:
+        assert getattr(fast, op)(name, subscriber) == getattr(slow, op)(name, subscriber)
+    assert sorted(fast.patterns()) == sorted(slow.patterns())
+    for name in {name for _, name, _ in ops}:
+        assert sorted(fast.match(name)) == sorted(slow.match(name)), name
+        assert fast.count(name) == slow.count(name)
+
+
+def test_siblings_stay_findable_while_pruned(trie: Any) -> None:
+    names = [f"/wide/c{i}" for i in range(1500)]
+    for i, name in enumerate(names):
+        trie.add(name, i)
+    order = list(range(len(names)))
+    random.Random(5).shuffle(order)
+    for step, i in enumerate(order):
+        assert trie.remove(names[i], i)
+        if step % 97 == 0:  # every remaining sibling is still found
+            left = set(order[step + 1 :])
+            assert all(trie.count(names[j]) == (1 if j in left else 0) for j in range(len(names)))
+    assert trie.patterns() == []
 
 
 texts = st.one_of(
