@@ -45,7 +45,6 @@ class Session:
     queue: list[bytes] | None
     subscriptions: set[str] | None
     hold: Hold | None
-    hold_slot: int
     hold_entry: int
     expires_at: float
     expiry_slot: int

@@ -88,9 +88,8 @@ cdef class Session:
     cdef public list queue
     cdef public set subscriptions
     cdef public Hold hold
-    # The hold wheel's slot of its hold's deadline, and of its one entry there
-    # (-1: none); the entry may come first, never later.
-    cdef public Py_ssize_t hold_slot
+    # The hold wheel's slot of its one entry there (-1: none); it may come
+    # before its hold's deadline, never after.
     cdef public Py_ssize_t hold_entry
     cdef public double expires_at
     cdef public Py_ssize_t expiry_slot
@@ -118,7 +117,6 @@ cdef class Session:
         self.id = client_id
         self.browser_id = browser_id
         self.transport = transport
-        self.hold_slot = -1
         self.hold_entry = -1
         self.expiry_slot = -1
         self.broker = broker
@@ -150,11 +148,15 @@ cdef class TimerWheel:
         self.slots = {}
         self.next_slot = <Py_ssize_t>(now / resolution)
 
-    cpdef Py_ssize_t slot_of(self, double when) except? -1:
-        """The first slot that comes due at or after `when` (never early)."""
+    cdef Py_ssize_t deadline_slot(self, double when) except? -1:
+        """The slot whose time is the first at or after `when`, passed or not."""
         if not isfinite(when):
             raise OverflowError(f"no slot for {when}")
-        cdef Py_ssize_t slot = <Py_ssize_t>ceil(when / self.resolution)
+        return <Py_ssize_t>ceil(when / self.resolution)
+
+    cpdef Py_ssize_t slot_of(self, double when) except? -1:
+        """The first slot that comes due at or after `when` (never early)."""
+        cdef Py_ssize_t slot = self.deadline_slot(when)
         return slot if slot >= self.next_slot else self.next_slot
 
     cpdef Py_ssize_t add(self, double when, item) except? -1:
@@ -458,7 +460,7 @@ cdef class SessionCore:
         not the session's latest is stale and dropped.
         """
         cdef TimerWheel wheel = self.holds
-        cdef Py_ssize_t slot, last = <Py_ssize_t>(now / wheel.resolution)
+        cdef Py_ssize_t slot, due, last = <Py_ssize_t>(now / wheel.resolution)
         cdef Session session
         while wheel.next_slot <= last:
             slot = wheel.next_slot
@@ -472,11 +474,12 @@ cdef class SessionCore:
                 session.hold_entry = -1
                 if session.hold is None:
                     continue
-                if session.hold_slot <= slot:
+                due = wheel.deadline_slot(session.hold.deadline)
+                if due <= slot:
                     self._release(session.hold, None)
                 else:
-                    wheel.add_to_slot(session.hold_slot, session)
-                    session.hold_entry = session.hold_slot
+                    wheel.add_to_slot(due, session)
+                    session.hold_entry = due
 
     # ------------------------------------------------------------ processing
 
@@ -639,7 +642,6 @@ cdef class SessionCore:
         # waiting there for their deadline were most of the heap (and of the
         # garbage collector's work) at high connect rates.
         cdef Py_ssize_t slot = self.holds.slot_of(hold.deadline)
-        session.hold_slot = slot
         if session.hold_entry < 0 or session.hold_entry > slot:
             self.holds.add_to_slot(slot, session)
             session.hold_entry = slot
