@@ -72,9 +72,9 @@ from common import (  # noqa: E402
     log,
     na,
     run_scenario,
+    save_and_print,
     shell_join,
     tree_rss_bytes,
-    write_record,
 )
 
 SCENARIO = "bound"
@@ -401,11 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if isinstance(record, int):
         return record
-    path = write_record(
-        args.results_dir, f"{SCENARIO}-{args.clients}-{record['timestamp']}", record
-    )
-    print(table(record))
-    print(f"record: {path}")
+    save_and_print(record, args.results_dir, f"{SCENARIO}-{args.clients}", table, "")
     if args.check and not record["results"]["met"]:
         sys.stderr.write("bound.py: --check failed: fraction below the target\n")
         return 2
