@@ -160,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_listen_args(p)
     p.add_argument(
-        "--procs", type=int, default=None, help="load generator processes (default ceil(N/15000))"
+        "--procs",
+        type=int,
+        default=None,
+        help="load generator processes (default: one per CPU the server leaves over, "
+        "more when the open-files limit needs them)",
     )
     add_source_addrs_arg(p)
     p.add_argument(

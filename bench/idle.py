@@ -382,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--clients", type=int, default=5000, help="clients to hold (N)")
     p.add_argument(
-        "--procs", type=int, default=None, help="load generator processes (default ceil(N/15000))"
+        "--procs",
+        type=int,
+        default=None,
+        help="load generator processes (default: one per CPU the server leaves over, "
+        "more when the open-files limit needs them)",
     )
     p.add_argument(
         "--ramp-rate", type=float, default=1000.0, help="clients started per second, in total"
@@ -527,17 +531,25 @@ def add_ramp_timeout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_generators(script: str, args: argparse.Namespace) -> None:
-    """The load generators' share of the N clients: --procs (default one per
-    15,000 clients), --source-addrs, --ramp-timeout; refuse more clients per
-    generator than the open-files limit allows."""
+    """The load generators' share of the N clients: --procs, --source-addrs,
+    --ramp-timeout; refuse more clients per generator than the open-files limit
+    allows.
+
+    --procs defaults to the CPUs the server leaves over (one per CPU beyond
+    the server's processes, at least one), or more when the open-files limit
+    needs them. More generators than spare CPUs gain nothing and take CPU from
+    the server in bursts: on 2 CPUs, two generators for 19,000 long-polling
+    clients made the fan-out's p99 latency half as large again."""
     import resource
 
     n = args.clients
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if args.procs is None:
-        args.procs = max(1, math.ceil(n / 15000))
+        servers = getattr(args, "workers", None) or 1
+        spare = max(1, (os.cpu_count() or 2) - servers)
+        args.procs = max(spare, math.ceil(n / max(1, hard - FD_MARGIN)))
     args.procs = max(1, min(args.procs, n))
     args.source_addrs = resolve_source_addrs(script, n, args.source_addrs)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     per_proc = math.ceil(n / args.procs)
     if per_proc + FD_MARGIN > hard:
         raise SystemExit(

@@ -395,3 +395,40 @@ def test_line_child_and_bad_template() -> None:
             timeout_ms=1000,
             guard=common.ChildGuard(),
         )
+
+
+def test_generator_processes_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--procs: one generator per CPU the server leaves over, more only when
+    the open-files limit needs them; an explicit --procs wins."""
+    import argparse
+    import resource
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import idle
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20000, 20000))
+
+    def procs(clients: int, cpus: int, workers: int | None = None, given: int | None = None) -> int:
+        monkeypatch.setattr(idle.os, "cpu_count", lambda: cpus)
+        args = argparse.Namespace(
+            clients=clients,
+            procs=given,
+            workers=workers,
+            source_addrs=None,
+            ramp_timeout=None,
+            ramp_rate=1000.0,
+        )
+        idle.resolve_generators("idle.py", args)
+        return int(args.procs)
+
+    assert procs(19000, cpus=2) == 1  # the server takes one CPU, the generator the other
+    assert procs(19000, cpus=8) == 7
+    assert procs(19000, cpus=1) == 1
+    assert procs(60000, cpus=2) == 4  # 19,900 sockets per generator at most
+    assert procs(250000, cpus=2, workers=14) == 13
+    assert procs(19000, cpus=2, given=3) == 3
+    assert procs(5, cpus=8) == 5  # never more generators than clients
+    with pytest.raises(SystemExit, match="open-files limit"):
+        procs(40000, cpus=2, given=1)

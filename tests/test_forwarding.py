@@ -930,4 +930,3 @@ def test_broker_reply_callbacks_while_a_batch_is_being_written() -> None:
         assert broker.forwarded == broker._seq
 
     asyncio.run(scenario())
-
