@@ -15,16 +15,22 @@ Phases, each bounded in time:
    session over ``--publisher-transport``) and wait until it is connected;
 4. publish: M messages at R/s on an open-loop schedule, each message's data
    ``{"seq": i, "t": <time.monotonic_ns() at send>}``; every hot client
-   records ``receive - t`` for every delivery (CLOCK_MONOTONIC is one clock
-   for all processes of the machine). The phase ends when all K * M
+   records ``arrival - t`` for every delivery (CLOCK_MONOTONIC is one clock
+   for all processes of the machine), and ``read - t`` apart. The phase ends when all K * M
    deliveries arrived, or ``--drain-timeout`` after the publisher finished;
 5. stop everything, merge the latencies of all generators (every delivery,
    exact percentiles), print a table and write a JSON record to
    ``<results-dir>/fanout-<transport>-<N>-<K>-<timestamp>.json``.
 
 Figures: publish-to-delivery latency p50/p90/p99/p99.9/max over all
-deliveries; delivered messages per second (deliveries / (last delivery - first
-publish + 1/R): each message owns a 1/R slot); demanded rate K * R; the server
+deliveries, a delivery's time being when its bytes arrived in the client's
+socket (the kernel's receive time, ``SO_TIMESTAMPNS``; see stamped.py). One
+generator plays hundreds of clients on one CPU: a reply that arrived waits in
+its socket while the generator serves the replies ahead of it, a queue no
+real client has; "read by the generator" is the same latency with that queue
+(the figure these records gave before 2026-11-28). Delivered messages per
+second (deliveries / (last delivery - first publish + 1/R): each message owns
+a 1/R slot); demanded rate K * R; the server
 kept up when the delivered rate is at least 95 % of the demanded one and
 nothing is missing. Server CPU during the publish phase per delivery; the
 generators' CPU to show they were not the bottleneck (on a 2-core machine they
@@ -252,6 +258,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     t_start = time.monotonic()
     tmp = tempfile.TemporaryDirectory(prefix="bench-fanout-")
     lat_files: list[Path] = []
+    read_files: list[Path] = []  # the same deliveries, timed when read
 
     def check() -> None:
         check_running(server, gens)
@@ -288,6 +295,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
             lat_file = Path(tmp.name) / f"latencies-{i}.bin"
             lat_files.append(lat_file)
+            read_files.append(lat_file.with_suffix(".read"))
             hot = [
                 "--hot-channel",
                 args.hot_channel,
@@ -297,6 +305,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 str(n),
                 "--latency-file",
                 str(lat_file),
+                "--read-latency-file",
+                str(read_files[-1]),
             ]
             g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, hot))
             await g.start(guard)
@@ -393,6 +403,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         server_exit = await stop_server(server)
         phases["total_s"] = round(time.monotonic() - t_start, 3)
         latencies = read_latencies(lat_files)
+        read_lat = read_latencies(read_files)
 
         hot_last = max((d.get("hot_last_ns") or 0 for d in final_stats), default=0) or None
         return compute(
@@ -411,6 +422,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             publisher_final=pub_final or {},
             hot_last_ns=hot_last,
             latencies=latencies,
+            read_latencies=read_lat,
             all_delivered=all_delivered,
             rss_baseline=rss_baseline,
             rss_start=rss_start,
@@ -452,6 +464,7 @@ def compute(
     publisher_final: dict[str, Any],
     hot_last_ns: int | None,
     latencies: array,
+    read_latencies: array,
     all_delivered: bool,
     rss_baseline: int | None,
     rss_start: int | None,
@@ -513,7 +526,11 @@ def compute(
         "missing": max(0, expected - delivered),
         "all_delivered": all_delivered or (expected > 0 and delivered >= expected),
         "out_of_order": final["hot_out_of_order"],
+        # Arrival in the client's socket (the kernel's receive time); the
+        # same deliveries timed when the generator read them add its queue.
+        "latency_at": "arrival",
         "latency_ms": lat,
+        "read_latency_ms": latency_stats(read_latencies),
         "delivery_window_s": None if window_s is None else round(window_s, 3),
         "delivered_per_s": None if delivered_rate is None else round(delivered_rate, 1),
         "demanded_per_s": demanded,
@@ -602,6 +619,7 @@ def report_table(record: dict[str, Any]) -> str:
     r = record["results"]
     p = record["parameters"]
     lat = r["latency_ms"]
+    read = r.get("read_latency_ms") or {}
     ack = r.get("publish_ack_ms") or {}
     lg = r["loadgen"]
     rows = [
@@ -633,6 +651,10 @@ def report_table(record: dict[str, Any]) -> str:
         (
             "latency p99.9 / max",
             " / ".join(na(lat.get(q), "{:.1f}") for q in ("p999", "max")) + " ms",
+        ),
+        (
+            "read by the generator p50 / p99",
+            " / ".join(na(read.get(q), "{:.1f}") for q in ("p50", "p99")) + " ms",
         ),
         (
             "delivered / demanded per s",
@@ -685,8 +707,8 @@ def report_table(record: dict[str, Any]) -> str:
 
 
 def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, ...]]:
-    def lat(r: dict[str, Any], q: str) -> Any:
-        return (r.get("latency_ms") or {}).get(q)
+    def lat(r: dict[str, Any], q: str, key: str = "latency_ms") -> Any:
+        return (r.get(key) or {}).get(q)
 
     def row(label: str, a: Any, b: Any, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
         rr = ratio(b, a) if with_ratio else None
@@ -698,6 +720,15 @@ def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[
     ]
     for q, name in (("p50", "p50"), ("p90", "p90"), ("p99", "p99"), ("max", "max")):
         rows.append(row(f"latency {name}, ms", lat(peer, q), lat(engine, q), "{:.1f}"))
+    key = "read_latency_ms"
+    rows.append(
+        row(
+            "read by the generator p99, ms",
+            lat(peer, "p99", key),
+            lat(engine, "p99", key),
+            "{:.1f}",
+        )
+    )
     rows += [
         row(
             "delivered per s",

@@ -860,6 +860,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         phases["total_s"] = round(time.monotonic() - t_start, 3)
         if fan is not None:
             lat = read_latencies_ms(lat_files)
+            fan["latency_at"] = "arrival"  # in the client's socket (bench/stamped.py)
             fan["latency_ms"] = {
                 "count": len(lat),
                 "min": lat[0] if lat else None,

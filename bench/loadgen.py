@@ -60,8 +60,12 @@ Fan-out measurements (``bench/fanout.py``): with ``--hot-channel CH
 --hot-clients K --total-clients N``, K of the N global client indexes, evenly
 spread, subscribe to CH instead of ``--channel``; every event on CH whose
 ``data.t`` is a ``time.monotonic_ns()`` stamp (CLOCK_MONOTONIC, shared by all
-processes of the machine) adds ``now - t`` to the latencies written to
-``--latency-file`` (int64 ns, native order) when the process stops.
+processes of the machine) adds its latency to the ones written to
+``--latency-file`` (int64 ns, native order) when the process stops: the time
+its data arrived in the client's socket (the kernel's receive time, see
+``stamped.py``) minus ``t``. ``--read-latency-file`` gets the same events
+timed when this process read them instead, which adds the queue of replies
+that waited while it served the clients ahead of them.
 
 Control and reports (for ``bench/idle.py``; the tool also runs alone):
 
@@ -112,6 +116,7 @@ import uvloop
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import hist_add, read_rss_bytes  # noqa: E402
+from stamped import Clock, StampedTransport  # noqa: E402
 from wsclient import (  # noqa: E402
     OP_BINARY,
     OP_CLOSE,
@@ -940,7 +945,7 @@ class BayeuxClient:
             elif "data" in m and "successful" not in m:
                 events += 1
                 if channel == self.gen.hot_channel and self.gen.latencies is not None:
-                    self._hot_event(m["data"])
+                    self._hot_event(m["data"], conn.transport.arrived_ns)
             elif channel == "/meta/disconnect" and "id" not in m:
                 server_disconnect = True
         if events:
@@ -981,8 +986,9 @@ class BayeuxClient:
         else:
             self._subscribe_reply(reply, ok)
 
-    def _hot_event(self, data: Any) -> None:
-        """Fan-out: one event of the hot channel; data = {"seq": int, "t": ns}."""
+    def _hot_event(self, data: Any, arrived: int) -> None:
+        """Fan-out: one event of the hot channel; data = {"seq": int, "t": ns},
+        ``arrived`` when its bytes reached the socket (monotonic ns)."""
         gen = self.gen
         stats = gen.stats
         now = time.monotonic_ns()
@@ -994,7 +1000,9 @@ class BayeuxClient:
             return
         t = data.get("t")
         if type(t) is int and gen.latencies is not None and len(gen.latencies) < MAX_LATENCIES:
-            gen.latencies.append(now - t)
+            gen.latencies.append(arrived - t)
+            if gen.read_latencies is not None:
+                gen.read_latencies.append(now - t)
         seq = data.get("seq")
         if type(seq) is int:
             if seq <= self.last_seq:
@@ -1194,6 +1202,8 @@ class LoadGenerator:
         hot_k = args.hot_clients if self.hot_channel else 0
         total = max(args.total_clients or (args.index_start + args.clients), 1)
         self.latencies: array | None = array("q") if args.latency_file else None
+        self.read_latencies: array | None = array("q") if args.read_latency_file else None
+        self.clock = Clock()  # the kernel's receive stamps to monotonic_ns
 
         # One string per channel, shared by its clients.
         count = max(1, args.channel_count)
@@ -1258,8 +1268,7 @@ class LoadGenerator:
             if err:
                 raise OSError(err, os.strerror(err))
             self.stats.tcp_opens += 1
-            conn = self.connection_class(self, client)
-            await loop.create_connection(lambda: conn, sock=sock)
+            StampedTransport(loop, sock, self.connection_class(self, client), self.clock)
             sock = None  # owned by the transport now
         except TimeoutError:
             client.on_open_failed("tcp_connect_timeout")
@@ -1324,6 +1333,7 @@ class LoadGenerator:
                 stats.loop_lag_max_ms = lag_ms
             if lag_ms > LAG_EVENT_MS:
                 stats.loop_lags += 1
+            self.clock.resync()
             if not settled:
                 # the clients and connections made so far live until the end
                 gc.freeze()
@@ -1476,7 +1486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--latency-file",
         default="",
-        help="fan-out: write hot-event latencies (int64 ns, native order) here on exit",
+        help="fan-out: write hot-event latencies (int64 ns, native order) here on exit, "
+        "timed at their arrival in the socket",
+    )
+    p.add_argument(
+        "--read-latency-file",
+        default="",
+        help="fan-out, with --latency-file: the same latencies timed when this process read them",
     )
     p.add_argument("--ramp-rate", type=float, default=1000.0, help="clients started per second")
     p.add_argument("--max-pending", type=int, default=1000, help="clients setting up at once")
@@ -1540,11 +1556,14 @@ async def run(args: argparse.Namespace) -> int:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.05)  # let transports finish closing
-    if args.latency_file and gen.latencies is not None:
-        tmp = args.latency_file + ".tmp"
-        with open(tmp, "wb") as f:
-            gen.latencies.tofile(f)
-        os.replace(tmp, args.latency_file)
+    for path, values in (
+        (args.latency_file, gen.latencies),
+        (args.read_latency_file, gen.read_latencies),
+    ):
+        if path and values is not None:
+            with open(path + ".tmp", "wb") as f:
+                values.tofile(f)
+            os.replace(path + ".tmp", path)
     gen.report(final=True)
     return 0
 

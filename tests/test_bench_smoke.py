@@ -331,6 +331,10 @@ def _check_fanout_results(r: dict, transport: str) -> None:  # type: ignore[type
     assert lat["negative"] == 0
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
     assert sum(lat["hist"]) == expected
+    # Timed at arrival in the socket; the generator reads each delivery later.
+    read = r["read_latency_ms"]
+    assert r["latency_at"] == "arrival" and read["count"] == expected
+    assert read["min"] >= lat["min"] and read["p50"] >= lat["p50"] and read["max"] >= lat["max"]
     assert r["delivered_per_s"] > 0 and r["demanded_per_s"] == FANOUT_SUBSCRIBERS * 50
     assert r["delivered_fraction"] > 0
     assert r["dropped"] == 0 and r["failed"] == 0
