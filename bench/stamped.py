@@ -94,6 +94,7 @@ class StampedTransport:
     # reading ----------------------------------------------------------------
 
     def _readable(self) -> None:
+        # Per read, on the generator's hottest path: kept flat.
         try:
             data, anc, _, _ = self.sock.recvmsg(READ_SIZE, _ANC_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -102,27 +103,31 @@ class StampedTransport:
             self._end(exc)
             return
         if not data:
-            self._callback(self.protocol.eof_received)
+            try:
+                self.protocol.eof_received()
+            except Exception as exc:
+                self._failed(exc)
             self._end(None)
             return
         arrived = 0
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+        if anc:
+            level, kind, payload = anc[0]  # the one control message asked for
+            if kind == SCM_TIMESTAMPNS and level == socket.SOL_SOCKET:
                 sec, nsec = _STAMP.unpack_from(payload)
                 arrived = sec * 1_000_000_000 + nsec - self.clock.offset_ns
         self.arrived_ns = arrived or time.monotonic_ns()
-        self._callback(self.protocol.data_received, data)
-
-    def _callback(self, method: Any, *args: Any) -> None:
-        """A protocol callback; one that raises ends the connection, as with
-        asyncio's own transports, and the loop's exception handler hears of it."""
         try:
-            method(*args)
+            self.protocol.data_received(data)
         except Exception as exc:
-            self.loop.call_exception_handler(
-                {"message": "protocol callback failed", "exception": exc, "transport": self}
-            )
-            self.abort()
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """A protocol callback raised: end the connection, as asyncio's own
+        transports do, and tell the loop's exception handler."""
+        self.loop.call_exception_handler(
+            {"message": "protocol callback failed", "exception": exc, "transport": self}
+        )
+        self.abort()
 
     # writing ----------------------------------------------------------------
 
