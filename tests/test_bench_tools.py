@@ -225,7 +225,13 @@ def test_report(results: Path, tmp_path: Path) -> None:
                 "fanout",
                 transport,
                 n,
-                {"latency_ms": lat, "delivered_fraction": 1.0, "delivered_per_s": 100},
+                {
+                    "latency_ms": lat,
+                    "latency_at": "arrival",
+                    "read_latency_ms": {"p99": 33.3 + i},
+                    "delivered_fraction": 1.0,
+                    "delivered_per_s": 100,
+                },
                 {"latency_ms": {**lat, "p99": 900.0}, "delivered_fraction": 0.5},
             )
             for rec in (idle, fan):
@@ -284,10 +290,14 @@ def test_report(results: Path, tmp_path: Path) -> None:
     assert "16,000" in text and "0.09" in text  # Faye's bytes per client, the ratio
     section = text.split("## Idle clients over several workers (issue 7)")[1].split("\n## ")[0]
     assert "| websocket | 60,000 | 4 | 60,000 / 0 / 3 (0.01 %) |" in section
-    assert "-1,412 / 42" in section and "3.1 / 12.5 / 20.0" in section
+    # timed when read (a record without latency_at): marked so
+    assert "-1,412 / 42" in section and "| 3.1 / 12.5 / 20.0 (read) |" in section
     assert "3,000 / 3,000 complete" in section and "300 / 12.0" in section
     assert "60,000" not in text.split("## Idle clients\n")[1].split("\n## ")[0]
     assert "idle websocket, 2,000 clients" in text  # the target stays on the Faye record
+    fan_section = text.split("## Fan-out")[1].split("\n## ")[0]
+    assert "engine read p99" in fan_section
+    assert "| 2.0 / 5.0 / 9.0 / 20.0 | 33.3 |" in fan_section  # arrival, then read p99
 
 
 def test_http_client_parses_split_responses() -> None:
