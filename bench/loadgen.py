@@ -1238,7 +1238,8 @@ class LoadGenerator:
         """One TCP connection for ``client``: non-blocking ``connect`` done here
         (``loop.sock_connect`` would resolve the numeric address through
         ``getaddrinfo`` in libuv's thread pool, a thread hand-off per
-        connection), the socket then handed to a transport."""
+        connection), the socket then handed to a StampedTransport (reads carry
+        the kernel's receive time)."""
         loop = self.loop
         sock = None
         try:
