@@ -127,7 +127,7 @@ class StampedTransport:
         self.loop.call_exception_handler(
             {"message": "protocol callback failed", "exception": exc, "transport": self}
         )
-        self.abort()
+        self._end(exc)
 
     # writing ----------------------------------------------------------------
 

@@ -74,14 +74,15 @@ def test_reads_carry_arrival_before_the_read() -> None:
         assert arrived - sent_at < 20_000_000
 
         t.write(b"x" * 3_000_000)  # more than the socket takes at once
+        t.write(b"END")  # queued behind the rest, in order
         got = b""
         peer.setblocking(False)
-        while len(got) < 3_000_000:
+        while len(got) < 3_000_003:
             try:
                 got += peer.recv(1 << 20)
             except BlockingIOError:
                 await asyncio.sleep(0.001)
-        assert got == b"x" * 3_000_000
+        assert got == b"x" * 3_000_000 + b"END"
 
         peer.close()  # end of file: eof_received, then connection_lost
         await proto.gone
@@ -143,6 +144,7 @@ def test_a_failing_protocol_ends_its_connection_only() -> None:
         peer.sendall(b"boom")
         await proto.gone
         assert len(errors) == 1 and isinstance(errors[0]["exception"], ValueError)
+        assert proto.lost == [errors[0]["exception"]]  # connection_lost hears why
         peer.close()
 
     _run(main())
