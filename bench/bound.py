@@ -176,14 +176,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     try:
         for name, template in (("engine", args.server_cmd), ("bound", args.bound_cmd)):
             port = free_port(args.host)
-            srv = ServerProcess(
-                template,
-                host=args.host,
-                port=port,
-                path=args.path,
-                timeout_ms=args.timeout,
-                guard=guard,
-            )
+            srv = ServerProcess.for_args(template, args, port, guard)
             url = await start_pinned(srv, args.startup_timeout, server_cpus, name, progress)
             servers[name] = srv
             urls[name] = url if name == "engine" else url.rstrip("/") + args.path

@@ -1051,14 +1051,7 @@ async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, An
         template += f" --admin-token {token} --max-interval {args.max_interval}"
     server_cpus, gen_cpus = cpu_plan(args.pin)
     port = free_port(args.host)
-    server = ServerProcess(
-        template,
-        host=args.host,
-        port=port,
-        path=args.path,
-        timeout_ms=args.timeout,
-        guard=guard,
-    )
+    server = ServerProcess.for_args(template, args, port, guard)
     try:
         url = await start_pinned(server, args.startup_timeout, server_cpus, "server", progress)
         pid = server.pid

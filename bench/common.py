@@ -514,6 +514,21 @@ class ServerProcess:
         self.problem_lines: list[str] = []
         self._drain: asyncio.Task[None] | None = None
 
+    @classmethod
+    def for_args(
+        cls, template: str, args: Any, port: int, guard: ChildGuard, **options: Any
+    ) -> ServerProcess:
+        """The server of a scenario: host, path and timeout from its options."""
+        return cls(
+            template,
+            host=args.host,
+            port=port,
+            path=args.path,
+            timeout_ms=args.timeout,
+            guard=guard,
+            **options,
+        )
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None

@@ -213,6 +213,11 @@ def resolve(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- run
 
 
+def read_file_of(latency_file: Path) -> Path:
+    """Where a generator writes the same deliveries timed when it read them."""
+    return latency_file.with_suffix(".read")
+
+
 def latency_stats(values: array) -> dict[str, Any]:
     """Exact percentiles (ms) of every delivery's latency, and a histogram."""
     if not values:
@@ -258,7 +263,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     t_start = time.monotonic()
     tmp = tempfile.TemporaryDirectory(prefix="bench-fanout-")
     lat_files: list[Path] = []
-    read_files: list[Path] = []  # the same deliveries, timed when read
 
     def check() -> None:
         check_running(server, gens)
@@ -272,13 +276,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     try:
         # 1. server ------------------------------------------------------------------
         if args.url is None:
-            server = ServerProcess(
-                args.server_cmd,
-                host=args.host,
-                port=args.port or free_port(args.host),
-                path=args.path,
-                timeout_ms=args.timeout,
-                guard=guard,
+            server = ServerProcess.for_args(
+                args.server_cmd, args, args.port or free_port(args.host), guard
             )
             server_argv = server.argv
             url = await start_server(server, args.startup_timeout, phases, progress)
@@ -295,7 +294,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
             lat_file = Path(tmp.name) / f"latencies-{i}.bin"
             lat_files.append(lat_file)
-            read_files.append(lat_file.with_suffix(".read"))
             hot = [
                 "--hot-channel",
                 args.hot_channel,
@@ -306,7 +304,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 "--latency-file",
                 str(lat_file),
                 "--read-latency-file",
-                str(read_files[-1]),
+                str(read_file_of(lat_file)),
             ]
             g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, hot))
             await g.start(guard)
@@ -403,7 +401,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         server_exit = await stop_server(server)
         phases["total_s"] = round(time.monotonic() - t_start, 3)
         latencies = read_latencies(lat_files)
-        read_lat = read_latencies(read_files)
+        read_lat = read_latencies([read_file_of(f) for f in lat_files])
 
         hot_last = max((d.get("hot_last_ns") or 0 for d in final_stats), default=0) or None
         return compute(

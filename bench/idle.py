@@ -714,13 +714,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
                 template += f" --workers {args.workers} --broker {redis.url}"
             port = args.port or free_port(args.host)
-            server = ServerProcess(
+            server = ServerProcess.for_args(
                 template,
-                host=args.host,
-                port=port,
-                path=args.path,
-                timeout_ms=args.timeout,
-                guard=guard,
+                args,
+                port,
+                guard,
                 # a multi-worker engine: the supervisor's line, once every worker listens
                 ready_marker="engine serving " if args.workers is not None else None,
             )
