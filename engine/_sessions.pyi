@@ -19,6 +19,10 @@ META_SUBSCRIBE: str
 META_UNSUBSCRIBE: str
 HTTP_TRANSPORTS: frozenset[str]
 NEVER: float
+MAX_ID_LENGTH: int
+
+def valid_id(value: object) -> bool: ...
+def encode_reply(reply: dict[str, Any]) -> bytes: ...
 
 class AckState:
     batch: int
@@ -43,6 +47,7 @@ class Session:
     browser_id: str | None
     transport: str
     queue: list[bytes] | None
+    queued_bytes: int
     subscriptions: set[str] | None
     hold: Hold | None
     hold_entry: int
@@ -61,10 +66,13 @@ class Session:
     ack: AckState | None
     lazy_due: float
     bucket: list[float] | None
+    address: str | None
+    resumable: bool
     def __init__(
         self, client_id: str, browser_id: str | None, transport: str, broker: Broker
     ) -> None: ...
     def take_queue(self) -> list[bytes]: ...
+    def take_batch(self, max_bytes: int) -> list[bytes]: ...
 
 class TimerWheel(Generic[T]):
     resolution: float
@@ -97,6 +105,8 @@ class SessionCore:
     max_interval_s: float
     after_reply_s: float
     advice: dict[str, Any]
+    max_batch_bytes: int
+    trust_client_session: bool
     def __init__(
         self,
         options: ServerOptions,
@@ -108,8 +118,9 @@ class SessionCore:
     ) -> None: ...
     @property
     def extensions_active(self) -> bool: ...
-    @staticmethod
-    def _failure(message: dict[str, Any], error: str, echo_id: bool = True) -> dict[str, Any]: ...
+    def _failure(
+        self, message: dict[str, Any], error: str, advice: Any = True
+    ) -> dict[str, Any]: ...
     def _expire_at(self, session: Session, when: float) -> None: ...
     def _touch(self, session: Session) -> None: ...
     def lookup(self, message: dict[str, Any], exchange: Exchange) -> Session | None: ...

@@ -233,4 +233,9 @@ def status_allowed(server: BayeuxServer, session: Session, message: dict[str, An
     token = server.options.admin_token
     ext = message.get("ext")
     given = ext.get("admin_token") if isinstance(ext, dict) else None
-    return bool(token) and isinstance(given, str) and hmac.compare_digest(given, token)
+    # (As bytes: compare_digest refuses str that are not ASCII.)
+    return (
+        bool(token)
+        and isinstance(given, str)
+        and hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode())
+    )

@@ -42,18 +42,25 @@ from engine._sessions import (
     META_SUBSCRIBE,
     META_UNSUBSCRIBE,
     SessionCore,
+    encode_reply,
+    valid_id,
 )
 from engine.broker import Broker, LocalBroker
+from engine.deadlines import ConnectionDeadlines
 from engine.extensions import Extension, TimesyncExtension
 from engine.hooks import Hooks
+from engine.limits import AddressTable, FailureStreaks, backoff_ms
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
+from engine.ratelog import CauseLog, name_of
 from engine.session import AckState, Exchange, Hold, Session
 from engine.stats import Counters
 
 __all__ = ["BayeuxCore"]
 
 log = logging.getLogger("engine.core")
+# Limits that bite and failures of application code: one line per cause.
+limit_log = CauseLog(log)
 
 Message = dict[str, Any]
 
@@ -70,6 +77,11 @@ GC_FREEZE_PERIOD = 10.0  # s between moves of long-lived objects out of the GC
 CLIENT_ID_RANDOM = 32  # hex characters of randomness at the start of a clientId
 HOLD_RESOLUTION = 0.1  # s; held connects are answered at most this late
 EXPIRY_RESOLUTION = 0.5  # s; the session sweep's granularity
+ADDRESS_SWEEP_PERIOD = 10.0  # s between sweeps of idle per-address entries
+# Advised to a connect resuming a session whose old socket is being probed:
+# past the probe's grace (engine.websocket.PROBE_GRACE), so the retry finds
+# the old socket answered (then it is refused) or cut (then it resumes).
+PROBE_RETRY_MS = 2000
 
 
 class Forwarder(Protocol):
@@ -105,6 +117,10 @@ class BayeuxCore(SessionCore):
             self.hooks.extensions.append(TimesyncExtension())
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_freeze = 0.0
+        # Every connection's timeouts, on one wheel of their own (coarser
+        # than the holds', and swept apart so one cannot delay the other).
+        self.deadlines = ConnectionDeadlines(loop)
+        self._next_address_sweep = 0.0
 
         o = options
         self.publish_rate = float(o.max_publish_rate)
@@ -112,11 +128,29 @@ class BayeuxCore(SessionCore):
         self.advice_none = {"reconnect": "none", "interval": o.interval, "timeout": o.timeout}
         self.advice_handshake = {"reconnect": "handshake", "interval": 0}
         self.advice_refused = {"reconnect": "none", "interval": 0}
+        self.handshake_rate = float(o.max_handshake_rate)
+        self.connection_publish_rate = float(
+            o.max_publish_rate
+            if o.max_connection_publish_rate < 0
+            else o.max_connection_publish_rate
+        )
+        self.max_sessions_per_connection = o.max_sessions_per_connection
+        # A WebSocket on which no session connects for this long is closed.
+        self.ws_idle_s = (
+            self.timeout_s + self.after_reply_s
+            if o.ws_idle_timeout < 0
+            else o.ws_idle_timeout / 1000.0
+        )
+        self.addresses = AddressTable(
+            float(o.max_address_handshake_rate), o.max_sessions_per_address
+        )
+        self.streaks = FailureStreaks()
 
     # ------------------------------------------------------------------ life
 
     def start(self) -> None:
         self._tick_handle = self.loop.call_later(HOLD_RESOLUTION, self._tick)
+        self.deadlines.start()
 
     def drain(self) -> None:
         """Shutting down: answer every held connect now with `reconnect: retry`."""
@@ -126,25 +160,51 @@ class BayeuxCore(SessionCore):
                 self._release(session.hold, self.advice)
 
     def close(self) -> None:
+        self.deadlines.close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
 
     def _tick(self) -> None:
+        """Held connects due, lazy messages due, expired sessions, housekeeping.
+
+        Guarded: whatever raises in one part is logged (once per cause) and
+        the tick goes on and is rescheduled, so one bug cannot stop every
+        heartbeat and every expiry of the process.
+        """
         now = self.loop.time()
-        self.release_due_holds(now)
-        lazy = [s for s in self.lazy.due(now) if s.lazy_due and s.lazy_due <= now]
-        if lazy:
-            self._send_queued(lazy)
+        try:
+            self.release_due_holds(now)
+        except Exception:
+            self._tick_failed("holds")
+        try:
+            lazy = [s for s in self.lazy.due(now) if s.lazy_due and s.lazy_due <= now]
+            if lazy:
+                self._send_queued(lazy)
+        except Exception:
+            self._tick_failed("lazy")
         for session in self.expiry.due(now):
             if not session.removed and session.hold is None and session.expires_at <= now:
                 self.stats.sessions_expired += 1
-                self.remove_session(session, timeout=True)
-        if now >= self._next_freeze:
-            self._freeze_long_lived(now)
-        # Aligned on the hold wheel's slots, so a hold ends at most one
-        # resolution after its deadline, without drift.
-        self._tick_handle = self.loop.call_at(self.holds.next_due(), self._tick)
+                try:
+                    self.remove_session(session, timeout=True)
+                except Exception:
+                    self._tick_failed("expiry")
+        try:
+            if now >= self._next_freeze:
+                self._freeze_long_lived(now)
+            if now >= self._next_address_sweep:
+                self._next_address_sweep = now + ADDRESS_SWEEP_PERIOD
+                self.addresses.sweep(now)
+                self.streaks.sweep(now)
+        finally:
+            # Aligned on the hold wheel's slots, so a hold ends at most one
+            # resolution after its deadline, without drift.
+            self._tick_handle = self.loop.call_at(self.holds.next_due(), self._tick)
+
+    def _tick_failed(self, part: str) -> None:
+        self.stats.internal_errors += 1
+        limit_log.exception(f"tick:{part}", "the timer tick failed in %s; it goes on", part)
 
     def _freeze_long_lived(self, now: float) -> None:
         """Move what survived so far out of the garbage collector's reach.
@@ -200,11 +260,12 @@ class BayeuxCore(SessionCore):
         if session.queue:
             self.stats.discarded += len(session.queue)
         session.queue = None
+        session.queued_bytes = 0
         ws = session.ws
         if ws is not None:
             session.ws = None
-            if session in ws.sessions:
-                ws.sessions.remove(session)
+            ws.sessions.pop(session, None)  # (a dict: O(1), whatever their number)
+        self.addresses.session_removed(session.address)
         if session.extensions:
             self.session_extensions -= 1
         if self.hooks.session_removed:
@@ -217,7 +278,14 @@ class BayeuxCore(SessionCore):
         if not self.hooks.outgoing(session.extensions or [], session, message, None):
             self.stats.deleted_by_extension += 1
             return None
-        return encode_message(message)
+        try:
+            return encode_message(message)
+        except orjson.JSONEncodeError:  # an extension made it unencodable
+            self.stats.messages_invalid += 1
+            limit_log.warning(
+                "extension_not_json", "an outgoing extension made a message that is not JSON"
+            )
+            return None
 
     # ---------------------------------------------------------- held connects
 
@@ -262,7 +330,7 @@ class BayeuxCore(SessionCore):
             if not self._extend_reply(session, reply, message):
                 exchange.send([])
                 return
-        exchange.send([encode_message(reply)])
+        exchange.send([encode_reply(reply)])
 
     def _refused_by_extension(self, message: Message) -> Message | None:
         """Run incoming extensions; a failure reply if they delete the message."""
@@ -285,14 +353,44 @@ class BayeuxCore(SessionCore):
                 return False
         return hooks.outgoing(hooks.extensions, session, reply, request)
 
-    def _unknown_session(self, message: Message, meta: bool) -> Message:
+    def _unknown_session(
+        self, message: Message, meta: bool, exchange: Exchange | None = None
+    ) -> Message:
         self.stats.unknown_session += 1
         reply = self._failure(message, errors.SESSION_UNKNOWN)
         if meta:
             # Only failed connects (and handshakes) carry handshake advice
             # (6.3 rule 2): the JS client would throw on it anywhere else.
-            reply["advice"] = self.advice_handshake
+            # An unknown session handshakes again at once; but a session that
+            # exists and is refused for its browser cookie (a client that
+            # never returns it loops handshake, connect, 402) is told to
+            # wait longer each time its connection fails so again.
+            client_id = message.get("clientId")
+            session = self.sessions.get(client_id) if type(client_id) is str else None
+            if session is not None and session.ws is not None and session.ws.probing:
+                # Its old socket is being probed (see _resume): retry soon.
+                reply["advice"] = {"reconnect": "retry", "interval": PROBE_RETRY_MS}
+            elif session is not None:
+                reply["advice"] = self._handshake_advice(exchange, errors.SESSION_UNKNOWN, 0)
+            else:
+                reply["advice"] = self.advice_handshake
         return reply
+
+    def _handshake_advice(self, exchange: Exchange | None, error: str, extra: int) -> Message:
+        """`reconnect: handshake`, with an interval that grows while the
+        client's connection fails the same way again and again (`extra`:
+        failures counted ahead, so a refusal is never retried at once)."""
+        limits = exchange.make_limits() if exchange is not None else None
+        streak = limits.failed(error) if limits is not None else 0
+        if exchange is not None and exchange.client_address is not None:
+            streak = max(
+                streak, self.streaks.failed(exchange.client_address, error, self.loop.time())
+            )
+        interval = backoff_ms(streak + extra) if streak else 0
+        if not interval:
+            return self.advice_handshake
+        self.stats.backoff_advised += 1
+        return {"reconnect": "handshake", "interval": interval}
 
     # -------------------------------------------------------------- security
 
@@ -310,18 +408,91 @@ class BayeuxCore(SessionCore):
         try:
             reason = self.policy.authorize(operation, name, session, message)
         except Exception:
-            log.exception("authorizer raised on %s %s; denied", operation, name)
+            limit_log.exception(
+                f"authorizer:{operation}", "authorizer raised on %s %s; denied", operation, name
+            )
             reason = errors.POLICY
         if reason is not None:
             return errors.denied(reason, f"{operation}_denied")
         return None
 
     def _new_session(self, exchange: Exchange) -> Session:
-        """A session not yet registered: the policy sees it before it exists."""
-        browser_id: str | None = None
-        if exchange.transport in HTTP_TRANSPORTS:
-            browser_id = exchange.browser_id or secrets.token_hex(16)
-        return Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+        """A session not yet registered: the policy sees it before it exists.
+
+        It is bound to its browser: the request's BAYEUX_BROWSER cookie, or a
+        new one (HTTP: set with this response; WebSocket: the connection's,
+        issued with the upgrade when it came without one).
+        """
+        browser_id = exchange.browser_id
+        if browser_id is None and exchange.transport in HTTP_TRANSPORTS:
+            browser_id = secrets.token_hex(16)
+        session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+        if exchange.transport == "websocket" and not getattr(exchange, "cookie_presented", True):
+            session.resumable = True
+        return session
+
+    def _resume(self, session: Session, message: Message, exchange: Exchange) -> bool:
+        """May this connection take over `session`, made on another socket
+        by a client that keeps no cookies (see `lookup`)?
+
+        Such a client (CometD's Node client: its WebSocket sends no cookies)
+        resumes after a network failure on a new socket, with nothing but
+        its clientId.  It may, with a /meta/connect on a socket that itself
+        came without a cookie, once the session's socket is dead: closed, or
+        silent to a ping (`WebSocketConnection.probe`; a half-open socket
+        after a partition looks open).  A live owner answers the ping, so a
+        clientId learned by someone else does not take a live session.
+        """
+        if (
+            exchange.transport != "websocket"
+            or getattr(exchange, "cookie_presented", True)
+            or message.get("channel") != META_CONNECT
+        ):
+            return False
+        old = session.ws
+        if old is not None and not old.closed:
+            old.probe()
+            return False
+        session.browser_id = exchange.browser_id
+        self.stats.ws_resumed += 1
+        return True
+
+    def _handshake_limited(self, exchange: Exchange) -> str | None:
+        """The error refusing a handshake for making sessions too fast or too
+        many, per connection and per client address, or None."""
+        now = self.loop.time()
+        limits = exchange.make_limits()
+        if limits is not None and not limits.handshake_allowed(self.handshake_rate, now):
+            return self._limited("handshake_rate", errors.HANDSHAKE_RATE_EXCEEDED, exchange)
+        if (
+            exchange.transport == "websocket"
+            and self.max_sessions_per_connection > 0
+            and exchange.session_count() >= self.max_sessions_per_connection
+        ):
+            return self._limited("connection_sessions", errors.SESSION_LIMIT, exchange)
+        why = self.addresses.handshake_refusal(exchange.client_address, now)
+        if why == "rate":
+            return self._limited("address_handshake_rate", errors.HANDSHAKE_RATE_EXCEEDED, exchange)
+        if why == "sessions":
+            return self._limited("address_sessions", errors.SESSION_LIMIT, exchange)
+        return None
+
+    def _limited(self, cause: str, error: str, exchange: Exchange) -> str:
+        counters = self.stats
+        if error == errors.SESSION_LIMIT:
+            counters.session_limit_reached += 1
+        else:
+            counters.handshake_rate_exceeded += 1
+        limit_log.warning(
+            cause,
+            "handshake refused (%s) for a client at %s over %s; see --max-handshake-rate, "
+            "--max-address-handshake-rate, --max-sessions-per-connection, "
+            "--max-sessions-per-address",
+            cause.replace("_", " "),
+            exchange.client_address,
+            exchange.transport,
+        )
+        return error
 
     def _policy_call(
         self, operation: str, message: Message, session: Session | None, name: str
@@ -346,16 +517,27 @@ class BayeuxCore(SessionCore):
         try:
             result = self._policy_call(operation, message, session, name)
         except Exception:
-            log.exception("security policy raised on %s %s; denied", operation, name)
+            limit_log.exception(
+                f"policy:{operation}", "security policy raised on %s %s; denied", operation, name
+            )
             return False
         if inspect.isawaitable(result):
             # Only reached if an async decision was not resolved beforehand.
             if inspect.iscoroutine(result):
                 result.close()
-            log.error("async security policy decision for %s was not awaited; denied", operation)
+            limit_log.error(
+                f"policy_async:{operation}",
+                "async security policy decision for %s was not awaited; denied",
+                operation,
+            )
             return False
         if type(result) is not bool:
-            log.error("security policy returned %r for %s, not a bool; denied", result, operation)
+            limit_log.error(
+                f"policy_type:{operation}",
+                "security policy returned %r for %s, not a bool; denied",
+                result,
+                operation,
+            )
             return False
         return result
 
@@ -369,7 +551,12 @@ class BayeuxCore(SessionCore):
                 if inspect.isawaitable(result):
                     result = await result
             except Exception:
-                log.exception("security policy raised on %s %s; denied", operation, name)
+                limit_log.exception(
+                    f"policy:{operation}",
+                    "security policy raised on %s %s; denied",
+                    operation,
+                    name,
+                )
                 result = False
             decisions[(id(m), operation, name)] = result is True
 
@@ -411,6 +598,9 @@ class BayeuxCore(SessionCore):
 
     def _handshake(self, message: Message, exchange: Exchange) -> Message:
         stats = self.stats
+        message_id = message.get("id")
+        if message_id is not None and not valid_id(message_id):
+            return self._failure(message, errors.MESSAGE_ID_INVALID)
         client_types = message.get("supportedConnectionTypes", self.transports)
         if type(client_types) is not list:
             client_types = []
@@ -423,6 +613,12 @@ class BayeuxCore(SessionCore):
             )
             reply["advice"] = self.advice_refused
             return reply
+        refusal = self._handshake_limited(exchange)
+        if refusal is not None:
+            self._prepared.pop(id(message), None)
+            reply = self._failure(message, refusal)
+            reply["advice"] = self._handshake_advice(exchange, refusal, 1)
+            return reply
         session = self._prepared.pop(id(message), None) or self._new_session(exchange)
         if not self._decide("handshake", message, session, ""):
             stats.handshakes_refused += 1
@@ -432,6 +628,8 @@ class BayeuxCore(SessionCore):
         if session.browser_id is not None and session.browser_id != exchange.browser_id:
             exchange.new_browser_id = session.browser_id  # Set-Cookie on this response
         exchange.bind(session)
+        session.address = exchange.client_address
+        self.addresses.session_added(session.address, self.loop.time())
         self.add_session(session)
         self._expire_at(session, self.loop.time() + self.after_reply_s)
         stats.handshakes += 1
@@ -598,6 +796,8 @@ class BayeuxCore(SessionCore):
             return self._failure(message, errors.DATA_MISSING)
         if self.publish_rate and not self._within_rate(session):
             return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
+        if self.connection_publish_rate and not self._connection_within_rate(exchange):
+            return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
         refusal = self._permit("publish", message, session, name)
         if refusal is not None:
             return self._failure(message, refusal)
@@ -610,7 +810,16 @@ class BayeuxCore(SessionCore):
             reply["id"] = message["id"]
         if name.startswith("/service/"):
             return self._call_services(session, name, message, reply)
-        self.publish_from(name, message)
+        try:
+            self.publish_from(name, message)
+        except orjson.JSONEncodeError:
+            # Parsed, but not encodable again (nested deeper than orjson
+            # writes, 254 levels): refused, never a 500.
+            self.stats.messages_invalid += 1
+            limit_log.warning(
+                "publish_not_json", "a publish to %s could not be encoded as JSON", name
+            )
+            return self._failure(message, errors.MESSAGE_INVALID)
         return reply
 
     def is_lazy(self, channel: str) -> bool:
@@ -641,16 +850,32 @@ class BayeuxCore(SessionCore):
         if tokens < 1.0:
             bucket[0] = tokens
             self.stats.publish_rate_exceeded += 1
-            if self.stats.publish_rate_exceeded % 1000 == 1:
-                log.warning(
-                    "session %s publishes faster than max_publish_rate=%d/s; refused (%d so far)",
-                    session.id,
-                    self.publish_rate,
-                    self.stats.publish_rate_exceeded,
-                )
+            limit_log.warning(
+                "publish_rate",
+                "session %s publishes faster than max_publish_rate=%d/s; refused (%d so far)",
+                session.id,
+                self.publish_rate,
+                self.stats.publish_rate_exceeded,
+            )
             return False
         bucket[0] = tokens - 1.0
         return True
+
+    def _connection_within_rate(self, exchange: Exchange) -> bool:
+        """Per connection, whatever the number of sessions it carries."""
+        limits = exchange.make_limits()
+        if limits is None or limits.publish_allowed(self.connection_publish_rate, self.loop.time()):
+            return True
+        self.stats.publish_rate_exceeded += 1
+        limit_log.warning(
+            "connection_publish_rate",
+            "a connection from %s publishes faster than max_connection_publish_rate=%d/s "
+            "over all its sessions; refused (%d so far)",
+            exchange.client_address,
+            self.connection_publish_rate,
+            self.stats.publish_rate_exceeded,
+        )
+        return False
 
     # -------------------------------------------------------------- services
 
@@ -672,10 +897,18 @@ class BayeuxCore(SessionCore):
                 result = entry.function(session, message)
             except PermissionError as exc:
                 # A service's way of refusing a caller: a 403, no traceback.
-                log.info("service %s refused session %s: %s", channel, session.id, exc)
+                limit_log.warning(
+                    f"service_refused:{name_of(entry.function)}",
+                    "service %s refused session %s: %s",
+                    channel,
+                    session.id,
+                    exc,
+                )
                 return self._failure(message, errors.SERVICE_DENIED)
             except Exception:
-                log.exception("service %s raised", channel)
+                limit_log.exception(
+                    f"service:{name_of(entry.function)}", "service %s raised", channel
+                )
                 self.stats.service_failures += 1
                 return self._failure(message, errors.SERVICE_FAILED)
             self._service_result(session, channel, message, result)
@@ -687,7 +920,7 @@ class BayeuxCore(SessionCore):
         try:
             result = await handler(session, message)
         except Exception:
-            log.exception("service %s raised", channel)
+            limit_log.exception(f"service:{name_of(handler)}", "service %s raised", channel)
             self.stats.service_failures += 1
             failure = self._failure(message, errors.SERVICE_FAILED)
             if not session.removed:
@@ -706,7 +939,9 @@ class BayeuxCore(SessionCore):
         try:
             encoded = encode_message(answer)
         except TypeError:
-            log.exception("service %s returned data that is not JSON", channel)
+            limit_log.exception(
+                "service_not_json", "service %s returned data that is not JSON", channel
+            )
             self.stats.service_failures += 1
             encoded = encode_message(self._failure(message, errors.SERVICE_FAILED))
         self.deliver(session, encoded)

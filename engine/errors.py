@@ -15,12 +15,16 @@ __all__ = [
     "EXTENSION_FAILED",
     "HANDSHAKE_DENIED",
     "HANDSHAKE_FAILED",
+    "HANDSHAKE_RATE_EXCEEDED",
+    "INTERNAL_ERROR",
     "MESSAGE_DELETED",
     "MESSAGE_ID_INVALID",
+    "MESSAGE_INVALID",
     "PUBLISH_DENIED",
     "PUBLISH_RATE_EXCEEDED",
     "SERVICE_DENIED",
     "SERVICE_FAILED",
+    "SESSION_LIMIT",
     "SESSION_UNKNOWN",
     "SUBSCRIBE_DENIED",
     "SUBSCRIPTION_INVALID",
@@ -55,6 +59,14 @@ PUBLISH_RATE_EXCEEDED = "429::publish_rate_exceeded"
 EXTENSION_FAILED = "500::extension_failed"
 CHANNEL_INVALID = "405::channel_invalid"
 MESSAGE_ID_INVALID = "405::message_id_invalid"
+# A message that is not an object, or that cannot be encoded again (nested
+# deeper than the JSON encoder goes).
+MESSAGE_INVALID = "400::message_invalid"
+# Limits on making sessions (per connection, per client address).
+HANDSHAKE_RATE_EXCEEDED = "429::handshake_rate_exceeded"
+SESSION_LIMIT = "429::session_limit_reached"
+# The server failed on this message (a bug): logged once per cause.
+INTERNAL_ERROR = "500::internal_error"
 
 
 def denied(reason: str, what: str) -> str:

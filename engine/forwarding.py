@@ -99,6 +99,7 @@ import orjson
 
 from engine._batch import encode_all
 from engine._sessions import HTTP_TRANSPORTS, META_CONNECT, META_HANDSHAKE
+from engine.limits import ConnectionLimits
 from engine.timers import TimerWheel
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ class RemoteExchange:
         "new_browser_id",
         "hold",
         "done",
+        "client_address",
+        "limits",
     )
 
     def __init__(
@@ -173,6 +176,18 @@ class RemoteExchange:
         self.new_browser_id: str | None = None
         self.hold: Hold | None = None
         self.done = False  # answered, or abandoned by the origin
+        self.client_address: str | None = None
+        # Connection limits apply where the client's connection is (the origin).
+        self.limits: ConnectionLimits | None = None
+
+    def make_limits(self) -> ConnectionLimits | None:
+        return None
+
+    def session_count(self) -> int:
+        return 0
+
+    def room(self) -> int:
+        return int(self.forwarder.core.max_batch_bytes)
 
     def bind(self, session: Session) -> None:
         # As HttpExchange: a session that fell back from WebSocket leaves its socket.

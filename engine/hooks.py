@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from engine._channels import CHANNEL_INVALID, ChannelTrie, normalize_channel, validate_channel
 from engine.extensions import Extension
+from engine.ratelog import CauseLog, name_of
 
 if TYPE_CHECKING:
     from engine.session import Session
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("engine.hooks")
+# Application code that raises: traceback once, then a count per period, so a
+# client that makes a listener fail on every message cannot flood the log.
+failures = CauseLog(log)
 
 Message = dict[str, Any]
 # A service returns the data of its answer to the caller, or None for no answer.
@@ -121,7 +125,11 @@ class Hooks:
                 if entry.function(session, channel, message) is False:
                     return False
             except Exception:
-                log.exception("publish listener %r raised; message deleted", entry.function)
+                failures.exception(
+                    name_of(entry.function),
+                    "publish listener %r raised; message deleted",
+                    entry.function,
+                )
                 return False
         return True
 
@@ -140,21 +148,25 @@ class Hooks:
             try:
                 entry.function(session, pattern)
             except Exception:
-                log.exception("subscription listener %r raised", entry.function)
+                failures.exception(
+                    name_of(entry.function), "subscription listener %r raised", entry.function
+                )
 
     def added(self, session: Session) -> None:
         for listener in self.session_added:
             try:
                 listener(session)
             except Exception:
-                log.exception("session-added listener %r raised", listener)
+                failures.exception(name_of(listener), "session-added listener %r raised", listener)
 
     def removed(self, session: Session, timeout: bool) -> None:
         for listener in self.session_removed:
             try:
                 listener(session, timeout)
             except Exception:
-                log.exception("session-removed listener %r raised", listener)
+                failures.exception(
+                    name_of(listener), "session-removed listener %r raised", listener
+                )
 
     def spawn(self, coroutine: Awaitable[Any]) -> None:
         """Run an async handler in the background, keeping a reference to it."""
@@ -173,12 +185,16 @@ class Hooks:
             try:
                 result = extension.incoming(session, message)
             except Exception:
-                log.exception("extension %r raised on an incoming message", extension)
+                failures.exception(
+                    name_of(extension), "extension %r raised on an incoming message", extension
+                )
                 return None
             if result is False:
                 return False
             if result is not True:
-                log.error("extension %r returned %r, not a bool", extension, result)
+                failures.error(
+                    name_of(extension), "extension %r returned %r, not a bool", extension, result
+                )
                 return None
         return True
 
@@ -194,11 +210,15 @@ class Hooks:
             try:
                 result = extension.outgoing(session, message, request)
             except Exception:
-                log.exception("extension %r raised on an outgoing message", extension)
+                failures.exception(
+                    name_of(extension), "extension %r raised on an outgoing message", extension
+                )
                 return False
             if result is False:
                 return False
             if result is not True:
-                log.error("extension %r returned %r, not a bool", extension, result)
+                failures.error(
+                    name_of(extension), "extension %r returned %r, not a bool", extension, result
+                )
                 return False
         return True

@@ -10,6 +10,7 @@ callback-polling (JSONP), CORS preflights and transport-level errors.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from typing import Any
@@ -28,7 +29,7 @@ from engine._http import (
     error_body,
     origin_host,
 )
-from engine.websocket import WebSocketConnection, upgrade_response
+from engine.websocket import WebSocketConnection, new_browser_cookie, upgrade_response
 
 __all__ = [
     "COOKIE_NAME",
@@ -37,11 +38,21 @@ __all__ = [
     "HttpEndpoint",
     "HttpExchange",
     "decode_messages",
+    "origin_host",
 ]
 
 log = logging.getLogger("engine.http")
 
 JSONP_CALLBACK = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_QUERY_FIELDS = 64
+
+
+def _in_networks(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 class _NoProtocol:
@@ -76,6 +87,13 @@ class HttpConnection(HttpProtocol):
             transport.close()
             return
         self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client_address = peer[0]
+            if self.endpoint.proxies:
+                self.via_proxy = _in_networks(peer[0], self.endpoint.proxies)
+        # The first request's head must come within header_timeout.
+        self.expect_request(self.endpoint.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -94,15 +112,40 @@ class HttpConnection(HttpProtocol):
             self.transport.close()
 
     def pause_writing(self) -> None:
-        # The peer reads slowly: stop reading its requests until it catches up.
+        # The peer reads slowly: stop reading its requests until it catches
+        # up, for write_timeout at most.
         if self.transport is not None and not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
+        timeout = self.endpoint.write_timeout
+        if timeout != float("inf"):
+            self.write_due = self.endpoint.time() + timeout
+            self.rearm()
 
     def resume_writing(self) -> None:
+        self.write_due = float("inf")  # (its wheel entry goes stale)
         if self.transport is not None and self.reading_paused and not self.closed:
             self.transport.resume_reading()
             self.reading_paused = False
+
+    def forwarded_address(self) -> str | None:
+        """The client behind a trusted proxy: the last X-Forwarded-For entry
+        that is not itself a trusted proxy (entries before it are the
+        client's word only), else the proxy's own address."""
+        value = self.headers.get(b"x-forwarded-for")
+        if not value:
+            return self.client_address
+        for entry in reversed(value.decode("latin-1").split(",")):
+            address = entry.strip()
+            if not address:
+                continue
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                return self.client_address  # not an address: trust nothing of it
+            if not _in_networks(address, self.endpoint.proxies):
+                return address
+        return self.client_address
 
     def abort(self, status: int, detail: str) -> None:
         """A transport-level error: answer it after what is pending, then close."""
@@ -123,7 +166,7 @@ class HttpConnection(HttpProtocol):
             return False
         text = origin.decode("latin-1")
         host = self.headers.get(b"host", b"").decode("latin-1")
-        return origin_host(text) != host and not self.server.origin_allowed(text)
+        return not self.server.same_origin(text, host) and not self.server.origin_allowed(text)
 
     def route(self, exchange: HttpExchange) -> None:
         path, _, query = self.url.partition(b"?")
@@ -169,7 +212,13 @@ class HttpConnection(HttpProtocol):
             # responses come first, so this connection cannot switch now.
             exchange.fail(400, "WebSocket upgrade pipelined behind unanswered requests")
             return
-        status, head, why = upgrade_response(self.headers)
+        # Sessions made on the socket are bound to this browser: the cookie
+        # it came with, or a new one set by the 101 (browsers keep it).
+        browser_id = self.cookie_browser
+        set_cookie = b""
+        if browser_id is None:
+            browser_id, set_cookie = new_browser_cookie()
+        status, head, why = upgrade_response(self.headers, set_cookie)
         if status != 101:
             body = error_body(status, why)
             self.complete(
@@ -184,7 +233,13 @@ class HttpConnection(HttpProtocol):
         assert transport is not None
         self.flush()  # responses to earlier requests go before the switch
         self.pending.clear()
-        ws = WebSocketConnection(self.server, transport)
+        ws = WebSocketConnection(
+            self.server,
+            transport,
+            browser_id,
+            exchange.client_address,
+            cookie_presented=not set_cookie,
+        )
         self.upgraded = ws
         self.server.connections.discard(self)
         self.server.connections.add(ws)
@@ -198,7 +253,11 @@ class HttpConnection(HttpProtocol):
         if "callback-polling" not in self.core.transports:
             exchange.fail(400, "the callback-polling transport is not allowed on this server")
             return
-        params = parse_qs(query.decode("latin-1"), max_num_fields=64)
+        try:
+            params = parse_qs(query.decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError:
+            exchange.fail(400, f"more than {MAX_QUERY_FIELDS} query parameters")
+            return
         callbacks = params.get("jsonp", [])
         if len(callbacks) != 1 or not JSONP_CALLBACK.fullmatch(callbacks[0]):
             exchange.fail(400, "jsonp must be one callback name of [A-Za-z0-9._-], 64 at most")

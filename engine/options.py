@@ -7,6 +7,7 @@ generated from its fields (see `engine.cli`), and the API takes it as is.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 
 __all__ = ["ServerOptions", "TRANSPORTS"]
@@ -132,6 +133,119 @@ class ServerOptions:
         },
     )
 
+    # Hostile clients: bounds per connection, per client address, per session.
+    max_queue_bytes: int = field(
+        default=2 * 1024 * 1024,
+        metadata={
+            "help": "bytes queued per session; beyond it the oldest messages are dropped "
+            "and counted (as with max_queue)"
+        },
+    )
+    max_pending_output: int = field(
+        default=1024 * 1024,
+        metadata={
+            "help": "bytes of events one reply or WebSocket write carries at most; a WebSocket "
+            "whose unwritten output passes it gets no more until it drains"
+        },
+    )
+    write_timeout: int = field(
+        default=10000,
+        metadata={
+            "help": "ms a connection's output may stay blocked by a peer that does not read; "
+            "then it is closed (its session stays, to resume); 0 = never"
+        },
+    )
+    max_sessions_per_connection: int = field(
+        default=10,
+        metadata={"help": "live sessions one WebSocket connection may carry; 0 = unlimited"},
+    )
+    max_handshake_rate: int = field(
+        default=0,
+        metadata={
+            "help": "handshakes per second one connection may make (burst too); 0 = no limit"
+        },
+    )
+    max_address_handshake_rate: int = field(
+        default=0,
+        metadata={
+            "help": "handshakes per second one client address may make; 0 = no limit "
+            "(many users may share an address)"
+        },
+    )
+    max_sessions_per_address: int = field(
+        default=0,
+        metadata={"help": "live sessions one client address may hold; 0 = no limit"},
+    )
+    max_connection_publish_rate: int = field(
+        default=-1,
+        metadata={
+            "help": "publishes per second one connection may carry over all its sessions; "
+            "-1 = the same as max_publish_rate, 0 = no limit"
+        },
+    )
+    ws_upgrade_timeout: int = field(
+        default=10000,
+        metadata={"help": "ms a new WebSocket may take to send its first message; 0 = no limit"},
+    )
+    ws_idle_timeout: int = field(
+        default=-1,
+        metadata={
+            "help": "ms a WebSocket may stay open without any session on it sending "
+            "/meta/connect; -1 = timeout + interval + max_interval, 0 = no limit"
+        },
+    )
+    header_timeout: int = field(
+        default=10000,
+        metadata={
+            "help": "ms a client may take to send a request's line and headers, from its first "
+            "byte (a new connection: from the accept); then 408 and close; 0 = no limit"
+        },
+    )
+    body_timeout: int = field(
+        default=20000,
+        metadata={"help": "ms a client may take to send a request's body; 0 = no limit"},
+    )
+    keepalive_timeout: int = field(
+        default=60000,
+        metadata={
+            "help": "ms a kept-alive HTTP connection may stay idle between requests (a held "
+            "long-poll is not idle); 0 = no limit"
+        },
+    )
+    max_headers: int = field(
+        default=100,
+        metadata={"help": "header fields one HTTP request may have (431 beyond)"},
+    )
+    max_header_bytes: int = field(
+        default=16384,
+        metadata={
+            "help": "bytes of request line and headers one HTTP request may have "
+            "(414 for a longer request line, 431 for headers), checked as they arrive"
+        },
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated addresses or networks (CIDR) of proxies whose "
+            "X-Forwarded-For gives the client address (per-address limits, logs)"
+        },
+    )
+    public_origins: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated origins this server is published at (e.g. "
+            "https://chat.example.com): their pages are same-origin; without it, "
+            "only a page whose Host is an IP address or localhost is"
+        },
+    )
+    trust_client_session: bool = field(
+        default=False,
+        metadata={
+            "help": "accept a clientId without its BAYEUX_BROWSER cookie (for clients that keep "
+            "no cookies); anyone who learns a clientId can then use its session"
+        },
+    )
+
     def __post_init__(self) -> None:
         problems = []
         if not self.path.startswith("/"):
@@ -141,9 +255,39 @@ class ServerOptions:
         for name in ("timeout", "interval", "max_interval", "max_lazy_timeout", "max_publish_rate"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("max_queue", "max_message_size", "max_batch", "max_subscriptions"):
+        for name in (
+            "write_timeout",
+            "max_sessions_per_connection",
+            "max_handshake_rate",
+            "max_address_handshake_rate",
+            "max_sessions_per_address",
+            "ws_upgrade_timeout",
+            "header_timeout",
+            "body_timeout",
+            "keepalive_timeout",
+        ):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        for name in ("max_connection_publish_rate", "ws_idle_timeout"):
+            if getattr(self, name) < -1:
+                problems.append(f"{name} must be >= -1")
+        for name in (
+            "max_queue",
+            "max_message_size",
+            "max_batch",
+            "max_subscriptions",
+            "max_queue_bytes",
+            "max_pending_output",
+            "max_headers",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.max_header_bytes < 1024:
+            problems.append("max_header_bytes must be >= 1024")
+        try:
+            self.proxy_networks  # noqa: B018 (parses them)
+        except ValueError as exc:
+            problems.append(f"trusted_proxies: {exc}")
         unknown = set(self.transports) - set(TRANSPORTS)
         if unknown:
             problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
@@ -172,6 +316,18 @@ class ServerOptions:
     @property
     def origins(self) -> frozenset[str]:
         return frozenset(o.strip() for o in self.allowed_origins.split(",") if o.strip())
+
+    @property
+    def own_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.public_origins.split(",") if o.strip())
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
 
     def replace(self, **changes: object) -> ServerOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

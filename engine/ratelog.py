@@ -17,7 +17,17 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["CauseLog"]
+__all__ = ["CauseLog", "name_of"]
+
+
+def name_of(code: Any) -> str:
+    """A short stable name for a function or object, to key its failures by
+    (not its repr: per-session objects would make a cause each)."""
+    name = getattr(code, "__qualname__", None)
+    if not isinstance(name, str):
+        name = type(code).__qualname__
+    module = getattr(code, "__module__", None) or type(code).__module__
+    return f"{module}.{name}"
 
 
 class CauseLog:

@@ -9,6 +9,7 @@ or, inside a running loop: `await server.start()` ... `await server.stop()`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import resource
 import secrets
@@ -23,7 +24,7 @@ from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allo
 from engine.app import Application
 from engine.cluster_status import MAX_PATTERNS, ClusterStatus
 from engine.core import BayeuxCore
-from engine.http import HttpConnection, HttpEndpoint
+from engine.http import HttpConnection, HttpEndpoint, origin_host
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
@@ -81,6 +82,7 @@ class BayeuxServer(Application):
         self.base_path = self.options.path.rstrip("/").encode()
         self.max_body = self.options.max_message_size
         self.origins = self.options.origins
+        self.own_origins = self.options.own_origins
 
     def configure(self, **changes: Any) -> None:
         """Change options before start(): e.g. the command line's on top of an app's."""
@@ -146,6 +148,18 @@ class BayeuxServer(Application):
 
     def origin_allowed(self, origin: str) -> bool:
         return "*" in self.origins or origin in self.origins
+
+    def same_origin(self, origin: str, host: str) -> bool:
+        """Is a page of `origin` one of this server's own?
+
+        Listed in `public_origins`; or its host is the request's `Host` and
+        that is an IP address or localhost.  A `Host` that is a DNS name is
+        not trusted alone: a page of the attacker's name, rebound to this
+        server's address (DNS rebinding), would send a matching one.
+        """
+        if origin.rstrip("/") in self.own_origins:
+            return True
+        return origin_host(origin) == host and _literal_host(host)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -267,3 +281,17 @@ class BayeuxServer(Application):
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(self.serve_until_signalled(ready))
+
+
+def _literal_host(host: str) -> bool:
+    """A Host header naming an IP address or localhost (a port aside)."""
+    if host.startswith("["):
+        return "]" in host  # an IPv6 literal
+    name = host.rsplit(":", 1)[0] if ":" in host else host
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

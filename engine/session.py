@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine._sessions import AckState, Hold, Session
+from engine.limits import ConnectionLimits
 
 __all__ = ["AckState", "Exchange", "Hold", "Session"]
 
@@ -23,14 +24,35 @@ class Exchange(Protocol):
     """
 
     transport: str
-    browser_id: str | None
     new_browser_id: str | None
     hold: Hold | None
+
+    @property
+    def browser_id(self) -> str | None:
+        """The browser the request came from (BAYEUX_BROWSER), if known."""
+
+    @property
+    def client_address(self) -> str | None:
+        """The client's address (the peer, or the one trusted proxies forwarded)."""
+
+    @property
+    def limits(self) -> ConnectionLimits | None:
+        """The limits of the connection it came on, if already made (else None)."""
+
+    def make_limits(self) -> ConnectionLimits | None:
+        """The connection's limits, made now if needed; None where the
+        connection is not one client's (a trusted proxy's, another node's)."""
+
+    def session_count(self) -> int:
+        """Live sessions on this connection (WebSocket; 0 elsewhere)."""
 
     def bind(self, session: Session) -> None: ...
 
     def is_gone(self) -> bool: ...
 
     def send(self, parts: list[bytes]) -> None: ...
+
+    def room(self) -> int:
+        """Bytes of queued events a reply may carry now (WebSocket only)."""
 
     def fail(self, status: int, detail: str = "") -> None: ...

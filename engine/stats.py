@@ -40,6 +40,22 @@ class Counters:
     http_errors: int = 0
     ws_upgrades: int = 0
     ws_protocol_errors: int = 0  # WebSocket connections closed for bad frames or JSON
+    # Hostile or broken clients (limits that bit, each also logged once per cause):
+    cookieless_requests: int = 0  # requests for a session without its browser cookie
+    backoff_advised: int = 0  # failure replies advising a longer interval (a failure streak)
+    handshake_rate_exceeded: int = 0  # per connection or per address
+    session_limit_reached: int = 0  # sessions per WebSocket connection or per address
+    messages_invalid: int = 0  # messages that could not be encoded again (too deep)
+    internal_errors: int = 0  # unexpected exceptions (answered with one error, logged)
+    http_header_timeouts: int = 0  # HTTP connections closed: a request head too slow (408)
+    http_body_timeouts: int = 0  # HTTP connections closed: a request body too slow (408)
+    http_idle_timeouts: int = 0  # kept-alive HTTP connections closed: no request in time
+    http_head_too_large: int = 0  # requests refused for their head's size (414, 431)
+    write_timeouts: int = 0  # connections closed: output not drained within write_timeout
+    ws_first_message_timeouts: int = 0  # WebSockets closed: no message after the upgrade
+    ws_resumed: int = 0  # sessions of cookieless WebSocket clients resumed on a new socket
+    ws_probe_timeouts: int = 0  # WebSockets cut: silent to the ping of a session's resume
+    ws_idle_timeouts: int = 0  # WebSockets closed: no session connecting on them
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

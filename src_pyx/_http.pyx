@@ -13,10 +13,20 @@ are not on that path: other routes, the WebSocket upgrade, callback-polling,
 CORS preflights, form bodies, transport errors.  Methods it provides are called
 through `self` as Python attributes: `route`, `abort`, `upgrade`,
 `cross_origin_refused`, `form_message`.
+
+What a connection may cost is bounded as the bytes arrive, whatever the peer
+sends: the request line and headers (`max_header_bytes`, counted across
+reads, so a header that never ends is cut at that size instead of being
+buffered whole by the parser), the number of headers, the body; and in time,
+on the server's connection wheel (engine.deadlines): the head must arrive
+within `header_timeout`, the body within `body_timeout`, the next request on
+a kept-alive connection within `keepalive_timeout`, and output the peer does
+not read must drain within `write_timeout`.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.math cimport ceil
 from libc.string cimport memchr, memcmp
 
 import asyncio
@@ -26,13 +36,19 @@ import httptools
 import orjson
 
 from engine._batch import splice_http, splice_jsonp
+from engine.limits import ConnectionLimits
+from engine.ratelog import CauseLog
 
 COOKIE_NAME = "BAYEUX_BROWSER"
-MAX_HEAD_BYTES = 16384  # request line + headers
+MAX_HEAD_BYTES = 16384  # request line + headers (the default of max_header_bytes)
 MAX_PIPELINE = 16  # requests waiting for their turn before reading pauses
 
-JSON_TYPE = b"Content-Type: application/json;charset=UTF-8\r\n"
-JAVASCRIPT_TYPE = b"Content-Type: text/javascript;charset=UTF-8\r\n"
+# Every JSON and JSONP response says what it is and forbids sniffing (a JSONP
+# reply must never be taken for HTML).
+JSON_TYPE = b"Content-Type: application/json;charset=UTF-8\r\nX-Content-Type-Options: nosniff\r\n"
+JAVASCRIPT_TYPE = (
+    b"Content-Type: text/javascript;charset=UTF-8\r\nX-Content-Type-Options: nosniff\r\n"
+)
 NO_CACHE = b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
 HEAD_OK = b"HTTP/1.1 200 OK\r\n" + JSON_TYPE + NO_CACHE
 REASONS = {
@@ -43,7 +59,9 @@ REASONS = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
+    414: b"URI Too Long",
     426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
@@ -51,6 +69,9 @@ REASONS = {
 }
 
 log = logging.getLogger("engine.http")
+limit_log = CauseLog(log)
+
+cdef double INF = float("inf")
 
 cdef bytes _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
 cdef bytes _SET_COOKIE = b"Set-Cookie: " + COOKIE_NAME.encode() + b"=%s; Path=/; HttpOnly\r\n"
@@ -205,22 +226,45 @@ cdef class HttpEndpoint:
     cdef object process
     cdef Py_ssize_t max_body
     cdef Py_ssize_t max_batch
+    cdef Py_ssize_t max_head
+    cdef Py_ssize_t max_headers
     cdef bytes base_path
     cdef list conns  # connections with responses to write
     cdef bint scheduled
     cdef object call_soon
+    # Timeouts in seconds (INF: none), and the wheel they are kept on.
+    cdef public double header_timeout
+    cdef public double body_timeout
+    cdef public double keepalive_timeout
+    cdef public double write_timeout
+    cdef object deadlines
+    cdef double resolution
+    cdef public object time
+    # Networks of trusted proxies (their X-Forwarded-For names the client).
+    cdef public tuple proxies
 
     def __init__(self, server):
         self.server = server
         self.core = server.core
         self.stats = self.core.stats
         self.process = self.core.process
+        options = server.options
         self.max_body = server.max_body
-        self.max_batch = server.options.max_batch
+        self.max_batch = options.max_batch
+        self.max_head = options.max_header_bytes
+        self.max_headers = options.max_headers
         self.base_path = server.base_path
         self.conns = []
         self.scheduled = False
         self.call_soon = None
+        self.header_timeout = seconds(options.header_timeout)
+        self.body_timeout = seconds(options.body_timeout)
+        self.keepalive_timeout = seconds(options.keepalive_timeout)
+        self.write_timeout = seconds(options.write_timeout)
+        self.deadlines = self.core.deadlines
+        self.resolution = self.deadlines.wheel.resolution
+        self.time = self.core.loop.time
+        self.proxies = options.proxy_networks
 
     cdef schedule(self, HttpProtocol conn):
         self.conns.append(conn)
@@ -249,6 +293,10 @@ cdef class HttpEndpoint:
         return n == base or s[base] == b'/'
 
 
+cdef double seconds(int ms):
+    return ms / 1000.0 if ms > 0 else INF
+
+
 cdef class HttpExchange:
     """One HTTP request waiting for its response."""
 
@@ -261,6 +309,10 @@ cdef class HttpExchange:
     cdef public object response
     cdef public object jsonp  # the callback name, for callback-polling
     cdef public bint keep_alive
+    # The connection's limits (engine.limits), once the core needed them.
+    cdef public object limits
+    cdef public object client_address
+    cdef public bint head_only  # a HEAD request: the response goes without its body
 
     def __init__(self, HttpProtocol conn, bint keep_alive):
         self.setup(conn, keep_alive)
@@ -275,6 +327,30 @@ cdef class HttpExchange:
         self.keep_alive = keep_alive
         self.response = None
         self.jsonp = None
+        self.limits = conn.limits
+        self.client_address = conn.client_address
+        self.head_only = False
+
+    @property
+    def cookie_presented(self):
+        return self.browser_id is not None
+
+    def make_limits(self):
+        """This connection's limits, made on first use (most never need them);
+        none for a trusted proxy's connection (it carries many clients)."""
+        conn = self.conn
+        if conn.via_proxy:
+            return None
+        if conn.limits is None:
+            conn.limits = ConnectionLimits()
+        self.limits = conn.limits
+        return self.limits
+
+    def session_count(self):
+        return 0  # HTTP sessions are counted per browser, not per connection
+
+    def room(self):
+        return self.conn.endpoint.core.max_batch_bytes
 
     def bind(self, session):
         # HTTP sessions are bound by their browser cookie instead; a session
@@ -335,6 +411,22 @@ cdef class HttpProtocol:
     cdef public object cors_origin
     cdef public bint reading_paused
     cdef public object upgraded
+    cdef public object limits  # engine.limits.ConnectionLimits, made on first use
+    cdef public object client_address  # the peer's address (str), or None
+    cdef public bint via_proxy  # the peer is a trusted proxy (see client_address_of)
+    # Where the current request is: 0 between requests, 1 in its head, 2 in
+    # its body; and the bytes of head read after the read it began in.
+    cdef public int phase
+    cdef bint began
+    cdef bint finished  # a request ended in the current read
+    cdef Py_ssize_t head_wait
+    cdef Py_ssize_t header_count
+    # Deadlines (engine.deadlines): the phase's, the blocked output's, and
+    # the earlier of the two, filed in the wheel's slot `deadline_slot`.
+    cdef public double phase_due
+    cdef public double write_due
+    cdef public double deadline
+    cdef public Py_ssize_t deadline_slot
 
     def __init__(self, HttpEndpoint endpoint):
         self.endpoint = endpoint
@@ -353,6 +445,18 @@ cdef class HttpProtocol:
         self.cors_origin = None
         self.reading_paused = False
         self.upgraded = None
+        self.limits = None
+        self.client_address = None
+        self.via_proxy = False
+        self.phase = 0
+        self.began = False
+        self.finished = False
+        self.head_wait = 0
+        self.header_count = 0
+        self.phase_due = INF
+        self.write_due = INF
+        self.deadline = INF
+        self.deadline_slot = -1
 
     @property
     def server(self):
@@ -362,9 +466,66 @@ cdef class HttpProtocol:
     def core(self):
         return self.endpoint.core
 
+    # ---------------------------------------------------------- deadlines
+
+    cpdef rearm(self):
+        """File the earlier deadline in the wheel, if earlier than its entry
+        (a later one costs a store: the wheel refiles it when due)."""
+        cdef double when = self.phase_due if self.phase_due < self.write_due else self.write_due
+        self.deadline = when
+        if when == INF:
+            return
+        cdef Py_ssize_t slot = <Py_ssize_t>ceil(when / self.endpoint.resolution)
+        if self.deadline_slot < 0 or slot < self.deadline_slot:
+            self.endpoint.deadlines.arm(self, when)
+
+    cpdef expect_request(self, double timeout):
+        """Nothing is owed: the next request must come within `timeout`."""
+        self.phase_due = self.endpoint.time() + timeout if timeout != INF else INF
+        self.rearm()
+
+    def on_deadline(self, double now):
+        """The wheel: output blocked too long, or a request too slow to come."""
+        cdef HttpEndpoint endpoint = self.endpoint
+        stats = endpoint.stats
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if now >= self.write_due:
+            stats.write_timeouts += 1
+            limit_log.warning(
+                "http_write_timeout",
+                "HTTP connection from %s closed: it read nothing for %.0f s with output waiting",
+                self.client_address, endpoint.write_timeout,
+            )
+            transport.abort()  # (close() would wait for the unread output)
+            return
+        if now < self.phase_due:
+            self.rearm()
+            return
+        if self.phase == 0 and not self.pending and self.head_wait == 0:
+            stats.http_idle_timeouts += 1
+            self.closed = True
+            transport.close()
+            return
+        if self.phase == 2:
+            stats.http_body_timeouts += 1
+            cause, detail = "http_body_timeout", "request body not received within body_timeout"
+        else:
+            stats.http_header_timeouts += 1
+            cause, detail = "http_header_timeout", "request head not received within header_timeout"
+        limit_log.warning(cause, "HTTP connection from %s closed: %s", self.client_address, detail)
+        self.phase_due = INF
+        if self.pending:  # answers owed first: no room for a 408
+            transport.close()
+        else:
+            (<object>self).abort(408, detail)
+
     # ------------------------------------------------------------ reading
 
     def data_received(self, bytes data):
+        self.began = False
+        self.finished = False
         try:
             _feed_data(self.parser, data)
         except httptools.HttpParserCallbackError as exc:
@@ -385,25 +546,49 @@ cdef class HttpProtocol:
         except httptools.HttpParserError as exc:
             self.endpoint.stats.http_errors += 1
             (<object>self).abort(400, f"malformed HTTP request: {exc}")
+            return
+        if self.phase == 1 and not self.closed and not (self.began and self.finished):
+            # In a head not finished yet: the parser keeps an unfinished
+            # header value whole (and copies it on each read), so its size is
+            # bounded here, as it arrives.  (A read that also ended a request
+            # holds an unknown part of it: not counted, one read at most.)
+            self.head_wait += PyBytes_GET_SIZE(data)
+            if self.head_wait > self.endpoint.max_head:
+                self.endpoint.stats.http_head_too_large += 1
+                (<object>self).abort(431, "request head too large (max_header_bytes)")
 
-    # No on_message_begin nor on_headers_complete: each callback costs a
-    # call from the parser, and on_message_complete leaves the state reset.
+    def on_message_begin(self):
+        self.phase = 1
+        self.began = True
+        self.head_wait = 0
+        self.header_count = 0
+        cdef HttpEndpoint endpoint = self.endpoint
+        if endpoint.header_timeout != INF:
+            when = endpoint.time() + endpoint.header_timeout
+            if when < self.phase_due:
+                self.phase_due = when
+                self.rearm()
 
     def on_url(self, bytes url):
         self.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise Abort(431, "request line too long")
+        if self.head_bytes > self.endpoint.max_head:
+            self.endpoint.stats.http_head_too_large += 1
+            raise Abort(414, "request line too long (max_header_bytes)")
 
     def on_header(self, bytes name, bytes value):
         cdef long long length
         self.head_bytes += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise Abort(431, "request headers too large")
+        self.header_count += 1
+        if self.head_bytes > self.endpoint.max_head or self.header_count > self.endpoint.max_headers:
+            self.endpoint.stats.http_head_too_large += 1
+            raise Abort(431, "request headers too large (max_header_bytes, max_headers)")
         if self.headers is _NO_HEADERS:
             self.headers = {}
         lowered = _LOWERED.get(name)
         name = ascii_lower(name) if lowered is None else <bytes>lowered
+        if name in self.headers and (name == b"content-length" or name == b"transfer-encoding"):
+            raise Abort(400, f"repeated {name.decode()} header")
         self.headers[name] = value
         if name == b"content-length":
             length = decimal_length(value)
@@ -411,6 +596,16 @@ cdef class HttpProtocol:
                 raise Abort(
                     413, f"body of {length} bytes exceeds max_message_size={self.endpoint.max_body}"
                 )
+
+    def on_headers_complete(self):
+        self.phase = 2
+        headers = self.headers
+        if b"transfer-encoding" in headers and b"content-length" in headers:
+            raise Abort(400, "both Transfer-Encoding and Content-Length")
+        cdef HttpEndpoint endpoint = self.endpoint
+        if endpoint.body_timeout != INF:
+            self.phase_due = endpoint.time() + endpoint.body_timeout  # (later: a store)
+            self.rearm()
 
     def on_body(self, bytes body):
         self.body_size += len(body)
@@ -430,9 +625,16 @@ cdef class HttpProtocol:
         parser = self.parser
         method = _get_method(parser)
         cdef bint keep_alive = _should_keep_alive(parser) and not endpoint.core.draining
+        self.phase = 0
+        self.finished = True
+        self.phase_due = INF  # a response is owed now; then expect_request
         self.read_cookie_and_origin()
         cdef HttpExchange exchange = HttpExchange.__new__(HttpExchange)  # (no __init__ call)
         exchange.setup(self, keep_alive)
+        if self.via_proxy:
+            exchange.client_address = (<object>self).forwarded_address()
+        if method == b"HEAD":
+            exchange.head_only = True
         self.pending.append(exchange)
         if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
@@ -465,7 +667,8 @@ cdef class HttpProtocol:
         if origin is not None:
             text = origin.decode("latin-1")
             host = self.headers.get(b"host", b"").decode("latin-1")
-            if origin_host(text) != host and self.endpoint.server.origin_allowed(text):
+            server = self.endpoint.server
+            if not server.same_origin(text, host) and server.origin_allowed(text):
                 self.cors_origin = origin
 
     cdef long_poll(self, HttpExchange exchange):
@@ -507,6 +710,14 @@ cdef class HttpProtocol:
                 (<list>out).append(done.response)
             else:
                 self.out = [out, done.response]
+            if done.head_only:  # HEAD: the head alone (its Content-Length stays)
+                head_end = self.out if type(self.out) is bytes else (<list>self.out)[-1]
+                cut = (<bytes>head_end).find(b"\r\n\r\n")
+                if cut >= 0:
+                    if type(self.out) is bytes:
+                        self.out = (<bytes>head_end)[: cut + 4]
+                    else:
+                        (<list>self.out)[-1] = (<bytes>head_end)[: cut + 4]
             # Whatever still references the exchange (the hold being answered)
             # keeps no bytes alive.
             done.response = None
@@ -517,7 +728,9 @@ cdef class HttpProtocol:
                 self.close_after_out = True
                 self.closed = True
                 return
-        if self.reading_paused and len(pending) < MAX_PIPELINE:
+        if not pending and self.phase == 0:
+            self.expect_request(self.endpoint.keepalive_timeout)
+        if self.reading_paused and len(pending) < MAX_PIPELINE and self.write_due == INF:
             self.reading_paused = False
             self.transport.resume_reading()
 

@@ -23,8 +23,12 @@ from libc.math cimport ceil, isfinite
 import logging
 import random
 
+import orjson
+
 from engine import errors
 from engine._batch import encode_all, encode_message
+from engine.limits import backoff_ms
+from engine.ratelog import CauseLog
 
 META_HANDSHAKE = "/meta/handshake"
 META_CONNECT = "/meta/connect"
@@ -33,10 +37,17 @@ META_SUBSCRIBE = "/meta/subscribe"
 META_UNSUBSCRIBE = "/meta/unsubscribe"
 HTTP_TRANSPORTS = frozenset(("long-polling", "callback-polling"))
 NEVER = float("inf")
+# Message ids: any JSON string up to this length, or a number, echoed as sent
+# (clients send counters, UUIDs, hashes...).
+MAX_ID_LENGTH = 256
 
 cdef object _random = random.random
+cdef object _JSONEncodeError = orjson.JSONEncodeError
 
 log = logging.getLogger("engine.core")
+# Warnings about limits and unexpected failures: one line per cause and
+# period, with a count (a flood must not flood the log).
+cdef object limit_log = CauseLog(log)
 
 
 cdef class AckState:
@@ -86,6 +97,7 @@ cdef class Session:
     # Encoded messages waiting for delivery; None while empty (the common,
     # idle case) so an idle session carries no list.
     cdef public list queue
+    cdef public Py_ssize_t queued_bytes  # their total size (bounded: max_queue_bytes)
     cdef public set subscriptions
     cdef public Hold hold
     # The hold wheel's slot of its one entry there (-1: none); it may come
@@ -112,6 +124,11 @@ cdef class Session:
     cdef public AckState ack  # acknowledge extension, when negotiated
     cdef public double lazy_due  # when queued lazy messages must leave at the latest
     cdef public list bucket  # publish rate limit: [tokens, at]
+    # The client address of its handshake (per-address limits, logs).
+    cdef public str address
+    # Made on a WebSocket whose client keeps no cookies (CometD's Node
+    # client): another such socket may resume it once its own is dead.
+    cdef public bint resumable
 
     def __init__(self, str client_id, str browser_id, str transport, broker):
         self.id = client_id
@@ -124,7 +141,29 @@ cdef class Session:
     cpdef list take_queue(self):
         queue = self.queue
         self.queue = None
+        self.queued_bytes = 0
         return queue if queue is not None else []
+
+    cpdef list take_batch(self, Py_ssize_t max_bytes):
+        """The oldest queued messages that fit in `max_bytes` (at least one,
+        when `max_bytes` > 0); the rest stays queued for the next reply."""
+        cdef list queue = self.queue
+        cdef Py_ssize_t n, i = 0, size = 0, item
+        if queue is None or max_bytes <= 0:
+            return []
+        if self.queued_bytes <= max_bytes:
+            return self.take_queue()
+        n = len(queue)
+        while i < n:
+            item = len(<bytes>queue[i])
+            if i > 0 and size + item > max_bytes:
+                break
+            size += item
+            i += 1
+        batch = queue[:i]
+        del queue[:i]
+        self.queued_bytes -= size
+        return batch
 
     def __repr__(self):
         return f"<Session {self.id} {self.transport}{' removed' if self.removed else ''}>"
@@ -188,33 +227,48 @@ cdef class TimerWheel:
         return sum(len(b) for b in self.slots.values())
 
 
-cdef bint valid_id(value):
-    """CometD's message id validation: alphanumeric strings; numbers tolerated."""
-    cdef Py_ssize_t i, n
-    cdef str text
-    cdef Py_UCS4 c
+cpdef bint valid_id(value):
+    """A usable message id: a JSON string of at most MAX_ID_LENGTH characters
+    or a number (CometD's JS client sends decimal counters, other clients
+    UUIDs or hashes; the Bayeux spec only asks for a string)."""
     if type(value) is str:
-        text = <str>value
-        n = len(text)
-        if n == 0 or n > 64:
-            return False
-        for i in range(n):
-            c = text[i]
-            if not ("0" <= c <= "9" or "a" <= c <= "z" or "A" <= c <= "Z"):
-                return False
-        return True
-    return type(value) is int
+        return len(<str>value) <= MAX_ID_LENGTH
+    return type(value) is int or type(value) is float
 
 
-cdef dict failure(dict message, str error, bint echo_id=True):
+cdef dict failure(dict message, str error, advice):
+    """A failure reply: the request's channel and id when usable, and advice."""
     reply = {"successful": False, "error": error}
     channel = message.get("channel")
     if type(channel) is str:
         reply["channel"] = channel
     message_id = message.get("id")
-    if echo_id and message_id is not None:
+    if message_id is not None and valid_id(message_id):
         reply["id"] = message_id
+    if advice is not None:
+        reply["advice"] = advice
     return reply
+
+
+cdef list encode_replies(list replies):
+    """Encode replies; one that cannot be encoded (data nested deeper than
+    orjson's limit, say, echoed by an extension) becomes a failure."""
+    try:
+        return encode_all(replies)
+    except _JSONEncodeError:
+        pass
+    cdef list parts = []
+    for reply in replies:
+        parts.append(encode_reply(<dict>reply))
+    return parts
+
+
+cpdef bytes encode_reply(dict reply):
+    try:
+        return encode_message(reply)
+    except _JSONEncodeError:
+        limit_log.warning("reply_not_json", "a reply could not be encoded as JSON; failed instead")
+        return encode_message(failure(reply, errors.MESSAGE_INVALID, None))
 
 
 cdef class SessionCore:
@@ -244,8 +298,20 @@ cdef class SessionCore:
     cdef list dirty  # sessions with queued messages, until the next flush
     cdef bint flush_scheduled
     cdef Py_ssize_t max_queue
+    cdef Py_ssize_t max_queue_bytes
+    # Bytes of queued events one reply or frame carries at most; the rest
+    # waits for the next (max_pending_output).
+    cdef public Py_ssize_t max_batch_bytes
     cdef bint deliver_only  # meta_connect_deliver_only
     cdef Py_ssize_t max_sessions_per_browser
+    # CometD's trustClientSession: a clientId alone is enough, whatever the
+    # browser cookie (for clients that keep no cookies; see lookup()).
+    cdef public bint trust_client_session
+    # Addresses already named in the log for not returning the cookie.
+    cdef set cookieless_named
+    # Failure streaks per client address (engine.limits.FailureStreaks):
+    # a client that fails the same way on new connections is slowed too.
+    cdef public object streaks
 
     def __init__(self, options, loop, stats, hooks, double hold_resolution, double expiry_resolution):
         self.options = options
@@ -272,6 +338,11 @@ cdef class SessionCore:
         self.after_reply_s = (o.interval + o.max_interval) / 1000.0
         self.advice = {"reconnect": "retry", "interval": o.interval, "timeout": o.timeout}
         self.max_queue = o.max_queue
+        self.max_queue_bytes = o.max_queue_bytes
+        self.max_batch_bytes = o.max_pending_output
+        self.trust_client_session = o.trust_client_session
+        self.cookieless_named = set()
+        self.streaks = None
         self.deliver_only = o.meta_connect_deliver_only
         self.max_sessions_per_browser = o.max_sessions_per_browser
 
@@ -282,9 +353,15 @@ cdef class SessionCore:
     cdef bint extensions_on(self):
         return bool(self.hooks.extensions) or self.session_extensions > 0
 
-    @staticmethod
-    def _failure(dict message, str error, bint echo_id=True):
-        return failure(message, error, echo_id)
+    def _failure(self, dict message, str error, advice=True):
+        """A failure reply with the server's normal advice (or `advice`).
+
+        Every failure carries advice: the CometD JS client replaces its
+        advice with the one of any message that has some, so the normal
+        `retry` advice keeps it on course, where handshake advice on
+        anything but a connect would make it throw (see _unknown_session).
+        """
+        return failure(message, error, self.advice if advice is True else advice)
 
     # -------------------------------------------------------------- sessions
 
@@ -311,17 +388,43 @@ cdef class SessionCore:
         if session is None:
             return None
         cdef Session found = <Session>session
-        # HTTP sessions are bound to the browser cookie they were created
-        # under: a stolen clientId with another cookie is unknown (section 11).
-        if (
-            found.browser_id is not None
-            and exchange.transport in HTTP_TRANSPORTS
-            and exchange.browser_id != found.browser_id
-        ):
-            self.stats.browser_mismatch += 1
-            return None
+        # A session is bound to the browser it was created under: its
+        # BAYEUX_BROWSER cookie over HTTP, the WebSocket connection's cookie
+        # (or the one issued with the upgrade) over WebSocket.  A stolen
+        # clientId presented by another browser or connection is unknown.
+        browser = found.browser_id
+        if browser is not None and exchange.browser_id != browser and not self.trust_client_session:
+            if not found.resumable:
+                self._browser_mismatch(found, exchange)
+                return None
+            if not (<object>self)._resume(found, message, exchange):
+                self.stats.browser_mismatch += 1
+                return None
         exchange.bind(found)
         return found
+
+    cdef _browser_mismatch(self, Session session, exchange):
+        self.stats.browser_mismatch += 1
+        if exchange.browser_id is not None:
+            return  # another browser's cookie: a stolen or stale clientId
+        # No cookie at all: most often a client whose cookie jar drops the
+        # cookie (aiohttp's at an IP-address host, node-fetch): named once.
+        self.stats.cookieless_requests += 1
+        address = getattr(exchange, "client_address", None)
+        key = address if address is not None else "?"
+        if key in self.cookieless_named or len(self.cookieless_named) >= 10000:
+            return
+        self.cookieless_named.add(key)
+        log.warning(
+            "client %s (session %s, %s) does not send back the BAYEUX_BROWSER cookie: "
+            "its session cannot be authenticated and it is told 402::session_unknown. "
+            "Use a client that keeps cookies (with aiohttp, a host name rather than an IP "
+            "address), or accept clientIds without the cookie with --trust-client-session "
+            "(anyone who learns a clientId can then use that session)",
+            key,
+            session.id,
+            exchange.transport,
+        )
 
     # -------------------------------------------------------------- delivery
 
@@ -342,21 +445,15 @@ cdef class SessionCore:
             session.local(encoded)
             return
         cdef list queue = session.queue
+        cdef Py_ssize_t size = len(encoded)
         if queue is None:
             session.queue = [encoded]
+            session.queued_bytes = size
         else:
-            if len(queue) >= self.max_queue:
-                del queue[0]
-                session.dropped += 1
-                self.stats.dropped_queue_full += 1
-                if session.dropped == 1 or session.dropped % 1000 == 0:
-                    log.warning(
-                        "session %s: queue full (max_queue=%d), %d oldest message(s) dropped",
-                        session.id,
-                        self.max_queue,
-                        session.dropped,
-                    )
             queue.append(encoded)
+            session.queued_bytes += size
+            if len(queue) > self.max_queue or session.queued_bytes > self.max_queue_bytes:
+                self._drop_oldest(session, queue)
         self.stats.delivered += 1
         if lazy:
             if not session.lazy_due and (session.hold is not None or session.ws is not None):
@@ -372,6 +469,30 @@ cdef class SessionCore:
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
+
+    cdef _drop_oldest(self, Session session, list queue):
+        """A full queue (in messages or bytes) loses its oldest messages; the
+        newest one always stays."""
+        cdef Py_ssize_t n = 0, size = 0
+        while len(queue) - n > 1 and (
+            len(queue) - n > self.max_queue or session.queued_bytes - size > self.max_queue_bytes
+        ):
+            size += len(<bytes>queue[n])
+            n += 1
+        del queue[:n]
+        session.queued_bytes -= size
+        session.dropped += n
+        self.stats.dropped_queue_full += n
+        limit_log.warning(
+            "queue_full",
+            "session %s: queue full (max_queue=%d messages, max_queue_bytes=%d): "
+            "%d oldest message(s) dropped, %d in all for this session",
+            session.id,
+            self.max_queue,
+            self.max_queue_bytes,
+            n,
+            session.dropped,
+        )
 
     def _flush(self):
         self.flush_scheduled = False
@@ -401,19 +522,33 @@ cdef class SessionCore:
 
     # ---------------------------------------------------------- held connects
 
-    cdef list _ack_batch(self, Session session, dict reply):
+    cdef Py_ssize_t _room(self, exchange):
+        """Bytes of queued events the reply on `exchange` may carry: a bounded
+        batch, less what a WebSocket has not written yet (nothing while its
+        peer does not read)."""
+        if exchange.transport == "websocket":
+            return exchange.room()
+        return self.max_batch_bytes
+
+    cdef list _ack_batch(self, Session session, dict reply, Py_ssize_t room):
         """Acknowledge extension (10.1): number this connect reply's batch and
         return every event not yet acknowledged, oldest first."""
         cdef AckState ack = session.ack
         cdef Py_ssize_t batch = ack.batch, excess
         if session.queue:
-            ack.unacked.extend([(batch, event) for event in session.take_queue()])
+            ack.unacked.extend([(batch, event) for event in session.take_batch(room)])
             excess = len(ack.unacked) - self.max_queue
             if excess > 0:
                 del ack.unacked[:excess]
                 session.dropped += excess
                 self.stats.dropped_queue_full += excess
-                log.warning("session %s: %d unacknowledged message(s) dropped", session.id, excess)
+                limit_log.warning(
+                    "unacked_full",
+                    "session %s: %d unacknowledged message(s) dropped (max_queue=%d)",
+                    session.id,
+                    excess,
+                    self.max_queue,
+                )
         ext = reply.get("ext")
         if type(ext) is not dict:
             ext = reply["ext"] = {}
@@ -447,9 +582,13 @@ cdef class SessionCore:
             reply["id"] = hold.message_id
         if advice is not None:
             reply["advice"] = advice
-        cdef list parts = self._ack_batch(session, reply) if session.ack is not None else session.take_queue()
+        cdef Py_ssize_t room = self._room(hold.exchange)
+        cdef list parts = (
+            self._ack_batch(session, reply, room) if session.ack is not None
+            else session.take_batch(room)
+        )
         if hold.request is None or (<object>self)._extend_reply(session, reply, hold.request):
-            parts.append(encode_message(reply))
+            parts.append(encode_reply(reply))
         hold.exchange.send(parts)
 
     cpdef release_due_holds(self, double now):
@@ -494,7 +633,8 @@ cdef class SessionCore:
             if type(message) is dict and (<dict>message).get("channel") != META_HANDSHAKE:
                 reply = self._dispatch(<dict>message, exchange, True)
                 if reply is not None:  # (None: a held connect, answered later)
-                    session = self.sessions.get((<dict>message).get("clientId"))
+                    client_id = (<dict>message).get("clientId")
+                    session = self.sessions.get(client_id) if type(client_id) is str else None
                     if session is not None and (
                         (<Session>session).queue or (<Session>session).ack is not None
                     ):
@@ -503,7 +643,7 @@ cdef class SessionCore:
                         )
                     else:
                         parts = []
-                    parts.append(encode_message(reply))
+                    parts.append(encode_reply(reply))
                     exchange.send(parts)
                 return
         for message in messages:
@@ -522,7 +662,7 @@ cdef class SessionCore:
         cdef bint with_connect = False
         for message in messages:
             if type(message) is not dict:
-                replies.append({"successful": False, "error": "400::message_invalid"})
+                replies.append(self._failure({}, errors.MESSAGE_INVALID))
                 requests.append({})
                 continue
             reply = (<object>self)._refused_by_extension(message) if extensions else None
@@ -533,7 +673,9 @@ cdef class SessionCore:
             replies.append(reply)
             requests.append(message)
             if owner is None:
-                owner = self.sessions.get((<dict>message).get("clientId"))
+                client_id = (<dict>message).get("clientId")
+                if type(client_id) is str:
+                    owner = self.sessions.get(client_id)
             if reply.get("channel") == META_CONNECT:
                 with_connect = True
 
@@ -544,7 +686,7 @@ cdef class SessionCore:
                 for reply, request in zip(replies, requests, strict=True)
                 if (<object>self)._extend_reply(owner, reply, request)
             ]
-        parts.extend(encode_all(replies))
+        parts.extend(encode_replies(replies))
         exchange.send(parts)
 
     cdef list _events_for(self, Session owner, exchange, bint with_connect):
@@ -557,7 +699,7 @@ cdef class SessionCore:
                     owner.ack.pending = None
                     return parts
             elif owner.queue and self._may_piggyback(exchange, with_connect):
-                return owner.take_queue()
+                return owner.take_batch(self._room(exchange))
         return []
 
     cdef bint _may_piggyback(self, exchange, bint with_connect):
@@ -577,11 +719,11 @@ cdef class SessionCore:
         channel = message.get("channel")
         message_id = message.get("id")
         if message_id is not None and not valid_id(message_id):
-            return failure(message, errors.MESSAGE_ID_INVALID, False)
+            return failure(message, errors.MESSAGE_ID_INVALID, self.advice)
         if channel is None:
-            return failure(message, errors.CHANNEL_MISSING)
+            return failure(message, errors.CHANNEL_MISSING, self.advice)
         if type(channel) is not str:
-            return failure(message, errors.CHANNEL_INVALID)
+            return failure(message, errors.CHANNEL_INVALID, self.advice)
         if channel == META_CONNECT:
             return self._connect(message, exchange, alone)
         if channel == META_SUBSCRIBE:
@@ -597,8 +739,13 @@ cdef class SessionCore:
     cdef dict _connect(self, dict message, exchange, bint alone):
         cdef Session session = self.lookup(message, exchange)
         if session is None:
-            return (<object>self)._unknown_session(message, meta=True)
+            return (<object>self)._unknown_session(message, True, exchange)
         self.stats.connects += 1
+        limits = exchange.limits
+        if limits is not None and limits.streak:
+            limits.succeeded()  # back to no back-off (see _unknown_session)
+        if self.streaks:
+            self.streaks.succeeded(exchange.client_address)
         cdef bint first = not session.connected
         session.connected = True
         session.transport = exchange.transport
@@ -619,7 +766,7 @@ cdef class SessionCore:
         # Answer at once instead of holding (5.2).
         if first or timeout <= 0 or session.queue or not alone or self.draining or resend:
             self._expire_at(session, self.time() + self.after_reply_s)
-            return self._connect_now(session, message, advise)
+            return self._connect_now(session, message, advise, self._room(exchange))
 
         browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
         cdef Py_ssize_t limit = self.max_sessions_per_browser
@@ -647,7 +794,7 @@ cdef class SessionCore:
             session.hold_entry = slot
         return None
 
-    cdef dict _connect_now(self, Session session, dict message, bint advise):
+    cdef dict _connect_now(self, Session session, dict message, bint advise, Py_ssize_t room):
         reply = {"channel": META_CONNECT, "successful": True}
         message_id = message.get("id")
         if message_id is not None:
@@ -655,7 +802,7 @@ cdef class SessionCore:
         if advise:
             reply["advice"] = self.advice
         if session.ack is not None:
-            session.ack.pending = self._ack_batch(session, reply)
+            session.ack.pending = self._ack_batch(session, reply, room)
         return reply
 
     cdef bint _acknowledge(self, Session session, dict message):

@@ -225,7 +225,8 @@ def test_disconnect(server: BayeuxServer) -> None:  # items 17, 18
     assert connect_reply["advice"]["reconnect"] == "none"
     after = a.publish("/x", 1).messages[0]
     assert after["error"] == "402::session_unknown"
-    assert "advice" not in after
+    # Every failure carries advice, but only a connect's says "handshake".
+    assert after["advice"]["reconnect"] == "retry"
 
 
 # ------------------------------------------------------ subscribe/unsubscribe
@@ -382,7 +383,7 @@ def test_publish_unknown_client(browser: Browser) -> None:  # item 30
     browser.client_id = "unknown"
     message = browser.publish("/x", 1).messages[0]
     assert message["error"] == "402::session_unknown"
-    assert "advice" not in message
+    assert message["advice"]["reconnect"] == "retry"  # not "handshake" (item 30)
 
 
 def test_service_publish_not_broadcast(server: BayeuxServer) -> None:  # item 31
@@ -413,15 +414,21 @@ def test_delivery_strips_publisher_identity(server: BayeuxServer) -> None:
 
 def test_message_id_invalid(server: BayeuxServer) -> None:
     a = make(server)
-    message = a.send([{"channel": "/x", "clientId": a.client_id, "data": 1, "id": "a b"}]).messages[
-        0
-    ]
-    assert message["error"] == "405::message_id_invalid"
+    for bad in ({"an": "object"}, ["a"], True, "x" * 257):
+        message = a.send([{"channel": "/x", "clientId": a.client_id, "data": 1, "id": bad}])
+        reply = message.messages[0]
+        assert reply["error"] == "405::message_id_invalid"
+        assert "id" not in reply  # not a usable id: not echoed
+        assert reply["advice"]["reconnect"] == "retry"
 
 
 def test_ids_echoed_verbatim(server: BayeuxServer) -> None:
+    # Any JSON string up to 256 characters, or a number: clients send
+    # counters, UUIDs with dashes, hashes (they were refused once: 405 on
+    # every message, with no id to tell which).
     a = make(server)
-    for value in ("0", 0, 17, "abc"):
+    uuid = "5f0c6c1e-8d1b-4a43-9d8e-2f7a0e5c9b11"
+    for value in ("0", 0, 17, "abc", uuid, "a b", "ünï", 1.5, "x" * 256, ""):
         message = a.send(
             [{"channel": "/x", "clientId": a.client_id, "data": 1, "id": value}]
         ).messages[0]

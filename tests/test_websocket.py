@@ -81,16 +81,25 @@ class Client:
     matches, reading more frames until it turns up.
     """
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Any, cookie: str | None = None) -> None:
         self.ws = ws
         self.client_id: str | None = None
         self.inbox: list[Message] = []
         self.frames: list[list[Message]] = []
         self._ids = 0
+        # The BAYEUX_BROWSER cookie of this socket: the one it was opened
+        # with, or the one the server set with the 101 (as a browser keeps it).
+        self.cookie = cookie
+        set_cookie = ws.response.headers.get("Set-Cookie") if ws.response else None
+        if set_cookie and set_cookie.startswith("BAYEUX_BROWSER="):
+            self.cookie = set_cookie.split(";", 1)[0].split("=", 1)[1]
 
     @classmethod
-    async def open(cls, server: BayeuxServer, **kwargs: Any) -> Client:
-        return cls(await websockets.connect(ws_url(server), **kwargs))
+    async def open(cls, server: BayeuxServer, cookie: str | None = None, **kwargs: Any) -> Client:
+        """A new socket; `cookie`: the browser's BAYEUX_BROWSER, to resume its sessions."""
+        if cookie is not None:
+            kwargs["additional_headers"] = {"Cookie": f"BAYEUX_BROWSER={cookie}"}
+        return cls(await websockets.connect(ws_url(server), **kwargs), cookie)
 
     def next_id(self) -> str:
         self._ids += 1
@@ -503,7 +512,7 @@ def test_connect_on_new_socket_resumes_session(server: BayeuxServer) -> None:  #
     async def body() -> None:
         first = await ready_client(server)
         await first.subscribe("/moved")
-        second = await Client.open(server)
+        second = await Client.open(server, cookie=first.cookie)  # the same browser
         second.client_id = first.client_id
         # The first frame on the new socket is a connect: no handshake.  Not
         # the session's first connect, so it is held; events flow meanwhile.
@@ -520,7 +529,7 @@ def test_connect_on_new_socket_resumes_session(server: BayeuxServer) -> None:  #
         # A session handshaken over long-polling continues over WebSocket (aiocometd).
         lp = Browser(server)
         await asyncio.to_thread(lp.handshake)
-        upgraded = await Client.open(server)
+        upgraded = await Client.open(server, cookie=lp.cookie)
         upgraded.client_id = lp.client_id
         assert (await upgraded.connect())["successful"] is True
         await upgraded.subscribe("/switched")
@@ -580,7 +589,7 @@ def test_closed_socket_leaves_session_until_max_interval(server: BayeuxServer) -
         await publisher.publish("/kept", "while away")  # queued for the session
         await asyncio.sleep(0.4)
         assert a.client_id in server.core.sessions
-        again = await Client.open(server)
+        again = await Client.open(server, cookie=a.cookie)
         again.client_id = a.client_id
         started = time.monotonic()
         reply = await again.connect()
