@@ -343,3 +343,63 @@ def test_refused(server, request_refused, error) -> None:
         await step(client.subscribe("/interop/ok"))
 
     run(server.url, scenario)
+
+
+def _cookieless_run(url: str, seconds: float) -> Recorder:
+    """aiocometd at http://127.0.0.1 (its jar drops the cookie) for `seconds`."""
+    recorder = Recorder("A")
+
+    async def main() -> None:
+        client = Client(
+            url,
+            extensions=[recorder],
+            connection_timeout=STEP,
+            connection_types=[ConnectionType.LONG_POLLING],
+        )
+        task = asyncio.create_task(client.open())
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(client.close(), 2)
+
+    asyncio.run(main())
+    return recorder
+
+
+@pytest.mark.skipif(interop_target() == "ref", reason="the engine's own hardening")
+def test_cookieless_client_is_slowed_not_stormed(server) -> None:
+    """A client that never returns the browser cookie gets 402 on each
+    connect; the advice backs it off (on main it made ~1,100 handshakes in
+    4 s), and the server names it once in its log."""
+    recorder = _cookieless_run(server.url, 4.0)
+    handshakes = recorder.sent("/meta/handshake")
+    assert 1 <= len(handshakes) <= 6, recorder.dump()
+    failed = [m for m in recorder.received("/meta/connect") if not m["successful"]]
+    assert failed and all(m["error"].startswith("402::") for m in failed), recorder.dump()
+    intervals = [m.get("advice", {}).get("interval", 0) for m in failed]
+    assert intervals[-1] >= 1000, intervals
+    server.stop()
+    assert server.stderr.count("does not send back the BAYEUX_BROWSER cookie") == 1, server.stderr
+
+
+@pytest.mark.skipif(interop_target() == "ref", reason="an engine option")
+@pytest.mark.server_args("--trust-client-session")
+def test_cookieless_client_works_with_trust_client_session(server) -> None:
+    recorder = Recorder("A")
+
+    async def main() -> None:
+        client = Client(
+            server.url,  # 127.0.0.1: no cookie comes back
+            extensions=[recorder],
+            connection_timeout=STEP,
+            connection_types=[ConnectionType.LONG_POLLING],
+        )
+        async with client:
+            await step(client.subscribe("/interop/trusted"))
+            await step(client.publish("/interop/trusted", {"n": 1}))
+            assert_delivery(await receive(client), "/interop/trusted", {"n": 1})
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert len(recorder.sent("/meta/handshake")) == 1, recorder.dump()
