@@ -6,6 +6,8 @@ Same API as the pure-Python twin `engine.channels` (whose trie is `PyChannelTrie
 from typing import Final, final
 
 __all__ = [
+    "MAX_CHANNEL_LENGTH",
+    "MAX_CHANNEL_SEGMENTS",
     "CHANNEL_INVALID",
     "CHANNEL_OK_CONCRETE",
     "CHANNEL_OK_PATTERN",
@@ -18,6 +20,8 @@ __all__ = [
     "validate_channel",
 ]
 
+MAX_CHANNEL_LENGTH: Final = 1024
+MAX_CHANNEL_SEGMENTS: Final = 64
 CHANNEL_INVALID: Final = 0
 CHANNEL_OK_CONCRETE: Final = 1
 CHANNEL_OK_PATTERN: Final = 2

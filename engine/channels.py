@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "MAX_CHANNEL_LENGTH",
+    "MAX_CHANNEL_SEGMENTS",
     "CHANNEL_INVALID",
     "CHANNEL_OK_CONCRETE",
     "CHANNEL_OK_PATTERN",
@@ -45,6 +47,11 @@ CHANNEL_OK_PATTERN: Final = 2
 KIND_BROADCAST: Final = 0
 KIND_SERVICE: Final = 1
 KIND_META: Final = 2
+
+# Bounds on a name: each segment of a subscription is a node of the trie, so
+# an unbounded depth would let one subscription cost megabytes.
+MAX_CHANNEL_LENGTH: Final = 1024
+MAX_CHANNEL_SEGMENTS: Final = 64
 
 _ALLOWED_CHARS: Final = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 !#$()*+-./@_{~}"
@@ -72,12 +79,14 @@ def validate_channel(name: object) -> int:
     if not isinstance(name, str):
         return CHANNEL_INVALID
     name = normalize_channel(name)
-    if len(name) < 2 or name[0] != "/":
+    if not 2 <= len(name) <= MAX_CHANNEL_LENGTH or name[0] != "/":
         return CHANNEL_INVALID
     if any(char not in _ALLOWED_CHARS for char in name):
         return CHANNEL_INVALID
 
     segments = name[1:].split("/")
+    if len(segments) > MAX_CHANNEL_SEGMENTS:
+        return CHANNEL_INVALID
     last = len(segments) - 1
     wildcard = False
     template = False

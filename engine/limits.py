@@ -76,18 +76,16 @@ class ConnectionLimits:
     def handshake_allowed(self, rate: float, now: float) -> bool:
         if rate <= 0:
             return True
-        bucket = self.handshakes
-        if bucket is None:
-            bucket = self.handshakes = TokenBucket(rate, now)
-        return bucket.take(now)
+        if self.handshakes is None:
+            self.handshakes = TokenBucket(rate, now)
+        return self.handshakes.take(now)
 
     def publish_allowed(self, rate: float, now: float) -> bool:
         if rate <= 0:
             return True
-        bucket = self.publishes
-        if bucket is None:
-            bucket = self.publishes = TokenBucket(rate, now)
-        return bucket.take(now)
+        if self.publishes is None:
+            self.publishes = TokenBucket(rate, now)
+        return self.publishes.take(now)
 
     def failed(self, error: str) -> int:
         """One more failure `error`; the length of the streak of that failure."""

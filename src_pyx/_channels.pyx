@@ -34,6 +34,8 @@ __all__ = [
     "channel_kind",
     "normalize_channel",
     "validate_channel",
+    "MAX_CHANNEL_LENGTH",
+    "MAX_CHANNEL_SEGMENTS",
 ]
 
 # C-level values of the public constants; the Python names below mirror them.
@@ -60,6 +62,13 @@ cdef enum:
 
 # _ALLOWED[c] is 1 for CometD's channel characters. Indexed by a Py_UCS1, so
 # it has 256 entries and no bounds test is needed (static: zero-filled).
+# Bounds on a name: each segment of a subscription is a node of the trie, so
+# an unbounded depth would let one subscription cost megabytes.
+MAX_CHANNEL_LENGTH = 1024
+MAX_CHANNEL_SEGMENTS = 64
+cdef Py_ssize_t _MAX_LENGTH = MAX_CHANNEL_LENGTH
+cdef Py_ssize_t _MAX_SEGMENTS = MAX_CHANNEL_SEGMENTS
+
 cdef unsigned char _ALLOWED[256]
 cdef bytes _ALLOWED_CHARS = (
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 !#$()*+-./@_{~}"
@@ -91,7 +100,7 @@ cdef int _classify(str name, Py_ssize_t n) noexcept:
     per character (CPython picks the narrowest that fits; a non-ready legacy
     string also reports another kind) cannot be valid: no per-character work.
     """
-    if n < 2 or PyUnicode_KIND(name) != PyUnicode_1BYTE_KIND:
+    if n < 2 or n > _MAX_LENGTH or PyUnicode_KIND(name) != PyUnicode_1BYTE_KIND:
         return C_CHANNEL_INVALID
     cdef const unsigned char *data = <const unsigned char *>PyUnicode_DATA(name)
     if data[0] != b"/":
@@ -100,6 +109,7 @@ cdef int _classify(str name, Py_ssize_t n) noexcept:
     cdef Py_ssize_t i
     cdef Py_ssize_t seg_start = 1
     cdef Py_ssize_t stars = 0
+    cdef Py_ssize_t segments = 0
     cdef bint only_spaces = True
     cdef bint wildcard = False
     cdef bint template = False
@@ -108,7 +118,8 @@ cdef int _classify(str name, Py_ssize_t n) noexcept:
     for i in range(1, n + 1):
         c = data[i] if i < n else b"/"
         if c == b"/":
-            if only_spaces:  # empty segment, or only spaces
+            segments += 1
+            if only_spaces or segments > _MAX_SEGMENTS:  # empty segment, or only spaces
                 return C_CHANNEL_INVALID
             if stars:
                 # '*' or '**' as the whole segment, and only the last one.

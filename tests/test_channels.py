@@ -41,11 +41,14 @@ def trie(request: pytest.FixtureRequest) -> Any:
 
 CONCRETE = ["/foo", "/foo/bar", "/foo/", "/a.b", "/a b", "/{id}", "/Foo", "/a/b/c/d/e"]
 CONCRETE += ["/x/{id}", "/!#$()+-.@_{~}", "/ a", "/a /b", "/{", "/a/b/"]
+CONCRETE += ["/a" * 64, "/" + "x" * 1023, "/" + "x" * 1023 + "/"]  # at the bounds
 PATTERNS = ["/foo/*", "/foo/**", "/*", "/**", "/foo/*/", "/**/", "/a/b/c/**", "/{/*"]
 INVALID: list[object] = ["foo", "/", "", 5, None, b"/foo", ["/foo"], "/foo//bar"]
 INVALID += ["/foo bar%", "/foo/*/bar", "/**/foo", "/foo*", "/a/**x", "/foo/{id}/*"]
 INVALID += ["/ /x", "//", "/foo//", "/***", "/*/*", "/x/ ", "/a\tb", "/caf\u00e9", "/\u20ac"]
 INVALID += ["/{id}/**", "/{}/*", "foo/", "\\foo", "/a:b", "/a,b", "/a?b", "/a%20b"]
+# Past the bounds (a deep subscription would cost a trie node per segment).
+INVALID += ["/a" * 65, "/a" * 64 + "/*", "/" + "x" * 1024, "/a" * 20000]
 
 
 @pytest.mark.parametrize("name", CONCRETE)
@@ -64,6 +67,7 @@ def test_invalid(impl: ModuleType, name: object) -> None:
 
 
 def test_constants(impl: ModuleType) -> None:
+    assert (impl.MAX_CHANNEL_LENGTH, impl.MAX_CHANNEL_SEGMENTS) == (1024, 64)
     assert impl.CHANNEL_INVALID == 0  # the only falsy result
     codes = {impl.CHANNEL_INVALID, impl.CHANNEL_OK_CONCRETE, impl.CHANNEL_OK_PATTERN}
     kinds = {impl.KIND_BROADCAST, impl.KIND_SERVICE, impl.KIND_META}

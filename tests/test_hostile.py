@@ -802,3 +802,44 @@ def test_client_address_from_trusted_proxy() -> None:
         assert refused["successful"] is False and refused["error"].startswith("429::"), refused
         addresses = {s.address for s in srv.core.sessions.values()}
         assert addresses == {"10.0.0.1", "10.0.0.2"}
+
+
+# ============================================================ the log
+
+
+def test_a_flood_logs_one_line_per_cause(caplog: pytest.LogCaptureFixture) -> None:
+    """2,000 refused publishes and 50 refused handshakes: a line or two per
+    cause, with a count, instead of one per event."""
+    caplog.set_level(logging.INFO)
+    with running_server(**FAST, max_publish_rate=5, max_handshake_rate=5) as srv:
+        ws = RawWs(srv)
+        ws.handshake()
+        flood = [
+            {"channel": "/flood", "clientId": ws.client_id, "data": n, "id": f"f{n}"}
+            for n in range(2000)
+        ]
+        for start in range(0, 2000, 500):
+            ws.sock.sendall(text(flood[start : start + 500]))
+        answered = 0
+        while answered < 2000:
+            answered += sum(1 for m in ws.recv_messages() if str(m.get("id", "")).startswith("f"))
+        for n in range(50):
+            ws.request(handshake_message(f"h{n}"))
+        ws.close()
+        assert srv.core.stats.handshake_rate_exceeded > 0
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(lines) <= 6, [r.getMessage() for r in lines]
+
+
+def test_deep_channel_names_are_refused(server: BayeuxServer) -> None:
+    """A subscription costs a trie node per segment: 20,000 segments was 4 MB
+    for one subscription (1,000 allowed per session)."""
+    browser = Browser(server)
+    browser.handshake()
+    deep_name = "/a" * 20000
+    reply = browser.subscribe(deep_name).reply("/meta/subscribe")
+    assert reply["successful"] is False and reply["error"].startswith("403::"), reply
+    reply = browser.publish(deep_name, 1).reply(deep_name)
+    assert reply["successful"] is False and reply["error"].startswith("405::"), reply
+    assert browser.subscribe("/a" * 64).reply("/meta/subscribe")["successful"] is True
+    browser.close()
