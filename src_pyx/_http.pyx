@@ -466,6 +466,14 @@ cdef class HttpProtocol:
     def core(self):
         return self.endpoint.core
 
+    cdef internal_error(self, exc):
+        """A bug met handling a request: counted, logged once per cause (with
+        its traceback) and per period with a count, never once per request."""
+        self.endpoint.stats.internal_errors += 1
+        limit_log.exception(
+            f"request:{type(exc).__name__}", "internal error handling a request: %r", exc
+        )
+
     # ---------------------------------------------------------- deadlines
 
     cpdef rearm(self):
@@ -533,7 +541,7 @@ cdef class HttpProtocol:
             if isinstance(cause, Abort):
                 (<object>self).abort(cause.status, cause.detail)
             else:
-                log.exception("internal error handling a request")
+                self.internal_error(cause)
                 (<object>self).abort(500, "internal error")
         except httptools.HttpParserUpgrade as exc:
             ws = self.upgraded
@@ -646,8 +654,8 @@ cdef class HttpProtocol:
                 self.long_poll(exchange)
             else:
                 (<object>self).route(exchange)
-        except Exception:
-            log.exception("internal error handling a request")
+        except Exception as exc:
+            self.internal_error(exc)
             if exchange.response is None and exchange.hold is None:
                 exchange.fail(500, "internal error")
         finally:
