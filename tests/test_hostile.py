@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import BayeuxServer
 from tests.support import Browser, running_server
@@ -788,8 +790,7 @@ def test_client_address_from_trusted_proxy() -> None:
             sock.sendall(
                 b"POST /cometd HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6, %s\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n"
-                b"Connection: close\r\n\r\n%s"
-                % (client.encode(), len(body), body)
+                b"Connection: close\r\n\r\n%s" % (client.encode(), len(body), body)
             )
             answer = read_until_closed(sock, 3)
             sock.close()
@@ -843,3 +844,53 @@ def test_deep_channel_names_are_refused(server: BayeuxServer) -> None:
     assert reply["successful"] is False and reply["error"].startswith("405::"), reply
     assert browser.subscribe("/a" * 64).reply("/meta/subscribe")["successful"] is True
     browser.close()
+
+
+# ================================================= any message, no 500
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+CHANNELS = st.sampled_from(
+    [
+        "/meta/handshake",
+        "/meta/connect",
+        "/meta/subscribe",
+        "/meta/unsubscribe",
+        "/meta/disconnect",
+        "/meta/unknown",
+        "/service/x",
+        "/a",
+        "/a/*",
+        "/a/**",
+    ]
+)
+FIELDS = [
+    "clientId",
+    "id",
+    "data",
+    "ext",
+    "advice",
+    "subscription",
+    "connectionType",
+    "supportedConnectionTypes",
+    "version",
+    "minimumVersion",
+]
+MESSAGES = st.fixed_dictionaries(
+    {"channel": CHANNELS | JSON},
+    optional={name: JSON for name in FIELDS},
+)
+
+
+@settings(max_examples=300)
+@given(batch=st.lists(MESSAGES, min_size=1, max_size=3))
+def test_any_message_is_answered_without_a_500(server: BayeuxServer, batch: list[Message]) -> None:
+    status, body = post(server, json.dumps(batch).encode())
+    assert status in (200, 400), (status, body, batch)
+    assert_no_internal_errors(server)
