@@ -295,10 +295,13 @@ class BayeuxCore(SessionCore):
             self._unhold(hold)
 
     def _supersede(self, hold: Hold) -> None:
-        """A newer connect ends the held one (CometD: HTTP 500; WebSocket: dropped)."""
+        """A newer connect ends the held one (HTTP: `duplicate_connect_status`,
+        500 as CometD's duplicateMetaConnectHttpResponseCode; WebSocket: dropped)."""
         self._unhold(hold)
         self.stats.superseded += 1
-        hold.exchange.fail(500, "superseded by a newer /meta/connect")
+        hold.exchange.fail(
+            self.options.duplicate_connect_status, "superseded by a newer /meta/connect"
+        )
 
     # ------------------------------------------------------------ processing
 

@@ -194,6 +194,14 @@ class ServerOptions:
             "/meta/connect; -1 = timeout + interval + max_interval, 0 = no limit"
         },
     )
+    duplicate_connect_status: int = field(
+        default=500,
+        metadata={
+            "help": "HTTP status ending a held /meta/connect superseded by a newer one of its "
+            "session (CometD's duplicateMetaConnectHttpResponseCode); e.g. 409 where a "
+            "balancer counts 500s as server failures"
+        },
+    )
     header_timeout: int = field(
         default=10000,
         metadata={
@@ -282,6 +290,8 @@ class ServerOptions:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if not 400 <= self.duplicate_connect_status <= 599:
+            problems.append("duplicate_connect_status must be an HTTP error status (400..599)")
         if self.max_header_bytes < 1024:
             problems.append("max_header_bytes must be >= 1024")
         try:

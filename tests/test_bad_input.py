@@ -215,6 +215,17 @@ def test_two_held_connects(server: BayeuxServer) -> None:
     bystander_unharmed(server, bad)
 
 
+def test_duplicate_connect_status_is_configurable() -> None:
+    with running_server(timeout=3000, max_interval=2000, duplicate_connect_status=409) as srv:
+        b = Browser(srv).ready()
+        b.start_connect()
+        time.sleep(0.1)
+        second = b.start([b.connect_message(advice={"timeout": 300})])
+        assert b.finish_connect().status == 409
+        assert b.finish(second).reply("/meta/connect")["successful"] is True
+        b.close()
+
+
 def test_client_gone_during_held_connect(server: BayeuxServer) -> None:
     def bad() -> None:
         b = Browser(server).ready()
