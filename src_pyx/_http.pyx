@@ -10,9 +10,8 @@ Bayeux core's.
 
 `engine.http.HttpConnection` subclasses `HttpProtocol` with the requests that
 are not on that path: other routes, the WebSocket upgrade, callback-polling,
-CORS preflights, form bodies, transport errors.  Methods it provides are called
-through `self` as Python attributes: `route`, `abort`, `upgrade`,
-`cross_origin_refused`, `form_message`.
+CORS preflights, form bodies, transport errors.  The methods it provides are
+declared on `HttpProtocol` (and in the stub), each raising until overridden.
 
 What a connection may cost is bounded as the bytes arrive, whatever the peer
 sends: the request line and headers (`max_header_bytes`, counted across
@@ -528,7 +527,7 @@ cdef class HttpProtocol:
         if self.pending:  # answers owed first: no room for a 408
             transport.close()
         else:
-            (<object>self).abort(408, detail)
+            self.abort(408, detail)
 
     # ------------------------------------------------------------ reading
 
@@ -540,10 +539,10 @@ cdef class HttpProtocol:
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, Abort):
-                (<object>self).abort(cause.status, cause.detail)
+                self.abort(cause.status, cause.detail)
             else:
                 self.internal_error(cause)
-                (<object>self).abort(500, "internal error")
+                self.abort(500, "internal error")
         except httptools.HttpParserUpgrade as exc:
             ws = self.upgraded
             if ws is not None:  # the rest of the bytes are WebSocket frames
@@ -551,10 +550,10 @@ cdef class HttpProtocol:
                 if offset < len(data):
                     ws.data_received(data[offset:])
             elif not self.closed:
-                (<object>self).abort(400, "protocol upgrade refused")
+                self.abort(400, "protocol upgrade refused")
         except httptools.HttpParserError as exc:
             self.endpoint.stats.http_errors += 1
-            (<object>self).abort(400, f"malformed HTTP request: {exc}")
+            self.abort(400, f"malformed HTTP request: {exc}")
             return
         if self.phase == 1 and not self.closed and not (self.began and self.finished):
             # In a head not finished yet: the parser keeps an unfinished
@@ -564,7 +563,7 @@ cdef class HttpProtocol:
             self.head_wait += PyBytes_GET_SIZE(data)
             if self.head_wait > self.endpoint.max_head:
                 self.endpoint.stats.http_head_too_large += 1
-                (<object>self).abort(431, "request head too large (max_header_bytes)")
+                self.abort(431, "request head too large (max_header_bytes)")
 
     def on_message_begin(self):
         self.phase = 1
@@ -641,7 +640,7 @@ cdef class HttpProtocol:
         cdef HttpExchange exchange = HttpExchange.__new__(HttpExchange)  # (no __init__ call)
         exchange.setup(self, keep_alive)
         if self.via_proxy:
-            exchange.client_address = (<object>self).forwarded_address()
+            exchange.client_address = self.forwarded_address()
         if method == b"HEAD":
             exchange.head_only = True
         self.pending.append(exchange)
@@ -650,11 +649,11 @@ cdef class HttpProtocol:
             self.reading_paused = True
         try:
             if (b"upgrade" in self.headers or method == b"CONNECT") and parser.should_upgrade():
-                (<object>self).upgrade(exchange)
+                self.upgrade(exchange)
             elif method == b"POST" and endpoint.is_bayeux_path(self.url):
                 self.long_poll(exchange)
             else:
-                (<object>self).route(exchange)
+                self.route(exchange)
         except Exception as exc:
             self.internal_error(exc)
             if exchange.response is None and exchange.hold is None:
@@ -682,7 +681,7 @@ cdef class HttpProtocol:
 
     cdef long_poll(self, HttpExchange exchange):
         """A Bayeux POST: its body is the message batch (JSON, or a form field)."""
-        if b"origin" in self.headers and (<object>self).cross_origin_refused():
+        if b"origin" in self.headers and self.cross_origin_refused():
             exchange.fail(403, "origin not allowed (see --allowed-origins)")
             return
         pieces = self.body
@@ -690,7 +689,7 @@ cdef class HttpProtocol:
         self.body = b""
         if PyBytes_GET_SIZE(body) >= 8 and memcmp(PyBytes_AS_STRING(body), b"message=", 8) == 0:
             # Form body (Faye's cross-origin-long-polling, the spec's form).
-            body = (<object>self).form_message(body, exchange)
+            body = self.form_message(body, exchange)
             if body is None:
                 return
         messages = decode_batch(body, self.endpoint.max_batch)
@@ -698,6 +697,29 @@ cdef class HttpProtocol:
             exchange.fail(400, messages)
             return
         self.endpoint.process(messages, exchange)
+
+    # ------------------------------------------- the Python subclass's part
+    # What engine.http.HttpConnection implements in Python (requests off the
+    # hot path).  Declared here, with the stub's types in engine/_http.pyi,
+    # so a rename is a type error, not a crash.
+
+    def abort(self, status, detail):
+        raise NotImplementedError
+
+    def route(self, exchange):
+        raise NotImplementedError
+
+    def upgrade(self, exchange):
+        raise NotImplementedError
+
+    def cross_origin_refused(self):
+        raise NotImplementedError
+
+    def form_message(self, body, exchange):
+        raise NotImplementedError
+
+    def forwarded_address(self):
+        raise NotImplementedError
 
     # ------------------------------------------------------------ writing
 

@@ -397,7 +397,7 @@ cdef class SessionCore:
             if not found.resumable:
                 self._browser_mismatch(found, exchange)
                 return None
-            if not (<object>self)._resume(found, message, exchange):
+            if not self._resume(found, message, exchange):
                 self.stats.browser_mismatch += 1
                 return None
         exchange.bind(found)
@@ -436,7 +436,7 @@ cdef class SessionCore:
         """
         if session.extensions:
             # The one case that re-encodes: this session's own extensions.
-            changed = (<object>self)._extend_delivery(session, encoded)
+            changed = self._extend_delivery(session, encoded)
             if changed is None:
                 return
             encoded = changed
@@ -587,7 +587,7 @@ cdef class SessionCore:
             self._ack_batch(session, reply, room) if session.ack is not None
             else session.take_batch(room)
         )
-        if hold.request is None or (<object>self)._extend_reply(session, reply, hold.request):
+        if hold.request is None or self._extend_reply(session, reply, hold.request):
             parts.append(encode_reply(reply))
         hold.exchange.send(parts)
 
@@ -619,6 +619,47 @@ cdef class SessionCore:
                 else:
                     wheel.add_to_slot(due, session)
                     session.hold_entry = due
+
+    # ------------------------------------------- the Python subclass's part
+    # The protocol steps engine.core.BayeuxCore implements in Python (rare
+    # paths, policy, extensions).  Declared here, with the stub's types in
+    # engine/_sessions.pyi, so a rename is a type error, not a crash.
+
+    def _answer_handshake(self, message, exchange):
+        raise NotImplementedError
+
+    def _subscribe(self, message, exchange):
+        raise NotImplementedError
+
+    def _unsubscribe(self, message, exchange):
+        raise NotImplementedError
+
+    def _disconnect(self, message, exchange):
+        raise NotImplementedError
+
+    def _publish(self, message, exchange, channel):
+        raise NotImplementedError
+
+    def _unknown_session(self, message, meta, exchange=None):
+        raise NotImplementedError
+
+    def _multiple_clients(self, session, message):
+        raise NotImplementedError
+
+    def _supersede(self, hold):
+        raise NotImplementedError
+
+    def _resume(self, session, message, exchange):
+        raise NotImplementedError
+
+    def _refused_by_extension(self, message):
+        raise NotImplementedError
+
+    def _extend_reply(self, session, reply, request):
+        raise NotImplementedError
+
+    def _extend_delivery(self, session, encoded):
+        raise NotImplementedError
 
     # ------------------------------------------------------------ processing
 
@@ -652,7 +693,7 @@ cdef class SessionCore:
                     # Spec: a handshake ignores the rest of its batch (section 12).
                     stats.dropped_with_handshake += len(messages) - 1
                     log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
-                (<object>self)._answer_handshake(message, exchange)
+                self._answer_handshake(message, exchange)
                 return
 
         cdef bint alone = len(messages) == 1
@@ -665,7 +706,7 @@ cdef class SessionCore:
                 replies.append(self._failure({}, errors.MESSAGE_INVALID))
                 requests.append({})
                 continue
-            reply = (<object>self)._refused_by_extension(message) if extensions else None
+            reply = self._refused_by_extension(message) if extensions else None
             if reply is None:
                 reply = self._dispatch(<dict>message, exchange, alone)
                 if reply is None:  # a held connect: answered later
@@ -684,7 +725,7 @@ cdef class SessionCore:
             replies = [
                 reply
                 for reply, request in zip(replies, requests, strict=True)
-                if (<object>self)._extend_reply(owner, reply, request)
+                if self._extend_reply(owner, reply, request)
             ]
         parts.extend(encode_replies(replies))
         exchange.send(parts)
@@ -727,19 +768,19 @@ cdef class SessionCore:
         if channel == META_CONNECT:
             return self._connect(message, exchange, alone)
         if channel == META_SUBSCRIBE:
-            return (<object>self)._subscribe(message, exchange)
+            return self._subscribe(message, exchange)
         if channel == META_UNSUBSCRIBE:
-            return (<object>self)._unsubscribe(message, exchange)
+            return self._unsubscribe(message, exchange)
         if channel == META_DISCONNECT:
-            return (<object>self)._disconnect(message, exchange)
-        return (<object>self)._publish(message, exchange, channel)
+            return self._disconnect(message, exchange)
+        return self._publish(message, exchange, channel)
 
     # --------------------------------------------------------------- connect
 
     cdef dict _connect(self, dict message, exchange, bint alone):
         cdef Session session = self.lookup(message, exchange)
         if session is None:
-            return (<object>self)._unknown_session(message, True, exchange)
+            return self._unknown_session(message, True, exchange)
         self.stats.connects += 1
         limits = exchange.limits
         if limits is not None and limits.streak:
@@ -750,7 +791,7 @@ cdef class SessionCore:
         session.connected = True
         session.transport = exchange.transport
         if session.hold is not None:
-            (<object>self)._supersede(session.hold)
+            self._supersede(session.hold)
 
         cdef double timeout = self.timeout_s
         client_advice = message.get("advice")
@@ -771,7 +812,7 @@ cdef class SessionCore:
         browser = session.browser_id if exchange.transport in HTTP_TRANSPORTS else None
         cdef Py_ssize_t limit = self.max_sessions_per_browser
         if browser is not None and limit >= 0 and self.browsers.get(browser, 0) >= limit:
-            return (<object>self)._multiple_clients(session, message)
+            return self._multiple_clients(session, message)
 
         # Clients that connected together (a ramp, a reconnect storm after a
         # restart) would otherwise send their heartbeats together forever.
