@@ -17,8 +17,7 @@ import os
 import time
 from typing import Any
 
-from engine import BayeuxServer, SecurityPolicy, ServerOptions, Session
-from engine.policy import GRANT, IGNORE, deny
+from engine import GRANT, IGNORE, BayeuxServer, SecurityPolicy, ServerOptions, Session, deny
 
 SECRET = os.environ.get("AUTH_SECRET", "change-me").encode()
 

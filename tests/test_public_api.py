@@ -1,0 +1,57 @@
+"""The public surface: what `engine` exports is what the README and the examples use."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTED = {
+    "BayeuxServer",
+    "ServerOptions",
+    "Session",
+    "LocalSession",
+    "Extension",
+    "TimesyncExtension",
+    "SecurityPolicy",
+    "GRANT",
+    "IGNORE",
+    "deny",
+    "Deny",
+}
+
+
+def test_exports_are_the_documented_api() -> None:
+    assert set(engine.__all__) == DOCUMENTED
+    for name in engine.__all__:
+        assert getattr(engine, name) is not None
+
+
+def _engine_imports(source: str) -> list[tuple[str, str]]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine"):
+            found.extend((node.module, alias.name) for alias in node.names)
+    return found
+
+
+def test_examples_and_readme_use_only_the_public_surface() -> None:
+    sources = [p.read_text() for p in sorted((ROOT / "examples").glob("*.py"))]
+    readme = (ROOT / "README.md").read_text()
+    sources += re.findall(r"```python\n(.*?)```", readme, re.S)
+    imports = [i for source in sources for i in _engine_imports(source)]
+    assert imports, "no engine import found: the test would prove nothing"
+    for module, name in imports:
+        assert module == "engine", f"{module}.{name}: import it from engine"
+        assert name in engine.__all__, name
+
+
+def test_one_version_from_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert engine.__version__ == version("engine")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{engine.__version__}"' in pyproject
