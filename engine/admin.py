@@ -11,7 +11,7 @@
   downloads (files are read on the event loop).
 
 The same status is offered over Bayeux by `/service/status` (see
-`StatusService`).
+`server_status` and `status_allowed` below).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 This is the readable reference ("twin") of the compiled module
 ``engine._channels``: both expose the same functions, constants and trie API,
-and the tests check that they agree (bayeux.md section 2 is the contract).
+and the tests check that they agree.
 
-Names follow the project rule of bayeux.md 2.1:
+Names follow CometD's rules for channel names
+(https://docs.cometd.org/current/reference/#_concepts_channels), as applied here:
 
 * a ``str`` starting with ``/``, at least two characters long, every other
   character in CometD's set (``A-Z a-z 0-9``, space, ``! # $ ( ) * + - . / @ _
@@ -43,7 +44,7 @@ CHANNEL_INVALID: Final = 0
 CHANNEL_OK_CONCRETE: Final = 1
 CHANNEL_OK_PATTERN: Final = 2
 
-# channel_kind() results (bayeux.md 2.2).
+# channel_kind() results: broadcast, service (/service/**) or meta (/meta/**) channels.
 KIND_BROADCAST: Final = 0
 KIND_SERVICE: Final = 1
 KIND_META: Final = 2
@@ -168,8 +169,8 @@ class PyChannelTrie:
     and collects, in that order, the ``**`` subscribers of every ancestor, the
     ``*`` subscribers of the parent and the exact subscribers of the node, i.e.
     the subscribers of ``/**``, ``/a/**``, ``/a/b/**``, ``/a/b/*`` and
-    ``/a/b/c`` (bayeux.md 2.3). The cost depends on the depth of the channel,
-    not on the number of subscriptions.
+    ``/a/b/c`` (CometD's wildcards: ``*`` one segment, ``**`` any depth). The
+    cost depends on the depth of the channel, not on the number of subscriptions.
     """
 
     def __init__(self) -> None:

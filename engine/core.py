@@ -11,7 +11,8 @@ src_pyx/_sessions.pyx, the base class of `BayeuxCore`.  This module is the
 rest: handshake, subscriptions, publish, security, services, extensions,
 the timer tick and the session lifecycle.
 
-Rules follow bayeux.md (the section numbers in comments point there).
+Rules follow the Bayeux specification and CometD 8's server
+(https://docs.cometd.org/current/reference/#_bayeux); comments name the rule.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ class BayeuxCore(SessionCore):
     # -------------------------------------------------------------- sessions
 
     def new_client_id(self) -> str:
-        # 128 random bits from the CSPRNG, then the owning node's id (principle 7):
+        # 128 random bits from the CSPRNG, then the owning node's id, so any node
+        # of a cluster can tell which node owns a session:
         # the random part has a fixed length, so any node can read the owner.
         return secrets.token_hex(16) + self.node_id
 
@@ -363,7 +365,7 @@ class BayeuxCore(SessionCore):
         reply = self._failure(message, errors.SESSION_UNKNOWN)
         if meta:
             # Only failed connects (and handshakes) carry handshake advice
-            # (6.3 rule 2): the JS client would throw on it anywhere else.
+            # (CometD's rule): the JS client would throw on it anywhere else.
             # An unknown session handshakes again at once; but a session that
             # exists and is refused for its browser cookie (a client that
             # never returns it loops handshake, connect, 402) is told to
@@ -656,7 +658,7 @@ class BayeuxCore(SessionCore):
     # --------------------------------------------------------------- connect
 
     def _multiple_clients(self, session: Session, message: Message) -> Message:
-        """The browser already holds its quota of long-polls (section 9)."""
+        """The browser already holds its quota of long-polls (CometD's multiple-clients advice)."""
         self.stats.multiple_clients += 1
         o = self.options
         reply: Message = {"channel": META_CONNECT}
@@ -747,7 +749,7 @@ class BayeuxCore(SessionCore):
                 # have to be created first: create denied (CometD's policy).
                 return errors.SUBSCRIBE_DENIED if pattern in META_CHANNELS else errors.CREATE_DENIED
             if pattern.startswith("/service/"):
-                continue  # accepted, nothing recorded (2.5)
+                continue  # accepted, nothing recorded (service channels are not subscribed)
             refusal = self._permit("subscribe", message, session, pattern)
             if refusal is not None:
                 return refusal
@@ -838,7 +840,7 @@ class BayeuxCore(SessionCore):
             self.stats.deleted_by_extension += 1
             return 0
         self.stats.published += 1
-        # Encoded once, whatever the number of subscribers (principle 1).
+        # Encoded once, whatever the number of subscribers.
         lazy = lazy or self.is_lazy(channel)
         return self.broker.publish(channel, encode_message(delivery), lazy)
 

@@ -1,4 +1,4 @@
-"""Bayeux error strings, exactly as CometD 8 sends them (bayeux.md section 4).
+"""Bayeux error strings, exactly as CometD 8 sends them (`code:args:message`, Bayeux error format).
 
 Format `code:args:message`; args and message stay inside Faye's error grammar
 (no extra colons, no quotes).

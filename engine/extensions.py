@@ -1,4 +1,4 @@
-"""Extensions: hooks on every incoming and outgoing message (bayeux.md 10).
+"""Extensions: hooks on every incoming and outgoing message (CometD extensions: https://docs.cometd.org/current/reference/#_extensions).
 
 An extension sees each message as a dict and may change it in place, add
 `ext` entries, or delete it by returning False.  Server extensions run on
@@ -7,7 +7,7 @@ session's.  Order, as in CometD: incoming, server extensions in registration
 order then the session's; outgoing, the session's in reverse order then the
 server's in reverse order.
 
-Encode-once (design principle 1): a broadcast is encoded once for all its
+Encode once: a broadcast is encoded once for all its
 subscribers, so server extensions see an outgoing broadcast once, at publish
 time, with `session=None`.  A session extension that changes a delivery
 causes a re-encode for that session only.

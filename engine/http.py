@@ -249,7 +249,7 @@ class HttpConnection(HttpProtocol):
         self.parser = _DETACHED  # this object is done: no cycle left for the GC
 
     def callback_poll(self, exchange: HttpExchange, query: bytes) -> None:
-        """callback-polling (JSONP): GET ?jsonp=<callback>&message=<JSON array> (7.3)."""
+        """callback-polling (JSONP): GET ?jsonp=<callback>&message=<JSON array>."""
         if "callback-polling" not in self.core.transports:
             exchange.fail(400, "the callback-polling transport is not allowed on this server")
             return

@@ -1,4 +1,4 @@
-"""One coarse timer structure per process (design principle 2).
+"""One coarse timer structure per process (no timer per session or request).
 
 Held connects and session expiry are not `call_later` handles per session:
 entries go into slots of `resolution` seconds, and one periodic tick takes

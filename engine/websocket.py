@@ -1,11 +1,11 @@
 """The WebSocket transport: the upgrade, then Bayeux messages in text frames.
 
-Each text frame carries a JSON array of messages (bayeux.md 7.4).  Frames are
-parsed by the compiled codec; messages go to the core like an HTTP request's,
-through a `WsExchange`.  A `/meta/connect` is held as over HTTP, but events
-are written to the socket as soon as they are queued (the core calls
-`write_events`), unless the client reads too slowly: then they stay in the
-session's bounded queue until the socket drains.
+Each text frame carries a JSON array of messages, as CometD's WebSocket
+transport sends them.  Frames are parsed by the compiled codec; messages go
+to the core like an HTTP request's, through a `WsExchange`.  A `/meta/connect`
+is held as over HTTP, but events are written to the socket as soon as they
+are queued (the core calls `write_events`), unless the client reads too
+slowly: then they stay in the session's bounded queue until the socket drains.
 
 What one connection can cost is bounded, whatever its peer does:
 

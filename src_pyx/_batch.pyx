@@ -2,7 +2,7 @@
 """Splice already-encoded Bayeux messages into one response.
 
 Every delivered message is encoded to JSON bytes once, when it is published
-(design principle 1); a session's queue holds references to those bytes.  A
+(encode once); a session's queue holds references to those bytes.  A
 response is the messages joined into a JSON array, behind the HTTP head (or
 inside a JSONP call).  These functions build that response with one
 allocation and one memcpy per part, instead of the several temporary bytes

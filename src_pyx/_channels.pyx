@@ -1,7 +1,7 @@
 """Channel names and the subscription trie, compiled.
 
 Same API and behaviour as the pure-Python twin ``engine.channels`` (the tests
-check that they agree); see that module for the naming rules (bayeux.md 2.1).
+check that they agree); see that module for the naming rules.
 Differences are only in how the work is done:
 
 * ``validate_channel`` runs on every publish, so it is one pass over the
@@ -370,8 +370,7 @@ cdef class ChannelTrie:
     Matching ``/a/b/c`` visits root, ``/a``, ``/a/b``, ``/a/b/c`` once and
     collects the ``**`` subscribers of every ancestor, the ``*`` subscribers
     of the parent and the exact subscribers of the last node: the subscribers
-    of ``/**``, ``/a/**``, ``/a/b/**``, ``/a/b/*`` and ``/a/b/c`` (bayeux.md
-    2.3). Every method takes names as validate_channel does ('/foo/' is
+    of ``/**``, ``/a/**``, ``/a/b/**``, ``/a/b/*`` and ``/a/b/c``. Every method takes names as validate_channel does ('/foo/' is
     '/foo').
     """
 

@@ -5,7 +5,7 @@ A `Session` is what the server keeps per idle client, so it is a C struct:
 typed fields, no timer, no queue object until a message is actually queued.
 A `Hold` is a `/meta/connect` waiting for an event or its deadline, and
 `TimerWheel` is the one coarse timer structure per process that holds them
-(design principle 2).
+(no timer per session).
 
 `SessionCore` is the base class of `engine.core.BayeuxCore`: the state each
 request touches, and the methods of the hot path (a request's messages in
@@ -15,7 +15,8 @@ subscriptions, publish, security, services, extensions) is Python in
 core.py; methods of it that the hot path needs are called through `self` as
 Python attributes (`_answer_handshake`, `_subscribe`, `_publish`...).
 
-Rules follow bayeux.md (the section numbers in comments point there).
+Rules follow the Bayeux specification and CometD 8's server
+(https://docs.cometd.org/current/reference/#_bayeux); comments name the rule.
 """
 
 from libc.math cimport ceil, isfinite
@@ -51,7 +52,7 @@ cdef object limit_log = CauseLog(log)
 
 
 cdef class AckState:
-    """Acknowledge extension state of one session (bayeux.md 10.1)."""
+    """Acknowledge extension state of one session (CometD's ack extension)."""
 
     cdef public Py_ssize_t batch  # the number the next connect reply carries
     cdef public list unacked  # (batch sent in, event)
@@ -109,7 +110,7 @@ cdef class Session:
     cdef public bint removed
     cdef public bint flush_pending
     # True after temporary advice (multiple-clients): the next connect
-    # reply carries the normal advice again (bayeux.md 6.3 rule 4).
+    # reply carries the normal advice again (as CometD does).
     cdef public bint advice_dirty
     cdef public Py_ssize_t dropped
     cdef public object broker
@@ -279,7 +280,7 @@ cdef class SessionCore:
     cdef public object stats
     cdef public object hooks
     cdef public dict sessions
-    # Held long-polls per BAYEUX_BROWSER id (section 9); zero entries removed.
+    # Held long-polls per BAYEUX_BROWSER id (multiple-clients); zero entries removed.
     cdef public dict browsers
     cdef public bint draining
     cdef public TimerWheel holds  # sessions, in the slot of their hold's deadline
@@ -373,7 +374,7 @@ cdef class SessionCore:
             session.expiry_slot = slot
 
     cpdef _touch(self, Session session):
-        """Any message other than a held connect keeps the session alive (6.5)."""
+        """Any message other than a held connect keeps the session alive."""
         cdef double when
         if session.hold is None:
             when = self.time() + self.max_interval_s
@@ -515,7 +516,7 @@ cdef class SessionCore:
             ws = session.ws
             if ws is not None and direct and session.ack is None:
                 # WebSocket: events go out at once; the held connect stays a
-                # heartbeat until its timeout (7.4).
+                # heartbeat until its timeout (CometD's WebSocket transport).
                 ws.write_events(session)
             elif session.hold is not None:
                 self._release(session.hold, None)
@@ -531,7 +532,7 @@ cdef class SessionCore:
         return self.max_batch_bytes
 
     cdef list _ack_batch(self, Session session, dict reply, Py_ssize_t room):
-        """Acknowledge extension (10.1): number this connect reply's batch and
+        """Acknowledge extension: number this connect reply's batch and
         return every event not yet acknowledged, oldest first."""
         cdef AckState ack = session.ack
         cdef Py_ssize_t batch = ack.batch, excess
@@ -690,7 +691,7 @@ cdef class SessionCore:
         for message in messages:
             if type(message) is dict and (<dict>message).get("channel") == META_HANDSHAKE:
                 if len(messages) > 1:
-                    # Spec: a handshake ignores the rest of its batch (section 12).
+                    # A handshake ignores the rest of its batch (as CometD's server does).
                     stats.dropped_with_handshake += len(messages) - 1
                     log.debug("dropped %d message(s) batched with a handshake", len(messages) - 1)
                 self._answer_handshake(message, exchange)
@@ -734,7 +735,7 @@ cdef class SessionCore:
         """The queued events that go out with this response, taken from the queue."""
         if owner is not None:
             if owner.ack is not None:
-                # Only connect replies carry events, numbered (10.1).
+                # Only connect replies carry events, numbered (ack extension).
                 if owner.ack.pending is not None:
                     parts = owner.ack.pending
                     owner.ack.pending = None
@@ -804,7 +805,7 @@ cdef class SessionCore:
         session.advice_dirty = False
         cdef bint resend = session.ack is not None and self._acknowledge(session, message)
 
-        # Answer at once instead of holding (5.2).
+        # Answer at once instead of holding (Bayeux /meta/connect rules).
         if first or timeout <= 0 or session.queue or not alone or self.draining or resend:
             self._expire_at(session, self.time() + self.after_reply_s)
             return self._connect_now(session, message, advise, self._room(exchange))
@@ -825,7 +826,7 @@ cdef class SessionCore:
             hold.counted_browser = browser
         session.hold = hold
         exchange.hold = hold
-        session.expires_at = NEVER  # never expires while held (6.5)
+        session.expires_at = NEVER  # never expires while held
         # The wheel holds the session, once, not the hold: answered holds
         # waiting there for their deadline were most of the heap (and of the
         # garbage collector's work) at high connect rates.
