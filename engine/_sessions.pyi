@@ -3,7 +3,6 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from engine.broker import Broker
 from engine.extensions import Extension
 from engine.hooks import Hooks
 from engine.options import ServerOptions
@@ -59,7 +58,6 @@ class Session:
     flush_pending: bool
     advice_dirty: bool
     dropped: int
-    broker: Broker
     ws: WebSocketConnection | None
     extensions: list[Extension] | None
     local: Callable[[bytes], None] | None
@@ -69,9 +67,7 @@ class Session:
     bucket: list[float] | None
     address: str | None
     resumable: bool
-    def __init__(
-        self, client_id: str, browser_id: str | None, transport: str, broker: Broker
-    ) -> None: ...
+    def __init__(self, client_id: str, browser_id: str | None, transport: str) -> None: ...
     def take_queue(self) -> list[bytes]: ...
     def take_batch(self, max_bytes: int) -> list[bytes]: ...
 

@@ -157,7 +157,7 @@ class LocalSession:
 
     def __init__(self, core: BayeuxCore) -> None:
         self.core = core
-        self.session = Session("L" + core.new_client_id(), None, "local", core.broker)
+        self.session = Session("L" + core.new_client_id(), None, "local")
         self.session.local = self._receive
         self.session.connected = True
         self._callbacks = ChannelTrie()

@@ -431,7 +431,7 @@ class BayeuxCore(SessionCore):
         browser_id = exchange.browser_id
         if browser_id is None and exchange.transport in HTTP_TRANSPORTS:
             browser_id = secrets.token_hex(16)
-        session = Session(self.new_client_id(), browser_id, exchange.transport, self.broker)
+        session = Session(self.new_client_id(), browser_id, exchange.transport)
         if exchange.transport == "websocket" and not getattr(exchange, "cookie_presented", True):
             session.resumable = True
         return session

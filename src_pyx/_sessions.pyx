@@ -113,7 +113,6 @@ cdef class Session:
     # reply carries the normal advice again (as CometD does).
     cdef public bint advice_dirty
     cdef public Py_ssize_t dropped
-    cdef public object broker
     # The WebSocket connection that carries this session's events, if any.
     cdef public object ws
     # This session's own extensions (rare; None keeps idle sessions small).
@@ -131,13 +130,12 @@ cdef class Session:
     # client): another such socket may resume it once its own is dead.
     cdef public bint resumable
 
-    def __init__(self, str client_id, str browser_id, str transport, broker):
+    def __init__(self, str client_id, str browser_id, str transport):
         self.id = client_id
         self.browser_id = browser_id
         self.transport = transport
         self.hold_entry = -1
         self.expiry_slot = -1
-        self.broker = broker
 
     cpdef list take_queue(self):
         queue = self.queue
