@@ -33,6 +33,7 @@ from engine.hooks import (
     SessionListener,
     SubscriptionListener,
 )
+from engine.message import Message
 from engine.session import Session
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Message = dict[str, Any]
 
 
 class Application:

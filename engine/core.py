@@ -51,6 +51,7 @@ from engine.deadlines import ConnectionDeadlines
 from engine.extensions import Extension, TimesyncExtension
 from engine.hooks import Hooks
 from engine.limits import AddressTable, FailureStreaks, backoff_ms
+from engine.message import Message
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.ratelog import CauseLog, name_of
@@ -63,7 +64,6 @@ log = logging.getLogger("engine.core")
 # Limits that bite and failures of application code: one line per cause.
 limit_log = CauseLog(log)
 
-Message = dict[str, Any]
 
 META_CHANNELS = frozenset(
     (META_HANDSHAKE, META_CONNECT, META_DISCONNECT, META_SUBSCRIBE, META_UNSUBSCRIBE)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from engine.message import Message
+
 if TYPE_CHECKING:
     from engine.session import Session
 
 __all__ = ["Extension", "TimesyncExtension"]
-
-Message = dict[str, Any]
 
 
 class Extension:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from engine._channels import CHANNEL_INVALID, ChannelTrie, normalize_channel, validate_channel
 from engine.extensions import Extension
+from engine.message import Message
 from engine.ratelog import CauseLog, name_of
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ log = logging.getLogger("engine.hooks")
 # client that makes a listener fail on every message cannot flood the log.
 failures = CauseLog(log)
 
-Message = dict[str, Any]
 # A service returns the data of its answer to the caller, or None for no answer.
 ServiceHandler = Callable[["Session", Message], Any | Awaitable[Any]]
 # A publish listener returns False to delete the message (404::message_deleted).

@@ -22,9 +22,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from engine._channels import CHANNEL_INVALID, ChannelTrie, normalize_channel, validate_channel
+from engine.message import Message
 
 if TYPE_CHECKING:
     from engine.session import Session
@@ -39,7 +40,6 @@ __all__ = [
     "patterns_overlap",
 ]
 
-Message = dict[str, Any]
 Decision = bool | Awaitable[bool]
 
 
