@@ -32,11 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import TYPE_CHECKING
 
 from engine._batch import splice_ws
+from engine._http import decode_messages
 from engine._sessions import META_CONNECT
 from engine._wsframe import (
     CLOSE_GOING_AWAY,
@@ -420,23 +419,11 @@ class WebSocketConnection(asyncio.Protocol):
         return code
 
     def on_text(self, payload: bytes) -> None:
-        messages: Any
-        try:
-            messages = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+        # The batch decoder every transport shares (engine._http).
+        messages, why = decode_messages(payload, self.server.options.max_batch)
+        if messages is None:
             self.core.stats.ws_protocol_errors += 1
-            self.close(CLOSE_INTERNAL, "invalid JSON")  # CometD closes with 1011
-            return
-        if type(messages) is dict:
-            messages = [messages]
-        if (
-            type(messages) is not list
-            or not messages
-            or len(messages) > self.server.options.max_batch
-            or any(type(m) is not dict for m in messages)
-        ):
-            self.core.stats.ws_protocol_errors += 1
-            self.close(CLOSE_INTERNAL, "a frame must hold a JSON array of message objects")
+            self.close(CLOSE_INTERNAL, why)  # CometD closes with 1011
             return
         if not self.greeted:
             self.greeted = True
