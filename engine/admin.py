@@ -209,20 +209,10 @@ class AdminRoutes:
 def response(
     status: int, body: bytes, content_type: bytes, extra: bytes = b"", length: int | None = None
 ) -> bytes:
-    from engine.http import REASONS
+    from engine.http import http_response
 
-    return (
-        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n%s"
-        b"Content-Length: %d\r\n\r\n"
-        % (
-            status,
-            REASONS.get(status, b""),
-            content_type,
-            extra,
-            len(body) if length is None else length,
-        )
-        + body
-    )
+    headers = b"Content-Type: %s\r\nCache-Control: no-cache\r\n%s" % (content_type, extra)
+    return http_response(status, body, headers, length=length)
 
 
 def status_allowed(server: BayeuxServer, session: Session, message: dict[str, Any]) -> bool:

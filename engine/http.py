@@ -27,6 +27,7 @@ from engine._http import (
     HttpProtocol,
     decode_messages,
     error_body,
+    http_response,
     origin_host,
 )
 from engine.websocket import WebSocketConnection, new_browser_cookie, upgrade_response
@@ -38,6 +39,7 @@ __all__ = [
     "HttpEndpoint",
     "HttpExchange",
     "decode_messages",
+    "http_response",
     "origin_host",
 ]
 
@@ -79,10 +81,7 @@ class HttpConnection(HttpProtocol):
             self.closed = True
             body = error_body(503, "server at its connection limit; retry later")
             transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\n"
-                + JSON_TYPE
-                + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
-                + body
+                http_response(503, body, b"Retry-After: 2\r\n" + JSON_TYPE, close=True)
             )
             transport.close()
             return
@@ -220,13 +219,8 @@ class HttpConnection(HttpProtocol):
             browser_id, set_cookie = new_browser_cookie()
         status, head, why = upgrade_response(self.headers, set_cookie)
         if status != 101:
-            body = error_body(status, why)
             self.complete(
-                exchange,
-                b"HTTP/1.1 %d %s\r\n%sContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n"
-                % (status, REASONS.get(status, b"Upgrade Required"), head, len(body))
-                + body,
+                exchange, http_response(status, error_body(status, why), head + JSON_TYPE, True)
             )
             return
         transport = self.transport
@@ -285,24 +279,18 @@ class HttpConnection(HttpProtocol):
             self.complete(exchange, self.plain_response(204, b"", exchange.keep_alive))
             return
         wanted = self.headers.get(b"access-control-request-headers", b"Content-Type")
-        head = (
-            b"HTTP/1.1 200 OK\r\n"
+        cors = (
             b"Access-Control-Allow-Origin: %s\r\n"
             b"Access-Control-Allow-Credentials: true\r\n"
             b"Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
             b"Access-Control-Allow-Headers: %s\r\n"
             b"Access-Control-Max-Age: 86400\r\nVary: Origin\r\n" % (exchange.cors_origin, wanted)
         )
-        if not exchange.keep_alive:
-            head += b"Connection: close\r\n"
-        self.complete(exchange, head + b"Content-Length: 0\r\n\r\n")
+        self.complete(exchange, http_response(200, b"", cors, not exchange.keep_alive))
 
     @staticmethod
     def plain_response(status: int, body: bytes, keep_alive: bool) -> bytes:
-        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b""))
-        if not keep_alive:
-            head += b"Connection: close\r\n"
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        return http_response(status, body, b"", not keep_alive)
 
     def form_message(self, body: bytes, exchange: HttpExchange) -> bytes | None:
         """The `message` field of a form body, or None (and the exchange failed)."""

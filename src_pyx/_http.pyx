@@ -63,6 +63,7 @@ REASONS = {
     413: b"Payload Too Large",
     414: b"URI Too Long",
     426: b"Upgrade Required",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
@@ -166,6 +167,21 @@ class Abort(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+def http_response(int status, bytes body=b"", bytes headers=b"", bint close=False, length=None):
+    """Every HTTP response off the long-polling path, built in one place.
+
+    `headers`: complete header lines (each ending in CRLF), the content type
+    among them; `length`: the Content-Length when it is not `len(body)` (a
+    HEAD answer).  Responses say `nosniff` unless `headers` already do.
+    """
+    cdef bytes head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")) + headers
+    if b"X-Content-Type-Options" not in headers:
+        head += b"X-Content-Type-Options: nosniff\r\n"
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length) + body
 
 
 def error_body(status, detail):
@@ -780,8 +796,4 @@ cdef class HttpProtocol:
 
     def error_response(self, int status, str detail, bint keep_alive):
         self.endpoint.stats.http_errors += 1
-        body = error_body(status, detail)
-        head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Error")) + JSON_TYPE
-        if not keep_alive:
-            head += b"Connection: close\r\n"
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        return http_response(status, error_body(status, detail), JSON_TYPE, not keep_alive)
