@@ -87,6 +87,7 @@ class HttpProtocol:
     reading_paused: bool
     upgraded: Any
     limits: ConnectionLimits | None
+    throttled: bool
     client_address: str | None
     via_proxy: bool
     phase: int

@@ -800,8 +800,10 @@ class BayeuxCore(SessionCore):
         if "data" not in message:
             return self._failure(message, errors.DATA_MISSING)
         if self.publish_rate and not self._within_rate(session):
+            self._throttle(exchange, self.publish_rate)
             return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
         if self.connection_publish_rate and not self._connection_within_rate(exchange):
+            self._throttle(exchange, self.connection_publish_rate)
             return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
         refusal = self._permit("publish", message, session, name)
         if refusal is not None:
@@ -843,6 +845,13 @@ class BayeuxCore(SessionCore):
         # Encoded once, whatever the number of subscribers.
         lazy = lazy or self.is_lazy(channel)
         return self.broker.publish(channel, encode_message(delivery), lazy)
+
+    def _throttle(self, exchange: Exchange, rate: float) -> None:
+        """A publish refused for its rate: stop reading its connection a while."""
+        limits = exchange.make_limits()
+        if limits is not None:
+            self.stats.connections_throttled += 1
+            limits.throttle(rate)
 
     def _within_rate(self, session: Session) -> bool:
         """Per-session token bucket: max_publish_rate messages/s, as a burst too."""

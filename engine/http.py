@@ -21,6 +21,7 @@ import httptools
 from engine._http import (
     COOKIE_NAME,
     JSON_TYPE,
+    MAX_PIPELINE,
     REASONS,
     HttpEndpoint,
     HttpExchange,
@@ -124,6 +125,31 @@ class HttpConnection(HttpProtocol):
     def resume_writing(self) -> None:
         self.write_due = float("inf")  # (its wheel entry goes stale)
         if self.transport is not None and self.reading_paused and not self.closed:
+            if not self.throttled:
+                self.transport.resume_reading()
+                self.reading_paused = False
+
+    def throttle(self, seconds: float) -> bool:
+        """Read nothing for `seconds` (a client past its publish rate)."""
+        if self.throttled or self.transport is None or self.closed:
+            return False
+        self.throttled = True
+        if not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        # (One timer per throttled connection: rare, and bounded by them.)
+        asyncio.get_running_loop().call_later(seconds, self._unthrottle)
+        return True
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        if (
+            self.transport is not None
+            and not self.closed
+            and self.reading_paused
+            and self.write_due == float("inf")
+            and len(self.pending) < MAX_PIPELINE
+        ):
             self.transport.resume_reading()
             self.reading_paused = False
 

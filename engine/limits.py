@@ -18,6 +18,7 @@ bursts of up to `rate` events.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["AddressTable", "ConnectionLimits", "FailureStreaks", "TokenBucket", "backoff_ms"]
@@ -63,11 +64,19 @@ class TokenBucket:
 
 
 class ConnectionLimits:
-    """What one connection may still do (see the module docstring)."""
+    """What one connection may still do (see the module docstring).
 
-    __slots__ = ("handshakes", "publishes", "streak_error", "streak")
+    `pause(seconds)`, given by the connection, stops reading it for a while
+    (True if it was not paused already):
+    a client that keeps publishing past its rate is slowed by TCP instead of
+    costing the server a refusal per message.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("handshakes", "publishes", "streak_error", "streak", "pause", "throttles")
+
+    def __init__(self, pause: Callable[[float], bool] | None = None) -> None:
+        self.pause = pause
+        self.throttles = 0  # pauses in a row with no publish allowed between them
         self.handshakes: TokenBucket | None = None
         self.publishes: TokenBucket | None = None
         self.streak_error = ""
@@ -85,7 +94,21 @@ class ConnectionLimits:
             return True
         if self.publishes is None:
             self.publishes = TokenBucket(rate, now)
-        return self.publishes.take(now)
+        if self.publishes.take(now):
+            self.throttles = 0
+            return True
+        return False
+
+    def throttle(self, rate: float) -> None:
+        """Refused for going past `rate` per second: read nothing more from
+        this connection until about the next token (at least 0.1 s), twice
+        as long each time it is refused again without a publish allowed in
+        between, up to 4 s."""
+        if self.pause is None:
+            return
+        wait = max(0.1, 1.0 / rate if rate > 0 else 1.0)
+        if self.pause(min(4.0, wait * (1 << min(self.throttles, 6)))):
+            self.throttles += 1
 
     def failed(self, error: str) -> int:
         """One more failure `error`; the length of the streak of that failure."""

@@ -51,6 +51,7 @@ class Counters:
     http_body_timeouts: int = 0  # HTTP connections closed: a request body too slow (408)
     http_idle_timeouts: int = 0  # kept-alive HTTP connections closed: no request in time
     http_head_too_large: int = 0  # requests refused for their head's size (414, 431)
+    connections_throttled: int = 0  # reads paused: publishes past their rate
     write_timeouts: int = 0  # connections closed: output not drained within write_timeout
     ws_first_message_timeouts: int = 0  # WebSockets closed: no message after the upgrade
     ws_resumed: int = 0  # sessions of cookieless WebSocket clients resumed on a new socket

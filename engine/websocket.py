@@ -134,7 +134,7 @@ class WsExchange:
     def make_limits(self) -> ConnectionLimits:
         conn = self.conn
         if conn.limits is None:
-            conn.limits = ConnectionLimits()
+            conn.limits = ConnectionLimits(conn.throttle)
         return conn.limits
 
     def session_count(self) -> int:
@@ -178,6 +178,7 @@ class WebSocketConnection(asyncio.Protocol):
         "idle_due",
         "probe_due",
         "greeted",
+        "throttled",
     )
 
     def __init__(
@@ -213,6 +214,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.idle_due = NO_DEADLINE
         self.probe_due = NO_DEADLINE  # a ping of ours unanswered (see probe)
         self.greeted = False  # a first message came
+        self.throttled = False  # reading paused a while (see ConnectionLimits)
         wait = server.options.ws_upgrade_timeout
         if wait > 0:
             self.idle_due = self.core.loop.time() + wait / 1000.0
@@ -319,12 +321,28 @@ class WebSocketConnection(asyncio.Protocol):
         if self.transport is None:
             return
         self._rearm()
-        self.transport.resume_reading()
+        if not self.throttled:
+            self.transport.resume_reading()
         for session in list(self.sessions):
             if session.queue and session.ws is self:
                 self.write_events(session)
                 if self.paused:
                     break
+
+    def throttle(self, seconds: float) -> bool:
+        """Read nothing for `seconds` (a client past its publish rate)."""
+        if self.throttled or self.transport is None:
+            return False
+        self.throttled = True
+        self.transport.pause_reading()
+        # (One timer per throttled connection: rare, and bounded by them.)
+        self.core.loop.call_later(seconds, self._unthrottle)
+        return True
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        if self.transport is not None and not self.paused:
+            self.transport.resume_reading()
 
     def shutdown(self) -> None:
         self.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -358,7 +358,7 @@ cdef class HttpExchange:
         if conn.via_proxy:
             return None
         if conn.limits is None:
-            conn.limits = ConnectionLimits()
+            conn.limits = ConnectionLimits(conn.throttle)
         self.limits = conn.limits
         return self.limits
 
@@ -428,6 +428,7 @@ cdef class HttpProtocol:
     cdef public bint reading_paused
     cdef public object upgraded
     cdef public object limits  # engine.limits.ConnectionLimits, made on first use
+    cdef public bint throttled  # reading paused for a while (see ConnectionLimits)
     cdef public object client_address  # the peer's address (str), or None
     cdef public bint via_proxy  # the peer is a trusted proxy (see client_address_of)
     # Where the current request is: 0 between requests, 1 in its head, 2 in
@@ -462,6 +463,7 @@ cdef class HttpProtocol:
         self.reading_paused = False
         self.upgraded = None
         self.limits = None
+        self.throttled = False
         self.client_address = None
         self.via_proxy = False
         self.phase = 0
@@ -777,7 +779,12 @@ cdef class HttpProtocol:
                 return
         if not pending and self.phase == 0:
             self.expect_request(self.endpoint.keepalive_timeout)
-        if self.reading_paused and len(pending) < MAX_PIPELINE and self.write_due == INF:
+        if (
+            self.reading_paused
+            and len(pending) < MAX_PIPELINE
+            and self.write_due == INF
+            and not self.throttled
+        ):
             self.reading_paused = False
             self.transport.resume_reading()
 

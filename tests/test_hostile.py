@@ -894,3 +894,30 @@ def test_any_message_is_answered_without_a_500(server: BayeuxServer, batch: list
     status, body = post(server, json.dumps(batch).encode())
     assert status in (200, 400), (status, body, batch)
     assert_no_internal_errors(server)
+
+
+def test_a_connection_past_its_publish_rate_is_not_read_for_a_while() -> None:
+    """Refusing costs nearly as much as accepting: a flooder past its rate
+    is slowed by TCP (its connection is not read for a while), not answered
+    message by message as fast as it sends."""
+    with running_server(**FAST, max_connection_publish_rate=20) as srv:
+        ws = RawWs(srv)
+        ws.handshake()
+        flood = [
+            {"channel": "/flood", "clientId": ws.client_id, "data": n, "id": f"f{n}"}
+            for n in range(100)
+        ]
+        ws.sock.sendall(text(flood))
+        seen = 0
+        while seen < 100:
+            seen += sum(1 for m in ws.recv_messages() if str(m.get("id", "")).startswith("f"))
+        assert srv.core.stats.connections_throttled >= 1
+        sent = time.monotonic()
+        (reply,) = [
+            m for m in ws.request(ws.message("/meta/subscribe", subscription="/x")) if "id" in m
+        ]
+        waited = time.monotonic() - sent
+        assert reply["successful"] is True
+        assert waited >= 0.05, f"read again after {waited:.3f} s: not throttled"
+        ws.close()
+        http_canary(srv)
