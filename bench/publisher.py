@@ -619,9 +619,9 @@ class Publisher:
             c.close()
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, publisher_class: type[Publisher] | None = None) -> int:
     loop = asyncio.get_running_loop()
-    pub = Publisher(args)
+    pub = (publisher_class or Publisher)(args)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pub.stopping.set)
     buf = b""
@@ -691,13 +691,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, publisher_class: type[Publisher] | None = None) -> int:
+    """``publisher_class``: a subclass of Publisher to run instead (the canary
+    of bench/hostile.py subscribes to its own channel)."""
     args = build_parser().parse_args(argv)
     if args.messages < 0 or args.rate <= 0:
         raise SystemExit("publisher: --messages must be >= 0 and --rate > 0")
     if not args.source_addr.startswith("127."):
         raise SystemExit("publisher: loopback source addresses only")
-    return uvloop.run(run(args))
+    return uvloop.run(run(args, publisher_class))
 
 
 if __name__ == "__main__":
