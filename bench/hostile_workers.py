@@ -651,7 +651,10 @@ class HandshakeFlood(WsAttack):
 
     def connection_lost(self) -> None:
         if self.outstanding:
-            self.outcome.count("handshakes_unanswered", self.outstanding)
+            self.outcome.count(
+                "handshakes_in_flight_at_stop" if self.stopping else "handshakes_unanswered",
+                self.outstanding,
+            )
             self.outstanding = 0
         self.answered.set()
 
@@ -763,7 +766,10 @@ class PublishFlood(WsAttack):
 
     def connection_lost(self) -> None:
         if self.outstanding:
-            self.outcome.count("publishes_unanswered", self.outstanding)
+            self.outcome.count(
+                "publishes_in_flight_at_stop" if self.stopping else "publishes_unanswered",
+                self.outstanding,
+            )
             self.outstanding = 0
         self.pending_handshakes = 0
         self.answered.set()
@@ -1138,7 +1144,7 @@ async def run(args: argparse.Namespace) -> int:
     reporter = loop.create_task(reports())
     waiter = loop.create_task(stopped.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():  # finished early (handshakes: all answered) or failed
+    if task.done() and not stopped.is_set():  # finished early (all answered) or failed
         exc = task.exception()
         if exc is not None:  # report it, keep the figures so far
             sys.stderr.write(f"hostile_workers {args.role}: {exc!r}\n")
