@@ -785,6 +785,13 @@ def compute(
     }
     attack_s = phases.get("attack_s") or args.duration
     results = {
+        # the figures first (bench/report's generic table shows the first six)
+        "rss_peak_mib": None if rss_peak is None else round(rss_peak / MIB, 1),
+        "ordinary_latency_p50_ms": lat.get("p50"),
+        "ordinary_latency_p99_ms": p99,
+        "ordinary_latency_max_ms": lat.get("max"),
+        "ordinary_dropped": dropped,
+        "canary_lost": canary_lost,
         "rss_baseline_bytes": rss_baseline,
         "rss_peak_bytes": rss_peak,
         "rss_end_bytes": rss_end,
@@ -802,7 +809,6 @@ def compute(
         "server_log_problem_lines": server_problems[1],
         "ordinary": ordinary,
         "canaries": canaries,
-        "canary_lost": canary_lost,
         "canary_failed": canary_failed,
         "feed": pubs.get("feed"),
         "stream": pubs.get("stream"),

@@ -52,7 +52,6 @@ import math
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from array import array
@@ -520,6 +519,9 @@ class WsAttack:
         self.done = False
         self.lost_event = asyncio.Event()
         self.next_id = 0
+        #: Requests sent and not answered yet on the current socket (--window).
+        self.outstanding = 0
+        self.answered = asyncio.Event()
 
     def msg_id(self, prefix: str) -> str:
         self.next_id += 1
@@ -547,8 +549,41 @@ class WsAttack:
             self.lost_event.set()
         self.connection_lost()
 
+    #: What the windowed requests are called in the counters.
+    kind = "requests"
+
+    async def send_windowed(
+        self, ws: WsProtocol, total: int, make: Callable[[], dict[str, Any]]
+    ) -> int:
+        """Send up to ``total`` requests (one frame each, ``make()`` builds
+        one), at most ``--window`` unanswered; how many were sent."""
+        sent = 0
+        # bounded: at most `total` requests; each round sends some or waits 0.5 s
+        while not self.stopping and self.ws is ws and sent < total:
+            room = min(self.args.window - self.outstanding, total - sent, 500)
+            if room > 0 and not ws.paused:
+                ws.write(
+                    b"".join(client_frame(OP_TEXT, orjson.dumps([make()])) for _ in range(room))
+                )
+                sent += room
+                self.outstanding += room
+                self.outcome.count(f"{self.kind}_sent", room)
+            self.answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.answered.wait(), 0.5)
+        return sent
+
+    def answered_one(self, ok: bool) -> None:
+        self.outstanding = max(0, self.outstanding - 1)
+        self.outcome.count(f"{self.kind}_ok" if ok else f"{self.kind}_refused")
+
     def connection_lost(self) -> None:
-        """What the attack does when its socket is gone (subclasses)."""
+        """The socket is gone: its unanswered requests are counted."""
+        if self.outstanding:
+            state = "in_flight_at_stop" if self.stopping else "unanswered"
+            self.outcome.count(f"{self.kind}_{state}", self.outstanding)
+            self.outstanding = 0
+        self.answered.set()
 
     def on_messages(self, messages: list[Any]) -> None:
         raise NotImplementedError
@@ -580,12 +615,6 @@ class WsAttack:
     async def attack(self, ws: WsProtocol) -> None:
         raise NotImplementedError
 
-    async def until_lost(self, ws: WsProtocol) -> None:
-        """Wait until the socket is gone or the attack stopped."""
-        while not self.stopping and self.ws is ws:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.lost_event.wait(), 0.2)
-
     def stop(self) -> None:
         self.stopping = True
         if self.ws is not None:
@@ -604,58 +633,33 @@ def handshake_message(msg_id: str) -> dict[str, Any]:
 class HandshakeFlood(WsAttack):
     """``--count`` handshakes on one WebSocket, ``--window`` unanswered at most."""
 
+    kind = "handshakes"
+
     def __init__(self, args: argparse.Namespace, outcome: Outcome, target: Target) -> None:
         super().__init__(args, outcome, target)
         self.sent = 0
-        self.outstanding = 0
-        self.answered = asyncio.Event()
 
     async def attack(self, ws: WsProtocol) -> None:
-        a = self.args
-        out = self.outcome
-        out.count("sockets_used")
-        self.outstanding = 0
-        # bounded: at most --count handshakes, then waits for the replies
-        while not self.stopping and self.ws is ws and self.sent < a.count:
-            room = min(a.window - self.outstanding, a.count - self.sent, 500)
-            if room > 0 and not ws.paused:
-                frames = [
-                    client_frame(OP_TEXT, orjson.dumps([handshake_message(self.msg_id("h"))]))
-                    for _ in range(room)
-                ]
-                ws.write(b"".join(frames))
-                self.sent += room
-                self.outstanding += room
-                out.count("handshakes_sent", room)
-            self.answered.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.answered.wait(), 0.5)
-        if self.sent >= a.count:
+        self.outcome.count("sockets_used")
+        self.sent += await self.send_windowed(
+            ws, self.args.count - self.sent, lambda: handshake_message(self.msg_id("h"))
+        )
+        if self.sent >= self.args.count:
             # the last replies, bounded
             deadline = time.monotonic() + EXCHANGE_TIMEOUT
             while self.outstanding > 0 and self.ws is ws and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if self.outstanding:
-                out.count("handshakes_unanswered", self.outstanding)
+                self.outcome.count("handshakes_unanswered", self.outstanding)
+                self.outstanding = 0
             self.done = True
 
     def on_messages(self, messages: list[Any]) -> None:
         for m in messages:
             if type(m) is dict and m.get("channel") == "/meta/handshake":
                 r = self.reply(m)
-                if r is None:
-                    continue
-                self.outstanding = max(0, self.outstanding - 1)
-                self.outcome.count("handshakes_ok" if r[1] else "handshakes_refused")
-        self.answered.set()
-
-    def connection_lost(self) -> None:
-        if self.outstanding:
-            self.outcome.count(
-                "handshakes_in_flight_at_stop" if self.stopping else "handshakes_unanswered",
-                self.outstanding,
-            )
-            self.outstanding = 0
+                if r is not None:
+                    self.answered_one(r[1])
         self.answered.set()
 
 
@@ -663,20 +667,19 @@ class PublishFlood(WsAttack):
     """``--sessions`` handshakes on one WebSocket, then publishes from every
     session obtained, round robin, ``--window`` unanswered at most."""
 
+    kind = "publishes"
+
     def __init__(self, args: argparse.Namespace, outcome: Outcome, target: Target) -> None:
         super().__init__(args, outcome, target)
         self.sessions: list[str] = []
         self.pending_handshakes = 0
-        self.outstanding = 0
         self.published = 0
-        self.answered = asyncio.Event()
 
     async def attack(self, ws: WsProtocol) -> None:
         a = self.args
         out = self.outcome
         out.count("sockets_used")
         self.sessions = []
-        self.outstanding = 0
         frames = [
             client_frame(OP_TEXT, orjson.dumps([handshake_message(self.msg_id("h"))]))
             for _ in range(a.sessions)
@@ -696,39 +699,18 @@ class PublishFlood(WsAttack):
             return
         for cid in self.sessions:  # each session keeps a connect going
             self._connect(ws, cid, first=True)
-        i = 0
-        # bounded: at most --count publishes
-        while not self.stopping and self.ws is ws and self.published < a.count:
-            room = min(a.window - self.outstanding, a.count - self.published, 200)
-            if room > 0 and not ws.paused:
-                batch = []
-                for _ in range(room):
-                    cid = self.sessions[i % len(self.sessions)]
-                    i += 1
-                    batch.append(
-                        client_frame(
-                            OP_TEXT,
-                            orjson.dumps(
-                                [
-                                    {
-                                        "channel": a.channel,
-                                        "clientId": cid,
-                                        "data": {"n": i},
-                                        "id": self.msg_id("p"),
-                                    }
-                                ]
-                            ),
-                        )
-                    )
-                ws.write(b"".join(batch))
-                self.published += room
-                self.outstanding += room
-                out.count("publishes_sent", room)
-            self.answered.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.answered.wait(), 0.5)
+        self.published += await self.send_windowed(ws, a.count - self.published, self._publish)
         if self.published >= a.count:
             self.done = True
+
+    def _publish(self) -> dict[str, Any]:
+        n = self.next_id
+        return {
+            "channel": self.args.channel,
+            "clientId": self.sessions[n % len(self.sessions)],
+            "data": {"n": n},
+            "id": self.msg_id("p"),
+        }
 
     def _connect(self, ws: WsProtocol, cid: str, first: bool) -> None:
         msg: dict[str, Any] = {
@@ -760,19 +742,12 @@ class PublishFlood(WsAttack):
                 if ok and self.ws is not None and cid in self.sessions:
                     self._connect(self.ws, cid, first=False)
             elif mid.startswith("p"):
-                self.outstanding = max(0, self.outstanding - 1)
-                out.count("publishes_ok" if ok else "publishes_refused")
+                self.answered_one(ok)
         self.answered.set()
 
     def connection_lost(self) -> None:
-        if self.outstanding:
-            self.outcome.count(
-                "publishes_in_flight_at_stop" if self.stopping else "publishes_unanswered",
-                self.outstanding,
-            )
-            self.outstanding = 0
+        super().connection_lost()
         self.pending_handshakes = 0
-        self.answered.set()
 
 
 # --------------------------------------------------------------------------- non-readers
@@ -1110,27 +1085,12 @@ async def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    buf = b""
 
-    def on_stdin() -> None:
-        nonlocal buf
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
+    def on_word(word: bytes) -> None:
+        if word == b"stop":
             stop()
-            return
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip() == b"stop":
-                stop()
 
-    with contextlib.suppress(OSError):
-        if stat.S_ISFIFO(os.fstat(0).st_mode):
-            loop.add_reader(0, on_stdin)
+    publisher.watch_stdin(loop, on_word, stop)
     loop.call_later(min(args.duration, args.max_seconds), stop)
     task = loop.create_task(attack.run())
 

@@ -45,6 +45,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -619,11 +620,11 @@ class Publisher:
             c.close()
 
 
-async def run(args: argparse.Namespace, publisher_class: type[Publisher] | None = None) -> int:
-    loop = asyncio.get_running_loop()
-    pub = (publisher_class or Publisher)(args)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, pub.stopping.set)
+def watch_stdin(
+    loop: asyncio.AbstractEventLoop, on_word: Callable[[bytes], None], on_eof: Callable[[], None]
+) -> None:
+    """When stdin is a pipe: ``on_word(line)`` for each line (stripped) read
+    from it, ``on_eof()`` at its end (the scenario that started us is gone)."""
     buf = b""
 
     def on_stdin() -> None:
@@ -634,20 +635,31 @@ async def run(args: argparse.Namespace, publisher_class: type[Publisher] | None 
             data = b""
         if not data:
             loop.remove_reader(0)
-            pub.stopping.set()
+            on_eof()
             return
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            word = line.strip()
-            if word == b"go":
-                pub.go.set()
-            elif word == b"stop":
-                pub.stopping.set()
+            on_word(line.strip())
 
     with contextlib.suppress(OSError):
         if stat.S_ISFIFO(os.fstat(0).st_mode):
             loop.add_reader(0, on_stdin)
+
+
+async def run(args: argparse.Namespace, publisher_class: type[Publisher] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    pub = (publisher_class or Publisher)(args)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, pub.stopping.set)
+
+    def on_word(word: bytes) -> None:
+        if word == b"go":
+            pub.go.set()
+        elif word == b"stop":
+            pub.stopping.set()
+
+    watch_stdin(loop, on_word, pub.stopping.set)
     if args.go:
         pub.go.set()
     loop.call_later(args.max_seconds, pub.stopping.set)
