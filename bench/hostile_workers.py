@@ -65,6 +65,7 @@ import uvloop
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import publisher  # noqa: E402
+from stamped import Clock, StampedTransport  # noqa: E402
 from wsclient import (  # noqa: E402
     OP_CLOSE,
     OP_CONT,
@@ -87,8 +88,6 @@ SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0o4000)
 TCP_ESTABLISHED = 1
 #: Cut times kept per process (8 bytes each); beyond, only counted.
 MAX_SAMPLES = 200_000
-#: Output an attacker lets pile up in its own transport before it skips a write.
-MAX_OWN_BUFFER = 256 * 1024
 #: Bound of every single exchange an attacker waits for (upgrade, handshake).
 EXCHANGE_TIMEOUT = 10.0
 
@@ -157,13 +156,14 @@ class Outcome:
         if key in self.live:
             self.live[key] = time.monotonic()
 
-    def ended(self, key: int, how: str, by_server: bool) -> None:
+    def ended(self, key: int, how: str, by_server: bool, at: float | None = None) -> None:
+        """Connection ``key`` ended (``at``: when, if known better than now)."""
         started = self.live.pop(key, None)
         if not by_server or started is None:
             return
         self.cut += 1
         bump(self.cut_how, how)
-        lived = time.monotonic() - started
+        lived = (time.monotonic() if at is None else at) - started
         if len(self.cut_after) < MAX_SAMPLES:
             self.cut_after.append(lived)
         if self.first_cut_s is None:
@@ -215,9 +215,14 @@ class Outcome:
 
 async def open_socket(
     address: tuple[str, int], source: str, timeout: float, rcvbuf: int = 0
-) -> socket.socket:
-    """A connected non-blocking TCP socket from ``source``; ``rcvbuf`` (when
-    set) is applied before ``connect`` so the advertised window follows it."""
+) -> tuple[socket.socket, float]:
+    """A connected non-blocking TCP socket from ``source``, and when it was
+    connected (time.monotonic()); ``rcvbuf`` (when set) is applied before
+    ``connect`` so the advertised window follows it.
+
+    The time is taken as ``connect()`` returns, which over loopback is when
+    the server's kernel queued the connection for its accept, so that a busy
+    attacker process does not add its own delays to the server's timeouts."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | SOCK_NONBLOCK)
     try:
@@ -226,11 +231,23 @@ async def open_socket(
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.bind((source, 0))
-        await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+        err = sock.connect_ex(address)
+        at = time.monotonic()
+        if err == errno.EINPROGRESS:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            try:
+                await asyncio.wait_for(ready, timeout)
+            finally:
+                loop.remove_writer(sock.fileno())
+            at = time.monotonic()
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, at
 
 
 def tcp_state(sock: socket.socket) -> int | None:
@@ -266,19 +283,23 @@ class Target:
 
 class HeadConn(asyncio.Protocol):
     """One connection of the ``headers`` or ``slowloris`` attack: it writes
-    what its attack tells it to and keeps the start of whatever comes back."""
+    what its attack tells it to and keeps the start of whatever comes back,
+    and when it came (the kernel's receive time: a busy attacker reads late)."""
 
     def __init__(self, attack: HeadAttack, slot: int) -> None:
         self.attack = attack
         self.slot = slot
-        self.transport: Any = None
+        self.transport: StampedTransport | None = None
         self.answer = b""
+        self.answered_at: float | None = None
         self.next_at = math.inf  # set once the first piece is written
 
-    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.answered_at is None and self.transport is not None:
+            self.answered_at = self.transport.arrived_ns / 1e9
         if len(self.answer) < 64:
             self.answer += data[: 64 - len(self.answer)]
 
@@ -291,7 +312,7 @@ class HeadConn(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         t = self.transport
-        if t is None or t.is_closing() or t.get_write_buffer_size() > MAX_OWN_BUFFER:
+        if t is None or t.is_closing() or t.out:  # the server is not reading: no pile-up
             return
         t.write(data)
         self.attack.outcome.bytes_sent += len(data)
@@ -309,6 +330,7 @@ class HeadAttack:
         self.reopen_at = [0.0] * args.count
         self.opening = 0
         self.stopping = False
+        self.clock = Clock()
         host = target.host_header
         if args.role == "headers":
             self.first = b"POST %s HTTP/1.1\r\nHost: %s\r\nX-A: " % (target.path, host)
@@ -324,9 +346,13 @@ class HeadAttack:
         for i in range(a.count):  # first opens spread over the first second
             self.reopen_at[i] = t0 + i / max(1.0, a.open_rate)
         tick = min(0.1, a.interval / 4)
+        resync_at = t0 + 1.0
         # bounded: ends when stopped (--duration, --max-seconds, stop)
         while not self.stopping:
             now = loop.time()
+            if now >= resync_at:
+                resync_at = now + 1.0
+                self.clock.resync()
             for i, conn in enumerate(self.slots):
                 if conn is None:
                     if now >= self.reopen_at[i] and self.opening < a.max_opening:
@@ -342,7 +368,9 @@ class HeadAttack:
         loop = asyncio.get_running_loop()
         a = self.args
         try:
-            sock = await open_socket(self.target.address, self.target.source(slot), a.timeout)
+            sock, connected_at = await open_socket(
+                self.target.address, self.target.source(slot), a.timeout
+            )
         except (OSError, TimeoutError) as exc:
             self.outcome.open_error(exc)
             self.reopen_at[slot] = loop.time() + a.reconnect_delay
@@ -354,14 +382,8 @@ class HeadAttack:
             return
         conn = HeadConn(self, slot)
         self.slots[slot] = conn
-        self.outcome.opening(id(conn))
-        try:
-            await loop.create_connection(lambda: conn, sock=sock)
-        except OSError as exc:
-            self.slots[slot] = None
-            self.outcome.ended(id(conn), cut_kind(exc), by_server=True)
-            self.reopen_at[slot] = loop.time() + a.reconnect_delay
-            return
+        self.outcome.opening(id(conn), connected_at)
+        StampedTransport(loop, sock, conn, self.clock)
         conn.write(self.first)
         # spread the later writes of all the slots evenly over one interval
         conn.next_at = loop.time() + a.interval * (1 + (slot % a.count) / a.count)
@@ -380,7 +402,7 @@ class HeadAttack:
                 else "none"
             )
             bump(out.statuses, code)
-        out.ended(id(conn), cut_kind(exc), by_server)
+        out.ended(id(conn), cut_kind(exc), by_server, conn.answered_at)
 
     def stop(self) -> None:
         self.stopping = True
@@ -530,10 +552,12 @@ class WsAttack:
     async def open(self) -> WsProtocol | None:
         loop = asyncio.get_running_loop()
         try:
-            sock = await open_socket(self.target.address, self.target.source(0), self.args.timeout)
+            sock, connected_at = await open_socket(
+                self.target.address, self.target.source(0), self.args.timeout
+            )
             ws = WsProtocol(self.target, self.outcome, self.on_messages, self.on_lost)
             await loop.create_connection(lambda: ws, sock=sock)
-            self.outcome.opening(id(ws))
+            self.outcome.opening(id(ws), connected_at)
             await asyncio.wait_for(asyncio.shield(ws.upgraded), EXCHANGE_TIMEOUT)
         except (OSError, TimeoutError, ConnectionError) as exc:
             self.outcome.open_error(exc)
@@ -781,7 +805,7 @@ class NonReaders:
         out = self.outcome
         loop = asyncio.get_running_loop()
         try:
-            sock = await open_socket(
+            sock, connected_at = await open_socket(
                 self.target.address, self.target.source(i), self.args.timeout, self.args.rcvbuf
             )
         except (OSError, TimeoutError) as exc:
@@ -789,7 +813,7 @@ class NonReaders:
             return
         key = id(sock)
         self.socks.add(sock)
-        out.opening(key)
+        out.opening(key, connected_at)
         try:
             try:
                 await asyncio.wait_for(self._subscribe(loop, sock), EXCHANGE_TIMEOUT * 2)
