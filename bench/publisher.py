@@ -117,6 +117,8 @@ class _Response:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.done = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -126,6 +128,10 @@ class _Response:
 
     def on_message_complete(self) -> None:
         self.done = True
+        # Only valid here: once the message is complete the parser resets,
+        # and should_keep_alive() says False whatever the response said.
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 class HttpConn:
@@ -159,6 +165,7 @@ class HttpConn:
         self.writer.write(head + body)
         resp = _Response()
         parser = httptools.HttpResponseParser(resp)
+        resp.parser = parser
         # bounded by wait_for(timeout) in request()
         while not resp.done:
             data = await self.reader.read(65536)
@@ -167,7 +174,7 @@ class HttpConn:
                 raise ProtocolError("connection closed before the response")
             parser.feed_data(data)
         status = parser.get_status_code()
-        if not parser.should_keep_alive():
+        if not resp.keep_alive:
             self.close()
         return status, resp.headers, b"".join(resp.chunks)
 
