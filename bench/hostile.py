@@ -204,6 +204,18 @@ ATTACKS: dict[str, Attack] = {
 }
 
 
+#: Not an attack: new clients arriving during the attacks (a page loading now).
+NEWCOMERS = Attack(
+    "newcomers",
+    "new clients, each opening a connection and handshaking over HTTP",
+    lambda a: 0,
+    lambda a: ["--interval", str(a.newcomer_interval), "--window", "100"],
+    block=2,
+    per_address=10**9,
+    counters=(),
+)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -235,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--feed-channel", default="/hostile/feed", help="their channel")
     g.add_argument("--feed-rate", type=float, default=10.0, help="messages/s published there")
     g.add_argument("--canary-rate", type=float, default=5.0, help="each canary's publishes/s")
+    g.add_argument(
+        "--newcomer-interval", type=float, default=0.5, help="s between two new clients' arrival"
+    )
     g = p.add_argument_group("attacks")
     g.add_argument("--headers", type=int, default=150, help="endless-header connections")
     g.add_argument("--header-chunk", type=int, default=4096, help="bytes per write")
@@ -516,10 +531,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         stats_go = await read_stats()
 
         # 4. attack -------------------------------------------------------------------------
-        for name in args.attack_list:
-            w = WorkerChild(ATTACKS[name], attack_argv(args, ATTACKS[name], url))
+        for attack in [*(ATTACKS[name] for name in args.attack_list), NEWCOMERS]:
+            w = WorkerChild(attack, attack_argv(args, attack, url))
             await w.start(guard)
             workers.append(w)
+        attackers, newcomers = workers[:-1], workers[-1]
         cpu0 = cpu()
         machine0 = machine_cpu_seconds()
         t_go = time.monotonic()
@@ -555,8 +571,9 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "ordinary_connected": agg["connected"],
                         "ordinary_dropped": agg["dropped"] - before["dropped"],
                         "delivered": agg["hot_messages"] - before["hot_messages"],
-                        "attack_open": {w.attack.name: w.latest.get("open_now") for w in workers},
-                        "attack_cut": {w.attack.name: w.latest.get("cut") for w in workers},
+                        "attack_open": {w.attack.name: w.latest.get("open_now") for w in attackers},
+                        "attack_cut": {w.attack.name: w.latest.get("cut") for w in attackers},
+                        "newcomers_ok": newcomers.latest.get("newcomers_ok"),
                     }
                 )
                 if now >= next_log:
@@ -569,7 +586,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         + "  ".join(
                             f"{w.attack.name} {w.latest.get('open_now', 0)} open "
                             f"{w.latest.get('cut', 0)} cut"
-                            for w in workers
+                            for w in attackers
                         ),
                     )
             await asyncio.sleep(0.2)
@@ -750,6 +767,9 @@ def compute(
                 "lost",
                 "duplicates",
                 "latency_ms",
+                "ack_ms",
+                "publish_requests",
+                "max_batch",
                 "handshakes",
                 "connect_failures",
                 "errors",
@@ -761,8 +781,12 @@ def compute(
     stats_start, stats_go, stats_end = stats
     moved = counter_delta(stats_end, stats_go) or {}
     attacks = {}
+    newcomers: dict[str, Any] = {}
     for w in workers:
         out = w.final or w.latest or {}
+        if w.attack is NEWCOMERS:
+            newcomers = {"interval_s": args.newcomer_interval, **out}
+            continue
         attacks[w.attack.name] = {
             "what": w.attack.what,
             "requested": w.attack.count(args),
@@ -810,6 +834,7 @@ def compute(
         "ordinary": ordinary,
         "canaries": canaries,
         "canary_failed": canary_failed,
+        "newcomers": newcomers,
         "feed": pubs.get("feed"),
         "stream": pubs.get("stream"),
         "attacks": attacks,
@@ -941,6 +966,26 @@ def report_table(record: dict[str, Any]) -> str:
             )
         )
     rows.append(("canary lost (target 0)", f"{r['canary_lost']:,}" + met("canary_lost_zero")))
+    n = r.get("newcomers") or {}
+    rows.append(
+        (
+            f"newcomers, one every {p['newcomer_interval']:g} s: ok / refused / failed / late",
+            " / ".join(
+                f"{n.get(k, 0):,}"
+                for k in ("newcomers_ok", "newcomers_refused", "newcomers_failed")
+            )
+            + f" / {n.get('newcomers_timed_out', 0):,} of {n.get('newcomers', 0):,}",
+        )
+    )
+    rows.append(
+        (
+            "  handshake p50 / p99 / max (connect included)",
+            " / ".join(
+                na((n.get("handshake_s") or {}).get(k), "{:.3f}") for k in ("p50", "p99", "max")
+            )
+            + " s",
+        )
+    )
     for name, a in r["attacks"].items():
         rows.extend(attack_rows(name, a))
     rows.append(("server log warnings/errors", na(r["server_log_problems"])))

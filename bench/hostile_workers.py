@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The worker processes of the hostile scenario (bench/hostile.py): one per
-attack, and the canary.
+attack, the newcomers and the canary.
 
     python bench/hostile_workers.py ROLE --url URL [options]
 
@@ -26,6 +26,9 @@ ROLE is one of:
   keeps a ``/meta/connect`` going, and all of them publish to ``--channel``,
   round robin, as fast as ``--window`` unanswered publishes allow, at most
   ``--count``. A socket the server closes is replaced (new sessions).
+- ``newcomers`` (a probe, not an attack): a new client every ``--interval``
+  s opens a connection and handshakes over HTTP, as a page loading now
+  would; the time to its reply.
 - ``canary``: ``bench/publisher.py``'s client, which also subscribes to the
   channel it publishes to and counts its own messages coming back (``lost``:
   acknowledged and never received). Its options are the publisher's.
@@ -135,8 +138,9 @@ class Outcome:
         self.statuses: dict[str, int] = {}
         self.close_codes: dict[str, int] = {}
         self.errors: dict[str, int] = {}
-        #: Seconds from a connection's start (of the attack on it) to its cut.
-        self.cut_after = array("d")
+        #: Durations in seconds, by name: "cut_after" (a connection's start, or
+        #: the start of the attack on it, to its cut) and the workers' own.
+        self.series: dict[str, array] = {"cut_after": array("d")}
         self.first_cut_s: float | None = None
         self.bytes_sent = 0
         self.counts: dict[str, int] = {}
@@ -164,10 +168,14 @@ class Outcome:
         self.cut += 1
         bump(self.cut_how, how)
         lived = (time.monotonic() if at is None else at) - started
-        if len(self.cut_after) < MAX_SAMPLES:
-            self.cut_after.append(lived)
+        self.sample("cut_after", lived)
         if self.first_cut_s is None:
             self.first_cut_s = round(time.monotonic() - self.t0, 3)
+
+    def sample(self, series: str, seconds: float) -> None:
+        values = self.series.setdefault(series, array("d"))
+        if len(values) < MAX_SAMPLES:
+            values.append(seconds)
 
     def count(self, key: str, n: int = 1) -> None:
         bump(self.counts, key, n)
@@ -194,20 +202,20 @@ class Outcome:
         }
         if final:
             d["final"] = True
-            s = sorted(self.cut_after)
-            n = len(s)
-
-            def q(p: float) -> float | None:
-                return round(s[min(n - 1, max(0, math.ceil(p * n) - 1))], 3) if n else None
-
-            d["cut_after_s"] = {
-                "count": n,
-                "min": round(s[0], 3) if n else None,
-                "p50": q(0.5),
-                "p99": q(0.99),
-                "max": round(s[-1], 3) if n else None,
-            }
+            for name, values in self.series.items():
+                d[f"{name}_s"] = seconds_stats(values)
         return d
+
+
+def seconds_stats(values: array) -> dict[str, Any]:
+    """count, min, p50, p99, max (nearest rank) of durations in seconds."""
+    s = sorted(values)
+    n = len(s)
+
+    def q(p: float) -> float | None:
+        return round(s[min(n - 1, max(0, math.ceil(p * n) - 1))], 3) if n else None
+
+    return {"count": n, "min": q(0.0), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)}
 
 
 # --------------------------------------------------------------------------- sockets
@@ -698,12 +706,15 @@ class PublishFlood(WsAttack):
         self.sessions: list[str] = []
         self.pending_handshakes = 0
         self.published = 0
+        #: The session of each connect in flight (a reply need not carry it).
+        self.connecting: dict[str, str] = {}
 
     async def attack(self, ws: WsProtocol) -> None:
         a = self.args
         out = self.outcome
         out.count("sockets_used")
         self.sessions = []
+        self.connecting = {}
         frames = [
             client_frame(OP_TEXT, orjson.dumps([handshake_message(self.msg_id("h"))]))
             for _ in range(a.sessions)
@@ -745,6 +756,7 @@ class PublishFlood(WsAttack):
         }
         if first:
             msg["advice"] = {"timeout": 0}
+        self.connecting[msg["id"]] = cid
         ws.send([msg])
 
     def on_messages(self, messages: list[Any]) -> None:
@@ -762,7 +774,7 @@ class PublishFlood(WsAttack):
                     self.sessions.append(m["clientId"])
             elif channel == "/meta/connect":
                 out.count("connects_ok" if ok else "connects_failed")
-                cid = m.get("clientId")
+                cid = self.connecting.pop(mid, None)
                 if ok and self.ws is not None and cid in self.sessions:
                     self._connect(self.ws, cid, first=False)
             elif mid.startswith("p"):
@@ -911,6 +923,70 @@ class NonReaders:
         connect = {**connect, "id": "4"}
         del connect["advice"]
         await loop.sock_sendall(sock, client_frame(OP_TEXT, orjson.dumps([connect])))
+
+    def stop(self) -> None:
+        self.stopping = True
+
+
+# --------------------------------------------------------------------------- newcomers
+
+
+class Newcomers:
+    """Not an attack: a new client every ``--interval`` s (open loop, at most
+    ``--window`` at once) opens a connection and handshakes over HTTP, as a
+    page that loads now would; how long until its reply (``handshake_s``)."""
+
+    def __init__(self, args: argparse.Namespace, outcome: Outcome, target: Target) -> None:
+        self.args = args
+        self.outcome = outcome
+        self.target = target
+        self.stopping = False
+        self.body = orjson.dumps(
+            [{**handshake_message("1"), "supportedConnectionTypes": ["long-polling"]}]
+        )
+
+    async def run(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        i = 0
+        # bounded: ends when stopped
+        while not self.stopping:
+            if len(tasks) < self.args.window:
+                task = asyncio.create_task(self.one(i))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+            else:
+                self.outcome.count("newcomers_skipped")
+            await asyncio.sleep(self.args.interval)
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def one(self, i: int) -> None:
+        out = self.outcome
+        t = self.target
+        conn = publisher.HttpConn(t.address[0], t.address[1], t.source(i), t.host_header)
+        out.count("newcomers")
+        started = time.monotonic()
+        try:
+            status, _, body = await conn.request(
+                t.path.rstrip(b"/") + b"/handshake", self.body, None, EXCHANGE_TIMEOUT
+            )
+            replies = publisher._replies(status, body)
+            if any(m.get("successful") is True for m in replies):
+                out.count("newcomers_ok")
+                out.sample("handshake", time.monotonic() - started)
+            else:
+                out.count("newcomers_refused")
+                for m in replies:
+                    bump(out.errors, error_kind(m.get("error")))
+        except TimeoutError:
+            out.count("newcomers_timed_out")
+        except (publisher.ProtocolError, OSError, orjson.JSONDecodeError) as exc:
+            out.count("newcomers_failed")
+            bump(out.errors, (str(exc) or type(exc).__name__)[:60])
+        finally:
+            conn.close()
 
     def stop(self) -> None:
         self.stopping = True
@@ -1066,6 +1142,7 @@ ROLES: dict[str, Any] = {
     "nonreader": NonReaders,
     "handshakes": HandshakeFlood,
     "flood": PublishFlood,
+    "newcomers": Newcomers,
 }
 
 

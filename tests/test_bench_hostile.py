@@ -82,6 +82,8 @@ def test_hostile_scenario_tiny(tmp_path: Path) -> None:
         assert canary["published"] > 0 and canary["received"] is not None, canary
         assert isinstance(canary["lost"], int)
 
+    assert r["newcomers"]["newcomers"] >= 1 and "handshake_s" in r["newcomers"]
+
     # every attack ran in its own process and reported what it achieved
     assert set(r["attacks"]) == set(ATTACKS)
     for name, attack in r["attacks"].items():
