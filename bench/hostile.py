@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -309,6 +310,43 @@ def resolve(args: argparse.Namespace) -> None:
     check_loopback("hostile.py", args)
 
 
+# --------------------------------------------------------------------------- the kernel's view
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections the kernel completed and the server has not accepted yet:
+    ``rx_queue`` of the listening socket in /proc/net/tcp (listening sockets
+    come first there, so the read stops at the first other one)."""
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] != "0A":  # TCP_LISTEN
+                    return None
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return int(fields[4].split(":")[1], 16)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return None
+
+
+def listen_overflows() -> int | None:
+    """TcpExt ListenOverflows of the machine (/proc/net/netstat): connections
+    dropped because an accept queue was full."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            value = table.get("ListenOverflows")
+            return None if value is None else int(value)
+    return None
+
+
 # --------------------------------------------------------------------------- children
 
 
@@ -536,6 +574,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             await w.start(guard)
             workers.append(w)
         attackers, newcomers = workers[:-1], workers[-1]
+        port = urlsplit(url).port or 80
+        overflows0 = listen_overflows()
         cpu0 = cpu()
         machine0 = machine_cpu_seconds()
         t_go = time.monotonic()
@@ -574,6 +614,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "attack_open": {w.attack.name: w.latest.get("open_now") for w in attackers},
                         "attack_cut": {w.attack.name: w.latest.get("cut") for w in attackers},
                         "newcomers_ok": newcomers.latest.get("newcomers_ok"),
+                        "accept_queue": accept_queue(port),
                     }
                 )
                 if now >= next_log:
@@ -593,6 +634,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         phases["attack_s"] = round(time.monotonic() - t_go, 3)
         cpu1 = cpu()
         machine1 = machine_cpu_seconds()
+        overflows1 = listen_overflows()
 
         # 5. stop the attackers, drain ------------------------------------------------------
         for w in workers:
@@ -665,6 +707,9 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             ),
             stats=(stats_start, stats_go, stats_end),
             stats_failures=stats_state["failures"],
+            listen_overflows=(
+                None if overflows0 is None or overflows1 is None else overflows1 - overflows0
+            ),
             phases=phases,
             samples=samples,
         )
@@ -716,6 +761,7 @@ def compute(
     machine: tuple[float, float] | None,
     stats: tuple[dict[str, Any] | None, ...],
     stats_failures: int,
+    listen_overflows: int | None,
     phases: dict[str, float],
     samples: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -826,6 +872,10 @@ def compute(
         "machine_busy_percent_attack": (
             None if machine is None or not machine[1] else round(100 * machine[0] / machine[1], 1)
         ),
+        "accept_queue_max": max(
+            (q for q in (s.get("accept_queue") for s in samples) if q is not None), default=None
+        ),
+        "listen_overflows": listen_overflows,
         "server_died_at_s": server_died_at,
         "server_exit_code": server_exit,
         "server_pid": server_pid,
@@ -935,6 +985,10 @@ def report_table(record: dict[str, Any]) -> str:
             f"{na(r['machine_busy_percent_attack'], '{:.0f}')} % of all CPUs",
         ),
         ("server survived", "yes" if t["server_survived"] else f"NO ({r['server_died_at_s']} s)"),
+        (
+            "accept queue max (sampled each s) / overflows",
+            f"{na(r.get('accept_queue_max'))} / {na(r.get('listen_overflows'))}",
+        ),
         (
             "ordinary clients (long-polling + WebSocket)",
             f"{o['clients']:,} ({o['by_transport']['long-polling']:,} + "

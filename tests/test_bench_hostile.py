@@ -67,6 +67,7 @@ def test_hostile_scenario_tiny(tmp_path: Path) -> None:
     # the server, measured over time
     assert r["rss_baseline_bytes"] > 0 and r["rss_peak_bytes"] >= r["rss_baseline_bytes"]
     assert r["samples"] and all(s["rss"] > 0 for s in r["samples"])
+    assert r["accept_queue_max"] is not None  # the listening socket was found
     assert not _pid_alive(r["server_pid"])
     assert r["server_died_at_s"] is None
 
