@@ -45,6 +45,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -116,6 +117,8 @@ class _Response:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.done = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -125,6 +128,10 @@ class _Response:
 
     def on_message_complete(self) -> None:
         self.done = True
+        # Only valid here: once the message is complete the parser resets,
+        # and should_keep_alive() says False whatever the response said.
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 class HttpConn:
@@ -158,6 +165,7 @@ class HttpConn:
         self.writer.write(head + body)
         resp = _Response()
         parser = httptools.HttpResponseParser(resp)
+        resp.parser = parser
         # bounded by wait_for(timeout) in request()
         while not resp.done:
             data = await self.reader.read(65536)
@@ -166,7 +174,7 @@ class HttpConn:
                 raise ProtocolError("connection closed before the response")
             parser.feed_data(data)
         status = parser.get_status_code()
-        if not parser.should_keep_alive():
+        if not resp.keep_alive:
             self.close()
         return status, resp.headers, b"".join(resp.chunks)
 
@@ -619,11 +627,11 @@ class Publisher:
             c.close()
 
 
-async def run(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    pub = Publisher(args)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, pub.stopping.set)
+def watch_stdin(
+    loop: asyncio.AbstractEventLoop, on_word: Callable[[bytes], None], on_eof: Callable[[], None]
+) -> None:
+    """When stdin is a pipe: ``on_word(line)`` for each line (stripped) read
+    from it, ``on_eof()`` at its end (the scenario that started us is gone)."""
     buf = b""
 
     def on_stdin() -> None:
@@ -634,20 +642,31 @@ async def run(args: argparse.Namespace) -> int:
             data = b""
         if not data:
             loop.remove_reader(0)
-            pub.stopping.set()
+            on_eof()
             return
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            word = line.strip()
-            if word == b"go":
-                pub.go.set()
-            elif word == b"stop":
-                pub.stopping.set()
+            on_word(line.strip())
 
     with contextlib.suppress(OSError):
         if stat.S_ISFIFO(os.fstat(0).st_mode):
             loop.add_reader(0, on_stdin)
+
+
+async def run(args: argparse.Namespace, publisher_class: type[Publisher] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    pub = (publisher_class or Publisher)(args)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, pub.stopping.set)
+
+    def on_word(word: bytes) -> None:
+        if word == b"go":
+            pub.go.set()
+        elif word == b"stop":
+            pub.stopping.set()
+
+    watch_stdin(loop, on_word, pub.stopping.set)
     if args.go:
         pub.go.set()
     loop.call_later(args.max_seconds, pub.stopping.set)
@@ -691,13 +710,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, publisher_class: type[Publisher] | None = None) -> int:
+    """``publisher_class``: a subclass of Publisher to run instead (the canary
+    of bench/hostile.py subscribes to its own channel)."""
     args = build_parser().parse_args(argv)
     if args.messages < 0 or args.rate <= 0:
         raise SystemExit("publisher: --messages must be >= 0 and --rate > 0")
     if not args.source_addr.startswith("127."):
         raise SystemExit("publisher: loopback source addresses only")
-    return uvloop.run(run(args))
+    return uvloop.run(run(args, publisher_class))
 
 
 if __name__ == "__main__":
