@@ -331,7 +331,7 @@ class RedisForwarder:
             self.core.process_here(messages, exchange)
             return
         broker = self.broker
-        if not broker.connected or len(self._pending) >= self.max_pending:
+        if not broker.available or len(self._pending) >= self.max_pending:
             self.unavailable += 1
             self._answer_failure(exchange, messages, UNAVAILABLE_ERROR)
             return
@@ -467,7 +467,7 @@ class RedisForwarder:
                 self.timed_out,
             )
         if pending:
-            if not self.broker.connected:
+            if not self.broker.available:
                 # Answers cannot arrive now: the clients retry (with backoff).
                 self._fail_all(UNAVAILABLE_ERROR)
             else:
