@@ -93,6 +93,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine._channels import ChannelTrie
 from engine.ratelog import CauseLog
@@ -1150,7 +1151,7 @@ class RedisBroker:
             async with asyncio.timeout(self.reply_timeout):
                 await conn.send_packed_command(_PING, check_health=False)
                 await conn.read_response()
-        except TimeoutError:
+        except (TimeoutError, RedisTimeoutError):
             if self._stall_log.due():
                 log.warning(
                     "node %s: redis at %s does not answer a new connection either "
@@ -1170,8 +1171,7 @@ class RedisBroker:
     def _unstalled(self, now: float) -> None:
         self.stalled = False
         log.warning(
-            "node %s: redis at %s answering again after %.1f s; %d publish(es) kept "
-            "meanwhile are being sent",
+            "node %s: redis at %s answering again after %.1f s (%d publish(es) still wait)",
             self.node_id,
             self.where,
             now - self._stalled_since,

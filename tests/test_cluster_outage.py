@@ -1,0 +1,284 @@
+"""Nothing acknowledged is lost in a Redis outage, nothing is delivered twice (issue 13, item 7).
+
+* A frozen Redis (SIGSTOP for 10 s) under a steady stream of publishes from
+  one node to a subscriber on another: every message arrives once, in order.
+* A forwarded long-poll whose relay node is killed while it carries an
+  event: the event is put back on the owner's queue and arrives once.
+* Units: the receivers' bookkeeping of origin and channel sequences
+  (duplicates, gaps, restarted origins, bounds), and the bounds of the
+  buffer of publishes waiting for Redis (bytes, seconds), each loss counted
+  and logged once per cause.
+
+The cluster tests start a real `redis-server` (tests/redis_server.py) and
+engine processes; without redis-server the module is skipped (fails on CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis_server import RedisServer, require_redis_server
+
+require_redis_server()
+
+from conftest import ServerProcess, start_server  # noqa: E402
+from support import Browser  # noqa: E402
+from test_cluster import (  # noqa: E402
+    Listener,
+    broker_stats,
+    node_stub,
+    redis_client,
+    subscribed,
+    wait_until,  # noqa: E402
+)
+
+from engine.redis_broker import OriginSequences, RedisBroker  # noqa: E402
+from engine.stats import Counters  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+NODE_ARGS = ("--timeout", "1500", "--log-level", "info")
+MESSAGES = 1000
+FREEZE = 10.0  # seconds redis-server stays stopped (the issue's figure)
+
+
+@pytest.fixture
+def redis_srv() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def start_nodes(redis_srv: RedisServer, *names: str) -> list[ServerProcess]:
+    started: list[ServerProcess] = []
+    try:
+        for name in names:
+            started.append(start_server("--broker", redis_srv.url, "--node-id", name, *NODE_ARGS))
+    except BaseException:
+        for node in started:
+            node.stop()
+        raise
+    return started
+
+
+# ------------------------------------------------------- a frozen Redis
+
+
+def test_frozen_redis_loses_and_duplicates_nothing(redis_srv: RedisServer) -> None:
+    a, b = start_nodes(redis_srv, "frzA", "frzB")
+    listener: Listener | None = None
+    try:
+        listener = Listener(b.port, "/frz/x")
+        wait_until(subscribed(redis_client(redis_srv), "frzB", 1, 0), what="frzB subscribed")
+        publisher = Browser(node_stub(a.port)).ready()
+        sent = 0
+        failures: list[BaseException] = []
+
+        def stream() -> None:
+            # A steady stream, about 14 s in all: the freeze falls in the middle.
+            nonlocal sent
+            try:
+                for n in range(MESSAGES):
+                    assert publisher.publish("/frz/x", n).reply("/frz/x")["successful"]
+                    sent = n + 1
+                    time.sleep(0.012)
+            except BaseException as exc:
+                failures.append(exc)
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        wait_until(lambda: sent >= 150, timeout=10, what="the stream under way")
+        assert redis_srv.proc is not None
+        os.kill(redis_srv.proc.pid, signal.SIGSTOP)
+        try:
+            at_stop = sent
+            time.sleep(FREEZE)
+            during = sent - at_stop
+        finally:
+            os.kill(redis_srv.proc.pid, signal.SIGCONT)
+        thread.join(40)
+        assert not thread.is_alive() and not failures, failures
+        assert during > 300, during  # publishes acknowledged while Redis was frozen
+        listener.wait_for(lambda data: len(data) >= MESSAGES, timeout=20)
+        time.sleep(0.3)  # a duplicate would come right behind
+        assert listener.data() == list(range(MESSAGES))
+        publisher.close()
+        listener.close()
+        listener = None
+    finally:
+        if listener is not None:
+            listener.close()
+        a.stop()
+        b.stop()
+    stats_a, stats_b = broker_stats(a), broker_stats(b)
+    assert stats_a["published_lost"] == 0 and stats_a["forwarded"] >= MESSAGES, stats_a
+    assert stats_b["gaps"] == 0 and stats_b["received"] == MESSAGES, stats_b
+    # Both noticed the freeze, kept their connections, and said so.
+    assert stats_a["stalls"] >= 1 and stats_a["reconnects"] == 0, stats_a
+    assert stats_b["reconnects"] == 0, stats_b
+    assert "not answering for" in a.stderr and "does not answer a new connection" in a.stderr
+    assert "answering again after" in a.stderr
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_origin_sequences_drop_duplicates_and_count_gaps() -> None:
+    seqs = OriginSequences(max_origins=2, max_channels=3)
+    ch, other = b"bayeux:0:/a", b"bayeux:0:/b"
+    assert seqs.accept(b"n1", b"t1", 1, ch, 1) == 0  # first sight: no gap whatever came before
+    assert seqs.accept(b"n1", b"t1", 2, other, 1) == 0
+    assert seqs.accept(b"n1", b"t1", 2, ch, 2) == -1  # seen (a re-send): dropped
+    assert seqs.accept(b"n1", b"t1", 1, ch, 1) == -1
+    # seq 3 and 4 went to channels this node does not subscribe: no gap on /a.
+    assert seqs.accept(b"n1", b"t1", 5, ch, 2) == 0
+    # Channel seq 3 and 4 of /a never arrived.
+    assert seqs.accept(b"n1", b"t1", 8, ch, 5) == 2
+    # Another origin has its own sequences.
+    assert seqs.accept(b"n2", b"u1", 1, ch, 1) == 0
+    assert seqs.accept(b"n2", b"u1", 2, ch, 2) == 0
+    # n1 restarted (new token): counting starts again, nothing is a duplicate or a gap.
+    assert seqs.accept(b"n1", b"t2", 1, ch, 1) == 0
+    assert seqs.restarts == 1
+    assert seqs.accept(b"n1", b"t2", 2, ch, 2) == 0
+    # The origin started counting /a again (its table of channels is bounded): a new start.
+    assert seqs.accept(b"n1", b"t2", 9, ch, 1) == 0
+    # No longer subscribed: what was published meanwhile is not a gap.
+    seqs.forget(ch)
+    assert seqs.accept(b"n1", b"t2", 20, ch, 9) == 0
+    seqs.forget_prefix(b"bayeux:0:/")
+    assert seqs.channels == {}
+    # Bounded: a third origin evicts the oldest; many channels, the oldest channel.
+    assert seqs.accept(b"n3", b"v1", 1, ch, 1) == 0
+    assert len(seqs.origins) == 2 and b"n1" not in seqs.origins
+    for i in range(5):
+        seqs.accept(b"n3", b"v1", 2 + i, b"bayeux:0:/c%d" % i, 1)
+    assert len(seqs.channels) == 3
+
+
+def unconnected_broker(**options: Any) -> RedisBroker:
+    """A broker that never connects (nothing listens on port 1): its buffer fills."""
+    return RedisBroker(lambda *a: None, node_id="unit", url="redis://127.0.0.1:1/0", **options)
+
+
+def test_broker_receiving_drops_duplicates_and_counts_gaps() -> None:
+    delivered: list[bytes] = []
+    counters = Counters()
+    broker = RedisBroker(
+        lambda session, encoded, lazy: delivered.append(encoded),
+        node_id="rx",
+        url="redis://127.0.0.1:1/0",
+        counters=counters,
+    )
+    broker.subscribe(object(), "/g")  # type: ignore[arg-type]
+    channel = b"bayeux:0:/g"
+
+    def message(origin: bytes, seq: int, channel_seq: int) -> bytes:
+        return b'%s %d %d\n{"n":%d}' % (origin, seq, channel_seq, seq)
+
+    for seq in (1, 2, 3):
+        broker._received(channel, message(b"tx.aa", seq, seq))
+    broker._received(channel, message(b"tx.aa", 3, 3))  # a copy through a second subscription
+    for seq in (2, 3, 4):  # a re-send after a reconnection: 2 and 3 again
+        broker._received(channel, message(b"tx.aa", seq, seq))
+    broker._received(channel, message(b"tx.aa", 7, 7))  # 5 and 6 never came
+    broker._received(channel, message(broker.origin.encode(), 9, 1))  # our own: an echo
+    assert delivered == [b'{"n":%d}' % n for n in (1, 2, 3, 4, 7)]
+    assert counters.cluster_duplicates == 2 and broker.duplicates == 1
+    assert counters.cluster_gaps == 2 and broker.echoes == 1
+    assert broker.stats()["gaps"] == 2 and broker.stats()["received_again"] == 2
+
+
+def test_buffer_bound_in_bytes_counts_and_logs_the_loss(caplog: pytest.LogCaptureFixture) -> None:
+    counters = Counters()
+    broker = unconnected_broker(buffer_bytes=10_000, counters=counters)
+    message = b"x" * 900
+    with caplog.at_level(logging.WARNING, logger="engine.redis"):
+        for _ in range(20):
+            broker.publish("/b", message)
+    # What fits waits for Redis (in order); the rest is lost and counted.
+    assert broker.buffered == 10 and counters.cluster_published_lost == 10
+    assert broker.published_lost == 10
+    lines = [r.getMessage() for r in caplog.records if "redis_buffer_bytes" in r.getMessage()]
+    assert len(lines) == 1, lines  # once per cause and period, not once per message
+    assert "not forwarded to other nodes" in lines[0]
+    assert broker.limit_log.counts()["redis_buffer_full"] == 9  # held for the next line
+
+
+def test_buffer_bound_in_seconds_counts_and_logs_the_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    counters = Counters()
+    broker = unconnected_broker(buffer_seconds=30.0, counters=counters)
+    broker.clock = lambda: now[0]
+    for _ in range(3):
+        broker.publish("/s", b"{}")
+    now[0] += 20.0
+    for _ in range(2):
+        broker.publish("/s", b"{}")
+    now[0] += 15.0  # the first three are 35 s old, the others 15 s
+    with caplog.at_level(logging.WARNING, logger="engine.redis"):
+        broker._expire()
+    assert broker.buffered == 2 and counters.cluster_published_lost == 3
+    assert broker.stats()["buffered_bytes"] > 0
+    assert any("redis_buffer_seconds" in r.getMessage() for r in caplog.records)
+    now[0] += 20.0
+    broker._expire()
+    assert broker.buffered == 0 and counters.cluster_published_lost == 5
+
+
+def test_buffered_publishes_leave_in_order_once_redis_is_there() -> None:
+    """Published while Redis is down: kept, then sent in order on the first connection."""
+    server = RedisServer()  # a port, nothing listening yet
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+        one = RedisBroker(
+            lambda *a: None, node_id="bufA", url=server.url, backoff_max=0.2, start_timeout=0.1
+        )
+        two = RedisBroker(
+            lambda s, e, lazy: got.append(e),
+            node_id="bufB",
+            url=server.url,
+            backoff_max=0.2,
+            start_timeout=0.1,
+        )
+        two.subscribe(object(), "/o")  # type: ignore[arg-type]
+        await one.start()
+        await two.start()
+        for n in range(50):
+            one.publish("/o", b"%d" % n)
+        assert one.buffered == 50
+        await asyncio.to_thread(server.start)
+        for _ in range(500):
+            if len(got) == 50:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"%d" % n for n in range(50)]
+        assert one.buffered == 0 and one.published_lost == 0
+        await one.stop()
+        await two.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_buffer_options_are_validated() -> None:
+    from engine.options import ServerOptions
+
+    assert ServerOptions().redis_buffer_bytes == 64 * 1024 * 1024
+    assert ServerOptions().redis_buffer_seconds == 30.0
+    with pytest.raises(ValueError, match="redis_buffer_bytes"):
+        ServerOptions(redis_buffer_bytes=10)
+    with pytest.raises(ValueError, match="redis_buffer_seconds"):
+        ServerOptions(redis_buffer_seconds=0)
