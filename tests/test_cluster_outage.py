@@ -16,6 +16,7 @@ engine processes; without redis-server the module is skipped (fails on CI).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
 import signal
@@ -37,8 +38,9 @@ from test_cluster import (  # noqa: E402
     node_stub,
     redis_client,
     subscribed,
-    wait_until,  # noqa: E402
+    wait_until,
 )
+from test_forwarding import Client, forwarding_stats  # noqa: E402
 
 from engine.redis_broker import OriginSequences, RedisBroker  # noqa: E402
 from engine.stats import Counters  # noqa: E402
@@ -125,6 +127,65 @@ def test_frozen_redis_loses_and_duplicates_nothing(redis_srv: RedisServer) -> No
     assert stats_b["reconnects"] == 0, stats_b
     assert "not answering for" in a.stderr and "does not answer a new connection" in a.stderr
     assert "answering again after" in a.stderr
+
+
+# ------------------------------------- a relay killed with an event on the way
+
+
+def test_relay_killed_with_an_event_in_flight_loses_and_duplicates_nothing(
+    redis_srv: RedisServer,
+) -> None:
+    """The session is owned by node A; its long-polls go through node B."""
+    a, b = start_nodes(redis_srv, "rlyA", "rlyB")
+    client = Client()
+    publisher = Client()
+    try:
+        publisher.ready(a)
+        assert client.handshake(a)["successful"]
+        assert (client.client_id or "").endswith("rlyA")
+        reply, _ = client.connect(b, advice={"timeout": 0})  # forwarded to A
+        assert reply["successful"], reply
+        assert client.request(a, "/meta/subscribe", subscription="/rly/x")["successful"]
+
+        # A forwarded long-poll that carries an event: written, confirmed.
+        client.start_connect(b)
+        time.sleep(0.3)  # held at A for B
+        assert publisher.request(a, "/rly/x", data=1)["successful"]
+        reply, _ = client.finish_connect(b)
+        assert reply["successful"] and client.data("/rly/x") == [1], client.events
+
+        # The next one: B freezes, the event goes out to it, B dies without writing it.
+        client.start_connect(b)
+        time.sleep(0.3)
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        assert publisher.request(a, "/rly/x", data=2)["successful"]
+        time.sleep(0.3)  # the answer sits in B's socket
+        os.kill(b.proc.pid, signal.SIGKILL)
+        b.proc.wait(5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            client.finish_connect(b)
+        client.drop(b, "connect")
+
+        # The client reconnects through the owner (as CometD does after a
+        # failed connect): the event was put back, ahead of newer ones.
+        reply, _ = client.connect(a, advice={"timeout": 0})
+        assert reply["successful"], reply
+        for n in (3, 4, 5):
+            assert publisher.request(a, "/rly/x", data=n)["successful"]
+            reply, _ = client.connect(a)
+            assert reply["successful"], reply
+        time.sleep(0.2)
+        reply, _ = client.connect(a, advice={"timeout": 0})
+        assert client.data("/rly/x") == [1, 2, 3, 4, 5], client.events
+    finally:
+        client.close()
+        publisher.close()
+        a.stop()
+        b.stop()
+    stats = forwarding_stats(a)
+    assert stats["confirmed"] == 1 and stats["requeued"] == 1, stats
+    assert stats["unconfirmed"] == 0 and stats["deferred"] >= 1, stats
+    assert "put back on its queue: node rlyB did not write them" in a.stderr
 
 
 # ---------------------------------------------------------------- units
@@ -282,3 +343,131 @@ def test_buffer_options_are_validated() -> None:
         ServerOptions(redis_buffer_bytes=10)
     with pytest.raises(ValueError, match="redis_buffer_seconds"):
         ServerOptions(redis_buffer_seconds=0)
+
+
+def test_leading_events_are_told_from_replies() -> None:
+    from engine.forwarding import _leading_events
+
+    event = b'{"channel":"/a","data":{"text":"\\"successful\\": true"}}'
+    reply = b'{"channel":"/meta/connect","successful":true,"id":"3"}'
+    failure = b'{"channel":"/p","successful":false,"error":"403::denied"}'
+    assert _leading_events([event, event, reply]) == 2
+    assert _leading_events([event, failure, reply]) == 1
+    assert _leading_events([reply]) == 0
+    assert _leading_events([event]) == 1  # an extension deleted the reply
+    assert _leading_events([]) == 0
+
+
+def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
+    """In process: the owner side of `E`, `C`, `X`, `K` and `k` (see engine/forwarding.py)."""
+    import json
+
+    from test_forwarding import FakeBroker, FakeExchange
+
+    from engine.core import BayeuxCore
+    from engine.forwarding import RedisForwarder
+    from engine.options import ServerOptions
+
+    class LocalExchange(FakeExchange):
+        """A request of a client connected to the owner itself."""
+
+        client_address = "127.0.0.1"
+        limits = None
+
+        def make_limits(self) -> None:
+            return None
+
+        def session_count(self) -> int:
+            return 0
+
+        def room(self) -> int:
+            return 1 << 20
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        core = BayeuxCore(ServerOptions(timeout=5000), loop, node_id="here")
+        broker = FakeBroker(receivers=1)
+        forwarder = RedisForwarder(core, broker)  # type: ignore[arg-type]
+        core.forwarder = forwarder
+        forwarder.start()
+        hello = LocalExchange()
+        core.process_here(
+            [
+                {
+                    "channel": "/meta/handshake",
+                    "version": "1.0",
+                    "supportedConnectionTypes": ["long-polling"],
+                }
+            ],
+            hello,
+        )
+        client_id = hello.replies()[0]["clientId"]
+        session = core.sessions[client_id]
+        first = LocalExchange()
+        core.process_here([{"channel": "/meta/connect", "clientId": client_id}], first)
+        core.process_here(
+            [{"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/u"}],
+            LocalExchange(),
+        )
+        rid = 100
+
+        def forwarded_connect() -> int:
+            nonlocal rid
+            rid += 1
+            connect = {"channel": "/meta/connect", "clientId": client_id, "id": str(rid)}
+            request = {"r": rid, "o": "there", "t": "long-polling", "b": "cookie", "m": [connect]}
+            forwarder._received(b"Q" + json.dumps(request).encode())
+            return rid
+
+        async def publish(n: int) -> None:
+            core.publish_from("/u", {"channel": "/u", "data": n})
+            await asyncio.sleep(0.01)  # the held connect is answered in the next loop turn
+
+        def last_sent() -> bytes:
+            return broker.sent[-1][1]
+
+        # Written and confirmed: nothing kept.
+        held = forwarded_connect()
+        await publish(1)
+        assert last_sent().startswith(b"E%d here\n" % held)
+        assert forwarder.stats()["unconfirmed"] == 1
+        forwarder._received(b"C%d there" % held)
+        assert forwarder.stats()["unconfirmed"] == 0 and forwarder.confirmed == 1
+        assert not session.queue
+
+        # Not written (X): put back ahead of what came since, in order.
+        held = forwarded_connect()
+        await publish(2)
+        core.publish_from("/u", {"channel": "/u", "data": 3})  # queued meanwhile
+        forwarder._received(b"X%d there" % held)
+        assert [json.loads(e)["data"] for e in session.queue or []] == [2, 3]
+        assert forwarder.requeued == 1 and core.stats.cluster_requeued == 1
+
+        # A request of the session while an answer is unconfirmed waits for it:
+        # the owner asks (K); the origin's `k` without a `C` before it: put back.
+        local = LocalExchange()
+        core.process_here(
+            [{"channel": "/meta/connect", "clientId": client_id, "advice": {"timeout": 0}}], local
+        )
+        assert [json.loads(m)["data"] for m in (local.sent or [])[:-1]] == [2, 3]
+        held = forwarded_connect()
+        await publish(4)
+        local = LocalExchange()
+        core.process_here(
+            [{"channel": "/meta/connect", "clientId": client_id, "advice": {"timeout": 0}}], local
+        )
+        assert local.sent is None and forwarder.deferred == 1
+        assert last_sent() == b"K%d here" % held and broker.sent[-1][0] == b"node:there"
+        forwarder._received(b"k%d there" % held)
+        assert [m.get("data") for m in local.replies()] == [4, None]
+
+        # An origin that no longer exists (no receiver for E): put back at once.
+        broker.receivers = 0
+        held = forwarded_connect()
+        await publish(5)
+        assert [json.loads(e)["data"] for e in session.queue or []] == [5]
+        assert forwarder.requeued == 3 and forwarder.stats()["unconfirmed"] == 0
+        forwarder.close()
+        core.close()
+
+    asyncio.run(scenario())
