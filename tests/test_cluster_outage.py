@@ -334,6 +334,95 @@ def test_buffered_publishes_leave_in_order_once_redis_is_there() -> None:
         server.stop()
 
 
+class MutingProxy:
+    """A TCP proxy to Redis that can stop passing Redis's replies on the
+    connections open so far, while new connections work: a connection lost
+    in the network while Redis is fine (what the broker's probe tells apart)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.muted: set[asyncio.StreamWriter] = set()
+        self.open: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def mute_open_connections(self) -> None:
+        self.muted.update(self.open)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.open.append(writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
+            while data := await src.read(65536):
+                if down and writer in self.muted:
+                    continue  # lost on the way
+                dst.write(data)
+            dst.close()
+
+        await asyncio.gather(
+            pipe(reader, up_writer, False), pipe(up_reader, writer, True), return_exceptions=True
+        )
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.open:
+            writer.close()
+
+
+def test_publishes_unacknowledged_on_a_lost_connection_are_sent_again_once(
+    redis_srv: RedisServer,
+) -> None:
+    """Redis got them but its replies were lost: the broker connects again and
+    sends them again; the receiver drops the copies and misses nothing."""
+
+    async def scenario() -> None:
+        proxy = MutingProxy(redis_srv.port)
+        port = await proxy.start()
+        got: list[bytes] = []
+        fast = {"reply_timeout": 0.3, "health_interval": 0.5, "connect_timeout": 0.5}
+        one = RedisBroker(
+            lambda *a: None, node_id="lossA", url=f"redis://127.0.0.1:{port}/0",
+            backoff_max=0.2, **fast,
+        )  # fmt: skip
+        two = RedisBroker(lambda s, e, lazy: got.append(e), node_id="lossB", url=redis_srv.url)
+        two.subscribe(object(), "/l")  # type: ignore[arg-type]
+        await one.start()
+        await two.start()
+        await asyncio.sleep(0.1)  # two's SUBSCRIBE is in
+        for n in range(20):
+            one.publish("/l", b"%d" % n)
+        await asyncio.sleep(0.1)
+        proxy.mute_open_connections()
+        for n in range(20, 60):  # one batch: Redis gets it, its replies are lost
+            one.publish("/l", b"%d" % n)
+        for _ in range(400):
+            if one.reconnects and len(got) >= 60 and not one.buffered:
+                break
+            await asyncio.sleep(0.01)
+        for n in range(60, 70):
+            one.publish("/l", b"%d" % n)
+        for _ in range(300):
+            if len(got) >= 70:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert got == [b"%d" % n for n in range(70)]
+        assert one.reconnects == 1 and one.stalls >= 1
+        assert one.counters.cluster_resent == 40 and one.published_lost == 0
+        assert two.counters.cluster_duplicates == 40
+        assert two.counters.cluster_gaps == 0
+        await one.stop()
+        await two.stop()
+        proxy.close()
+
+    asyncio.run(scenario())
+
+
 def test_buffer_options_are_validated() -> None:
     from engine.options import ServerOptions
 
