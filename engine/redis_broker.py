@@ -179,58 +179,67 @@ class _RateLimitedLog:
 class OriginSequences:
     """What a receiver has seen of the other nodes: duplicates and gaps.
 
-    `accept(node, token, seq, channel, channel_seq)` for each message from
-    another node returns -1 for a duplicate (its `seq` is not above the last
-    one seen from that process: drop it), else the number of messages on
-    that channel the origin sent before this one and that never arrived.
+    `accept(origin, seq, channel, channel_seq)` for each message from
+    another node process (`origin` is `<node id>.<token>`) returns -1 for a
+    duplicate (its `seq` is not above the last one seen from that process:
+    drop it), else the number of messages on that channel the origin sent
+    before this one and that never arrived.
 
-    Per node id: the process token and its last `seq` (a new token, the
-    origin restarted, starts afresh).  Per channel and node: the last
-    `channel seq`.  A channel seen for the first time, a `channel seq` of 1
-    (the origin started counting that channel again) or one at or below the
-    last is taken as a new start, never as a gap.  Both tables are bounded;
-    the oldest entries go first (the worst that costs is a gap not noticed,
-    or a duplicate not caught, right after).
+    Per origin: the last `seq`; a new token under a known node id (the node
+    restarted) makes its predecessor's state go.  Per channel and origin: the
+    last `channel seq`.  A channel seen for the first time, a `channel seq`
+    of 1 (the origin started counting that channel again) or one at or below
+    the last is taken as a new start, never as a gap.  Both tables are
+    bounded, the oldest entries going first (the worst that costs is a gap
+    not noticed, or a duplicate not caught, right after).
     """
 
-    __slots__ = ("origins", "channels", "max_origins", "max_channels", "restarts")
+    __slots__ = ("origins", "nodes", "channels", "max_origins", "max_channels", "restarts")
 
     def __init__(self, max_origins: int = MAX_ORIGINS, max_channels: int = MAX_CHANNELS) -> None:
-        self.origins: dict[bytes, list[Any]] = {}  # node id -> [token, last seq]
-        self.channels: dict[bytes, dict[bytes, int]] = {}  # channel -> node id -> channel seq
+        self.origins: dict[bytes, int] = {}  # origin -> its last seq
+        self.nodes: dict[bytes, bytes] = {}  # node id -> its current origin
+        self.channels: dict[bytes, dict[bytes, int]] = {}  # channel -> origin -> channel seq
         self.max_origins = max_origins
         self.max_channels = max_channels
         self.restarts = 0  # origins seen with a new process token
 
-    def accept(self, node: bytes, token: bytes, seq: int, channel: bytes, channel_seq: int) -> int:
+    def accept(self, origin: bytes, seq: int, channel: bytes, channel_seq: int) -> int:
         origins = self.origins
-        state = origins.get(node)
-        if state is None:
-            if len(origins) >= self.max_origins:
-                del origins[next(iter(origins))]
-            origins[node] = [token, seq]
-        elif state[0] != token:
-            self.restarts += 1
-            state[0] = token
-            state[1] = seq
-            for seen in self.channels.values():
-                seen.pop(node, None)
-        elif seq <= state[1]:
+        last = origins.get(origin)
+        if last is None:
+            self._new_origin(origin)
+        elif seq <= last:
             return -1
-        else:
-            state[1] = seq
-        channels = self.channels
-        per_node = channels.get(channel)
-        if per_node is None:
+        origins[origin] = seq
+        seen = self.channels.get(channel)
+        if seen is None:
+            channels = self.channels
             if len(channels) >= self.max_channels:
                 del channels[next(iter(channels))]
-            channels[channel] = {node: channel_seq}
+            channels[channel] = {origin: channel_seq}
             return 0
-        last = per_node.get(node)
-        per_node[node] = channel_seq
-        if last is None or channel_seq <= last + 1:
+        previous = seen.get(origin)
+        seen[origin] = channel_seq
+        if previous is None or channel_seq <= previous + 1:
             return 0
-        return channel_seq - last - 1
+        return channel_seq - previous - 1
+
+    def _new_origin(self, origin: bytes) -> None:
+        node = origin.partition(b".")[0]
+        nodes = self.nodes
+        old = nodes.pop(node, None)
+        if old is not None:
+            self.restarts += 1
+            self._drop(old)
+        elif len(nodes) >= self.max_origins:
+            self._drop(nodes.pop(next(iter(nodes))))
+        nodes[node] = origin
+
+    def _drop(self, origin: bytes) -> None:
+        self.origins.pop(origin, None)
+        for seen in self.channels.values():
+            seen.pop(origin, None)
 
     def forget(self, channel: bytes) -> None:
         """This node no longer subscribes to `channel`: what it misses is no gap."""
@@ -996,8 +1005,7 @@ class RedisBroker:
             return
         try:
             origin, seq, channel_seq = tag.split(b" ")
-            node, _, token = origin.partition(b".")
-            missed = self.sequences.accept(node, token, int(seq), channel, int(channel_seq))
+            missed = self.sequences.accept(origin, int(seq), channel, int(channel_seq))
         except ValueError:
             self.received_invalid += 1
             return
@@ -1005,7 +1013,7 @@ class RedisBroker:
             if missed < 0:
                 self.counters.cluster_duplicates += 1
                 return
-            self._gap(node, channel, missed)
+            self._gap(origin, channel, missed)
         self.received += 1
         try:
             name = channel[self._prefix_len :].decode()
@@ -1022,14 +1030,14 @@ class RedisBroker:
             self.received_invalid += 1
             log.exception("node %s: message from redis not delivered", self.node_id)
 
-    def _gap(self, node: bytes, channel: bytes, missed: int) -> None:
+    def _gap(self, origin: bytes, channel: bytes, missed: int) -> None:
         self.counters.cluster_gaps += missed
         self.limit_log.warning(
             "cluster_gap",
             "node %s: %d message(s) from node %s on %s never arrived; %d missed in total",
             self.node_id,
             missed,
-            node.decode("utf-8", "replace"),
+            origin.partition(b".")[0].decode("utf-8", "replace"),
             channel[self._prefix_len :].decode("utf-8", "replace"),
             self.counters.cluster_gaps,
         )

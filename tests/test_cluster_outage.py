@@ -194,33 +194,34 @@ def test_relay_killed_with_an_event_in_flight_loses_and_duplicates_nothing(
 def test_origin_sequences_drop_duplicates_and_count_gaps() -> None:
     seqs = OriginSequences(max_origins=2, max_channels=3)
     ch, other = b"bayeux:0:/a", b"bayeux:0:/b"
-    assert seqs.accept(b"n1", b"t1", 1, ch, 1) == 0  # first sight: no gap whatever came before
-    assert seqs.accept(b"n1", b"t1", 2, other, 1) == 0
-    assert seqs.accept(b"n1", b"t1", 2, ch, 2) == -1  # seen (a re-send): dropped
-    assert seqs.accept(b"n1", b"t1", 1, ch, 1) == -1
+    assert seqs.accept(b"n1.t1", 1, ch, 1) == 0  # first sight: no gap whatever came before
+    assert seqs.accept(b"n1.t1", 2, other, 1) == 0
+    assert seqs.accept(b"n1.t1", 2, ch, 2) == -1  # seen (a re-send): dropped
+    assert seqs.accept(b"n1.t1", 1, ch, 1) == -1
     # seq 3 and 4 went to channels this node does not subscribe: no gap on /a.
-    assert seqs.accept(b"n1", b"t1", 5, ch, 2) == 0
+    assert seqs.accept(b"n1.t1", 5, ch, 2) == 0
     # Channel seq 3 and 4 of /a never arrived.
-    assert seqs.accept(b"n1", b"t1", 8, ch, 5) == 2
+    assert seqs.accept(b"n1.t1", 8, ch, 5) == 2
     # Another origin has its own sequences.
-    assert seqs.accept(b"n2", b"u1", 1, ch, 1) == 0
-    assert seqs.accept(b"n2", b"u1", 2, ch, 2) == 0
+    assert seqs.accept(b"n2.u1", 1, ch, 1) == 0
+    assert seqs.accept(b"n2.u1", 2, ch, 2) == 0
     # n1 restarted (new token): counting starts again, nothing is a duplicate or a gap.
-    assert seqs.accept(b"n1", b"t2", 1, ch, 1) == 0
-    assert seqs.restarts == 1
-    assert seqs.accept(b"n1", b"t2", 2, ch, 2) == 0
+    assert seqs.accept(b"n1.t2", 1, ch, 1) == 0
+    assert seqs.restarts == 1 and b"n1.t1" not in seqs.origins
+    assert b"n1.t1" not in seqs.channels[ch]
+    assert seqs.accept(b"n1.t2", 2, ch, 2) == 0
     # The origin started counting /a again (its table of channels is bounded): a new start.
-    assert seqs.accept(b"n1", b"t2", 9, ch, 1) == 0
+    assert seqs.accept(b"n1.t2", 9, ch, 1) == 0
     # No longer subscribed: what was published meanwhile is not a gap.
     seqs.forget(ch)
-    assert seqs.accept(b"n1", b"t2", 20, ch, 9) == 0
+    assert seqs.accept(b"n1.t2", 20, ch, 9) == 0
     seqs.forget_prefix(b"bayeux:0:/")
     assert seqs.channels == {}
-    # Bounded: a third origin evicts the oldest; many channels, the oldest channel.
-    assert seqs.accept(b"n3", b"v1", 1, ch, 1) == 0
-    assert len(seqs.origins) == 2 and b"n1" not in seqs.origins
+    # Bounded: a third node evicts the oldest; many channels, the oldest channel.
+    assert seqs.accept(b"n3.v1", 1, ch, 1) == 0
+    assert len(seqs.origins) == 2 and set(seqs.nodes) == {b"n1", b"n3"}
     for i in range(5):
-        seqs.accept(b"n3", b"v1", 2 + i, b"bayeux:0:/c%d" % i, 1)
+        seqs.accept(b"n3.v1", 2 + i, b"bayeux:0:/c%d" % i, 1)
     assert len(seqs.channels) == 3
 
 
