@@ -622,6 +622,10 @@ class RedisBroker:
         if task is None:
             return
         deadline = time.monotonic() + flush_timeout
+        # Leaving: what waits for the other nodes to be back goes now rather than never.
+        self._hold_until = 0.0
+        if self._wake is not None:
+            self._wake.set()
         while (
             self.available
             and (self._backlog or self._directs or self._inflight_directs)
@@ -656,10 +660,8 @@ class RedisBroker:
         kwargs["socket_timeout"] = None
         conn = self._pool.connection_class(**kwargs)
         try:
-            await asyncio.wait_for(
-                conn.connect(),  # type: ignore[no-untyped-call]
-                self.connect_timeout,
-            )
+            async with asyncio.timeout(self.connect_timeout):  # (see _sender: not wait_for)
+                await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:
             await _close(conn)
             raise
@@ -687,9 +689,10 @@ class RedisBroker:
                 self._last_rx = loop.time()
                 channels, patterns = await self._sync_subscriptions(sub)
                 self.connected = True
-                if self._down_since is not None and self._ever_connected:
-                    # After an outage the other nodes come back one by one
-                    # (their backoff): publishes wait for them a moment.
+                if self._down_since is not None:
+                    # After an outage (or a start during one) the other nodes
+                    # come back one by one (their backoff): publishes wait
+                    # for them a moment.
                     self._hold_until = loop.time() + self.resend_delay
                 self._on_connected(channels, patterns)
                 attempts = 0
@@ -839,9 +842,12 @@ class RedisBroker:
             if not self._directs and (not backlog or held > 0):
                 wake.clear()
                 try:
-                    await asyncio.wait_for(
-                        wake.wait(), held if backlog and held > 0 else self.health_interval
-                    )
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a
+                    # cancellation that comes with the event being set.
+                    async with asyncio.timeout(
+                        held if backlog and held > 0 else self.health_interval
+                    ):
+                        await wake.wait()
                 except TimeoutError:
                     if backlog:
                         continue  # the hold is over

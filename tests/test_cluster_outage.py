@@ -314,12 +314,14 @@ def test_buffered_publishes_leave_in_order_once_redis_is_there() -> None:
             start_timeout=0.1,
         )
         two.subscribe(object(), "/o")  # type: ignore[arg-type]
+        one.resend_delay = 1.0  # for the other nodes to be back (two, here)
         await one.start()
-        await two.start()
         for n in range(50):
             one.publish("/o", b"%d" % n)
         assert one.buffered == 50
         await asyncio.to_thread(server.start)
+        await two.start()
+        assert two.connected and one.buffered == 50
         for _ in range(500):
             if len(got) == 50:
                 break
