@@ -35,7 +35,10 @@ Acknowledged means delivered or reported (through a Redis outage):
   published meanwhile waits and leaves, in order, on the next connection.
   A connection torn down with publishes written but not acknowledged: they
   are sent again on the next one (Redis may have delivered them already:
-  the receivers drop what they have seen).  Beyond the bounds, a publish is
+  the receivers drop what they have seen).  After an outage the other nodes
+  come back one by one (their backoff), and Redis pub/sub keeps nothing for
+  a node not subscribed yet: publishes wait `resend_delay` (`backoff_max`)
+  on the new connection before they leave.  Beyond the bounds, a publish is
   lost, counted (`published_lost`) and logged once per cause.
 * A frozen Redis (SIGSTOP, a stalled host) keeps its TCP connections open
   and answers nothing.  Replies that do not come within `reply_timeout`
@@ -61,7 +64,9 @@ Acknowledged means delivered or reported (through a Redis outage):
   channel, resubscribed on reconnect like the others; `send_direct(name,
   payload, on_reply)` publishes through the same connection and hands the
   reply (the number of receivers; None if it could not be sent) to
-  `on_reply`.  They are not buffered through an outage (a forwarded request
+  `on_reply`.  They leave in their order among the publishes (a forwarded
+  request sees what its node published before it; only during the wait
+  after an outage do they go first).  They are not buffered through an outage (a forwarded request
   has its own deadline): refused while Redis is down or stalled, failed
   (None) when their connection dies.  They use Redis 7's sharded pub/sub
   (SSUBSCRIBE / SPUBLISH: in a Redis Cluster a message to one node stays on
