@@ -123,6 +123,7 @@ _GLOB_SPECIAL = frozenset("*?[]\\")
 _PING = b"*1\r\n$4\r\nPING\r\n"
 _CRLF = b"\r\n"
 _CHUNK = 512  # names per SUBSCRIBE / UNSUBSCRIBE command
+BATCH_BYTES = 1024 * 1024  # publishes written before their replies are read
 # Redis's default pub/sub output buffer hard limit is 32 MB; keep well below.
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 MAX_ORIGINS = 4096  # other node processes whose sequence a receiver tracks
@@ -865,32 +866,36 @@ class RedisBroker:
                 continue
             self._expire()
             directs = self._directs
-            count = len(backlog) if held <= 0 else 0
-            if not directs and not count:
+            pending = len(backlog) if held <= 0 else 0
+            if not directs and not pending:
                 continue
-            self._directs = []
-            self._directs_bytes = 0
+            # One batch: publishes up to BATCH_BYTES (replies then come while
+            # the rest is written), each direct message before the publish
+            # queued right after it.
+            base = self._queued - len(backlog)  # publishes queued before backlog[0]
             chunks: list[bytes] = []
             positions: list[int] = []  # of the direct messages among the batch's commands
-            if count:
-                # Each direct message before the publish queued right after it.
-                base = self._queued - count  # publishes queued before backlog[0]
-                d = 0
-                after = directs[0][0] - base if directs else count
-                for i, (_, head, encoded) in enumerate(backlog):
-                    while after <= i:
-                        positions.append(len(positions) + i)
-                        _, dhead, payload, _ = directs[d]
-                        chunks += (dhead, payload, _CRLF)
-                        d += 1
-                        after = directs[d][0] - base if d < len(directs) else count
-                    chunks += (head, encoded, _CRLF)
-                directs_left = directs[d:]
-            else:
-                directs_left = directs
-            for _, dhead, payload, _ in directs_left:
-                positions.append(len(chunks) // 3)
-                chunks += (dhead, payload, _CRLF)
+            d = 0
+            count = 0
+            size = 0
+            for _, head, encoded in backlog if pending else ():
+                while d < len(directs) and directs[d][0] - base <= count:
+                    positions.append(d + count)
+                    chunks += (directs[d][1], directs[d][2], _CRLF)
+                    d += 1
+                if size >= BATCH_BYTES:
+                    break
+                chunks += (head, encoded, _CRLF)
+                size += len(head) + len(encoded)
+                count += 1
+            if count == pending:  # all publishes (or none, waiting): every direct message
+                for _, dhead, payload, _ in directs[d:]:
+                    positions.append(len(chunks) // 3)
+                    chunks += (dhead, payload, _CRLF)
+                d = len(directs)
+            self._directs = directs[d:]
+            self._directs_bytes = sum(len(h) + len(p) for _, h, p, _ in self._directs)
+            directs = directs[:d]
             self._written = count
             self._inflight_directs = directs
             self._directs_done = 0

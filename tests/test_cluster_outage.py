@@ -426,6 +426,56 @@ def test_publishes_unacknowledged_on_a_lost_connection_are_sent_again_once(
     asyncio.run(scenario())
 
 
+def test_direct_messages_leave_in_their_order_among_publishes() -> None:
+    """Batches capped in bytes: each direct message still leaves right after
+    the publishes queued before it (a forwarded request sees them)."""
+    import random
+
+    from test_forwarding import SlowConnection
+
+    class RecordingConnection(SlowConnection):
+        def __init__(self) -> None:
+            super().__init__()
+            self.written: list[bytes] = []
+
+        async def send_packed_command(
+            self, chunks: list[bytes], check_health: bool = False
+        ) -> None:
+            for i in range(0, len(chunks), 3):
+                head, payload = chunks[i], chunks[i + 1]
+                self.written.append(payload[:12] if head.endswith(b"\n") else payload)
+            await super().send_packed_command(chunks, check_health)
+
+    async def scenario() -> None:
+        broker = unconnected_broker()
+        broker.connected = True
+        broker._wake = asyncio.Event()
+        conn = RecordingConnection()
+        sender = asyncio.get_running_loop().create_task(broker._sender(conn))  # type: ignore[arg-type]
+        rng = random.Random(5)
+        expected: list[bytes] = []
+        for n in range(300):
+            if rng.randrange(3):
+                big = rng.randrange(10) == 0  # now and then over the batch cap alone
+                body = b"%-12d" % n + (b"x" * 1_200_000 if big else b"")
+                broker.publish("/o", body)
+                expected.append(body[:12])
+            else:
+                assert broker.send_direct(b"node:yes", b"d%d" % n)
+                expected.append(b"d%d" % n)
+            if rng.randrange(4) == 0:
+                await asyncio.sleep(0)
+        for _ in range(500):
+            if len(conn.written) == len(expected) and not broker.buffered:
+                break
+            await asyncio.sleep(0.01)
+        sender.cancel()
+        assert conn.written == expected
+        assert broker.forwarded == len([e for e in expected if not e.startswith(b"d")])
+
+    asyncio.run(scenario())
+
+
 def test_buffer_options_are_validated() -> None:
     from engine.options import ServerOptions
 
