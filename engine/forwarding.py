@@ -319,6 +319,8 @@ class RedisForwarder:
         self._deferred: dict[str, list[tuple[list[Any], Exchange]]] = {}
         self._kept_wheel: TimerWheel[tuple[str, int]] = TimerWheel(TICK, self.loop.time())
         self._tick_handle: asyncio.TimerHandle | None = None
+        # Origin side: confirmations (`C`) not sent yet: request id -> owner.
+        self._unsent_confirms: dict[int, str] = {}
 
         # Counters (see `stats()`).  Origin side:
         self.forwarded = 0  # requests sent to their owner
@@ -503,7 +505,7 @@ class RedisForwarder:
             # The owner's encoded messages, as they are: the exchange adds `[ ]`.
             exchange.send([data[end + 1 :]])
             if kind == b"E":
-                self._send(entry.owner, b"C%d %s" % (rid, self.node_id.encode()))
+                self._confirm(entry.owner, rid)
         elif kind == b"F":
             self.failed += 1
             status, _, detail = data[end + 1 :].partition(b" ")
@@ -513,6 +515,27 @@ class RedisForwarder:
         else:  # B: the owner is too busy
             self.unavailable += 1
             self._answer_failure(exchange, entry.messages, BUSY_ERROR)
+
+    def _confirm(self, owner: str, rid: int) -> None:
+        """Tell the owner its events are written (`C`); kept until sent, for its `K`."""
+        if not self.broker.send_direct(
+            self.broker.node_channel(owner),
+            b"C%d %s" % (rid, self.node_id.encode()),
+            functools.partial(self._confirm_sent, owner, rid),
+        ):
+            self._confirm_later(owner, rid)
+
+    def _confirm_sent(self, owner: str, rid: int, receivers: int | None) -> None:
+        if receivers is None:
+            self._confirm_later(owner, rid)
+
+    def _confirm_later(self, owner: str, rid: int) -> None:
+        """A `C` that could not go (Redis down): sent again on reconnection or
+        when the owner asks, never to let the owner put back what was written."""
+        confirms = self._unsent_confirms
+        if len(confirms) >= self.max_pending:
+            del confirms[next(iter(confirms))]
+        confirms[rid] = owner
 
     def _answer_failure(self, exchange: Exchange, messages: list[Any], error: str) -> None:
         """Answer a request here: a failure per message, `reconnect: retry` on a connect."""
@@ -615,6 +638,9 @@ class RedisForwarder:
     def _on_connect(self, first: bool) -> None:
         if not first:
             self._grace_until = self.loop.time() + self.reconnect_grace
+            confirms, self._unsent_confirms = self._unsent_confirms, {}
+            for rid, owner in confirms.items():
+                self._confirm(owner, rid)
         else:
             # A new process under this id: what its predecessor held is lost.
             # Sent with the first batch, before this node has any session.
@@ -880,6 +906,8 @@ class RedisForwarder:
         if key is None:
             return
         owner, rid = key
+        if self._unsent_confirms.pop(rid, None) is not None:
+            self._confirm(owner, rid)  # written: the `C` goes before the `k`
         entry = self._pending.get(rid)
         if entry is not None and entry.owner == owner:
             # Its answer was lost on the way (the owner sent it before asking):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import logging
 import os
 import signal
@@ -502,8 +503,6 @@ def test_leading_events_are_told_from_replies() -> None:
 
 def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
     """In process: the owner side of `E`, `C`, `X`, `K` and `k` (see engine/forwarding.py)."""
-    import json
-
     from test_forwarding import FakeBroker, FakeExchange
 
     from engine.core import BayeuxCore
@@ -609,6 +608,68 @@ def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
         await publish(5)
         assert [json.loads(e)["data"] for e in session.queue or []] == [5]
         assert forwarder.requeued == 3 and forwarder.stats()["unconfirmed"] == 0
+        forwarder.close()
+        core.close()
+
+    asyncio.run(scenario())
+
+
+def test_origin_confirms_what_it_wrote_even_after_an_outage() -> None:
+    """In process: the relaying side of `E`: `C` once written, `X` when its
+    client is gone, a `C` that could not go is sent when the owner asks."""
+    from test_forwarding import FakeBroker, FakeExchange
+
+    from engine.core import BayeuxCore
+    from engine.forwarding import RedisForwarder
+    from engine.options import ServerOptions
+
+    class GoneExchange(FakeExchange):
+        def is_gone(self) -> bool:
+            return True
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        core = BayeuxCore(ServerOptions(timeout=5000), loop, node_id="here")
+        broker = FakeBroker(receivers=1)
+        forwarder = RedisForwarder(core, broker)  # type: ignore[arg-type]
+        forwarder.start()
+        connect = {"channel": "/meta/connect", "clientId": "f" * 32 + "there"}
+
+        def forward(exchange: FakeExchange) -> int:
+            forwarder.forward("there", [connect], exchange)
+            return int(json.loads(broker.sent[-1][1][1:])["r"])
+
+        answer = b'{"channel":"/u","data":1},{"channel":"/meta/connect","successful":true}'
+        exchange = FakeExchange()
+        rid = forward(exchange)
+        forwarder._received(b"E%d there\n" % rid + answer)
+        assert [m.get("data") for m in exchange.replies()] == [1, None]
+        assert broker.sent[-1] == (b"node:there", b"C%d here" % rid)
+
+        rid = forward(GoneExchange())
+        forwarder._received(b"E%d there\n" % rid + answer)
+        assert broker.sent[-1] == (b"node:there", b"X%d here" % rid)
+        forwarder._received(b"E99 there\n" + answer)  # for no request waiting here
+        assert broker.sent[-1] == (b"node:there", b"X99 here")
+
+        exchange = FakeExchange()
+        rid = forward(exchange)
+        broker.connected = False  # the answer arrives, its C cannot go
+        forwarder._received(b"E%d there\n" % rid + answer)
+        assert exchange.sent is not None and broker.sent[-1][1].startswith(b"Q")
+        broker.connected = True
+        forwarder._received(b"K%d there" % rid)
+        assert [p for _, p in broker.sent[-2:]] == [b"C%d here" % rid, b"k%d here" % rid]
+
+        # Asked about a request still waiting here: its answer was lost on
+        # the way; the client is told to retry, and whatever comes is not written.
+        exchange = FakeExchange()
+        rid = forward(exchange)
+        forwarder._received(b"K%d there" % rid)
+        assert exchange.replies()[0]["error"] == "503::cluster_unavailable"
+        assert broker.sent[-1][1] == b"k%d here" % rid
+        forwarder._received(b"E%d there\n" % rid + answer)
+        assert broker.sent[-1][1] == b"X%d here" % rid
         forwarder.close()
         core.close()
 
