@@ -88,6 +88,8 @@ PROBE_RETRY_MS = 2000
 class Forwarder(Protocol):
     def forward(self, owner: str, messages: list[Any], exchange: Exchange) -> None: ...
 
+    def defer(self, messages: list[Any], exchange: Exchange) -> bool: ...
+
 
 class BayeuxCore(SessionCore):
     def __init__(
@@ -323,6 +325,9 @@ class BayeuxCore(SessionCore):
 
     def process_here(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle a request on this node (its own, or one forwarded to it)."""
+        forwarder = self.forwarder
+        if forwarder is not None and forwarder.defer(messages, exchange):
+            return  # its session's events are out with a relay, not yet confirmed
         if self.policy_is_async:
             self.hooks.spawn(self._process_after_policy(messages, exchange))
             return

@@ -19,12 +19,18 @@ Redis 7).  The messages on it, one per Redis message, kind in the first byte:
                             "b": BAYEUX_BROWSER cookie or null, "m": [messages]}
     R<rid>\\n<bytes>         the response: the encoded messages joined by commas,
                             relayed as they are (never decoded at the origin)
+    E<rid> <owner>\\n<bytes> the same, with events taken off the session's queue:
+                            the origin confirms it wrote them (C) or did not (X)
     F<rid>\\n<status> <why>  the request failed with an HTTP status (a connect
                             superseded by a newer one: 500, as a local one)
     B<rid>                  the owner cannot take it: its map of remote exchanges
                             is full, or it is shutting down and this is a connect
     A<rid> <origin>         abandon: the client's connection at the origin closed
     L<rid> <origin>         release: the origin is draining, answer the held connect now
+    C<rid> <origin>         confirm: the answer E<rid> was written to the client
+    X<rid> <origin>         the answer E<rid> was not written (client gone, too late)
+    K<rid> <owner>          the owner asks about E<rid> (no C or X came in time)
+    k<rid> <origin>         the origin's answer to K: whatever it had to say, it said
     P                       a probe (only its PUBLISH reply matters)
 
 and on `<prefix>nodes`, which every node listens to:
@@ -69,6 +75,20 @@ Failure behaviour, and why:
   as `core.abandon` does for a local one; events stay queued for the next
   connect.  An answer that arrives for a closed connection is dropped (the
   owner has already forgotten that request).
+* An origin that dies (or loses its client) with an answer that carries
+  events.  The owner keeps the events of an `E` answer until the origin
+  confirms it wrote them (`C`, sent in the loop turn of the write), and
+  puts them back at the front of the session's queue, in order, when it
+  learns they were not: `X`, an `E` or `K` that no node received (the
+  origin is gone), the origin announcing a restart (`N`), a `k` with no `C`
+  before it (a node's messages arrive in the order it sent them), or the
+  origin's own deadline for the request passed.  Without confirmation
+  after `CONFIRM_AFTER`, the owner asks (`K`), and again at that pace.
+  Until the events are confirmed or put back, any request for that session
+  waits at the owner (`defer`, called by the core): a client whose relay
+  died reconnects at once, and its connect must find the events on the
+  queue, ahead of newer ones.  Sessions with the acknowledge extension are
+  left to it (it resends what the client did not acknowledge).
 * SIGTERM.  The owner's `core.drain()` answers the connects it holds for
   other nodes with `reconnect: retry`, as its own; the broker sends those
   answers before it disconnects.  A draining origin sends `L` for each
@@ -84,7 +104,9 @@ Timers (design principle 2): no `call_later` per request.  Deadlines go in a
 looks for closed client connections and sends the probes.
 
 Bounded: at most `max_pending` forwarded requests waiting at an origin and
-`max_remote` remote exchanges at an owner (beyond: the retry failure).
+`max_remote` remote exchanges at an owner (beyond: the retry failure); an
+owner keeps one unconfirmed answer per forwarded request and defers at most
+`MAX_DEFERRED` requests per session.
 """
 
 from __future__ import annotations
@@ -100,6 +122,7 @@ import orjson
 from engine._batch import encode_all
 from engine._sessions import HTTP_TRANSPORTS, META_CONNECT, META_HANDSHAKE
 from engine.limits import ConnectionLimits
+from engine.ratelog import CauseLog
 from engine.timers import TimerWheel
 
 if TYPE_CHECKING:
@@ -110,10 +133,13 @@ if TYPE_CHECKING:
 __all__ = ["RedisForwarder", "RemoteExchange"]
 
 log = logging.getLogger("engine.forwarding")
+limit_log = CauseLog(log)
 
 TICK = 0.5  # s: deadline resolution, closed-connection and probe checks
 PROBE_EVERY = 1.0  # s: how often the owners of waiting requests are probed
 PROBE_STRIKES = 2  # probes in a row without a receiver: the owner is gone
+CONFIRM_AFTER = 1.0  # s: an answer with events not confirmed by then: ask its origin
+MAX_DEFERRED = 16  # requests of one session waiting for its events' confirmation
 
 TIMEOUT_ERROR = "504::forward_timeout"
 UNAVAILABLE_ERROR = "503::cluster_unavailable"
@@ -143,6 +169,40 @@ class _Forward:
         self.delivered = False  # the owner received it (PUBLISH reply >= 1)
 
 
+class _Kept:
+    """Events an answer took off a session's queue, kept by the owner until confirmed."""
+
+    __slots__ = ("session", "events", "origin", "rid", "give_up_at", "asked_at")
+
+    def __init__(
+        self, session: Session, events: list[bytes], origin: str, rid: int, give_up_at: float
+    ) -> None:
+        self.session = session
+        self.events = events
+        self.origin = origin
+        self.rid = rid
+        self.give_up_at = give_up_at  # the origin's own deadline for the request is past
+        self.asked_at = 0.0
+
+
+def _leading_events(parts: list[bytes]) -> int:
+    """How many of a response's parts are events: the replies come last, and
+    only they have `successful` (the core strips it from deliveries)."""
+    n = len(parts)
+    while n:
+        part = parts[n - 1]
+        if b'"successful"' not in part:
+            break
+        try:
+            value = orjson.loads(part)
+        except orjson.JSONDecodeError:
+            break
+        if type(value) is not dict or "successful" not in value:
+            break
+        n -= 1
+    return n
+
+
 class RemoteExchange:
     """The `Exchange` of a forwarded request, on the owner: answers go back by Redis."""
 
@@ -157,6 +217,7 @@ class RemoteExchange:
         "done",
         "client_address",
         "limits",
+        "session",
     )
 
     def __init__(
@@ -179,6 +240,7 @@ class RemoteExchange:
         self.client_address: str | None = None
         # Connection limits apply where the client's connection is (the origin).
         self.limits: ConnectionLimits | None = None
+        self.session: Session | None = None  # the session it is for, once looked up
 
     def make_limits(self) -> ConnectionLimits | None:
         return None
@@ -190,6 +252,7 @@ class RemoteExchange:
         return int(self.forwarder.core.max_batch_bytes)
 
     def bind(self, session: Session) -> None:
+        self.session = session
         # As HttpExchange: a session that fell back from WebSocket leaves its socket.
         ws = session.ws
         if ws is not None:
@@ -200,9 +263,11 @@ class RemoteExchange:
 
     def send(self, parts: list[bytes]) -> None:
         if self.done:
+            # Abandoned meanwhile: events taken for it go back to the queue.
+            self.forwarder._taken_in_vain(self, parts)
             return
         self.done = True
-        self.forwarder._answer(self, b"R%d\n" % self.rid + b",".join(parts))
+        self.forwarder._reply(self, parts)
 
     def fail(self, status: int, detail: str = "") -> None:
         if self.done:
@@ -246,7 +311,16 @@ class RedisForwarder:
         self._next_probe = 0.0
         # Owner side: (origin, request id) -> its exchange, while unanswered.
         self._remote: dict[tuple[str, int], RemoteExchange] = {}
+        # Answers with events not confirmed yet: by (origin, request id), and
+        # per session (in the order they were sent); requests of those
+        # sessions waiting for them; when to look at them again.
+        self._kept: dict[tuple[str, int], _Kept] = {}
+        self._kept_of: dict[str, list[_Kept]] = {}
+        self._deferred: dict[str, list[tuple[list[Any], Exchange]]] = {}
+        self._kept_wheel: TimerWheel[tuple[str, int]] = TimerWheel(TICK, self.loop.time())
         self._tick_handle: asyncio.TimerHandle | None = None
+        # Origin side: confirmations (`C`) not sent yet: request id -> owner.
+        self._unsent_confirms: dict[int, str] = {}
 
         # Counters (see `stats()`).  Origin side:
         self.forwarded = 0  # requests sent to their owner
@@ -264,6 +338,9 @@ class RedisForwarder:
         self.released = 0  # holds answered early for a draining origin
         self.refused = 0  # requests refused: too many remote exchanges, or draining
         self.undelivered = 0  # answers no origin received (it died meanwhile)
+        self.confirmed = 0  # answers with events the origin confirmed it wrote
+        self.requeued = 0  # answers with events put back: not written by the origin
+        self.deferred = 0  # requests that waited for their session's confirmation
         self.invalid = 0  # unreadable messages on the node channel
 
     # ------------------------------------------------------------ life cycle
@@ -295,6 +372,9 @@ class RedisForwarder:
         self.broker.unlisten(self.channel)
         self.broker.unlisten(self.cluster_channel)
         self._remote.clear()
+        self._kept.clear()
+        self._kept_of.clear()
+        self._deferred.clear()
         log.info("node %s: forwarding: %s", self.node_id, self.stats())
 
     def stats(self) -> dict[str, Any]:
@@ -315,6 +395,10 @@ class RedisForwarder:
             "released": self.released,
             "refused": self.refused,
             "undelivered": self.undelivered,
+            "unconfirmed": len(self._kept),
+            "confirmed": self.confirmed,
+            "requeued": self.requeued,
+            "deferred": self.deferred,
             "invalid": self.invalid,
         }
 
@@ -331,7 +415,7 @@ class RedisForwarder:
             self.core.process_here(messages, exchange)
             return
         broker = self.broker
-        if not broker.connected or len(self._pending) >= self.max_pending:
+        if not broker.available or len(self._pending) >= self.max_pending:
             self.unavailable += 1
             self._answer_failure(exchange, messages, UNAVAILABLE_ERROR)
             return
@@ -390,23 +474,38 @@ class RedisForwarder:
         if end < 0 and kind != b"B":
             self.invalid += 1
             return
+        head = data[1:end] if end > 0 else data[1:]
+        owner = ""
+        if kind == b"E":
+            rid_text, _, owner_b = head.partition(b" ")
+            owner = owner_b.decode("ascii", "replace")
+            head = rid_text
+            if not _valid_node_id(owner):
+                self.invalid += 1
+                return
         try:
-            rid = int(data[1:end] if end > 0 else data[1:])
+            rid = int(head)
         except ValueError:
             self.invalid += 1
             return
         entry = self._pending.pop(rid, None)
         if entry is None:
             self.late += 1
+            if kind == b"E":  # not written: the owner puts its events back
+                self._send(owner, b"X%d %s" % (rid, self.node_id.encode()))
             return
         exchange = entry.exchange
         if exchange.is_gone():
             self.dropped += 1
+            if kind == b"E":
+                self._send(entry.owner, b"X%d %s" % (rid, self.node_id.encode()))
             return
-        if kind == b"R":
+        if kind == b"R" or kind == b"E":
             self.answered += 1
             # The owner's encoded messages, as they are: the exchange adds `[ ]`.
             exchange.send([data[end + 1 :]])
+            if kind == b"E":
+                self._confirm(entry.owner, rid)
         elif kind == b"F":
             self.failed += 1
             status, _, detail = data[end + 1 :].partition(b" ")
@@ -416,6 +515,27 @@ class RedisForwarder:
         else:  # B: the owner is too busy
             self.unavailable += 1
             self._answer_failure(exchange, entry.messages, BUSY_ERROR)
+
+    def _confirm(self, owner: str, rid: int) -> None:
+        """Tell the owner its events are written (`C`); kept until sent, for its `K`."""
+        if not self.broker.send_direct(
+            self.broker.node_channel(owner),
+            b"C%d %s" % (rid, self.node_id.encode()),
+            functools.partial(self._confirm_sent, owner, rid),
+        ):
+            self._confirm_later(owner, rid)
+
+    def _confirm_sent(self, owner: str, rid: int, receivers: int | None) -> None:
+        if receivers is None:
+            self._confirm_later(owner, rid)
+
+    def _confirm_later(self, owner: str, rid: int) -> None:
+        """A `C` that could not go (Redis down): sent again on reconnection or
+        when the owner asks, never to let the owner put back what was written."""
+        confirms = self._unsent_confirms
+        if len(confirms) >= self.max_pending:
+            del confirms[next(iter(confirms))]
+        confirms[rid] = owner
 
     def _answer_failure(self, exchange: Exchange, messages: list[Any], error: str) -> None:
         """Answer a request here: a failure per message, `reconnect: retry` on a connect."""
@@ -447,6 +567,8 @@ class RedisForwarder:
 
     def _tick(self) -> None:
         now = self.loop.time()
+        if self._kept:
+            self._check_kept(now)
         pending = self._pending
         late: set[str] = set()
         for rid in self._deadlines.due(now):
@@ -467,7 +589,7 @@ class RedisForwarder:
                 self.timed_out,
             )
         if pending:
-            if not self.broker.connected:
+            if not self.broker.available:
                 # Answers cannot arrive now: the clients retry (with backoff).
                 self._fail_all(UNAVAILABLE_ERROR)
             else:
@@ -516,6 +638,9 @@ class RedisForwarder:
     def _on_connect(self, first: bool) -> None:
         if not first:
             self._grace_until = self.loop.time() + self.reconnect_grace
+            confirms, self._unsent_confirms = self._unsent_confirms, {}
+            for rid, owner in confirms.items():
+                self._confirm(owner, rid)
         else:
             # A new process under this id: what its predecessor held is lost.
             # Sent with the first batch, before this node has any session.
@@ -528,6 +653,7 @@ class RedisForwarder:
         node = data[1:].decode("utf-8", "replace")
         if node != self.node_id:
             self._owner_lost(node, "started again")
+            self._origin_lost(node)
 
     def _owner_lost(self, owner: str, why: str) -> None:
         """The owner's sessions are gone: answer what it received here (402, handshake)."""
@@ -596,13 +722,211 @@ class RedisForwarder:
         if not receivers:
             self.undelivered += 1
 
+    # ------------------------------------- owner side: events until confirmed
+
+    def _reply(self, exchange: RemoteExchange, parts: list[bytes]) -> None:
+        """Send a forwarded request's response; keep the events it carries."""
+        session = exchange.session
+        count = _leading_events(parts) if session is not None and session.ack is None else 0
+        if not count or session is None:
+            self._answer(exchange, b"R%d\n" % exchange.rid + b",".join(parts))
+            return
+        key = (exchange.origin, exchange.rid)
+        self._remote.pop(key, None)
+        now = self.loop.time()
+        # The origin gives up on the request at timeout + margin after it
+        # sent it: past that, it writes nothing more for it.
+        give_up_at = now + self.core.timeout_s + self.margin
+        kept = _Kept(session, parts[:count], exchange.origin, exchange.rid, give_up_at)
+        self._kept[key] = kept
+        self._kept_of.setdefault(session.id, []).append(kept)
+        self._kept_wheel.add(now + CONFIRM_AFTER, key)
+        payload = b"E%d %s\n" % (exchange.rid, self.node_id.encode()) + b",".join(parts)
+        if not self.broker.send_direct(
+            self.broker.node_channel(exchange.origin),
+            payload,
+            functools.partial(self._kept_published, key),
+        ):
+            self.undelivered += 1
+            self._settle(key, False, "redis unavailable")
+
+    def _kept_published(self, key: tuple[str, int], receivers: int | None) -> None:
+        if receivers == 0:
+            self.undelivered += 1
+            self._settle(key, False, "no node received the answer")
+        elif receivers is None and key in self._kept:
+            self._ask(self._kept[key])  # its fate is unknown: ask
+
+    def _taken_in_vain(self, exchange: RemoteExchange, parts: list[bytes]) -> None:
+        session = exchange.session
+        if session is not None and session.ack is None:
+            count = _leading_events(parts)
+            if count:
+                self._requeue(session, parts[:count], exchange.origin, "its request was abandoned")
+
+    def _ask(self, kept: _Kept) -> None:
+        """Ask the origin about an answer with events (`K`); `k` comes after its C or X."""
+        kept.asked_at = self.loop.time()
+        key = (kept.origin, kept.rid)
+        self.broker.send_direct(
+            self.broker.node_channel(kept.origin),
+            b"K%d %s" % (kept.rid, self.node_id.encode()),
+            functools.partial(self._asked, key),
+        )
+
+    def _asked(self, key: tuple[str, int], receivers: int | None) -> None:
+        if receivers == 0:
+            self._settle(key, False, "the origin is gone")
+
+    def _settle(self, key: tuple[str, int], written: bool, why: str = "") -> None:
+        """An answer with events is confirmed (`written`) or known not written: put back."""
+        kept = self._kept.pop(key, None)
+        if kept is None:
+            return
+        session = kept.session
+        batches = self._kept_of.get(session.id)
+        if batches is not None:
+            batches.remove(kept)
+            if not batches:
+                del self._kept_of[session.id]
+        if written:
+            self.confirmed += 1
+        else:
+            self._requeue(session, kept.events, kept.origin, why)
+        if session.id not in self._kept_of:
+            waiting = self._deferred.pop(session.id, None)
+            if waiting:
+                for messages, exchange in waiting:
+                    if not exchange.is_gone():
+                        self.core.process_here(messages, exchange)
+
+    def _requeue(self, session: Session, events: list[bytes], origin: str, why: str) -> None:
+        """Put events back at the front of their session's queue, in order."""
+        core = self.core
+        self.requeued += len(events)
+        core.stats.cluster_requeued += len(events)
+        limit_log.warning(
+            "forward_requeued",
+            "node %s: %d event(s) of session %s put back on its queue: node %s did not "
+            "write them to the client (%s); %d in all",
+            self.node_id,
+            len(events),
+            session.id,
+            origin,
+            why,
+            self.requeued,
+        )
+        if session.removed:
+            core.stats.discarded += len(events)
+            return
+        queue = events + session.queue if session.queue else list(events)
+        size = session.queued_bytes + sum(len(e) for e in events)
+        # Bounded as every queue: beyond max_queue / max_queue_bytes the oldest go.
+        max_queue, max_bytes = core.options.max_queue, core.options.max_queue_bytes
+        drop = 0
+        while len(queue) - drop > 1 and (len(queue) - drop > max_queue or size > max_bytes):
+            size -= len(queue[drop])
+            drop += 1
+        if drop:
+            del queue[:drop]
+            session.dropped += drop
+            core.stats.dropped_queue_full += drop
+            limit_log.warning(
+                "queue_full",
+                "session %s: queue full with events put back: %d oldest dropped",
+                session.id,
+                drop,
+            )
+        session.queue = queue
+        session.queued_bytes = size
+        core._send_queued([session])  # to its held connect or WebSocket, if any
+
+    def defer(self, messages: list[Any], exchange: Exchange) -> bool:
+        """The core's hook: hold a request while its session's events are out
+        with an origin that has not confirmed them (True: it is kept here)."""
+        kept_of = self._kept_of
+        if not kept_of:
+            return False
+        first = messages[0] if messages else None
+        client_id = first.get("clientId") if type(first) is dict else None
+        if type(client_id) is not str:
+            return False
+        batches = kept_of.get(client_id)
+        if batches is None:
+            return False
+        waiting = self._deferred.setdefault(client_id, [])
+        if len(waiting) >= MAX_DEFERRED:
+            return False
+        waiting.append((messages, exchange))
+        self.deferred += 1
+        for kept in batches:
+            self._ask(kept)
+        return True
+
+    def _check_kept(self, now: float) -> None:
+        """Answers with events still unconfirmed: ask again, or give up (put back)."""
+        for key in self._kept_wheel.due(now):
+            kept = self._kept.get(key)
+            if kept is None:
+                continue
+            if now >= kept.give_up_at:
+                self._settle(key, False, "no confirmation before the request's deadline")
+                continue
+            if now - kept.asked_at >= CONFIRM_AFTER:
+                self._ask(kept)
+            self._kept_wheel.add(min(now + CONFIRM_AFTER, kept.give_up_at), key)
+
+    def _control_key(self, data: bytes) -> tuple[str, int] | None:
+        """(node, request id) of a control message `<kind><rid> <node>`; None if unreadable."""
+        rid_text, _, node = data[1:].partition(b" ")
+        try:
+            key = (node.decode("ascii"), int(rid_text))
+        except (UnicodeDecodeError, ValueError):
+            key = None
+        if key is None or not _valid_node_id(key[0]):
+            self.invalid += 1
+            return None
+        return key
+
+    def _on_settled(self, data: bytes, kind: bytes) -> None:
+        """`C`, `X` or `k` from the origin of an answer with events."""
+        key = self._control_key(data)
+        if key is None:
+            return
+        if kind == b"C":
+            self._settle(key, True)
+        elif kind == b"X":
+            self._settle(key, False, "it could not")
+        else:
+            self._settle(key, False, "it says it never did")
+
+    def _on_ask(self, data: bytes) -> None:
+        """`K` from an owner: answer `k`, after the `C` or `X` already sent if any."""
+        key = self._control_key(data)
+        if key is None:
+            return
+        owner, rid = key
+        if self._unsent_confirms.pop(rid, None) is not None:
+            self._confirm(owner, rid)  # written: the `C` goes before the `k`
+        entry = self._pending.get(rid)
+        if entry is not None and entry.owner == owner:
+            # Its answer was lost on the way (the owner sent it before asking):
+            # whatever may still come for it is not written; the client retries.
+            del self._pending[rid]
+            self.unavailable += 1
+            if not entry.exchange.is_gone():
+                self._answer_failure(entry.exchange, entry.messages, UNAVAILABLE_ERROR)
+        self._send(owner, b"k%d %s" % (rid, self.node_id.encode()))
+
+    def _origin_lost(self, origin: str) -> None:
+        """A node restarted: the answers with events it had not confirmed go back."""
+        for key in [k for k in self._kept if k[0] == origin]:
+            self._settle(key, False, "it restarted")
+
     def _on_control(self, data: bytes, kind: bytes) -> None:
         """`A` (abandon) or `L` (release) for one of our remote exchanges."""
-        rid_text, _, origin = data[1:].partition(b" ")
-        try:
-            key = (origin.decode(), int(rid_text))
-        except (UnicodeDecodeError, ValueError):
-            self.invalid += 1
+        key = self._control_key(data)
+        if key is None:
             return
         exchange = self._remote.get(key)
         if exchange is None:
@@ -623,10 +947,14 @@ class RedisForwarder:
 
     def _received(self, data: bytes) -> None:
         kind = data[:1]
-        if kind == b"R" or kind == b"F" or kind == b"B":
+        if kind == b"R" or kind == b"E" or kind == b"F" or kind == b"B":
             self._on_answer(data, kind)
         elif kind == b"Q":
             self._serve(data)
+        elif kind == b"C" or kind == b"X" or kind == b"k":
+            self._on_settled(data, kind)
+        elif kind == b"K":
+            self._on_ask(data)
         elif kind == b"A" or kind == b"L":
             self._on_control(data, kind)
         elif kind != b"P":

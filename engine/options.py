@@ -132,6 +132,21 @@ class ServerOptions:
             "(set by the --workers supervisor for its workers)"
         },
     )
+    # Cluster through a Redis outage: what waits for Redis, and for how long.
+    redis_buffer_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "bytes of publishes kept for the other nodes until Redis acknowledges "
+            "them (Redis down or not answering); beyond it new ones are lost and counted"
+        },
+    )
+    redis_buffer_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds a publish may wait for Redis; older ones are lost and counted, "
+            "and a Redis that does not answer for that long is reconnected"
+        },
+    )
 
     # Hostile clients: bounds per connection, per client address, per session.
     max_queue_bytes: int = field(
@@ -311,6 +326,10 @@ class ServerOptions:
             problems.append("timeout_jitter must be within [0, 1)")
         if self.workers < 1:
             problems.append("workers must be >= 1")
+        if self.redis_buffer_bytes < 65536:
+            problems.append("redis_buffer_bytes must be >= 65536")
+        if not self.redis_buffer_seconds > 0:
+            problems.append("redis_buffer_seconds must be > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append("log_level must be debug, info, warning or error")
         if problems:

@@ -187,7 +187,12 @@ class BayeuxServer(Application):
             from engine.redis_broker import RedisBroker
 
             self._broker = RedisBroker(
-                self._core.deliver, node_id=self.node_id, url=self.options.broker
+                self._core.deliver,
+                node_id=self.node_id,
+                url=self.options.broker,
+                buffer_bytes=self.options.redis_buffer_bytes,
+                buffer_seconds=self.options.redis_buffer_seconds,
+                counters=self._core.stats,
             )
             self._broker.is_lazy = self._core.is_lazy
             self._core.broker = self._broker

@@ -57,6 +57,12 @@ class Counters:
     ws_resumed: int = 0  # sessions of cookieless WebSocket clients resumed on a new socket
     ws_probe_timeouts: int = 0  # WebSockets cut: silent to the ping of a session's resume
     ws_idle_timeouts: int = 0  # WebSockets closed: no session connecting on them
+    # Cluster (Redis broker and request forwarding), each also logged once per cause:
+    cluster_published_lost: int = 0  # publishes the other nodes never got (buffer bound, ...)
+    cluster_resent: int = 0  # publishes sent again on a new Redis connection (fate unknown)
+    cluster_duplicates: int = 0  # messages from other nodes received again (dropped)
+    cluster_gaps: int = 0  # messages from other nodes known to be missing (by sequence)
+    cluster_requeued: int = 0  # events of a forwarded reply put back: its relay did not confirm
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -664,6 +664,10 @@ class FakeBroker:
         self.receivers = receivers
         self.sent: list[tuple[bytes, bytes]] = []
 
+    @property
+    def available(self) -> bool:
+        return self.connected
+
     def node_channel(self, node_id: str) -> bytes:
         return b"node:" + node_id.encode()
 
@@ -825,9 +829,7 @@ def test_broker_replies_go_to_their_own_direct_messages_under_load(
     """Direct messages mixed with broadcasts over many batches: each reply to its sender."""
 
     async def scenario() -> None:
-        one = RedisBroker(
-            lambda *a: None, node_id="load1", url=redis_srv.url, max_pending_bytes=1 << 30
-        )
+        one = RedisBroker(lambda *a: None, node_id="load1", url=redis_srv.url, buffer_bytes=1 << 30)
         two = RedisBroker(lambda *a: None, node_id="load2", url=redis_srv.url)
         got: list[bytes] = []
         two.listen(two.node_channel("load2"), got.append)
