@@ -426,6 +426,7 @@ class RedisForwarder:
                     "o": self.node_id,
                     "t": exchange.transport,
                     "b": exchange.browser_id,
+                    "a": exchange.client_address,
                     "m": messages,
                 }
             )
@@ -683,6 +684,7 @@ class RedisForwarder:
             origin = request["o"]
             transport = request["t"]
             browser_id = request["b"]
+            address = request.get("a")  # (absent from an older node's request)
             messages = request["m"]
         except (orjson.JSONDecodeError, TypeError, KeyError):
             self.invalid += 1
@@ -706,6 +708,9 @@ class RedisForwarder:
             self._send(origin, b"B%d" % rid)
             return
         exchange = RemoteExchange(self, origin, rid, transport, browser_id)
+        if type(address) is str and len(address) <= 64:
+            # The client's address as the relay saw it (per-address limits, logs).
+            exchange.client_address = address
         self._remote[(origin, rid)] = exchange
         self.served += 1
         # Processed here whatever it says: a forwarded request is never forwarded.

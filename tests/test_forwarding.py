@@ -345,6 +345,28 @@ def test_browser_cookie_binding_applies_across_nodes(
         client.close()
 
 
+def test_the_owner_sees_the_client_address_of_a_forwarded_request(
+    nodes: tuple[ServerProcess, ServerProcess],
+) -> None:
+    """A cookieless request forwarded by B is named in A's log by the
+    client's address (as B saw it), not as an unknown one."""
+    a, b = nodes
+    client = Client().ready(a)
+    try:
+        messages, _ = client.send(
+            b, [client.connect_message(advice={"timeout": 0})], "connect", cookie=None
+        )
+        assert_session_unknown(reply_of(messages, "/meta/connect"))
+        deadline = time.monotonic() + 3
+        while "does not send back the BAYEUX_BROWSER cookie" not in a.stderr:
+            assert time.monotonic() < deadline, a.stderr
+            time.sleep(0.05)
+        assert "client 127.0.0.1 (session" in a.stderr, a.stderr
+        assert "client ? (session" not in a.stderr, a.stderr
+    finally:
+        client.close()
+
+
 def test_unknown_or_forged_node_gets_402_promptly_without_a_loop(
     nodes: tuple[ServerProcess, ServerProcess], redis_srv: RedisServer
 ) -> None:
