@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -129,17 +130,26 @@ class HttpConnection(HttpProtocol):
                 self.transport.resume_reading()
                 self.reading_paused = False
 
-    def throttle(self, seconds: float) -> bool:
-        """Read nothing for `seconds` (a client past its publish rate)."""
+    def throttle(self, owed: Callable[[], float]) -> None:
+        """Read nothing for `owed()` seconds, decided at the end of this loop
+        turn (a client past its publish rate; see ConnectionLimits)."""
         if self.throttled or self.transport is None or self.closed:
-            return False
+            return
         self.throttled = True
         if not self.reading_paused:
             self.transport.pause_reading()
             self.reading_paused = True
+        asyncio.get_running_loop().call_soon(self._pause_for, owed)
+
+    def _pause_for(self, owed: Callable[[], float]) -> None:
+        wait = owed()
+        # Not read meanwhile: a request it is sending gets the pause on top
+        # of its timeout (later: a store, see engine.deadlines).
+        if self.phase_due != float("inf"):
+            self.phase_due += wait
+            self.rearm()
         # (One timer per throttled connection: rare, and bounded by them.)
-        asyncio.get_running_loop().call_later(seconds, self._unthrottle)
-        return True
+        asyncio.get_running_loop().call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self.throttled = False

@@ -66,17 +66,26 @@ class TokenBucket:
 class ConnectionLimits:
     """What one connection may still do (see the module docstring).
 
-    `pause(seconds)`, given by the connection, stops reading it for a while
-    (True if it was not paused already):
-    a client that keeps publishing past its rate is slowed by TCP instead of
-    costing the server a refusal per message.
+    `pause(owed)`, given by the connection, stops reading it now and, at the
+    end of the loop turn (once the rest of what it sent is handled), for
+    `owed()` seconds: a client that keeps publishing past its rate is slowed
+    by TCP instead of costing the server a refusal per message.
     """
 
-    __slots__ = ("handshakes", "publishes", "streak_error", "streak", "pause", "throttles")
+    __slots__ = (
+        "handshakes",
+        "publishes",
+        "streak_error",
+        "streak",
+        "pause",
+        "refused",
+        "refused_rate",
+    )
 
-    def __init__(self, pause: Callable[[float], bool] | None = None) -> None:
+    def __init__(self, pause: Callable[[Callable[[], float]], None] | None = None) -> None:
         self.pause = pause
-        self.throttles = 0  # pauses in a row with no publish allowed between them
+        self.refused = 0  # publishes refused for their rate since the last pause
+        self.refused_rate = 0.0
         self.handshakes: TokenBucket | None = None
         self.publishes: TokenBucket | None = None
         self.streak_error = ""
@@ -94,21 +103,23 @@ class ConnectionLimits:
             return True
         if self.publishes is None:
             self.publishes = TokenBucket(rate, now)
-        if self.publishes.take(now):
-            self.throttles = 0
-            return True
-        return False
+        return self.publishes.take(now)
 
     def throttle(self, rate: float) -> None:
-        """Refused for going past `rate` per second: read nothing more from
-        this connection until about the next token (at least 0.1 s), twice
-        as long each time it is refused again without a publish allowed in
-        between, up to 4 s."""
-        if self.pause is None:
-            return
-        wait = max(0.1, 1.0 / rate if rate > 0 else 1.0)
-        if self.pause(min(4.0, wait * (1 << min(self.throttles, 6)))):
-            self.throttles += 1
+        """A publish refused for going past `rate` per second: the connection
+        stops reading (see the class docstring)."""
+        self.refused += 1
+        self.refused_rate = rate
+        if self.pause is not None:
+            self.pause(self.owed)
+
+    def owed(self) -> float:
+        """How long a throttled connection is not read: the time its refused
+        publishes would take at the rate (0.1 to 4 s); the count restarts."""
+        rate = self.refused_rate
+        wait = self.refused / rate if rate > 0 else 1.0
+        self.refused = 0
+        return min(4.0, max(0.1, wait))
 
     def failed(self, error: str) -> int:
         """One more failure `error`; the length of the streak of that failure."""

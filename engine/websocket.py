@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine._batch import splice_ws
@@ -329,15 +330,24 @@ class WebSocketConnection(asyncio.Protocol):
                 if self.paused:
                     break
 
-    def throttle(self, seconds: float) -> bool:
-        """Read nothing for `seconds` (a client past its publish rate)."""
+    def throttle(self, owed: Callable[[], float]) -> None:
+        """Read nothing for `owed()` seconds, decided at the end of this loop
+        turn (a client past its publish rate; see ConnectionLimits)."""
         if self.throttled or self.transport is None:
-            return False
+            return
         self.throttled = True
         self.transport.pause_reading()
+        self.core.loop.call_soon(self._pause_for, owed)
+
+    def _pause_for(self, owed: Callable[[], float]) -> None:
+        wait = owed()
+        # Not read meanwhile, so it cannot show it is alive: its idle
+        # deadline moves by the pause (later: a store, see engine.deadlines).
+        if self.idle_due != NO_DEADLINE:
+            self.idle_due += wait
+            self.deadline = min(self.write_due, self.idle_due, self.probe_due)
         # (One timer per throttled connection: rare, and bounded by them.)
-        self.core.loop.call_later(seconds, self._unthrottle)
-        return True
+        self.core.loop.call_later(wait, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self.throttled = False
