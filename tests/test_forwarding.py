@@ -650,6 +650,7 @@ class FakeExchange:
     transport = "long-polling"
     browser_id: str | None = "cookie"
     new_browser_id: str | None = None
+    client_address: str | None = "127.0.0.1"
     hold = None
 
     def __init__(self) -> None:
