@@ -6,9 +6,8 @@ from typing import Any, Generic, TypeVar
 from engine.extensions import Extension
 from engine.hooks import Hooks
 from engine.options import ServerOptions
-from engine.session import Exchange
+from engine.session import EventSink, Exchange
 from engine.stats import Counters
-from engine.websocket import WebSocketConnection
 
 T = TypeVar("T")
 
@@ -58,7 +57,7 @@ class Session:
     flush_pending: bool
     advice_dirty: bool
     dropped: int
-    ws: WebSocketConnection | None
+    sink: EventSink | None
     extensions: list[Extension] | None
     local: Callable[[bytes], None] | None
     attributes: dict[str, Any] | None

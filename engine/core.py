@@ -265,10 +265,8 @@ class BayeuxCore(SessionCore):
             self.stats.discarded += len(session.queue)
         session.queue = None
         session.queued_bytes = 0
-        ws = session.ws
-        if ws is not None:
-            session.ws = None
-            ws.sessions.pop(session, None)  # (a dict: O(1), whatever their number)
+        if session.sink is not None:
+            session.sink.unbind(session)  # (O(1), whatever their number)
         self.addresses.session_removed(session.address)
         if session.extensions:
             self.session_extensions -= 1
@@ -377,7 +375,7 @@ class BayeuxCore(SessionCore):
             # wait longer each time its connection fails so again.
             client_id = message.get("clientId")
             session = self.sessions.get(client_id) if type(client_id) is str else None
-            if session is not None and session.ws is not None and session.ws.probing:
+            if session is not None and session.sink is not None and session.sink.probing:
                 # Its old socket is being probed (see _resume): retry soon.
                 reply["advice"] = {"reconnect": "retry", "interval": PROBE_RETRY_MS}
             elif session is not None:
@@ -459,7 +457,7 @@ class BayeuxCore(SessionCore):
             or message.get("channel") != META_CONNECT
         ):
             return False
-        old = session.ws
+        old = session.sink
         if old is not None and not old.closed:
             old.probe()
             return False

@@ -254,9 +254,8 @@ class RemoteExchange:
     def bind(self, session: Session) -> None:
         self.session = session
         # As HttpExchange: a session that fell back from WebSocket leaves its socket.
-        ws = session.ws
-        if ws is not None:
-            ws.unbind(session)
+        if session.sink is not None:
+            session.sink.unbind(session)
 
     def is_gone(self) -> bool:
         return self.done

@@ -12,7 +12,31 @@ from typing import Protocol
 from engine._sessions import AckState, Hold, Session
 from engine.limits import ConnectionLimits
 
-__all__ = ["AckState", "Exchange", "Hold", "Session"]
+__all__ = ["AckState", "EventSink", "Exchange", "Hold", "Session"]
+
+
+class EventSink(Protocol):
+    """Where a session's events are written as soon as they are queued.
+
+    A WebSocket connection is one (engine.websocket); the core knows no
+    more of the transport than this: it hands a session with queued events
+    to `write_events`, and detaches a removed session with `unbind`.
+    """
+
+    closed: bool
+
+    @property
+    def probing(self) -> bool:
+        """A liveness probe is out (see `probe`)."""
+
+    def write_events(self, session: Session) -> None:
+        """Write what `session` has queued, as far as the peer reads."""
+
+    def unbind(self, session: Session) -> None:
+        """`session` no longer writes here (removed, or moved elsewhere)."""
+
+    def probe(self) -> None:
+        """Check that the peer is alive; a silent one is closed."""
 
 
 class Exchange(Protocol):

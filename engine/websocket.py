@@ -299,10 +299,10 @@ class WebSocketConnection(asyncio.Protocol):
             core.abandon(hold)
         self.holds.clear()
         for session in self.sessions:
-            if session.ws is self:
+            if session.sink is self:
                 # The session stays until max_interval expires it, so a
                 # client that reconnects quickly keeps it (CometD).
-                session.ws = None
+                session.sink = None
         self.sessions.clear()
 
     def pause_writing(self) -> None:
@@ -325,7 +325,7 @@ class WebSocketConnection(asyncio.Protocol):
         if not self.throttled:
             self.transport.resume_reading()
         for session in list(self.sessions):
-            if session.queue and session.ws is self:
+            if session.queue and session.sink is self:
                 self.write_events(session)
                 if self.paused:
                     break
@@ -358,17 +358,17 @@ class WebSocketConnection(asyncio.Protocol):
         self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     def unbind(self, session: Session) -> None:
-        if session.ws is self:
-            session.ws = None
+        if session.sink is self:
+            session.sink = None
         self.sessions.pop(session, None)
 
     def bind(self, session: Session) -> None:
-        previous = session.ws
+        previous = session.sink
         if previous is self:
             return
         if previous is not None:
-            previous.sessions.pop(session, None)
-        session.ws = self
+            previous.unbind(session)
+        session.sink = self
         self.sessions[session] = None
 
     # --------------------------------------------------------------- writing

@@ -371,9 +371,9 @@ cdef class HttpExchange:
     def bind(self, session):
         # HTTP sessions are bound by their browser cookie instead; a session
         # that moved from WebSocket to HTTP (a fallback) leaves its socket.
-        ws = session.ws
-        if ws is not None:
-            ws.unbind(session)
+        sink = session.sink
+        if sink is not None:
+            sink.unbind(session)
 
     def is_gone(self):
         return self.conn.closed

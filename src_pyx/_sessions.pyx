@@ -113,8 +113,10 @@ cdef class Session:
     # reply carries the normal advice again (as CometD does).
     cdef public bint advice_dirty
     cdef public Py_ssize_t dropped
-    # The WebSocket connection that carries this session's events, if any.
-    cdef public object ws
+    # Where its events are written as soon as they are queued (a WebSocket
+    # connection: engine.session.EventSink), if any; else they wait for a
+    # connect reply.
+    cdef public object sink
     # This session's own extensions (rare; None keeps idle sessions small).
     cdef public list extensions
     # For in-process (local) sessions: called with each encoded delivery.
@@ -455,11 +457,11 @@ cdef class SessionCore:
                 self._drop_oldest(session, queue)
         self.stats.delivered += 1
         if lazy:
-            if not session.lazy_due and (session.hold is not None or session.ws is not None):
+            if not session.lazy_due and (session.hold is not None or session.sink is not None):
                 session.lazy_due = self.time() + self.lazy_timeout_s
                 self.lazy.add(session.lazy_due, session)
             return
-        if (session.hold is not None or session.ws is not None) and not session.flush_pending:
+        if (session.hold is not None or session.sink is not None) and not session.flush_pending:
             # Not now: a request being processed may still take the queue
             # into its own response (piggy-backing), and several publishes in
             # one loop turn should leave in one response or frame.
@@ -511,11 +513,11 @@ cdef class SessionCore:
             session.lazy_due = 0.0
             if not session.queue:
                 continue
-            ws = session.ws
-            if ws is not None and direct and session.ack is None:
+            sink = session.sink
+            if sink is not None and direct and session.ack is None:
                 # WebSocket: events go out at once; the held connect stays a
                 # heartbeat until its timeout (CometD's WebSocket transport).
-                ws.write_events(session)
+                sink.write_events(session)
             elif session.hold is not None:
                 self._release(session.hold, None)
 

@@ -265,7 +265,7 @@ def test_many_sessions_on_one_socket_expire_without_a_scan() -> None:
         replies = 0
         while replies < count:
             replies += sum(1 for m in ws.recv_messages() if m.get("successful"))
-        conn = next(iter(srv.core.sessions.values())).ws
+        conn = next(iter(srv.core.sessions.values())).sink
         assert conn is not None and len(conn.sessions) == count
         assert isinstance(conn.sessions, dict)
         deadline = time.monotonic() + 15
@@ -424,7 +424,7 @@ def test_slow_websocket_reader_is_bounded_in_bytes_and_cut_off() -> None:
         )
         slow.sock.sendall(text([slow.message("/meta/connect", connectionType="websocket")]))
         slow_id = slow.client_id
-        conn = srv.core.sessions[slow_id].ws
+        conn = srv.core.sessions[slow_id].sink
         assert conn is not None and conn.transport is not None
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 16384

@@ -905,10 +905,12 @@ def test_peer_vanishes_mid_frame(server: BayeuxServer) -> None:
         raw.sock.sendall(whole[: len(whole) // 2])
         raw.close()
         deadline = time.monotonic() + 2
-        while (session.hold is not None or session.ws is not None) and time.monotonic() < deadline:
+        while session.hold is not None or session.sink is not None:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.01)
         # The hold is dropped and the socket forgotten; the session waits for a reconnect.
-        assert session.hold is None and session.ws is None
+        assert session.hold is None and session.sink is None
         assert raw.client_id in server.core.sessions
 
     bystander_unharmed(server, bad)
@@ -994,7 +996,7 @@ def test_slow_reader_is_bounded() -> None:
         assert slow_id is not None
         # Small kernel buffers on both ends, so that whatever the host's TCP
         # autotuning, most of the flood has to wait in the server.
-        conn = srv.core.sessions[slow_id].ws
+        conn = srv.core.sessions[slow_id].sink
         assert conn is not None and conn.transport is not None
         conn.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 65536
@@ -1030,7 +1032,7 @@ def test_slow_reader_is_bounded() -> None:
                 publisher.inbox.clear()
                 session = srv.core.sessions[slow_id]
                 most_queued = max(most_queued, len(session.queue or ()))
-                ws = session.ws
+                ws = session.sink
                 if ws is not None and ws.transport is not None:
                     biggest_buffer = max(biggest_buffer, ws.transport.get_write_buffer_size())
             await asyncio.wait_for(reader, 20)
