@@ -1,6 +1,7 @@
 from abc import abstractmethod
 from typing import Any
 
+from engine.endpoint import Endpoint
 from engine.limits import ConnectionLimits
 
 COOKIE_NAME: str
@@ -29,7 +30,7 @@ def origin_host(origin: str) -> str: ...
 def decode_messages(body: bytes, max_batch: int) -> tuple[list[Any] | None, str]: ...
 
 class HttpEndpoint:
-    server: Any
+    context: Endpoint
     core: Any
     header_timeout: float
     body_timeout: float
@@ -37,7 +38,7 @@ class HttpEndpoint:
     write_timeout: float
     time: Any
     proxies: tuple[Any, ...]
-    def __init__(self, server: Any) -> None: ...
+    def __init__(self, context: Endpoint) -> None: ...
     def flush(self) -> None: ...
 
 class HttpExchange:
@@ -68,7 +69,7 @@ class HttpExchange:
 class HttpProtocol:
     endpoint: HttpEndpoint
     @property
-    def server(self) -> Any: ...
+    def context(self) -> Endpoint: ...
     @property
     def core(self) -> Any: ...
     parser: Any

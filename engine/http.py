@@ -76,7 +76,7 @@ class HttpConnection(HttpProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        if len(self.server.connections) >= self.server.max_connections:
+        if len(self.context.connections) >= self.context.max_connections:
             # At the open-files limit: refuse cleanly now rather than fail at
             # random later (the client retries, elsewhere behind a balancer).
             self.core.stats.connections_refused += 1
@@ -87,7 +87,7 @@ class HttpConnection(HttpProtocol):
             )
             transport.close()
             return
-        self.server.connections.add(self)
+        self.context.connections.add(self)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_address = peer[0]
@@ -99,7 +99,7 @@ class HttpConnection(HttpProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.parser = _DETACHED  # break the connection <-> parser cycle (no GC needed)
-        self.server.connections.discard(self)
+        self.context.connections.discard(self)
         self.out = None
         for exchange in self.pending:
             if exchange.hold is not None:
@@ -201,14 +201,14 @@ class HttpConnection(HttpProtocol):
             return False
         text = origin.decode("latin-1")
         host = self.headers.get(b"host", b"").decode("latin-1")
-        return not self.server.same_origin(text, host) and not self.server.origin_allowed(text)
+        return not self.context.same_origin(text, host) and not self.context.origin_allowed(text)
 
     def route(self, exchange: HttpExchange) -> None:
         path, _, query = self.url.partition(b"?")
-        base = self.server.base_path
+        base = self.context.base_path
         method = self.parser.get_method()
         if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
-            answer = self.server.admin.handle(method, path, self.headers, query)
+            answer = self.context.admin.handle(method, path, self.headers, query)
             if answer is None:
                 exchange.fail(404, "no Bayeux endpoint at this path")
             else:
@@ -229,7 +229,7 @@ class HttpConnection(HttpProtocol):
         """Switch this connection to the WebSocket transport (RFC 6455 4.2)."""
         exchange.keep_alive = False  # any refusal below closes the connection
         path = self.url.partition(b"?")[0]
-        base = self.server.base_path
+        base = self.context.base_path
         if not (path == base or path == base + b"/" or (not base and path == b"/")):
             exchange.fail(404, "no WebSocket endpoint at this path")
             return
@@ -264,15 +264,15 @@ class HttpConnection(HttpProtocol):
         self.flush()  # responses to earlier requests go before the switch
         self.pending.clear()
         ws = WebSocketConnection(
-            self.server,
+            self.context,
             transport,
             browser_id,
             exchange.client_address,
             cookie_presented=not set_cookie,
         )
         self.upgraded = ws
-        self.server.connections.discard(self)
-        self.server.connections.add(ws)
+        self.context.connections.discard(self)
+        self.context.connections.add(ws)
         self.core.stats.ws_upgrades += 1
         transport.write(head)
         transport.set_protocol(ws)
@@ -298,13 +298,13 @@ class HttpConnection(HttpProtocol):
             return
         messages: list[Any] = []
         for value in values:
-            batch, why = decode_messages(value.encode(), self.server.options.max_batch)
+            batch, why = decode_messages(value.encode(), self.context.options.max_batch)
             if batch is None:
                 exchange.fail(400, why)
                 return
             messages.extend(batch)
-        if len(messages) > self.server.options.max_batch:
-            exchange.fail(400, f"batch exceeds max_batch={self.server.options.max_batch}")
+        if len(messages) > self.context.options.max_batch:
+            exchange.fail(400, f"batch exceeds max_batch={self.context.options.max_batch}")
             return
         exchange.transport = "callback-polling"
         exchange.jsonp = callbacks[0].encode()

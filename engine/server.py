@@ -9,7 +9,6 @@ or, inside a running loop: `await server.start()` ... `await server.stop()`.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import resource
 import secrets
@@ -24,7 +23,8 @@ from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allo
 from engine.app import Application
 from engine.cluster_status import MAX_PATTERNS, ClusterStatus
 from engine.core import BayeuxCore
-from engine.http import HttpConnection, HttpEndpoint, origin_host
+from engine.endpoint import Endpoint
+from engine.http import HttpConnection, HttpEndpoint
 from engine.options import ServerOptions
 from engine.policy import SecurityPolicy
 from engine.websocket import WebSocketConnection
@@ -65,7 +65,8 @@ class BayeuxServer(Application):
         self._derive()
         self.connections: set[HttpConnection | WebSocketConnection] = set()
         self.files_limit = 0
-        self.max_connections = 1 << 30  # set from the open-files limit by start()
+        self._max_connections = 1 << 30  # set from the open-files limit by start()
+        self.endpoint: Endpoint | None = None  # what the transports see, from start()
         self._core: BayeuxCore | None = None
         self.started_at = time.monotonic()
         self.admin = AdminRoutes(self)
@@ -80,9 +81,6 @@ class BayeuxServer(Application):
         """Values computed once from the options."""
         self.node_id = self.options.node_id or secrets.token_hex(3)
         self.base_path = self.options.path.rstrip("/").encode()
-        self.max_body = self.options.max_message_size
-        self.origins = self.options.origins
-        self.own_origins = self.options.own_origins
 
     def configure(self, **changes: Any) -> None:
         """Change options before start(): e.g. the command line's on top of an app's."""
@@ -140,32 +138,28 @@ class BayeuxServer(Application):
         return f"http://{host}:{port}{self.options.path}"
 
     @property
+    def max_connections(self) -> int:
+        """Client connections this process accepts at most (then 503)."""
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        self._max_connections = value
+        if self.endpoint is not None:
+            self.endpoint.max_connections = value
+
+    @property
     def address(self) -> tuple[str, int]:
         if self._listener is None or not self._listener.sockets:
             return self.options.host, self.options.port
         name = self._listener.sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
-    def origin_allowed(self, origin: str) -> bool:
-        return "*" in self.origins or origin in self.origins
-
-    def same_origin(self, origin: str, host: str) -> bool:
-        """Is a page of `origin` one of this server's own?
-
-        Listed in `public_origins`; or its host is the request's `Host` and
-        that is an IP address or localhost.  A `Host` that is a DNS name is
-        not trusted alone: a page of the attacker's name, rebound to this
-        server's address (DNS rebinding), would send a matching one.
-        """
-        if origin.rstrip("/") in self.own_origins:
-            return True
-        return origin_host(origin) == host and _literal_host(host)
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.files_limit = raise_files_limit()
         # Keep some descriptors for the listener, Redis, logs and accept().
-        self.max_connections = max(1, self.files_limit - FILES_RESERVED)
+        self._max_connections = max(1, self.files_limit - FILES_RESERVED)
         self.admin.token = self.options.admin_token.encode()
         if self.options.static_dir:
             self.admin.mount("/", self.options.static_dir)
@@ -206,7 +200,11 @@ class BayeuxServer(Application):
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
-        endpoint = HttpEndpoint(self)
+        # The transports see this context, not the server (engine.endpoint).
+        self.endpoint = Endpoint(
+            self.options, self._core, self.admin, self.connections, self._max_connections
+        )
+        endpoint = HttpEndpoint(self.endpoint)
         self._core.write_flushers.append(endpoint.flush)
         try:
             self._listener = await loop.create_server(
@@ -287,16 +285,3 @@ class BayeuxServer(Application):
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(self.serve_until_signalled(ready))
 
-
-def _literal_host(host: str) -> bool:
-    """A Host header naming an IP address or localhost (a port aside)."""
-    if host.startswith("["):
-        return "]" in host  # an IPv6 literal
-    name = host.rsplit(":", 1)[0] if ":" in host else host
-    if name == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True

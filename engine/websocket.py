@@ -59,7 +59,7 @@ from engine.ratelog import CauseLog
 from engine.wsframe import WebSocketError, accept_key, valid_client_key
 
 if TYPE_CHECKING:
-    from engine.server import BayeuxServer
+    from engine.endpoint import Endpoint
     from engine.session import Hold, Session
 
 __all__ = ["WebSocketConnection", "WsExchange", "upgrade_response"]
@@ -160,7 +160,7 @@ class WsExchange:
 
 class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
-        "server",
+        "context",
         "core",
         "transport",
         "parser",
@@ -184,16 +184,16 @@ class WebSocketConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        server: BayeuxServer,
+        context: Endpoint,
         transport: asyncio.Transport,
         browser_id: str | None = None,
         client_address: str | None = None,
         cookie_presented: bool = False,
     ) -> None:
-        self.server = server
-        self.core = server.core
+        self.context = context
+        self.core = context.core
         self.transport: asyncio.Transport | None = transport
-        self.parser = FrameParser(server.options.max_message_size)
+        self.parser = FrameParser(context.options.max_message_size)
         # Sessions whose events this socket carries (one, nearly always), in
         # a dict: O(1) removal however many a hostile client makes.
         self.sessions: dict[Session, None] = {}
@@ -216,7 +216,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.probe_due = NO_DEADLINE  # a ping of ours unanswered (see probe)
         self.greeted = False  # a first message came
         self.throttled = False  # reading paused a while (see ConnectionLimits)
-        wait = server.options.ws_upgrade_timeout
+        wait = context.options.ws_upgrade_timeout
         if wait > 0:
             self.idle_due = self.core.loop.time() + wait / 1000.0
             self.core.deadlines.arm(self, self.idle_due)
@@ -249,7 +249,7 @@ class WebSocketConnection(asyncio.Protocol):
                 "WebSocket from %s closed: it read nothing for %d ms (write_timeout) "
                 "with output waiting; its sessions stay and may resume",
                 self.client_address,
-                self.server.options.write_timeout,
+                self.context.options.write_timeout,
             )
             # Not close(): it would wait for the unread output to leave.
             if self.transport is not None:
@@ -292,7 +292,7 @@ class WebSocketConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
-        self.server.connections.discard(self)
+        self.context.connections.discard(self)
         self.deadline = NO_DEADLINE
         core = self.core
         for hold in self.holds.values():
@@ -311,7 +311,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
-        wait = self.server.options.write_timeout
+        wait = self.context.options.write_timeout
         if wait > 0:
             self.write_due = self.core.loop.time() + wait / 1000.0
             self._rearm()
@@ -448,7 +448,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def on_text(self, payload: bytes) -> None:
         # The batch decoder every transport shares (engine._http).
-        messages, why = decode_messages(payload, self.server.options.max_batch)
+        messages, why = decode_messages(payload, self.context.options.max_batch)
         if messages is None:
             self.core.stats.ws_protocol_errors += 1
             self.close(CLOSE_INTERNAL, why)  # CometD closes with 1011

@@ -236,7 +236,7 @@ cdef class HttpEndpoint:
     burst instead of one each.  The delay is the rest of the iteration.
     """
 
-    cdef readonly object server
+    cdef readonly object context  # engine.endpoint.Endpoint
     cdef readonly object core
     cdef object stats
     cdef object process
@@ -259,17 +259,17 @@ cdef class HttpEndpoint:
     # Networks of trusted proxies (their X-Forwarded-For names the client).
     cdef public tuple proxies
 
-    def __init__(self, server):
-        self.server = server
-        self.core = server.core
+    def __init__(self, context):
+        self.context = context
+        self.core = context.core
         self.stats = self.core.stats
         self.process = self.core.process
-        options = server.options
-        self.max_body = server.max_body
+        options = context.options
+        self.max_body = context.max_body
         self.max_batch = options.max_batch
         self.max_head = options.max_header_bytes
         self.max_headers = options.max_headers
-        self.base_path = server.base_path
+        self.base_path = context.base_path
         self.conns = []
         self.scheduled = False
         self.call_soon = None
@@ -477,8 +477,8 @@ cdef class HttpProtocol:
         self.deadline_slot = -1
 
     @property
-    def server(self):
-        return self.endpoint.server
+    def context(self):
+        return self.endpoint.context
 
     @property
     def core(self):
@@ -693,8 +693,8 @@ cdef class HttpProtocol:
         if origin is not None:
             text = origin.decode("latin-1")
             host = self.headers.get(b"host", b"").decode("latin-1")
-            server = self.endpoint.server
-            if not server.same_origin(text, host) and server.origin_allowed(text):
+            context = self.endpoint.context
+            if not context.same_origin(text, host) and context.origin_allowed(text):
                 self.cors_origin = origin
 
     cdef long_poll(self, HttpExchange exchange):
