@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from engine._http import http_response
+
 if TYPE_CHECKING:
     from engine.server import BayeuxServer
     from engine.session import Session
@@ -209,8 +211,6 @@ class AdminRoutes:
 def response(
     status: int, body: bytes, content_type: bytes, extra: bytes = b"", length: int | None = None
 ) -> bytes:
-    from engine.http import http_response
-
     headers = b"Content-Type: %s\r\nCache-Control: no-cache\r\n%s" % (content_type, extra)
     return http_response(status, body, headers, length=length)
 

@@ -12,13 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
-    """The modules of `modules` that `tree` imports when it runs."""
+def _imports(tree: ast.AST, modules: set[str], types: bool = False) -> set[str]:
+    """The modules of `modules` that `tree` imports when it runs (with
+    `types`, also those it imports for type checking only)."""
     found: set[str] = set()
 
     def visit(nodes: list[ast.stmt]) -> None:
         for node in nodes:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            if not types and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 visit(node.orelse)
                 continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -37,7 +38,7 @@ def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
     return found & modules
 
 
-def module_graph() -> dict[str, set[str]]:
+def module_graph(types: bool = False) -> dict[str, set[str]]:
     sources: dict[str, str] = {}
     for path in (ROOT / "engine").rglob("*.py"):
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
@@ -98,3 +99,17 @@ def test_no_import_cycles_in_engine() -> None:
     graph = module_graph()
     assert "engine.core" in graph and "engine._sessions" in graph
     assert cycles(graph) == []
+
+
+TRANSPORTS = {"engine.http", "engine._http", "engine.websocket", "engine.endpoint"}
+CORE = {"engine.core", "engine._sessions", "engine.session"}
+
+
+def test_layers_have_no_back_edges_even_for_types() -> None:
+    """Transports do not know the server (they get an Endpoint); the core
+    does not know the transports (it hands events to an EventSink)."""
+    graph = module_graph(types=True)
+    for name in TRANSPORTS:
+        assert "engine.server" not in graph[name], name
+    for name in CORE:
+        assert not graph[name] & TRANSPORTS, (name, graph[name] & TRANSPORTS)
