@@ -52,8 +52,15 @@ def module_graph(types: bool = False) -> dict[str, set[str]]:
             if line.startswith(("import ", "from ")) and " cimport " not in line
         ]
         sources[".".join(("engine", *rel.parts))] = "\n".join(lines)
+    if types:  # the stubs of compiled modules say what they use for types
+        for path in (ROOT / "engine").rglob("*.pyi"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            sources[name] = sources.get(name, "") + "\n" + path.read_text()
     modules = set(sources)
-    return {name: _imports(ast.parse(source), modules) - {name} for name, source in sources.items()}
+    return {
+        name: _imports(ast.parse(source), modules, types) - {name}
+        for name, source in sources.items()
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
