@@ -1,4 +1,4 @@
-"""Build the compiled hot paths: every module in src_pyx/ becomes engine._<name>.
+"""Build the compiled hot paths: src_pyx/<package>/_<name>.pyx becomes engine.<package>._<name>.
 
 Cython runs at build time (it is in [build-system].requires), so a fresh clone
 builds with `pip install .` and nothing generated is kept in git.
@@ -6,6 +6,7 @@ Set ENGINE_CYTHON_TRACE=1 to build with line tracing for profilers.
 """
 
 import os
+from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -22,22 +23,18 @@ DIRECTIVES = {
     "profile": TRACE,
 }
 
-MODULES = [
-    "_channels",  # channel name validation and the subscription trie
-    "_batch",  # splicing encoded messages into one HTTP / JSONP response
-    "_wsframe",  # RFC 6455 frame codec
-    "_http",  # httptools callbacks, the Bayeux POST, batched in-order writes
-    "_sessions",  # sessions, the timer wheel, heartbeats and delivery (the core's hot half)
-]
+# Every src_pyx/<package>/<name>.pyx builds engine.<package>.<name>: the
+# compiled module's source is found by the same path as its package.
+SOURCES = sorted(Path("src_pyx").rglob("*.pyx"))
 
 extensions = [
     Extension(
-        f"engine.{name}",
-        [f"src_pyx/{name}.pyx"],
+        ".".join(("engine", *source.relative_to("src_pyx").with_suffix("").parts)),
+        [str(source)],
         define_macros=[("CYTHON_TRACE", "1")] if TRACE else [],
         extra_compile_args=["-O2"],
     )
-    for name in MODULES
+    for source in SOURCES
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, quiet=True))

@@ -30,7 +30,7 @@ DEFAULT_BODY = (
     b'[{"channel":"/meta/connect","successful":true,"id":"2",'
     b'"advice":{"reconnect":"retry","interval":0,"timeout":30000}}]'
 )
-#: Same headers as the engine's JSON responses (engine._http.HEAD_OK).
+#: Same headers as the engine's JSON responses (engine.transport._http.HEAD_OK).
 HEAD = (
     b"HTTP/1.1 200 OK\r\n"
     b"Content-Type: application/json;charset=UTF-8\r\n"

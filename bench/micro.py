@@ -220,8 +220,8 @@ def bench_validate(args: argparse.Namespace, c: Any, p: Any) -> dict[str, Any]:
 
 
 def bench_channels(args: argparse.Namespace) -> dict[str, Any]:
-    import engine._channels as c
-    import engine.channels as p
+    import engine.routing._channels as c
+    import engine.routing.channels as p
 
     out: dict[str, Any] = {"validate": bench_validate(args, c, p), "match": [], "scaling": []}
 
@@ -354,9 +354,9 @@ def encoded_messages(k: int, seed: int) -> list[bytes]:
 
 
 def bench_batch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import engine._batch as c
-    import engine.batch as p
-    from engine._http import HEAD_OK
+    import engine.delivery._batch as c
+    import engine.delivery.batch as p
+    from engine.transport._http import HEAD_OK
 
     rows = []
     for k in args.batch_sizes:
@@ -397,8 +397,8 @@ def text_payload(size: int, seed: int) -> bytes:
 
 
 def bench_wsframe(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import engine._wsframe as c
-    import engine.wsframe as p
+    import engine.transport._wsframe as c
+    import engine.transport.wsframe as p
 
     rows = []
     mask = b"\x1f\x8b\x3c\x77"

@@ -3,7 +3,7 @@
 - ``upgrade_request`` / ``check_upgrade_response``: the opening handshake
   (``GET`` with ``Upgrade: websocket``, ``101`` with the right
   ``Sec-WebSocket-Accept``);
-- ``client_frame``: a masked client frame (``engine._wsframe.encode_client_frame``
+- ``client_frame``: a masked client frame (``engine.transport._wsframe.encode_client_frame``
   when the engine is importable, else the plain-Python masking below), with a
   fresh ``os.urandom(4)`` mask each time;
 - ``split_frames``: the complete server frames (never masked) at the front of a
@@ -12,7 +12,7 @@
   caller keeps the chunks of a fragmented message only while one is in
   progress.
 
-The server side's ``engine.wsframe.FrameParser`` cannot be reused: it requires
+The server side's ``engine.transport.wsframe.FrameParser`` cannot be reused: it requires
 every frame to be masked, as a server must.
 """
 
@@ -68,10 +68,10 @@ def _mask_py(opcode: int, payload: bytes, mask: bytes, fin: bool = True, rsv: in
 
 
 try:  # the engine's compiled codec (masking in C); the bench also runs without it
-    from engine._wsframe import encode_client_frame as _encode_client_frame
+    from engine.transport._wsframe import encode_client_frame as _encode_client_frame
 except ImportError:  # pragma: no cover - engine not importable
     try:
-        from engine.wsframe import encode_client_frame as _encode_client_frame
+        from engine.transport.wsframe import encode_client_frame as _encode_client_frame
     except ImportError:
         _encode_client_frame = _mask_py
 

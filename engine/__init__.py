@@ -6,12 +6,12 @@ implementation.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from engine.app import LocalSession
-from engine.extensions import Extension, TimesyncExtension
+from engine.api.app import LocalSession
+from engine.api.extensions import Extension, TimesyncExtension
+from engine.api.policy import GRANT, IGNORE, Deny, SecurityPolicy, deny
 from engine.options import ServerOptions
-from engine.policy import GRANT, IGNORE, Deny, SecurityPolicy, deny
+from engine.protocol.session import Session
 from engine.server import BayeuxServer
-from engine.session import Session
 
 __all__ = [
     "GRANT",

@@ -30,11 +30,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from engine._http import http_response
+from engine.transport._http import http_response
 
 if TYPE_CHECKING:
+    from engine.protocol.session import Session
     from engine.server import BayeuxServer
-    from engine.session import Session
 
 __all__ = ["AdminRoutes", "server_status"]
 

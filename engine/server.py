@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any, cast
 import uvloop
 
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
-from engine.app import Application
-from engine.cluster_status import MAX_PATTERNS, ClusterStatus
-from engine.core import BayeuxCore
-from engine.endpoint import Endpoint
-from engine.http import HttpConnection, HttpEndpoint
+from engine.api.app import Application
+from engine.api.policy import SecurityPolicy
+from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.options import ServerOptions
-from engine.policy import SecurityPolicy
-from engine.websocket import WebSocketConnection
+from engine.protocol.core import BayeuxCore
+from engine.transport.endpoint import Endpoint
+from engine.transport.http import HttpConnection, HttpEndpoint
+from engine.transport.websocket import WebSocketConnection
 
 if TYPE_CHECKING:
-    from engine.forwarding import RedisForwarder
-    from engine.redis_broker import RedisBroker
+    from engine.cluster.forwarding import RedisForwarder
+    from engine.cluster.redis_broker import RedisBroker
 
 __all__ = ["BayeuxServer", "raise_files_limit"]
 
@@ -177,8 +177,8 @@ class BayeuxServer(Application):
         if self.options.broker:
             # Clustered: the Redis broker replaces the in-process one before
             # anything can subscribe; it needs the core's delivery callback.
-            from engine.forwarding import RedisForwarder
-            from engine.redis_broker import RedisBroker
+            from engine.cluster.forwarding import RedisForwarder
+            from engine.cluster.redis_broker import RedisBroker
 
             self._broker = RedisBroker(
                 self._core.deliver,
@@ -200,7 +200,7 @@ class BayeuxServer(Application):
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
-        # The transports see this context, not the server (engine.endpoint).
+        # The transports see this context, not the server (engine.transport.endpoint).
         self.endpoint = Endpoint(
             self.options, self._core, self.admin, self.connections, self._max_connections
         )
@@ -284,4 +284,3 @@ class BayeuxServer(Application):
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(self.serve_until_signalled(ready))
-

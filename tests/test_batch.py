@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import engine._batch as compiled
-import engine.batch as reference
-from engine import wsframe
+import engine.delivery._batch as compiled
+import engine.delivery.batch as reference
+from engine.transport import wsframe
 
 IMPLEMENTATIONS = [compiled, reference]
 parts_strategy = st.lists(st.binary(max_size=300), max_size=40)

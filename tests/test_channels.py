@@ -1,7 +1,7 @@
 """Channel names and the subscription trie (bayeux.md section 2).
 
-Every table test runs on both implementations: the compiled `engine._channels`
-and its pure-Python twin `engine.channels`. Hypothesis then checks that the two
+Every table test runs on both implementations: the compiled `engine.routing._channels`
+and its pure-Python twin `engine.routing.channels`. Hypothesis then checks that the two
 agree with each other, and with a brute-force matcher, on random inputs.
 """
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine._channels as compiled
-import engine.channels as reference
+import engine.routing._channels as compiled
+import engine.routing.channels as reference
 
 IMPLS = [
     pytest.param((compiled, compiled.ChannelTrie), id="compiled"),

@@ -33,8 +33,8 @@ import redis  # noqa: E402
 from conftest import ROOT, ServerProcess, start_server  # noqa: E402
 from support import Browser  # noqa: E402
 
+from engine.cluster.redis_broker import glob_escape, redis_subscription  # noqa: E402
 from engine.options import ServerOptions  # noqa: E402
-from engine.redis_broker import glob_escape, redis_subscription  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -43,7 +43,7 @@ from test_cluster import (  # noqa: E402
 )
 from test_forwarding import Client, forwarding_stats  # noqa: E402
 
-from engine.redis_broker import OriginSequences, RedisBroker  # noqa: E402
+from engine.cluster.redis_broker import OriginSequences, RedisBroker  # noqa: E402
 from engine.stats import Counters  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
@@ -489,7 +489,7 @@ def test_buffer_options_are_validated() -> None:
 
 
 def test_leading_events_are_told_from_replies() -> None:
-    from engine.forwarding import _leading_events
+    from engine.cluster.forwarding import _leading_events
 
     event = b'{"channel":"/a","data":{"text":"\\"successful\\": true"}}'
     reply = b'{"channel":"/meta/connect","successful":true,"id":"3"}'
@@ -505,9 +505,9 @@ def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
     """In process: the owner side of `E`, `C`, `X`, `K` and `k` (see engine/forwarding.py)."""
     from test_forwarding import FakeBroker, FakeExchange
 
-    from engine.core import BayeuxCore
-    from engine.forwarding import RedisForwarder
+    from engine.cluster.forwarding import RedisForwarder
     from engine.options import ServerOptions
+    from engine.protocol.core import BayeuxCore
 
     class LocalExchange(FakeExchange):
         """A request of a client connected to the owner itself."""
@@ -619,9 +619,9 @@ def test_origin_confirms_what_it_wrote_even_after_an_outage() -> None:
     client is gone, a `C` that could not go is sent when the owner asks."""
     from test_forwarding import FakeBroker, FakeExchange
 
-    from engine.core import BayeuxCore
-    from engine.forwarding import RedisForwarder
+    from engine.cluster.forwarding import RedisForwarder
     from engine.options import ServerOptions
+    from engine.protocol.core import BayeuxCore
 
     class GoneExchange(FakeExchange):
         def is_gone(self) -> bool:

@@ -34,10 +34,10 @@ require_redis_server()
 import redis  # noqa: E402
 from conftest import ServerProcess, start_server  # noqa: E402
 
-from engine.core import BayeuxCore  # noqa: E402
-from engine.forwarding import RedisForwarder  # noqa: E402
+from engine.cluster.forwarding import RedisForwarder  # noqa: E402
+from engine.cluster.redis_broker import RedisBroker  # noqa: E402
 from engine.options import ServerOptions  # noqa: E402
-from engine.redis_broker import RedisBroker  # noqa: E402
+from engine.protocol.core import BayeuxCore  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

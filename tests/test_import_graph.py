@@ -24,8 +24,8 @@ def _imports(tree: ast.AST, modules: set[str], types: bool = False) -> set[str]:
                 continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 for alias in node.names:
-                    # `from engine import errors` imports the module
-                    # engine.errors; `from engine import X`, the package.
+                    # `from engine.protocol import errors` imports the module
+                    # engine.protocol.errors; `from engine import X`, the package.
                     sub = f"{node.module}.{alias.name}"
                     found.add(sub if sub in modules else node.module)
             elif isinstance(node, ast.Import):
@@ -104,12 +104,17 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_no_import_cycles_in_engine() -> None:
     graph = module_graph()
-    assert "engine.core" in graph and "engine._sessions" in graph
+    assert "engine.protocol.core" in graph and "engine.protocol._sessions" in graph
     assert cycles(graph) == []
 
 
-TRANSPORTS = {"engine.http", "engine._http", "engine.websocket", "engine.endpoint"}
-CORE = {"engine.core", "engine._sessions", "engine.session"}
+TRANSPORTS = {
+    "engine.transport.http",
+    "engine.transport._http",
+    "engine.transport.websocket",
+    "engine.transport.endpoint",
+}
+CORE = {"engine.protocol.core", "engine.protocol._sessions", "engine.protocol.session"}
 
 
 def test_layers_have_no_back_edges_even_for_types() -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 import engine
-import engine._batch
-import engine._channels
-import engine._http
-import engine._sessions
-import engine._wsframe
-import engine.broker
-import engine.core
+import engine.delivery._batch
+import engine.delivery.broker
+import engine.protocol._sessions
+import engine.protocol.core
+import engine.routing._channels
+import engine.transport._http
+import engine.transport._wsframe
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDSHAKE = json.dumps(
@@ -40,7 +40,13 @@ HANDSHAKE = json.dumps(
 
 @pytest.mark.parametrize(
     "module",
-    [engine._batch, engine._channels, engine._http, engine._sessions, engine._wsframe],
+    [
+        engine.delivery._batch,
+        engine.routing._channels,
+        engine.transport._http,
+        engine.protocol._sessions,
+        engine.transport._wsframe,
+    ],
 )
 def test_compiled_modules_are_extensions(module: object) -> None:
     path = getattr(module, "__file__", "")
@@ -48,11 +54,11 @@ def test_compiled_modules_are_extensions(module: object) -> None:
 
 
 def test_core_uses_the_compiled_modules() -> None:
-    assert engine.core.encode_message is engine._batch.encode_message
-    assert engine.core.validate_channel is engine._channels.validate_channel
-    assert engine.broker.ChannelTrie is engine._channels.ChannelTrie
-    assert issubclass(engine.core.BayeuxCore, engine._sessions.SessionCore)
-    assert engine.core.Session is engine._sessions.Session
+    assert engine.protocol.core.encode_message is engine.delivery._batch.encode_message
+    assert engine.protocol.core.validate_channel is engine.routing._channels.validate_channel
+    assert engine.delivery.broker.ChannelTrie is engine.routing._channels.ChannelTrie
+    assert issubclass(engine.protocol.core.BayeuxCore, engine.protocol._sessions.SessionCore)
+    assert engine.protocol.core.Session is engine.protocol._sessions.Session
 
 
 # One cookie jar: sessions are bound to their BAYEUX_BROWSER cookie.
@@ -160,8 +166,15 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("_batch", "_channels", "_http", "_sessions", "_wsframe"):
+    for module in (
+        "delivery/_batch",
+        "routing/_channels",
+        "transport/_http",
+        "protocol/_sessions",
+        "transport/_wsframe",
+    ):
         assert any(n.startswith(f"engine/{module}.") and n.endswith(".so") for n in names)
+        assert f"engine/{module}.pyi" in names
     assert not any(n.endswith((".c", ".pyx")) for n in names)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -169,7 +182,7 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
     subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True)
     # Run from a directory without the source tree, so the wheel's modules are used.
     where = subprocess.run(
-        [python, "-c", "import engine._channels as c; print(c.__file__)"],
+        [python, "-c", "import engine.routing._channels as c; print(c.__file__)"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -621,7 +621,7 @@ def test_answered_holds_leave_one_wheel_entry_per_session() -> None:
     # Answered holds used to wait in the timer wheel until their deadline
     # (most of the heap at high connect rates): the wheel keeps each session
     # once, and a hold still ends at its deadline after its entry moved.
-    from engine.session import Session
+    from engine.protocol.session import Session
 
     with running_server(timeout=1000, timeout_jitter=0) as srv:
         sub = Browser(srv).ready()

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from engine.deadlines import ConnectionDeadlines
 from engine.ratelog import CauseLog
+from engine.transport.deadlines import ConnectionDeadlines
 
 
 class Clock:

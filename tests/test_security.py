@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engine import BayeuxServer, SecurityPolicy, Session
-from engine.policy import GRANT, IGNORE, deny, patterns_overlap
+from engine.api.policy import GRANT, IGNORE, deny, patterns_overlap
 from examples import hmac_auth
 from tests.support import Browser, running_server
 

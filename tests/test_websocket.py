@@ -2,7 +2,7 @@
 
 Protocol tests use the `websockets` library as the client; malformed frames
 and refused upgrades are sent on raw sockets (frames built with
-`engine.wsframe.encode_client_frame`).  Every bad-input case is followed by a
+`engine.transport.wsframe.encode_client_frame`).  Every bad-input case is followed by a
 check that a bystander, a second WebSocket client subscribed to a channel
 with a held connect, still gets a publish.
 """
@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from engine import BayeuxServer
-from engine.wsframe import (
+from engine.transport.wsframe import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -833,7 +833,7 @@ def test_close_handshake(server: BayeuxServer, payload: bytes, code: int) -> Non
 def test_invalid_close_frame(server: BayeuxServer, payload: bytes, code: int) -> None:
     """RFC 6455 5.5.1, 7.4, 8.1: an invalid close frame fails the connection.
 
-    `engine.wsframe.parse_close_payload` returns exactly these codes for these
+    `engine.transport.wsframe.parse_close_payload` returns exactly these codes for these
     payloads ("the code to close with instead"); the connection must use them.
     """
 

@@ -1,7 +1,7 @@
 """RFC 6455 frame codec (bayeux.md section 7.4 transport).
 
-Every table test runs on both implementations: the compiled `engine._wsframe`
-and its pure-Python twin `engine.wsframe`. Hypothesis then checks that the two
+Every table test runs on both implementations: the compiled `engine.transport._wsframe`
+and its pure-Python twin `engine.transport.wsframe`. Hypothesis then checks that the two
 agree on random streams (valid and corrupted, under random chunking), that
 client frames round-trip, and the `websockets` library checks both directions
 of the wire format independently of our own encoder and parser.
@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
-import engine._wsframe as compiled
-import engine.wsframe as reference
-from engine.wsframe import WebSocketError
+import engine.transport._wsframe as compiled
+import engine.transport.wsframe as reference
+from engine.transport.wsframe import WebSocketError
 
 IMPLS = [
     pytest.param(compiled, id="compiled"),
