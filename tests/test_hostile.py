@@ -630,6 +630,25 @@ def test_head_has_no_body(server: BayeuxServer) -> None:
     assert b"content-length:" in head.lower()
 
 
+def test_head_after_other_responses_in_one_turn(server: BayeuxServer) -> None:
+    # Two GETs and a HEAD in one write: their answers are queued in the same
+    # loop turn, the HEAD's last, and only its body may be cut (this once read
+    # outside the queue and crashed the process).
+    sock = socket.create_connection(server.address)
+    sock.sendall(
+        b"GET /cometd/nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /cometd/nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /cometd/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = read_until_closed(sock, 3)
+    sock.close()
+    parts = answer.split(b"HTTP/1.1 ")
+    assert len(parts) == 4 and parts[0] == b"", answer
+    assert parts[3].endswith(b"\r\n\r\n"), answer  # the HEAD's answer: a head alone
+    assert all(part.endswith(b"\r\n\r\n") is False for part in parts[1:3]), answer
+    assert_no_internal_errors(server)
+
+
 def test_json_and_jsonp_replies_say_nosniff(server: BayeuxServer) -> None:
     browser = Browser(server)
     response = browser.handshake()

@@ -1129,7 +1129,9 @@ class RedisBroker:
         seen = self._replies_read
         moved_at = now
         while True:
-            await asyncio.sleep(tick)
+            # While stalled, look often: the end of a stall is reported (and
+            # direct messages accepted again) as soon as Redis answers.
+            await asyncio.sleep(min(tick, 0.1) if self.stalled else tick)
             now = loop.time()
             if now >= next_ping:
                 next_ping = now + self.health_interval

@@ -760,13 +760,16 @@ cdef class HttpProtocol:
             else:
                 self.out = [out, done.response]
             if done.head_only:  # HEAD: the head alone (its Content-Length stays)
-                head_end = self.out if type(self.out) is bytes else (<list>self.out)[-1]
-                cut = (<bytes>head_end).find(b"\r\n\r\n")
+                # Indexed from the length: this module is compiled with
+                # wraparound=False, where [-1] reads before the list's items.
+                cut = (<bytes>done.response).find(b"\r\n\r\n")
                 if cut >= 0:
                     if type(self.out) is bytes:
-                        self.out = (<bytes>head_end)[: cut + 4]
+                        self.out = (<bytes>done.response)[: cut + 4]
                     else:
-                        (<list>self.out)[-1] = (<bytes>head_end)[: cut + 4]
+                        (<list>self.out)[len(<list>self.out) - 1] = (
+                            <bytes>done.response
+                        )[: cut + 4]
             # Whatever still references the exchange (the hold being answered)
             # keeps no bytes alive.
             done.response = None
