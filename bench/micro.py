@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The plain-Python twins are test oracles: they live in tests/oracles/.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import (  # noqa: E402
     add_results_dir_arg,
@@ -220,8 +222,9 @@ def bench_validate(args: argparse.Namespace, c: Any, p: Any) -> dict[str, Any]:
 
 
 def bench_channels(args: argparse.Namespace) -> dict[str, Any]:
+    import oracles.channels as p
+
     import engine.routing._channels as c
-    import engine.routing.channels as p
 
     out: dict[str, Any] = {"validate": bench_validate(args, c, p), "match": [], "scaling": []}
 
@@ -354,8 +357,9 @@ def encoded_messages(k: int, seed: int) -> list[bytes]:
 
 
 def bench_batch(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import oracles.batch as p
+
     import engine.delivery._batch as c
-    import engine.delivery.batch as p
     from engine.transport._http import HEAD_OK
 
     rows = []
@@ -397,8 +401,9 @@ def text_payload(size: int, seed: int) -> bytes:
 
 
 def bench_wsframe(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import oracles.wsframe as p
+
     import engine.transport._wsframe as c
-    import engine.transport.wsframe as p
 
     rows = []
     mask = b"\x1f\x8b\x3c\x77"

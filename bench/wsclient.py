@@ -12,7 +12,7 @@
   caller keeps the chunks of a fragmented message only while one is in
   progress.
 
-The server side's ``engine.transport.wsframe.FrameParser`` cannot be reused: it requires
+The server side's ``engine.transport._wsframe.FrameParser`` cannot be reused: it requires
 every frame to be masked, as a server must.
 """
 
@@ -70,10 +70,7 @@ def _mask_py(opcode: int, payload: bytes, mask: bytes, fin: bool = True, rsv: in
 try:  # the engine's compiled codec (masking in C); the bench also runs without it
     from engine.transport._wsframe import encode_client_frame as _encode_client_frame
 except ImportError:  # pragma: no cover - engine not importable
-    try:
-        from engine.transport.wsframe import encode_client_frame as _encode_client_frame
-    except ImportError:
-        _encode_client_frame = _mask_py
+    _encode_client_frame = _mask_py
 
 
 class FrameError(Exception):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import oracles.batch as reference
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import engine.delivery._batch as compiled
-import engine.delivery.batch as reference
-from engine.transport import wsframe
+import engine.transport._wsframe as wsframe
 
 IMPLEMENTATIONS = [compiled, reference]
 parts_strategy = st.lists(st.binary(max_size=300), max_size=40)

@@ -458,7 +458,7 @@ def test_ws_client_frames() -> None:
     with pytest.raises(ws.FrameError):
         ws.split_frames(bytes([0xC1, 1]) + b"x")  # RSV1 without an extension
     # Client frames are masked and decode back (the engine's own parser checks).
-    from engine.transport.wsframe import FrameParser
+    from engine.transport._wsframe import FrameParser
 
     parser = FrameParser(1 << 20)
     assert parser.feed(ws.client_frame(ws.OP_TEXT, b'[{"x":1}]')) == [(1, b'[{"x":1}]')]

@@ -1,7 +1,7 @@
 """Channel names and the subscription trie (bayeux.md section 2).
 
 Every table test runs on both implementations: the compiled `engine.routing._channels`
-and its pure-Python twin `engine.routing.channels`. Hypothesis then checks that the two
+and its pure-Python twin `tests/oracles/channels.py`. Hypothesis then checks that the two
 agree with each other, and with a brute-force matcher, on random inputs.
 """
 
@@ -13,12 +13,12 @@ import tracemalloc
 from types import ModuleType
 from typing import Any
 
+import oracles.channels as reference
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine.routing._channels as compiled
-import engine.routing.channels as reference
 
 IMPLS = [
     pytest.param((compiled, compiled.ChannelTrie), id="compiled"),

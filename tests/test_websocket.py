@@ -2,7 +2,7 @@
 
 Protocol tests use the `websockets` library as the client; malformed frames
 and refused upgrades are sent on raw sockets (frames built with
-`engine.transport.wsframe.encode_client_frame`).  Every bad-input case is followed by a
+`engine.transport._wsframe.encode_client_frame`).  Every bad-input case is followed by a
 check that a bystander, a second WebSocket client subscribed to a channel
 with a held connect, still gets a publish.
 """
@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from engine import BayeuxServer
-from engine.transport.wsframe import (
+from engine.transport._wsframe import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

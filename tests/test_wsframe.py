@@ -1,7 +1,7 @@
 """RFC 6455 frame codec (bayeux.md section 7.4 transport).
 
 Every table test runs on both implementations: the compiled `engine.transport._wsframe`
-and its pure-Python twin `engine.transport.wsframe`. Hypothesis then checks that the two
+and its pure-Python twin `tests/oracles/wsframe.py`. Hypothesis then checks that the two
 agree on random streams (valid and corrupted, under random chunking), that
 client frames round-trip, and the `websockets` library checks both directions
 of the wire format independently of our own encoder and parser.
@@ -16,6 +16,7 @@ import tracemalloc
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 
+import oracles.wsframe as reference
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,8 +24,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
 import engine.transport._wsframe as compiled
-import engine.transport.wsframe as reference
-from engine.transport.wsframe import WebSocketError
+from engine.transport._wsframe import WebSocketError
 
 IMPLS = [
     pytest.param(compiled, id="compiled"),

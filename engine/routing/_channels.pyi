@@ -1,6 +1,7 @@
 """Typed face of the compiled `engine.routing._channels` (source: src_pyx/routing/_channels.pyx).
 
-Same API as the pure-Python twin `engine.routing.channels` (whose trie is `PyChannelTrie`).
+Same API as its plain-Python twin, the test oracle `tests/oracles/channels.py`
+(whose trie is `PyChannelTrie`).
 """
 
 from typing import Final, final

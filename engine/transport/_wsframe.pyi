@@ -1,14 +1,10 @@
 """Typed face of the compiled `engine.transport._wsframe` (source: src_pyx/transport/_wsframe.pyx).
 
-Same API as the pure-Python twin `engine.transport.wsframe`; `WebSocketError`,
-`accept_key` and `valid_client_key` are the very objects of that module.
+Same API as its plain-Python twin, the test oracle `tests/oracles/wsframe.py`,
+which shares `WebSocketError`, `accept_key` and `valid_client_key` with it.
 """
 
 from typing import Final, final
-
-from engine.transport.wsframe import WebSocketError as WebSocketError
-from engine.transport.wsframe import accept_key as accept_key
-from engine.transport.wsframe import valid_client_key as valid_client_key
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -58,6 +54,17 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL: Final = 1011
 
 MAX_CONTROL_PAYLOAD: Final = 125
+
+class WebSocketError(Exception):
+    """A protocol violation: fail the connection with close frame `code`."""
+
+    code: int
+    reason: str
+    events: list[tuple[int, bytes]]  # decoded before the violation
+    def __init__(self, code: int, reason: str) -> None: ...
+
+def accept_key(sec_websocket_key: bytes) -> bytes: ...
+def valid_client_key(key: bytes) -> bool: ...
 
 def encode_frame(opcode: int, payload: _Bytes, fin: bool = True) -> bytes: ...
 def encode_close(code: int, reason: str = "") -> bytes: ...

@@ -52,11 +52,13 @@ from engine.transport._wsframe import (
     OP_PONG,
     OP_TEXT,
     FrameParser,
+    WebSocketError,
+    accept_key,
     encode_close,
     encode_frame,
     parse_close_payload,
+    valid_client_key,
 )
-from engine.transport.wsframe import WebSocketError, accept_key, valid_client_key
 
 if TYPE_CHECKING:
     from engine.protocol.session import Hold, Session

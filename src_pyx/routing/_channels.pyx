@@ -1,7 +1,19 @@
 """Channel names and the subscription trie, compiled.
 
-Same API and behaviour as the pure-Python twin ``engine.routing.channels`` (the tests
-check that they agree); see that module for the naming rules.
+Same API and behaviour as its plain-Python twin, the test oracle
+``tests/oracles/channels.py`` (the tests check that they agree).
+
+Names follow CometD's rules for channel names
+(https://docs.cometd.org/current/reference/#_concepts_channels), as applied here:
+
+* a ``str`` starting with ``/``, at least two characters long, every other
+  character in CometD's set (``A-Z a-z 0-9``, space, ``! # $ ( ) * + - . / @ _
+  { ~ }``);
+* one trailing ``/`` is dropped before anything else (``/foo/`` is ``/foo``);
+* no empty segment, no segment made only of spaces;
+* ``*`` and ``**`` only as the entire last segment (that makes a pattern);
+* a pattern may not also contain a ``{...}`` template segment.
+
 Differences are only in how the work is done:
 
 * ``validate_channel`` runs on every publish, so it is one pass over the

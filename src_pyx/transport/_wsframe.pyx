@@ -1,8 +1,9 @@
 # cython: language_level=3
 """RFC 6455 WebSocket framing for the server side, compiled.
 
-The compiled twin of ``engine.transport.wsframe`` (read that module for the contract;
-the tests hold the two to identical events and errors). What differs is how:
+The server's codec. Its readable twin, ``tests/oracles/wsframe.py``, states
+the same contract in plain Python; the tests hold the two to identical events
+and errors. What the compiled one does differently is how:
 
 - frames are parsed in place, straight from the caller's buffer when nothing
   is pending, else from one ``bytearray`` that holds only the partial frame;
@@ -11,8 +12,9 @@ the tests hold the two to identical events and errors). What differs is how:
 - text is validated by a UTF-8 automaton in C whose state survives across
   fragments, with an 8-bytes-at-a-time skip over ASCII.
 
-Errors are the ``WebSocketError`` class of ``engine.transport.wsframe``, and the opening
-handshake helpers (not hot) are shared with it.
+``WebSocketError`` and the opening-handshake helpers (not hot) are defined
+here and shared with the twin, so one ``except`` clause catches the errors of
+either.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -27,7 +29,9 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from engine.transport.wsframe import WebSocketError, accept_key, valid_client_key
+import base64
+import binascii
+import hashlib
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -56,6 +60,42 @@ __all__ = [
     "parse_close_payload",
     "valid_client_key",
 ]
+
+
+class WebSocketError(Exception):
+    """A protocol violation: fail the connection with close frame ``code``.
+
+    ``events`` holds the events the failing ``FrameParser.feed`` call had
+    decoded before the violation (they were well formed and may be processed).
+    """
+
+    def __init__(self, code, reason):
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+        self.events = []
+
+    def __str__(self):
+        return f"{self.code} {self.reason}"
+
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+def accept_key(sec_websocket_key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value answering ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(sec_websocket_key + _GUID).digest())
+
+
+def valid_client_key(key: bytes) -> bool:
+    """Whether ``key`` is the canonical base64 encoding of exactly 16 bytes."""
+    if len(key) != 24:
+        return False
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        return False
+    return len(raw) == 16 and base64.b64encode(raw) == key
 
 cdef enum:
     # Opcodes and close codes as C constants for the hot paths; the Python

@@ -1,10 +1,10 @@
 """RFC 6455 WebSocket framing for the server side, in plain Python.
 
-This is the readable reference twin of the compiled module ``engine.transport._wsframe``:
-both expose the same names and must behave identically (the tests feed both the
-same byte streams and compare every event and every error). The compiled module
-imports :class:`WebSocketError` from here, so one ``except`` clause catches the
-errors of either implementation.
+This is the readable reference twin of the compiled module ``engine.transport._wsframe``
+(a test oracle, not shipped): both expose the same names and must behave
+identically (the tests feed both the same byte streams and compare every event
+and every error). :class:`WebSocketError` and the opening-handshake helpers are
+the compiled module's own, so one ``except`` clause catches the errors of either.
 
 Scope: no extensions are negotiated (so any RSV bit is a protocol error), no
 subprotocol. Clients must mask every frame; the server never masks.
@@ -21,10 +21,9 @@ fail the connection with; the parser then stays dead.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
-import hashlib
+
+from engine.transport._wsframe import WebSocketError, accept_key, valid_client_key
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -77,7 +76,6 @@ MAX_CONTROL_PAYLOAD = 125
 # A close reason shares the control payload with the 2-byte code.
 _MAX_CLOSE_REASON = MAX_CONTROL_PAYLOAD - 2
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _DATA_OPCODES = (OP_CONT, OP_TEXT, OP_BINARY)
 _KNOWN_OPCODES = (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
 _NO_MESSAGE = -1
@@ -96,46 +94,6 @@ _ERR_TOO_BIG = "message too big"
 _ERR_UTF8 = "invalid UTF-8 in text message"
 
 Event = tuple[int, bytes]
-
-
-class WebSocketError(Exception):
-    """A protocol violation: fail the connection with close frame ``code``.
-
-    ``events`` holds the events the failing :meth:`FrameParser.feed` call had
-    decoded before the violation (they were well formed and may be processed).
-    """
-
-    code: int
-    reason: str
-    events: list[Event]
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-        self.events = []
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.reason}"
-
-
-# --- opening handshake ------------------------------------------------------------
-
-
-def accept_key(sec_websocket_key: bytes) -> bytes:
-    """The ``Sec-WebSocket-Accept`` value answering ``Sec-WebSocket-Key``."""
-    return base64.b64encode(hashlib.sha1(sec_websocket_key + _GUID).digest())
-
-
-def valid_client_key(key: bytes) -> bool:
-    """Whether ``key`` is the canonical base64 encoding of exactly 16 bytes."""
-    if len(key) != 24:
-        return False
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except binascii.Error:
-        return False
-    return len(raw) == 16 and base64.b64encode(raw) == key
 
 
 # --- encoding ---------------------------------------------------------------------

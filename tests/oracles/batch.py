@@ -1,6 +1,7 @@
 """Pure-Python twin of the compiled `engine.delivery._batch` module (a test oracle).
 
-The server always runs the compiled module; tests hold the two equal.
+The server always runs the compiled module (this one is not shipped); the
+tests hold the two equal.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Channel names and the subscription trie, in plain Python.
 
 This is the readable reference ("twin") of the compiled module
-``engine.routing._channels``: both expose the same functions, constants and trie API,
-and the tests check that they agree.
+``engine.routing._channels`` (a test oracle, not shipped): both expose the same
+functions, constants and trie API, and the tests check that they agree.
 
 Names follow CometD's rules for channel names
 (https://docs.cometd.org/current/reference/#_concepts_channels), as applied here:
