@@ -7,8 +7,8 @@
 
 What travels, and how:
 
-* A publish is delivered to this node's subscribers at once (the compiled
-  trie, as `LocalBroker` does), then the bytes the core encoded once are sent
+* A publish is delivered to this node's subscribers at once (the local
+  fan-out this class inherits from `LocalBroker`), then the bytes the core encoded once are sent
   once to Redis: `PUBLISH bayeux:<db>:<channel> <tag>\\n<encoded>`.  The tag
   is `<origin> <seq> <channel seq>`: the origin names the process (node id +
   a per-process token), `seq` numbers its publishes, `channel seq` its
@@ -92,7 +92,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
@@ -100,8 +100,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from engine.delivery.broker import Deliver, LocalBroker
 from engine.ratelog import CauseLog
-from engine.routing._channels import ChannelTrie
 from engine.stats import Counters
 
 if TYPE_CHECKING:
@@ -111,7 +111,6 @@ __all__ = ["RedisBroker", "OriginSequences", "redis_subscription", "glob_escape"
 
 log = logging.getLogger("engine.redis")
 
-Deliver = Callable[["Session", bytes, bool], None]
 # Called with the reply to a direct message: the number of receivers, or None
 # when it was not sent or its fate is unknown (connection lost, error reply).
 Reply = Callable[[int | None], None]
@@ -256,8 +255,13 @@ class OriginSequences:
             del self.channels[channel]
 
 
-class RedisBroker:
-    """Broker interface of `engine.delivery.broker`, clustered through Redis pub/sub."""
+class RedisBroker(LocalBroker):
+    """The local broker (`engine.delivery.broker`), clustered through Redis pub/sub.
+
+    Local fan-out, subscriber counts and channel lists are `LocalBroker`'s;
+    this class adds what crosses nodes: publishes to Redis, the Redis
+    subscriptions its sessions need, and direct node-to-node messages.
+    """
 
     def __init__(
         self,
@@ -276,8 +280,7 @@ class RedisBroker:
         log_every: float = 5.0,
         counters: Counters | None = None,
     ) -> None:
-        self.trie = ChannelTrie()
-        self.deliver = deliver
+        super().__init__(deliver)
         self.is_lazy: Callable[[str], bool] = lambda channel: False
         self.node_id = node_id
         # The tag prefix of this process's messages: node id + a token, so a
@@ -405,7 +408,7 @@ class RedisBroker:
     # ------------------------------------------------------ Broker interface
 
     def subscribe(self, session: Session, pattern: str) -> bool:
-        if not self.trie.add(pattern, session):
+        if not super().subscribe(session, pattern):
             return False
         is_pattern, name = redis_subscription(self.prefix, pattern)
         want = self._want_patterns if is_pattern else self._want_channels
@@ -416,7 +419,7 @@ class RedisBroker:
         return True
 
     def unsubscribe(self, session: Session, pattern: str) -> bool:
-        if not self.trie.remove(pattern, session):
+        if not super().unsubscribe(session, pattern):
             return False
         is_pattern, name = redis_subscription(self.prefix, pattern)
         want = self._want_patterns if is_pattern else self._want_channels
@@ -430,10 +433,7 @@ class RedisBroker:
         return True
 
     def publish(self, channel: str, encoded: bytes, lazy: bool = False) -> int:
-        deliver = self.deliver
-        sessions = cast("list[Session]", self.trie.match(channel))
-        for session in sessions:
-            deliver(session, encoded, lazy)
+        delivered = self.fan_out(channel, encoded, lazy)
         # Then once to the other nodes, already encoded.  Numbered first: a
         # message that cannot go is a gap the receivers can see.
         self._seq += 1
@@ -453,7 +453,7 @@ class RedisBroker:
                 size,
                 self.max_message_bytes,
             )
-            return len(sessions)
+            return delivered
         if self._backlog_bytes + size > self.buffer_bytes:
             self._lose(
                 1,
@@ -461,7 +461,7 @@ class RedisBroker:
                 "%d bytes wait for redis already (redis_buffer_bytes)",
                 self._backlog_bytes,
             )
-            return len(sessions)
+            return delivered
         tag = b"%s%d %d\n" % (self._own, self._seq, channel_seq)
         head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s" % (
             len(name),
@@ -475,16 +475,7 @@ class RedisBroker:
         wake = self._wake
         if wake is not None and not wake.is_set():
             wake.set()
-        return len(sessions)
-
-    def subscriber_count(self, pattern: str) -> int:
-        return self.trie.count(pattern)
-
-    def matching_count(self, channel: str) -> int:
-        return self.trie.count_matching(channel)
-
-    def channels(self) -> list[str]:
-        return self.trie.patterns()
+        return delivered
 
     # ------------------------------------------------------ direct messages
 
@@ -1033,15 +1024,8 @@ class RedisBroker:
         self.received += 1
         try:
             name = channel[self._prefix_len :].decode()
-            sessions = cast("list[Session]", self.trie.match(name))
-            if sessions:
-                encoded = data[end + 1 :]
-                deliver = self.deliver
-                # Lazy channels are configured alike on every node.
-                lazy = self.is_lazy(name)
-                for session in sessions:
-                    deliver(session, encoded, lazy)
-                self.received_delivered += len(sessions)
+            # Lazy channels are configured alike on every node.
+            self.received_delivered += self.fan_out(name, data[end + 1 :], self.is_lazy(name))
         except Exception:
             self.received_invalid += 1
             log.exception("node %s: message from redis not delivered", self.node_id)

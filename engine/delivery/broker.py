@@ -3,8 +3,9 @@
 The core hands a broker a channel and the message already encoded once; the
 broker finds the subscribed sessions through the compiled channel trie and
 calls `deliver(session, encoded)` for each, once per session however many of
-its subscriptions match.  A clustered broker (Redis) implements the same
-interface and also forwards the encoded bytes to the other nodes.
+its subscriptions match.  The clustered broker (engine.cluster.redis_broker)
+is this one plus Redis: the same local fan-out, and the encoded bytes sent
+once to the other nodes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from engine.routing._channels import ChannelTrie
 if TYPE_CHECKING:
     from engine.protocol.session import Session
 
-__all__ = ["Broker", "LocalBroker"]
+__all__ = ["Broker", "Deliver", "LocalBroker"]
 
 Deliver = Callable[["Session", bytes, bool], None]
 
@@ -51,12 +52,17 @@ class LocalBroker:
     def unsubscribe(self, session: Session, pattern: str) -> bool:
         return self.trie.remove(pattern, session)
 
-    def publish(self, channel: str, encoded: bytes, lazy: bool = False) -> int:
+    def fan_out(self, channel: str, encoded: bytes, lazy: bool = False) -> int:
+        """Deliver `encoded` to this process's sessions subscribed to `channel`."""
         deliver = self.deliver
         sessions = cast("list[Session]", self.trie.match(channel))
         for session in sessions:
             deliver(session, encoded, lazy)
         return len(sessions)
+
+    # In one process, publishing is the local fan-out (a clustered broker
+    # subclasses this one and also sends the bytes to the other nodes).
+    publish = fan_out
 
     def subscriber_count(self, pattern: str) -> int:
         return self.trie.count(pattern)
