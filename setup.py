@@ -27,6 +27,24 @@ DIRECTIVES = {
 # compiled module's source is found by the same path as its package.
 SOURCES = sorted(Path("src_pyx").rglob("*.pyx"))
 
+
+
+def cython_include() -> str:
+    """A directory in which `engine/<package>/<name>.pxd` is src_pyx's file.
+
+    A module that `cimport`s another names it by its package path
+    (`from engine.delivery._batch cimport ...`); Cython looks that up as
+    `engine/delivery/_batch.pxd` on its include path, and the sources live in
+    src_pyx/, so the include directory holds one link: engine -> src_pyx.
+    """
+    root = Path("build", "cython-include")
+    link = root / "engine"
+    root.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(Path("..", "..", "src_pyx"))
+    return str(root)
+
+
 extensions = [
     Extension(
         ".".join(("engine", *source.relative_to("src_pyx").with_suffix("").parts)),
@@ -37,4 +55,11 @@ extensions = [
     for source in SOURCES
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, quiet=True))
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        include_path=[cython_include()],
+        quiet=True,
+    )
+)

@@ -53,3 +53,19 @@ def test_encode() -> None:
     message = {"channel": "/a", "data": [1, "x"]}
     assert compiled.encode_message(message) == orjson.dumps(message)
     assert compiled.encode_all([message, message]) == [orjson.dumps(message)] * 2
+
+
+def test_compiled_refuses_none() -> None:
+    # The compiled functions are cpdef (cimported by the other compiled
+    # modules), where Cython has no `not None`: None must still be refused.
+    calls = [
+        lambda: compiled.splice_array(None),  # type: ignore[arg-type]
+        lambda: compiled.splice_http(None, [b"1"]),  # type: ignore[arg-type]
+        lambda: compiled.splice_http(b"h", None),  # type: ignore[arg-type]
+        lambda: compiled.splice_jsonp(b"h", None, [b"1"]),  # type: ignore[arg-type]
+        lambda: compiled.encode_all(None),  # type: ignore[arg-type]
+        lambda: compiled.splice_ws(None),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(TypeError):
+            call()

@@ -19,6 +19,10 @@ cdef object _dumps = orjson.dumps
 
 cdef Py_ssize_t _array_size(list parts) except -1:
     """Size of `[` + parts joined by `,` + `]`; every part must be bytes."""
+    # These functions are cpdef (other compiled modules cimport them), where
+    # `not None` is not available: None is refused here, not dereferenced.
+    if parts is None:
+        raise TypeError("parts must be a list of bytes, not None")
     cdef Py_ssize_t n = len(parts)
     cdef Py_ssize_t size = 2 + (n - 1 if n > 0 else 0)
     cdef object part
@@ -68,7 +72,7 @@ cdef int _length_line(char* out, Py_ssize_t length):
     return size + 4
 
 
-def splice_array(list parts not None) -> bytes:
+cpdef bytes splice_array(list parts):
     """`[part,part,...]`: the body of one response or one WebSocket frame."""
     cdef Py_ssize_t size = _array_size(parts)
     cdef bytes result = PyBytes_FromStringAndSize(NULL, size)
@@ -76,12 +80,14 @@ def splice_array(list parts not None) -> bytes:
     return result
 
 
-def splice_http(bytes head not None, list parts not None) -> bytes:
+cpdef bytes splice_http(bytes head, list parts):
     """An HTTP response whose body is the JSON array of `parts`.
 
     `head` is the status line and every header except Content-Length, each
     ending in CRLF; this adds `Content-Length`, the blank line and the body.
     """
+    if head is None:
+        raise TypeError("head must be bytes, not None")
     cdef Py_ssize_t body = _array_size(parts)
     cdef char length_line[48]
     cdef int line = _length_line(length_line, body)
@@ -94,12 +100,14 @@ def splice_http(bytes head not None, list parts not None) -> bytes:
     return result
 
 
-def splice_jsonp(bytes head not None, bytes callback not None, list parts not None) -> bytes:
+cpdef bytes splice_jsonp(bytes head, bytes callback, list parts):
     """An HTTP response whose body is `callback([parts...])` (callback-polling).
 
     The callback name must have been validated by the caller (identifier
     characters only); it is copied verbatim.
     """
+    if head is None or callback is None:
+        raise TypeError("head and callback must be bytes, not None")
     cdef Py_ssize_t cb = PyBytes_GET_SIZE(callback)
     cdef Py_ssize_t body = _array_size(parts) + cb + 2
     cdef char length_line[48]
@@ -119,18 +127,20 @@ def splice_jsonp(bytes head not None, bytes callback not None, list parts not No
     return result
 
 
-def encode_message(object message) -> bytes:
+cpdef bytes encode_message(object message):
     """Encode one message object with orjson (the single JSON encoder used)."""
     return _dumps(message)
 
 
-def encode_all(list messages not None) -> list:
+cpdef list encode_all(list messages):
     """Encode each message of a list; the reply half of a response."""
     cdef object m
+    if messages is None:
+        raise TypeError("messages must be a list, not None")
     return [_dumps(m) for m in messages]
 
 
-def splice_ws(list parts not None) -> bytes:
+cpdef bytes splice_ws(list parts):
     """One unmasked, final WebSocket text frame whose payload is `[parts...]`.
 
     Server frames are never masked (RFC 6455 5.1); the header takes 2, 4 or

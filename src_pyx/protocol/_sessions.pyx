@@ -27,7 +27,7 @@ import random
 import orjson
 
 from engine.protocol import errors
-from engine.delivery._batch import encode_all, encode_message
+from engine.delivery._batch cimport encode_all, encode_message
 from engine.protocol.limits import backoff_ms
 from engine.ratelog import CauseLog
 

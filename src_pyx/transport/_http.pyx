@@ -34,7 +34,7 @@ import logging
 import httptools
 import orjson
 
-from engine.delivery._batch import splice_http, splice_jsonp
+from engine.delivery._batch cimport splice_http, splice_jsonp
 from engine.protocol.limits import ConnectionLimits
 from engine.ratelog import CauseLog
 
