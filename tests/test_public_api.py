@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 import engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +57,13 @@ def test_one_version_from_the_package_metadata() -> None:
     assert engine.__version__ == version("engine")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'version = "{engine.__version__}"' in pyproject
+
+
+def test_session_scheduling_fields_are_readonly() -> None:
+    # The core moves these together with its timer wheels; an application
+    # writing one would leave a wheel pointing at the wrong slot.
+    session = engine.Session("c1", None, "websocket")
+    for name in ("hold", "hold_entry", "expires_at", "expiry_slot", "flush_pending", "lazy_due"):
+        getattr(session, name)  # readable
+        with pytest.raises(AttributeError):
+            setattr(session, name, getattr(session, name))

@@ -48,13 +48,18 @@ class Session:
     queue: list[bytes] | None
     queued_bytes: int
     subscriptions: set[str] | None
-    hold: Hold | None
-    hold_entry: int
-    expires_at: float
-    expiry_slot: int
+    @property
+    def hold(self) -> Hold | None: ...  # readonly: the core schedules
+    @property
+    def hold_entry(self) -> int: ...  # readonly: the core schedules
+    @property
+    def expires_at(self) -> float: ...  # readonly: the core schedules
+    @property
+    def expiry_slot(self) -> int: ...  # readonly: the core schedules
     connected: bool
     removed: bool
-    flush_pending: bool
+    @property
+    def flush_pending(self) -> bool: ...  # readonly: the core schedules
     advice_dirty: bool
     dropped: int
     sink: EventSink | None
@@ -62,7 +67,8 @@ class Session:
     local: Callable[[bytes], None] | None
     attributes: dict[str, Any] | None
     ack: AckState | None
-    lazy_due: float
+    @property
+    def lazy_due(self) -> float: ...  # readonly: the core schedules
     bucket: list[float] | None
     address: str | None
     resumable: bool

@@ -90,7 +90,12 @@ cdef class Hold:
 
 
 cdef class Session:
-    """Server-side state of one client (one clientId)."""
+    """Server-side state of one client (one clientId).
+
+    The scheduling fields (the held connect, the wheel entries and deadlines)
+    are readonly from Python: only the compiled core moves them, together
+    with the timer wheels that point at them.
+    """
 
     cdef public str id
     cdef public str browser_id
@@ -100,15 +105,15 @@ cdef class Session:
     cdef public list queue
     cdef public Py_ssize_t queued_bytes  # their total size (bounded: max_queue_bytes)
     cdef public set subscriptions
-    cdef public Hold hold
+    cdef readonly Hold hold
     # The hold wheel's slot of its one entry there (-1: none); it may come
     # before its hold's deadline, never after.
-    cdef public Py_ssize_t hold_entry
-    cdef public double expires_at
-    cdef public Py_ssize_t expiry_slot
+    cdef readonly Py_ssize_t hold_entry
+    cdef readonly double expires_at
+    cdef readonly Py_ssize_t expiry_slot
     cdef public bint connected
     cdef public bint removed
-    cdef public bint flush_pending
+    cdef readonly bint flush_pending
     # True after temporary advice (multiple-clients): the next connect
     # reply carries the normal advice again (as CometD does).
     cdef public bint advice_dirty
@@ -124,7 +129,7 @@ cdef class Session:
     # Application data about the session (e.g. the authenticated user).
     cdef public dict attributes
     cdef public AckState ack  # acknowledge extension, when negotiated
-    cdef public double lazy_due  # when queued lazy messages must leave at the latest
+    cdef readonly double lazy_due  # when queued lazy messages must leave at the latest
     cdef public list bucket  # publish rate limit: [tokens, at]
     # The client address of its handshake (per-address limits, logs).
     cdef public str address
