@@ -23,7 +23,7 @@ one request at a time:
 Phases alternate bound, engine, bound, engine, ... (``--repeats`` of each), each
 ``--warmup`` + ``--duration`` seconds with fresh clients; the medians are
 compared. Besides the throughput fraction (engine cycles/s / bound requests/s,
-the issue's target is >= 60 %), the server CPU time per request is reported
+the target is >= 60 %), the server CPU time per request is reported
 for both: when the load generators rather than the server limit a phase (the
 server's CPU below ~90 % of its core), the CPU-cost fraction (bound us/request /
 engine us/request) is the figure that still compares the servers.

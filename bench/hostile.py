@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hostile scenario (issue 13): every attack at once against one server, beside
+"""Hostile scenario: every attack at once against one server, beside
 ordinary clients and canaries. Does anyone who behaves notice?
 
     python bench/hostile.py                    # 60 s, the full set (below)
@@ -115,7 +115,7 @@ SCENARIO = "hostile"
 WORKERS = BENCH_DIR / "hostile_workers.py"
 TRANSPORTS = ("long-polling", "websocket")
 MIB = 1024 * 1024
-#: The targets of issue 13.
+#: The targets the hostile run is held to.
 TARGET_RSS_BYTES = 512 * MIB
 TARGET_P99_MS = 100.0
 
@@ -855,7 +855,7 @@ def compute(
     }
     attack_s = phases.get("attack_s") or args.duration
     results = {
-        # the issue's figures first (bench/report's generic table shows the first six)
+        # the headline figures first (bench/report's generic table shows the first six)
         "rss_peak_mib": None if rss_peak is None else round(rss_peak / MIB, 1),
         "ordinary_latency_p50_ms": lat.get("p50"),
         "ordinary_latency_p99_ms": p99,

@@ -102,7 +102,7 @@ SCENARIO = "idle"
 #: ramp rate this box sustains (setups take milliseconds), few enough that a
 #: saturated box answers them long before the 10 s reply time-out.
 DEFAULT_TOTAL_PENDING = 1000
-#: The done-when of issue 7: at most this fraction of the clients dropped.
+#: At most this fraction of the clients may drop for a run to pass.
 MAX_DROPPED_FRACTION = 0.001
 #: Per-process open-files budget kept free besides the client sockets.
 FD_MARGIN = 100

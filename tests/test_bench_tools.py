@@ -288,7 +288,7 @@ def test_report(results: Path, tmp_path: Path) -> None:
     text = md2.read_text()
     assert "## Idle clients" in text and "## Fan-out" in text and "](r2.png)" in text
     assert "16,000" in text and "0.09" in text  # Faye's bytes per client, the ratio
-    section = text.split("## Idle clients over several workers (issue 7)")[1].split("\n## ")[0]
+    section = text.split("## Idle clients over several workers")[1].split("\n## ")[0]
     assert "| websocket | 60,000 | 4 | 60,000 / 0 / 3 (0.01 %) |" in section
     # timed when read (a record without latency_at): marked so
     assert "-1,412 / 42" in section and "| 3.1 / 12.5 / 20.0 (read) |" in section

@@ -99,7 +99,8 @@ Failure behaviour, and why:
   off) instead of answering them at once, which would make its clients
   poll it in a tight loop through the other nodes.
 
-Timers (design principle 2): no `call_later` per request.  Deadlines go in a
+Timers: no `call_later` per request (one timer per request would cost a
+heap entry each, at any number of pending requests).  Deadlines go in a
 `TimerWheel` of `TICK` seconds, and one periodic tick takes what is due,
 looks for closed client connections and sends the probes.
 
