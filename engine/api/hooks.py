@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.api.extensions import Extension
@@ -186,22 +186,9 @@ class Hooks:
         chain = self.extensions
         if session is not None and session.extensions:
             chain = chain + session.extensions
-        for extension in chain:
-            try:
-                result = extension.incoming(session, message)
-            except Exception:
-                failures.exception(
-                    name_of(extension), "extension %r raised on an incoming message", extension
-                )
-                return None
-            if result is False:
-                return False
-            if result is not True:
-                failures.error(
-                    name_of(extension), "extension %r returned %r, not a bool", extension, result
-                )
-                return None
-        return True
+        return _run_chain(
+            chain, "incoming", lambda extension: extension.incoming(session, message), None
+        )
 
     def outgoing(
         self,
@@ -211,19 +198,39 @@ class Hooks:
         request: Message | None,
     ) -> bool:
         """Run `extensions` in reverse order; False (or a failure) drops the message."""
-        for extension in reversed(extensions):
-            try:
-                result = extension.outgoing(session, message, request)
-            except Exception:
-                failures.exception(
-                    name_of(extension), "extension %r raised on an outgoing message", extension
-                )
-                return False
-            if result is False:
-                return False
-            if result is not True:
-                failures.error(
-                    name_of(extension), "extension %r returned %r, not a bool", extension, result
-                )
-                return False
-        return True
+        return (
+            _run_chain(
+                reversed(extensions),
+                "outgoing",
+                lambda extension: extension.outgoing(session, message, request),
+                False,
+            )
+            is True
+        )
+
+
+def _run_chain(
+    extensions: Iterable[Extension],
+    direction: str,
+    call: Callable[[Extension], object],
+    failed: bool | None,
+) -> bool | None:
+    """`call` each extension in turn: True goes on, False stops (the message
+    is deleted); a raise or an answer that is not a bool is logged, once per
+    extension, and ends the chain with `failed`."""
+    for extension in extensions:
+        try:
+            result = call(extension)
+        except Exception:
+            failures.exception(
+                name_of(extension), "extension %r raised on an %s message", extension, direction
+            )
+            return failed
+        if result is False:
+            return False
+        if result is not True:
+            failures.error(
+                name_of(extension), "extension %r returned %r, not a bool", extension, result
+            )
+            return failed
+    return True
