@@ -504,6 +504,10 @@ class ServerProcess:
                 "{python} {host} {port} {path} {timeout}; write other braces doubled)"
             ) from None
         self.cwd = cwd
+        # `{python} ...` is this repository's engine; any other command is
+        # someone else's (another checkout's venv, a peer) and must not pick
+        # up this repository's `engine` package from the working directory.
+        self.own_python = template.lstrip().startswith("{python}")
         self.guard = guard
         self.proc: asyncio.subprocess.Process | None = None
         self.url: str | None = None
@@ -536,8 +540,11 @@ class ServerProcess:
     async def start(self, startup_timeout: float) -> str:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
-        pythonpath = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(self.cwd) + (os.pathsep + pythonpath if pythonpath else "")
+        if self.own_python:
+            pythonpath = env.get("PYTHONPATH")
+            env["PYTHONPATH"] = str(self.cwd) + (os.pathsep + pythonpath if pythonpath else "")
+        else:
+            env["PYTHONSAFEPATH"] = "1"  # python -m ... does not put the cwd on sys.path
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             cwd=str(self.cwd),

@@ -407,6 +407,51 @@ def test_line_child_and_bad_template() -> None:
         )
 
 
+@pytest.mark.timeout(30)
+def test_other_server_command_runs_its_own_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --server-cmd that does not start with {python} is another checkout's
+    server: the bench's own repository (its working directory) must not
+    shadow that checkout's `engine` package (an A/B would compare one
+    version with itself)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    other = tmp_path / "other" / "engine"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (other / "__main__.py").write_text(
+        "import sys, time\n"
+        "print('other engine', __file__, flush=True)\n"
+        "print('http://127.0.0.1:' + sys.argv[1] + '/cometd', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "other"))
+
+    async def main() -> list[str]:
+        guard = common.ChildGuard()
+        server = common.ServerProcess(
+            f"{sys.executable} -m engine {{port}}",
+            host="127.0.0.1",
+            port=1234,
+            path="/cometd",
+            timeout_ms=1000,
+            guard=guard,
+        )
+        try:
+            await server.start(10.0)
+            return list(server.lines)
+        finally:
+            await server.stop(1.0)
+            guard.kill_all()
+
+    lines = asyncio.run(main())
+    assert any(line.startswith("other engine " + str(other)) for line in lines), lines
+
+
 def test_generator_processes_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """--procs: one generator per CPU the server leaves over, more only when
     the open-files limit needs them; an explicit --procs wins."""
