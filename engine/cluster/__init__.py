@@ -2,7 +2,8 @@
 
 Receives local publishes and sends them once to Redis (`redis_broker`: the
 connection, the bounded outbox, sequences and duplicates), delivering what
-other nodes publish through the local trie; forwards an HTTP request for a
+other nodes publish through the local fan-out it inherits from
+`engine.delivery.broker.LocalBroker`; forwards an HTTP request for a
 session another node owns to that node and relays its answer
 (`forwarding`); publishes each node's summary (`status`).
 """
