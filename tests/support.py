@@ -1,73 +1,21 @@
-"""Test support: the server in a background thread, and a small Bayeux HTTP client.
+"""Test support: a small Bayeux HTTP client for a server in this process.
 
-The server runs in-process on its own uvloop loop so tests can look at its
-state; clients are blocking `http.client` connections.  `request()` and
-`getresponse()` are separate calls, so a test can leave a /meta/connect held
-on one connection while it publishes on another, without threads.
+The server runs in-process (`harness.running_server`); clients are blocking
+`http.client` connections.  `request()` and `getresponse()` are separate
+calls, so a test can leave a /meta/connect held on one connection while it
+publishes on another, without threads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import uvloop
+from engine import BayeuxServer
 
-from engine import BayeuxServer, ServerOptions
-
-__all__ = ["Browser", "Response", "running_server", "raw_exchange"]
-
-
-@contextmanager
-def running_server(
-    setup: Any = None, app: BayeuxServer | None = None, **options: Any
-) -> Iterator[BayeuxServer]:
-    """A started server; `setup(server)` may register services etc. first.
-
-    `app` runs an application's own server object, with `options` applied
-    on top of its options (a free port by default).
-    """
-    options.setdefault("port", 0)
-    if app is not None:
-        server = app
-        server.configure(**options)
-    else:
-        server = BayeuxServer(ServerOptions(**options))
-    if setup is not None:
-        setup(server)
-    loop = uvloop.new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.start())
-        except BaseException as exc:  # reported to the test below
-            failure.append(exc)
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    if failure:
-        raise failure[0]
-    try:
-        yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+__all__ = ["Browser", "Response", "raw_exchange"]
 
 
 class Response:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from tests.support import Browser, running_server
+from harness import running_server
+from support import Browser
 
 
 def test_ack_negotiation_batches_and_resend() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness import running_server
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.support import Browser, raw_exchange, running_server
+from support import Browser, raw_exchange
 
 TOKEN = "s3cret-token"
 

@@ -10,9 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from harness import running_server
+from support import Browser
 
 from engine import BayeuxServer, Extension, Session, TimesyncExtension
-from tests.support import Browser, running_server
 
 
 @contextmanager

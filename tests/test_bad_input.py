@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from harness import running_server
+from support import Browser, raw_exchange
 
 from engine import BayeuxServer
-from tests.support import Browser, raw_exchange, running_server
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, ServerProcess, ServerStartError, free_port
-
-from tests.support import Browser, running_server
+from harness import ROOT, ServerProcess, ServerStartError, running_server, start_server
+from support import Browser
 
 CHAT_DIR = ROOT / "examples" / "chat"
 DRIVER_DIR = ROOT / "tests" / "browser"
@@ -124,37 +122,12 @@ def browser_tools(chat_client_installed: None) -> dict[str, str]:
 # ------------------------------------------------------- the server process
 
 
-def chat_server_command(port: int) -> list[str]:
-    """`python -m engine serve --app examples.chat.server:server` with test options."""
-    return [
-        sys.executable,
-        "-m",
-        "engine",
-        "serve",
-        "--app",
-        APP,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *SERVER_ARGS,
-    ]
-
-
 def start_chat_server() -> ServerProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    for _attempt in range(3):
-        port = free_port()
-        server = ServerProcess(chat_server_command(port), port, ROOT, env)
-        try:
-            server.wait_ready()
-            return server
-        except ServerStartError as exc:
-            server.stop(timeout=2)
-            if "address already in use" not in server.stderr.lower():
-                pytest.fail(str(exc), pytrace=False)
-    pytest.fail("could not find a free port for the chat server", pytrace=False)
+    """`serve --app examples.chat.server:server` with the test options."""
+    try:
+        return start_server("--app", APP, *SERVER_ARGS, target="engine")
+    except ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture

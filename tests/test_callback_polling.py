@@ -17,9 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from harness import running_server
+from support import Browser
 
 from engine import BayeuxServer
-from tests.support import Browser, running_server
 
 FAST = {"timeout": 1500, "max_interval": 1000}
 JS_TYPE = "text/javascript;charset=UTF-8"

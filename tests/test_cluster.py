@@ -30,7 +30,7 @@ from redis_server import RedisServer, require_redis_server
 require_redis_server()
 
 import redis  # noqa: E402
-from conftest import ROOT, ServerProcess, start_server  # noqa: E402
+from harness import ROOT, ServerProcess, start_server  # noqa: E402
 from support import Browser  # noqa: E402
 
 from engine.cluster.redis_broker import glob_escape, redis_subscription  # noqa: E402

@@ -31,7 +31,7 @@ from redis_server import RedisServer, require_redis_server
 
 require_redis_server()
 
-from conftest import ServerProcess, start_server  # noqa: E402
+from harness import ServerProcess, start_server  # noqa: E402
 from support import Browser  # noqa: E402
 from test_cluster import (  # noqa: E402
     Listener,

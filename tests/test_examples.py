@@ -6,8 +6,10 @@ import importlib
 import sys
 import time
 
+from harness import running_server
+from support import Browser
+
 from engine import BayeuxServer
-from tests.support import Browser, running_server
 
 
 def fresh_quickstart() -> BayeuxServer:

@@ -32,7 +32,7 @@ from redis_server import RedisServer, require_redis_server
 require_redis_server()
 
 import redis  # noqa: E402
-from conftest import ServerProcess, start_server  # noqa: E402
+from harness import ServerProcess, start_server  # noqa: E402
 
 from engine.cluster.forwarding import RedisForwarder  # noqa: E402
 from engine.cluster.redis_broker import RedisBroker  # noqa: E402

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import ServerProcess, start_server
 
-from tests.conftest import ServerProcess, start_server
 from tests.interop.helpers import describe_js_failure, run_js
 from tests.redis_server import RedisServer, free_port
 

@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness import running_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import Browser
 
 from engine import BayeuxServer
-from tests.support import Browser, running_server
 from tests.test_websocket import (
     Client,
     RawWs,

@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from harness import running_server
+from support import Browser
 
 from engine import BayeuxServer, ServerOptions
-from tests.support import Browser, running_server
 
 FAST = {"timeout": 1500, "max_interval": 1000}
 
@@ -496,7 +497,7 @@ def test_cookie_binds_session(server: BayeuxServer) -> None:  # item 38
 
 
 def test_browser_cookie_among_others(server: BayeuxServer) -> None:
-    from tests.support import raw_exchange
+    from support import raw_exchange
 
     b = make(server)
     b.subscribe("/cookies")
@@ -544,7 +545,7 @@ def test_pipelined_requests_answered_in_order(server: BayeuxServer) -> None:
 
 def test_cors_preflight_and_headers() -> None:
     with running_server(allowed_origins="http://app.example") as srv:
-        from tests.support import raw_exchange
+        from support import raw_exchange
 
         pre = raw_exchange(
             srv,

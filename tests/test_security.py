@@ -8,11 +8,12 @@ import time
 from typing import Any
 
 import pytest
+from harness import running_server
+from support import Browser
 
 from engine import BayeuxServer, SecurityPolicy, Session
 from engine.api.policy import GRANT, IGNORE, deny, patterns_overlap
 from examples import hmac_auth
-from tests.support import Browser, running_server
 
 
 def serve_with(policy: SecurityPolicy, **options: Any) -> Any:

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import websockets
+from harness import running_server
+from support import Browser
 
 from engine import BayeuxServer
 from engine.transport._wsframe import (
@@ -34,7 +36,6 @@ from engine.transport._wsframe import (
     accept_key,
     encode_client_frame,
 )
-from tests.support import Browser, running_server
 
 FAST = {"timeout": 1500, "max_interval": 1000}
 MAX_MESSAGE_SIZE = 1024
