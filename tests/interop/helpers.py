@@ -40,10 +40,10 @@ FAYE_CLIENT = INTEROP_DIR / "faye_client.mjs"
 REQUIRED_TRANSPORTS = ("long-polling", "websocket", "callback-polling")
 ALL_TRANSPORTS = ("long-polling", "websocket", "callback-polling")
 
-# Bayeux extensions (bayeux.md section 10) whose JS-client interop tests must
-# pass. The others are skipped while the server shows no sign of supporting
-# them (no ext.ack in the handshake reply, no ext.timesync in meta replies);
-# add them here once implemented.
+# Bayeux extensions (https://docs.cometd.org/current/reference/#_extensions) whose
+# JS-client interop tests must pass. The others are skipped while the server
+# shows no sign of supporting them (no ext.ack in the handshake reply, no
+# ext.timesync in meta replies); add them here once implemented.
 REQUIRED_EXTENSIONS: tuple[str, ...] = ("ack", "timesync")
 
 

@@ -163,6 +163,7 @@ def check_disconnect(r: Result, transport: str, *, held_connect: bool) -> Checke
         assert held is not None, msg
         assert held["successful"] is True, msg
         if interop_target() == "engine":
-            # Project rule (bayeux.md 5.2/5.3); the Node reference omits it.
+            # Our rule: a disconnect ends the held connect with reconnect none
+            # (the client must not poll again); the Node reference omits it.
             assert (held.get("advice") or {}).get("reconnect") == "none", msg
     return res, msg

@@ -2,7 +2,7 @@
 // Reference Bayeux server for debugging the interop harness: the official
 // `cometd-nodejs-server` (long-polling only, no WebSocket) mounted at --path.
 //
-// Command line mirrors `python -m engine serve` so that tests/conftest.py can
+// Command line mirrors `python -m engine serve` so that tests/harness.py can
 // start either one (ENGINE_INTEROP_TARGET=ref):
 //
 //   node ref_server.mjs --host 127.0.0.1 --port 18080 --path /cometd \

@@ -7,9 +7,8 @@ imported inside a function counts (it is a cycle postponed, not avoided).
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT
 
 
 def _imports(tree: ast.AST, modules: set[str], types: bool = False) -> set[str]:

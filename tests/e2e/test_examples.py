@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-from harness import running_server
+from harness import ROOT, running_server
 from support import Browser
 
 from engine import BayeuxServer
@@ -46,9 +46,7 @@ def test_quickstart_example() -> None:
 
 
 def test_readme_shows_the_quickstart_as_it_is() -> None:
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     readme = (root / "README.md").read_text()
     code = (root / "examples" / "quickstart.py").read_text()
     assert f"```python\n{code}```" in readme

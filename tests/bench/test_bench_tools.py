@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
 
@@ -237,8 +237,8 @@ def test_report(results: Path, tmp_path: Path) -> None:
             for rec in (idle, fan):
                 path = fake_dir / f"{rec['scenario']}-{transport}-{n}.json"
                 path.write_text(json.dumps(rec))
-    # An idle run over 4 workers + redis with a fan-out (issue 7): its own section,
-    # not the single-process table nor the issue-4 targets.
+    # An idle run over 4 workers + redis with a fan-out: its own section,
+    # not the single-process table nor the targets.
     cluster = _fake(
         "idle",
         "websocket",

@@ -1,4 +1,4 @@
-"""The Bayeux protocol over the WebSocket transport (bayeux.md 7.4; checklist items 39-43).
+"""The Bayeux protocol over the WebSocket transport, as CometD's clients use it.
 
 Protocol tests use the `websockets` library as the client; malformed frames
 and refused upgrades are sent on raw sockets (frames built with
@@ -372,7 +372,7 @@ def bystander_unharmed(server: BayeuxServer, bad: Callable[[], Any]) -> None:
 # ================================================================ protocol
 
 
-def test_upgrade_and_handshake(server: BayeuxServer) -> None:  # item 39
+def test_upgrade_and_handshake(server: BayeuxServer) -> None:
     async def body() -> None:
         async with websockets.connect(ws_url(server)) as ws:
             assert ws.subprotocol is None
@@ -409,7 +409,7 @@ def test_upgrade_and_handshake(server: BayeuxServer) -> None:  # item 39
 
 
 def test_connect_first_and_timeout_zero_at_once_then_held(server: BayeuxServer) -> None:
-    async def body() -> None:  # items 8-10, over WebSocket
+    async def body() -> None:  # handshake, connect, held connect: over WebSocket
         c = await Client.open(server)
         await c.handshake()
         started = time.monotonic()
@@ -431,7 +431,7 @@ def test_connect_first_and_timeout_zero_at_once_then_held(server: BayeuxServer) 
     asyncio.run(body())
 
 
-def test_events_written_while_connect_held(server: BayeuxServer) -> None:  # item 40
+def test_events_written_while_connect_held(server: BayeuxServer) -> None:
     async def body() -> None:
         holder = await ready_client(server)
         await holder.subscribe("/held/events")
@@ -472,7 +472,7 @@ def test_events_written_while_connect_held(server: BayeuxServer) -> None:  # ite
     asyncio.run(body())
 
 
-def test_every_message_with_id_answered(server: BayeuxServer) -> None:  # item 41
+def test_every_message_with_id_answered(server: BayeuxServer) -> None:
     async def body() -> None:
         c = await ready_client(server)
         await c.subscribe("/ids")
@@ -509,7 +509,7 @@ def test_every_message_with_id_answered(server: BayeuxServer) -> None:  # item 4
     asyncio.run(body())
 
 
-def test_connect_on_new_socket_resumes_session(server: BayeuxServer) -> None:  # item 42
+def test_connect_on_new_socket_resumes_session(server: BayeuxServer) -> None:
     async def body() -> None:
         first = await ready_client(server)
         await first.subscribe("/moved")
@@ -546,7 +546,7 @@ def test_connect_on_new_socket_resumes_session(server: BayeuxServer) -> None:  #
     asyncio.run(body())
 
 
-def test_invalid_json_closes_only_that_connection(server: BayeuxServer) -> None:  # item 43
+def test_invalid_json_closes_only_that_connection(server: BayeuxServer) -> None:
     async def body() -> None:
         ws_other = await ready_client(server)
         await ws_other.subscribe("/survivors")

@@ -7,12 +7,12 @@ import asyncio
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
+from harness import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(ROOT / "bench"))
 from stamped import Clock, StampedTransport  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""RFC 6455 frame codec (bayeux.md section 7.4 transport).
+"""RFC 6455 frame codec (the server side of the WebSocket transport).
 
 Every table test runs on both implementations: the compiled `engine.transport._wsframe`
 and its pure-Python twin `tests/oracles/wsframe.py`. Hypothesis then checks that the two

@@ -87,8 +87,8 @@ def test_two_clients(js, transport):
 
 def test_two_clients_sharing_browser_cookie(js, server):
     """Two clients with one cookie jar (two tabs of one browser) over HTTP:
-    both keep working; the second one is told `multiple-clients` (bayeux.md
-    section 9, conformance item 37)."""
+    both keep working; the second one is told `multiple-clients` (CometD's
+    advice for several clients of one browser)."""
     r = js("shared_cookie_jar", "long-polling")
     res = r["results"]
     msg = describe_js_failure(r)
@@ -145,9 +145,10 @@ def test_idle_connect_cycles(js, transport):
 
 @pytest.mark.server_args("--ack-extension")
 def test_ack_extension(js, transport):
-    """The JS AckExtension (bayeux.md 10.1): acks negotiated in the handshake,
-    every connect reply carries ext.ack = previous + 1, events only travel
-    with connect replies, each exactly once and in order."""
+    """The JS AckExtension (https://docs.cometd.org/current/reference/#_extensions_acknowledge):
+    acks negotiated in the handshake, every connect reply carries
+    ext.ack = previous + 1, events only travel with connect replies, each
+    exactly once and in order."""
     r = js("ack", transport, expect_ok=False)
     res = r["results"]
     ext = res.get("handshake_ext") or {}
@@ -160,8 +161,8 @@ def test_ack_extension(js, transport):
 
 @pytest.mark.server_args("--timesync-extension")
 def test_timesync_extension(js, transport):
-    """The JS TimeSyncExtension (bayeux.md 10.2): meta replies carry
-    ext.timesync {tc (echoed), ts, p}; the computed offset is near zero."""
+    """The JS TimeSyncExtension (https://docs.cometd.org/current/reference/#_extensions_timesync):
+    meta replies carry ext.timesync {tc (echoed), ts, p}; the computed offset is near zero."""
     r = js("timesync", transport, expect_ok=False)
     res = r["results"]
     replies = res.get("reply_timesync") or []

@@ -1,4 +1,4 @@
-"""Nothing acknowledged is lost in a Redis outage, nothing is delivered twice (issue 13, item 7).
+"""Nothing acknowledged is lost in a Redis outage, nothing is delivered twice.
 
 * A frozen Redis (SIGSTOP for 10 s) under a steady stream of publishes from
   one node to a subscriber on another: every message arrives once, in order.

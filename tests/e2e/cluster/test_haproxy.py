@@ -1,5 +1,5 @@
 """Three engine nodes behind HAProxy in round-robin, non-sticky mode, with the
-official CometD JavaScript client going through it (issue: scale out).
+official CometD JavaScript client going through it.
 
 HAProxy balances every HTTP request on its own (no cookie, no source hash),
 so a long-polling client's requests land on any node and are forwarded to
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 from harness import ServerProcess, start_server
-
-from tests.interop.helpers import describe_js_failure, run_js
-from tests.redis_server import RedisServer, free_port
+from interop.helpers import describe_js_failure, run_js
+from redis_server import RedisServer, free_port
 
 NODES = ("hpA", "hpB", "hpC")
 TOKEN = "haproxy-test"

@@ -1,4 +1,4 @@
-"""Bad input gets a clear answer and harms no one else (design principle 5).
+"""Bad input gets a clear answer and harms no one else.
 
 Every case runs while a bystander client holds a /meta/connect; after the
 bad input, the bystander still gets a publish delivered and can go on.

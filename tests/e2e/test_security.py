@@ -38,7 +38,7 @@ class Refusing(SecurityPolicy):
         return not channel.startswith("/nocreate")
 
 
-def test_policy_refusals_use_cometd_strings() -> None:  # item 6
+def test_policy_refusals_use_cometd_strings() -> None:
     with serve_with(Refusing()) as server:
         b = Browser(server)
         reply = b.handshake().reply("/meta/handshake")

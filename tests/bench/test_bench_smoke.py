@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 IDLE = BENCH / "idle.py"
 FANOUT = BENCH / "fanout.py"

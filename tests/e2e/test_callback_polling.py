@@ -1,4 +1,4 @@
-"""The callback-polling (JSONP) transport (bayeux.md 7.3; checklist item 36).
+"""The callback-polling (JSONP) transport, as CometD's clients use it.
 
 `GET <base>?jsonp=<callback>&message=<URL-encoded JSON array>` is answered
 with `<callback>([...])` as `text/javascript`.  Events reach a JSONP client
@@ -182,7 +182,7 @@ def get(server: BayeuxServer, query: str, cookie: str | None = None) -> tuple[in
     return resp.status, resp.headers, body
 
 
-# ================================================================ item 36
+# ================================================================ the JSONP exchange
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def get(server: BayeuxServer, query: str, cookie: str | None = None) -> tuple[in
 )
 def test_handshake_over_jsonp(
     server: BayeuxServer, path: str, callback: str, message_first: bool
-) -> None:  # item 36
+) -> None:
     host, port = server.address
     params = [f"jsonp={callback}", f"message={encoded([handshake_message('1')])}"]
     if message_first:
@@ -233,7 +233,7 @@ def test_handshake_over_jsonp(
         pytest.param("cb\n", id="newline"),
     ],
 )
-def test_bad_callback_name(server: BayeuxServer, callback: str) -> None:  # item 36
+def test_bad_callback_name(server: BayeuxServer, callback: str) -> None:
     status, headers, body = get(
         server, f"jsonp={quote(callback, safe='')}&message={encoded([handshake_message()])}"
     )
@@ -256,7 +256,7 @@ def test_bad_callback_name(server: BayeuxServer, callback: str) -> None:  # item
         pytest.param("", id="no-query"),
     ],
 )
-def test_bad_jsonp_request(server: BayeuxServer, query: str) -> None:  # item 36, 7.2
+def test_bad_jsonp_request(server: BayeuxServer, query: str) -> None:
     status, headers, body = get(server, query)
     assert status == 400, body
     assert headers["Content-Type"].startswith("application/json")
@@ -364,7 +364,7 @@ def test_queued_events_wait_for_the_connect(server: BayeuxServer) -> None:  # 7.
         other.close()
 
 
-def test_cookie_binds_jsonp_session(server: BayeuxServer) -> None:  # item 38 over JSONP
+def test_cookie_binds_jsonp_session(server: BayeuxServer) -> None:  # over JSONP
     owner = JsonpClient(server).ready()
     try:
         cookie = owner.cookie

@@ -1,4 +1,4 @@
-"""The acknowledge extension over raw HTTP (checklist item 44); the CometD
+"""The acknowledge extension over raw HTTP; the CometD
 client's AckExtension is exercised in the interop tests."""
 
 from __future__ import annotations

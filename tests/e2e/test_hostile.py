@@ -21,15 +21,15 @@ from harness import running_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import Browser
-
-from engine import BayeuxServer
-from tests.test_websocket import (
+from test_websocket import (
     Client,
     RawWs,
     bystander_unharmed,
     handshake_message,
     text,
 )
+
+from engine import BayeuxServer
 
 FAST = {"timeout": 1500, "max_interval": 1000}
 Message = dict[str, Any]

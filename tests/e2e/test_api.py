@@ -1,5 +1,5 @@
 """The application API: services, listeners, extensions, server-side publish,
-local sessions, and the timesync extension (checklist item 45)."""
+local sessions, and the timesync extension."""
 
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def test_session_extension_changes_one_session_only() -> None:
         assert [e["data"] for e in plain.connect(advice={"timeout": 0}).events()] == ["secret"]
 
 
-def test_timesync_extension() -> None:  # item 45
+def test_timesync_extension() -> None:
     with app(lambda s: s.add_extension(TimesyncExtension())) as server:
         b = Browser(server)
         tc = int(time.time() * 1000)

@@ -1,4 +1,4 @@
-"""Channel names and the subscription trie (bayeux.md section 2).
+"""Channel names and the subscription trie (https://docs.cometd.org/current/reference/#_concepts_channels).
 
 Every table test runs on both implementations: the compiled `engine.routing._channels`
 and its pure-Python twin `tests/oracles/channels.py`. Hypothesis then checks that the two
@@ -117,7 +117,7 @@ def test_non_str_is_a_type_error(impl: ModuleType, function: str) -> None:
         getattr(impl, function)(5)
 
 
-# --- trie: matching (bayeux.md 2.3) --------------------------------------------
+# --- trie: matching -----------------------------------------------------------
 
 MATCH_TABLE = [
     ("/foo/*", ["/foo/bar", "/foo/boo"], ["/foo", "/foobar", "/foo/bar/baz"]),
@@ -293,7 +293,7 @@ operations = st.lists(
 
 
 def brute_force_matches(pattern: str, channel: str) -> bool:
-    """bayeux.md 2.3 read literally: * is one segment, ** one or more."""
+    """CometD's wildcard rule read literally: * is one segment, ** one or more."""
     wanted = reference.normalize_channel(pattern)[1:].split("/")
     got = channel[1:].split("/")
     if wanted[-1] == "**":

@@ -1,7 +1,9 @@
-"""The Bayeux protocol over raw HTTP long-polling: bayeux.md's conformance checklist.
+"""The Bayeux protocol over raw HTTP long-polling.
 
-Each test names the checklist items it covers.  The server runs in-process
-with short timeouts so holds and expiry take a second or two.
+The rules are those of the Bayeux protocol as CometD implements it
+(https://docs.cometd.org/current/reference/#_bayeux); each test's name says the rule it
+holds.  The server runs in-process with short timeouts so holds and expiry
+take a second or two.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def make(server: BayeuxServer) -> Browser:
 # ---------------------------------------------------------------- handshake
 
 
-def test_handshake_reply(browser: Browser) -> None:  # items 1, 3
+def test_handshake_reply(browser: Browser) -> None:
     resp = browser.handshake()
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "application/json;charset=UTF-8"
@@ -61,7 +63,7 @@ def test_handshake_reply(browser: Browser) -> None:  # items 1, 3
     assert again.headers.get("Set-Cookie") is None
 
 
-def test_client_ids_distinct_and_random(server: BayeuxServer) -> None:  # item 2
+def test_client_ids_distinct_and_random(server: BayeuxServer) -> None:
     b = Browser(server)
     ids = set()
     for _ in range(1000):
@@ -79,7 +81,7 @@ def test_client_ids_distinct_and_random(server: BayeuxServer) -> None:  # item 2
             server.core.loop.call_soon_threadsafe(server.core.remove_session, session)
 
 
-def test_handshake_without_common_transport(browser: Browser) -> None:  # item 4
+def test_handshake_without_common_transport(browser: Browser) -> None:
     reply = browser.handshake(supportedConnectionTypes=["iframe"]).reply("/meta/handshake")
     assert reply["successful"] is False
     assert reply["error"].startswith("301:")
@@ -87,7 +89,7 @@ def test_handshake_without_common_transport(browser: Browser) -> None:  # item 4
     assert reply["advice"]["reconnect"] == "none"
 
 
-def test_handshake_batched_with_publish(server: BayeuxServer) -> None:  # item 5
+def test_handshake_batched_with_publish(server: BayeuxServer) -> None:
     watcher = make(server)
     watcher.subscribe("/batched")
     b = Browser(server)
@@ -102,7 +104,7 @@ def test_handshake_batched_with_publish(server: BayeuxServer) -> None:  # item 5
     assert watcher.connect(advice={"timeout": 0}).events() == []
 
 
-def test_single_object_body(browser: Browser) -> None:  # item 7
+def test_single_object_body(browser: Browser) -> None:
     resp = browser.send(
         {
             "channel": "/meta/handshake",
@@ -130,7 +132,7 @@ def test_first_connect_and_timeout_zero_answered_at_once(browser: Browser) -> No
     assert advice["timeout"] == FAST["timeout"] and advice["reconnect"] == "retry"
 
 
-def test_connect_held_for_timeout(browser: Browser) -> None:  # item 10
+def test_connect_held_for_timeout(browser: Browser) -> None:
     browser.ready()
     resp = browser.connect()
     assert resp.reply("/meta/connect")["successful"] is True
@@ -139,7 +141,7 @@ def test_connect_held_for_timeout(browser: Browser) -> None:  # item 10
     assert shortest - 0.05 <= resp.took <= 2.6, resp.took
 
 
-def test_connect_unknown_or_missing_client(browser: Browser) -> None:  # item 11
+def test_connect_unknown_or_missing_client(browser: Browser) -> None:
     for client_id in ("nosuchclient", None):
         browser.client_id = client_id
         resp = browser.connect()
@@ -150,7 +152,7 @@ def test_connect_unknown_or_missing_client(browser: Browser) -> None:  # item 11
         assert reply["advice"] == {"reconnect": "handshake", "interval": 0}
 
 
-def test_held_connect_released_by_publish(server: BayeuxServer) -> None:  # item 12
+def test_held_connect_released_by_publish(server: BayeuxServer) -> None:
     holder = make(server)
     holder.subscribe("/release/me")
     publisher = make(server)
@@ -163,7 +165,7 @@ def test_held_connect_released_by_publish(server: BayeuxServer) -> None:  # item
     assert resp.messages[0]["data"] == {"n": 1}
 
 
-def test_queued_events_returned_at_once(server: BayeuxServer) -> None:  # item 13
+def test_queued_events_returned_at_once(server: BayeuxServer) -> None:
     a = make(server)
     a.subscribe("/queued")
     make(server).publish("/queued", 1)
@@ -172,7 +174,7 @@ def test_queued_events_returned_at_once(server: BayeuxServer) -> None:  # item 1
     assert [e["data"] for e in resp.events()] == [1]
 
 
-def test_connect_with_subscribe_not_held(server: BayeuxServer) -> None:  # item 14
+def test_connect_with_subscribe_not_held(server: BayeuxServer) -> None:
     a = make(server)
     resp = a.send([a.connect_message(), a.message("/meta/subscribe", subscription="/x")])
     assert resp.took < 0.5
@@ -180,7 +182,7 @@ def test_connect_with_subscribe_not_held(server: BayeuxServer) -> None:  # item 
     assert resp.reply("/meta/connect")["successful"] is True
 
 
-def test_second_connect_ends_first(server: BayeuxServer) -> None:  # item 15
+def test_second_connect_ends_first(server: BayeuxServer) -> None:
     a = make(server)
     a.start_connect()
     time.sleep(0.2)
@@ -194,7 +196,7 @@ def test_second_connect_ends_first(server: BayeuxServer) -> None:  # item 15
     assert resp.reply("/meta/connect")["successful"] is True
 
 
-def test_session_expires_without_connect(server: BayeuxServer) -> None:  # item 16
+def test_session_expires_without_connect(server: BayeuxServer) -> None:
     a = make(server)
     time.sleep((FAST["max_interval"] / 1000) + 1.2)
     reply = a.connect().reply("/meta/connect")
@@ -212,7 +214,7 @@ def test_session_kept_alive_by_connects(server: BayeuxServer) -> None:
 # ---------------------------------------------------------------- disconnect
 
 
-def test_disconnect(server: BayeuxServer) -> None:  # items 17, 18
+def test_disconnect(server: BayeuxServer) -> None:
     a = make(server)
     a.start_connect()
     time.sleep(0.2)
@@ -233,7 +235,7 @@ def test_disconnect(server: BayeuxServer) -> None:  # items 17, 18
 # ------------------------------------------------------ subscribe/unsubscribe
 
 
-def test_subscribe_echo(server: BayeuxServer) -> None:  # item 19
+def test_subscribe_echo(server: BayeuxServer) -> None:
     a = make(server)
     reply = a.subscribe("/foo/bar").reply("/meta/subscribe")
     assert reply == {
@@ -266,7 +268,7 @@ def test_subscribe_echo(server: BayeuxServer) -> None:  # item 19
     ],
 )
 def test_subscribe_refused(server: BayeuxServer, subscription: object, error: str) -> None:
-    a = make(server)  # items 20, 21
+    a = make(server)
     fields = {} if subscription is None else {"subscription": subscription}
     reply = a.send([a.message("/meta/subscribe", **fields)]).reply("/meta/subscribe")
     assert reply["successful"] is False
@@ -284,7 +286,7 @@ def test_array_subscription_stops_at_first_failure(server: BayeuxServer) -> None
     assert session.subscriptions == {"/ok/1"}
 
 
-def test_service_subscription_is_noop(server: BayeuxServer) -> None:  # item 22
+def test_service_subscription_is_noop(server: BayeuxServer) -> None:
     a = make(server)
     assert a.subscribe("/service/echo").reply("/meta/subscribe")["successful"] is True
     b = make(server)
@@ -292,7 +294,7 @@ def test_service_subscription_is_noop(server: BayeuxServer) -> None:  # item 22
     assert a.connect(advice={"timeout": 0}).events() == []
 
 
-def test_wildcards(server: BayeuxServer) -> None:  # item 23
+def test_wildcards(server: BayeuxServer) -> None:
     one, deep, every = make(server), make(server), make(server)
     one.subscribe("/wc/*")
     deep.subscribe("/wc/**")
@@ -309,7 +311,7 @@ def test_wildcards(server: BayeuxServer) -> None:  # item 23
     assert received(every) == ["/wc/bar", "/wc/bar/baz", "/wc"]
 
 
-def test_one_copy_for_overlapping_subscriptions(server: BayeuxServer) -> None:  # item 24
+def test_one_copy_for_overlapping_subscriptions(server: BayeuxServer) -> None:
     a = make(server)
     a.subscribe(["/dup/*", "/dup/bar", "/dup/**"])
     make(server).publish("/dup/bar", 7)
@@ -317,7 +319,7 @@ def test_one_copy_for_overlapping_subscriptions(server: BayeuxServer) -> None:  
     assert events == [{"channel": "/dup/bar", "data": 7}]
 
 
-def test_unsubscribe(server: BayeuxServer) -> None:  # item 25
+def test_unsubscribe(server: BayeuxServer) -> None:
     a = make(server)
     a.subscribe("/unsub")
     reply = a.unsubscribe("/unsub").reply("/meta/unsubscribe")
@@ -331,7 +333,7 @@ def test_unsubscribe(server: BayeuxServer) -> None:  # item 25
 # ------------------------------------------------------- publish and delivery
 
 
-def test_publish_reply_and_delivery(server: BayeuxServer) -> None:  # items 26, 27, 28, 46
+def test_publish_reply_and_delivery(server: BayeuxServer) -> None:
     sub = make(server)
     sub.subscribe("/chat/room")
     pub = make(server)
@@ -363,7 +365,7 @@ def test_publish_reply_and_delivery(server: BayeuxServer) -> None:  # items 26, 
     ],
 )
 def test_publish_refused(server: BayeuxServer, channel: object, fields: dict, error: str) -> None:
-    every = make(server)  # item 29
+    every = make(server)
     every.subscribe("/**")
     a = make(server)
     reply = a.send([{"channel": channel, "clientId": a.client_id, "id": "77", **fields}])
@@ -380,14 +382,14 @@ def test_publish_without_channel(server: BayeuxServer) -> None:
     assert message["error"] == "400::channel_missing" and message["id"] == "5"
 
 
-def test_publish_unknown_client(browser: Browser) -> None:  # item 30
+def test_publish_unknown_client(browser: Browser) -> None:
     browser.client_id = "unknown"
     message = browser.publish("/x", 1).messages[0]
     assert message["error"] == "402::session_unknown"
-    assert message["advice"]["reconnect"] == "retry"  # not "handshake" (item 30)
+    assert message["advice"]["reconnect"] == "retry"  # not "handshake"
 
 
-def test_service_publish_not_broadcast(server: BayeuxServer) -> None:  # item 31
+def test_service_publish_not_broadcast(server: BayeuxServer) -> None:
     every = make(server)
     every.subscribe("/**")
     reply = make(server).publish("/service/x", 1).reply("/service/x")
@@ -395,7 +397,7 @@ def test_service_publish_not_broadcast(server: BayeuxServer) -> None:  # item 31
     assert every.connect(advice={"timeout": 0}).events() == []
 
 
-def test_order_preserved(server: BayeuxServer) -> None:  # item 33
+def test_order_preserved(server: BayeuxServer) -> None:
     a = make(server)
     a.subscribe("/order")
     p = make(server)
@@ -439,7 +441,7 @@ def test_ids_echoed_verbatim(server: BayeuxServer) -> None:
 # ------------------------------------------------------------ HTTP transport
 
 
-def test_transport_errors(browser: Browser) -> None:  # item 34
+def test_transport_errors(browser: Browser) -> None:
     resp = browser.send(b"{not json")
     assert resp.status == 400
     assert "invalid JSON" in json.loads(resp.body)["detail"]
@@ -449,7 +451,7 @@ def test_transport_errors(browser: Browser) -> None:  # item 34
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/handshake", "/connect", "/disconnect", "/x/y"])
-def test_any_path_under_base(server: BayeuxServer, suffix: str) -> None:  # item 35
+def test_any_path_under_base(server: BayeuxServer, suffix: str) -> None:
     b = Browser(server)
     reply = b.send(
         [
@@ -465,7 +467,7 @@ def test_any_path_under_base(server: BayeuxServer, suffix: str) -> None:  # item
     b.close()
 
 
-def test_multiple_clients(server: BayeuxServer) -> None:  # item 37
+def test_multiple_clients(server: BayeuxServer) -> None:
     tab1 = make(server)
     tab2 = Browser(server, cookie=tab1.cookie).ready()
     assert tab2.cookie == tab1.cookie
@@ -485,7 +487,7 @@ def test_multiple_clients(server: BayeuxServer) -> None:  # item 37
     assert resp.reply("/meta/connect")["advice"]["interval"] == 0
 
 
-def test_cookie_binds_session(server: BayeuxServer) -> None:  # item 38
+def test_cookie_binds_session(server: BayeuxServer) -> None:
     a = make(server)
     thief = Browser(server, cookie="someoneelse0000")
     thief.client_id = a.client_id

@@ -1,4 +1,4 @@
-"""Request forwarding: a session owned by one node, reachable from all (issue 6, items 3 and 5).
+"""Request forwarding: a session owned by one node, reachable from all.
 
 A long-polling or callback-polling request that lands on a node that does
 not own its session is sent to the owner through Redis and the answer is

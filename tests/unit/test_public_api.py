@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
+from harness import ROOT
 
 import engine
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED = {
     "BayeuxServer",
     "ServerOptions",

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import ROOT
+from test_bench_smoke import _pid_alive
 
-from tests.test_bench_smoke import _pid_alive
-
-ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = ROOT / "bench" / "hostile.py"
 ATTACKS = ("headers", "nonreader", "handshakes", "slowloris", "flood")
 

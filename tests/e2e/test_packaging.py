@@ -15,6 +15,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from harness import ROOT
 
 import engine
 import engine.delivery._batch
@@ -25,7 +26,6 @@ import engine.routing._channels
 import engine.transport._http
 import engine.transport._wsframe
 
-ROOT = Path(__file__).resolve().parent.parent
 HANDSHAKE = json.dumps(
     [
         {
