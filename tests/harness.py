@@ -187,6 +187,15 @@ class ServerProcess:
         self.stop()
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class ServerStartError(RuntimeError):
     pass
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ROOT
-from test_bench_smoke import _pid_alive
+from harness import ROOT, pid_alive
 
 HOSTILE = ROOT / "bench" / "hostile.py"
 ATTACKS = ("headers", "nonreader", "handshakes", "slowloris", "flood")
@@ -67,7 +66,7 @@ def test_hostile_scenario_tiny(tmp_path: Path) -> None:
     assert r["rss_baseline_bytes"] > 0 and r["rss_peak_bytes"] >= r["rss_baseline_bytes"]
     assert r["samples"] and all(s["rss"] > 0 for s in r["samples"])
     assert r["accept_queue_max"] is not None  # the listening socket was found
-    assert not _pid_alive(r["server_pid"])
+    assert not pid_alive(r["server_pid"])
     assert r["server_died_at_s"] is None
 
     # ordinary clients and canaries: every figure is there

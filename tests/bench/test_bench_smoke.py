@@ -19,21 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ROOT
+from harness import ROOT, pid_alive
 
 BENCH = ROOT / "bench"
 IDLE = BENCH / "idle.py"
 FANOUT = BENCH / "fanout.py"
 
 CLIENTS = 200
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _bench_module(name: str):  # type: ignore[no-untyped-def]
@@ -122,7 +114,7 @@ def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> Non
     assert record["scenario"] == "idle" and record["timestamp"]
 
     # Nothing is left running.
-    assert r["server_pid"] and not _pid_alive(r["server_pid"])
+    assert r["server_pid"] and not pid_alive(r["server_pid"])
 
 
 def test_idle_help_and_refusals() -> None:
@@ -272,8 +264,8 @@ def test_idle_workers_over_redis_with_fanout(tmp_path: Path, transport: str) -> 
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
 
     # Nothing is left running: the server, its workers, redis.
-    assert r["server_pid"] and not _pid_alive(r["server_pid"])
-    assert cluster["redis_pid"] and not _pid_alive(cluster["redis_pid"])
+    assert r["server_pid"] and not pid_alive(r["server_pid"])
+    assert cluster["redis_pid"] and not pid_alive(cluster["redis_pid"])
 
 
 # --------------------------------------------------------------------------- fan-out
@@ -350,7 +342,7 @@ def test_fanout_delivers_every_message(tmp_path: Path, transport: str) -> None:
     assert record["parameters"]["publisher_transport"] == transport
     r = record["results"]
     _check_fanout_results(r, transport)
-    assert r["server_pid"] and not _pid_alive(r["server_pid"])
+    assert r["server_pid"] and not pid_alive(r["server_pid"])
 
 
 def test_fanout_help() -> None:
@@ -410,7 +402,7 @@ def test_idle_side_by_side_with_faye(tmp_path: Path) -> None:
         assert r["dropped"] == 0 and r["gave_up"] == 0, r["errors"]
         assert r["connect_cycles"] > 0
         assert r["bytes_per_client"] is not None
-        assert r["server_pid"] and not _pid_alive(r["server_pid"])
+        assert r["server_pid"] and not pid_alive(r["server_pid"])
     assert "node" in peer["parameters"]["server_cmd"]
     cmp = record["comparison"]
     assert cmp["peer"] == "faye" and cmp["rows"]

@@ -188,7 +188,7 @@ def get(server: BayeuxServer, query: str, cookie: str | None = None) -> tuple[in
 @pytest.mark.parametrize(
     "path,callback,message_first",
     [
-        pytest.param("", "cb_1", False, id="checklist"),
+        pytest.param("", "cb_1", False, id="plain"),
         pytest.param("/handshake", "_cometd_jsonp_0", False, id="cometd-js"),
         pytest.param("", "__jsonp1__", True, id="faye"),
         pytest.param("", "a" * 64, False, id="64-characters"),

@@ -21,7 +21,7 @@ from harness import running_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import Browser
-from test_websocket import (
+from ws_client import (
     Client,
     RawWs,
     bystander_unharmed,

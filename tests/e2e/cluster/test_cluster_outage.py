@@ -31,9 +31,7 @@ from redis_server import RedisServer, require_redis_server
 
 require_redis_server()
 
-from harness import ServerProcess, start_server  # noqa: E402
-from support import Browser  # noqa: E402
-from test_cluster import (  # noqa: E402
+from cluster_support import (  # noqa: E402
     Listener,
     broker_stats,
     node_stub,
@@ -41,7 +39,9 @@ from test_cluster import (  # noqa: E402
     subscribed,
     wait_until,
 )
-from test_forwarding import Client, forwarding_stats  # noqa: E402
+from forwarding_support import Client, forwarding_stats  # noqa: E402
+from harness import ServerProcess, start_server  # noqa: E402
+from support import Browser  # noqa: E402
 
 from engine.cluster.redis_broker import OriginSequences, RedisBroker  # noqa: E402
 from engine.stats import Counters  # noqa: E402
@@ -432,7 +432,7 @@ def test_direct_messages_leave_in_their_order_among_publishes() -> None:
     the publishes queued before it (a forwarded request sees them)."""
     import random
 
-    from test_forwarding import SlowConnection
+    from forwarding_support import SlowConnection
 
     class RecordingConnection(SlowConnection):
         def __init__(self) -> None:
@@ -503,7 +503,7 @@ def test_leading_events_are_told_from_replies() -> None:
 
 def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
     """In process: the owner side of `E`, `C`, `X`, `K` and `k` (see engine/forwarding.py)."""
-    from test_forwarding import FakeBroker, FakeExchange
+    from forwarding_support import FakeBroker, FakeExchange
 
     from engine.cluster.forwarding import RedisForwarder
     from engine.options import ServerOptions
@@ -617,7 +617,7 @@ def test_owner_keeps_a_forwarded_answers_events_until_confirmed() -> None:
 def test_origin_confirms_what_it_wrote_even_after_an_outage() -> None:
     """In process: the relaying side of `E`: `C` once written, `X` when its
     client is gone, a `C` that could not go is sent when the owner asks."""
-    from test_forwarding import FakeBroker, FakeExchange
+    from forwarding_support import FakeBroker, FakeExchange
 
     from engine.cluster.forwarding import RedisForwarder
     from engine.options import ServerOptions
