@@ -24,7 +24,7 @@ from engine.config import (
     to_toml,
 )
 from engine.options import ServerOptions
-from engine.server import BayeuxServer
+from engine.server import BayeuxServer, tls_context
 from engine.supervisor import WORKER_OPTIONS_ENV
 
 __all__ = ["main", "build_parser", "layered_options", "options_from_args"]
@@ -186,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def ready(server: BayeuxServer) -> None:
         print(f"engine serving {server.url}", flush=True)
 
+    try:
+        tls_context(options)  # a certificate that does not load is a configuration error
+    except ValueError as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return 2
     try:
         (app or BayeuxServer(options)).run(ready)
     except OSError as exc:

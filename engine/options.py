@@ -269,6 +269,37 @@ class ServerOptions:
         },
     )
 
+    # TLS and the browser cookie.
+    ssl_certfile: str = field(
+        default="",
+        metadata={"help": "PEM certificate (chain) file: serve https:// and wss:// (off if empty)"},
+    )
+    ssl_keyfile: str = field(
+        default="",
+        metadata={"help": "PEM private key file of the certificate (if not in ssl_certfile)"},
+    )
+    ssl_ca_certs: str = field(
+        default="",
+        metadata={
+            "help": "PEM file of CAs whose client certificates are required (mutual TLS); "
+            "empty: no client certificate asked"
+        },
+    )
+    cookie_secure: bool = field(
+        default=False,
+        metadata={
+            "help": "mark the BAYEUX_BROWSER cookie Secure (always so under TLS); for a "
+            "server behind a proxy that terminates TLS"
+        },
+    )
+    cookie_same_site: str = field(
+        default="",
+        metadata={
+            "help": "SameSite attribute of the BAYEUX_BROWSER cookie: Lax, Strict or None "
+            "(None, for cross-site pages, needs Secure); empty: not sent"
+        },
+    )
+
     def __post_init__(self) -> None:
         problems = []
         if not self.path.startswith("/"):
@@ -332,8 +363,29 @@ class ServerOptions:
             problems.append("redis_buffer_seconds must be > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append("log_level must be debug, info, warning or error")
+        if (self.ssl_keyfile or self.ssl_ca_certs) and not self.ssl_certfile:
+            problems.append("ssl_keyfile and ssl_ca_certs need ssl_certfile")
+        if self.cookie_same_site not in ("", "Lax", "Strict", "None"):
+            problems.append("cookie_same_site must be Lax, Strict or None (or empty)")
+        elif self.cookie_same_site == "None" and not self.tls and not self.cookie_secure:
+            problems.append("cookie_same_site None needs a Secure cookie: TLS or cookie_secure")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS (https://, wss://)."""
+        return bool(self.ssl_certfile)
+
+    @property
+    def cookie_attributes(self) -> str:
+        """What follows `BAYEUX_BROWSER=<id>` in the Set-Cookie header."""
+        attributes = "; Path=/; HttpOnly"
+        if self.tls or self.cookie_secure:
+            attributes += "; Secure"
+        if self.cookie_same_site:
+            attributes += "; SameSite=" + self.cookie_same_site
+        return attributes
 
     @property
     def transports(self) -> tuple[str, ...]:

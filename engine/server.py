@@ -13,6 +13,7 @@ import logging
 import resource
 import secrets
 import signal
+import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -135,7 +136,8 @@ class BayeuxServer(Application):
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{host}:{port}{self.options.path}"
+        scheme = "https" if self.options.tls else "http"
+        return f"{scheme}://{host}:{port}{self.options.path}"
 
     @property
     def max_connections(self) -> int:
@@ -207,6 +209,8 @@ class BayeuxServer(Application):
         endpoint = HttpEndpoint(self.endpoint)
         self._core.write_flushers.append(endpoint.flush)
         try:
+            tls = tls_context(self.options)
+            handshake_s = (self.options.header_timeout or 60000) / 1000 if tls else None
             self._listener = await loop.create_server(
                 # (HttpConnection has the methods of an asyncio.Protocol; being
                 # compiled, it does not derive from the class.)
@@ -216,6 +220,10 @@ class BayeuxServer(Application):
                 backlog=4096,
                 reuse_address=True,
                 reuse_port=self.options.reuse_port or None,
+                ssl=tls,
+                # A connection is counted and timed by the transports once its
+                # TLS handshake is done; before, this bounds it.
+                ssl_handshake_timeout=handshake_s,
             )
         except BaseException:
             await self._close_parts()
@@ -284,3 +292,27 @@ class BayeuxServer(Application):
         else:
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
             asyncio.run(self.serve_until_signalled(ready))
+
+
+def tls_context(options: ServerOptions) -> ssl.SSLContext | None:
+    """The server's TLS context (`ssl_certfile`...), or None for plain HTTP.
+
+    Raises ValueError naming the file when a certificate or key cannot be
+    loaded."""
+    if not options.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(options.ssl_certfile, options.ssl_keyfile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"ssl_certfile {options.ssl_certfile!r} / ssl_keyfile {options.ssl_keyfile!r}: "
+            f"cannot load the certificate: {exc}"
+        ) from None
+    if options.ssl_ca_certs:
+        try:
+            context.load_verify_locations(options.ssl_ca_certs)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"ssl_ca_certs {options.ssl_ca_certs!r}: cannot load: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -38,6 +38,7 @@ class HttpEndpoint:
     write_timeout: float
     time: Any
     proxies: tuple[Any, ...]
+    set_cookie: bytes  # `% browser id`: the Set-Cookie header of a new browser cookie
     def __init__(self, context: Endpoint) -> None: ...
     def flush(self) -> None: ...
 

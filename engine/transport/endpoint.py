@@ -13,7 +13,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from engine.options import ServerOptions
-from engine.transport._http import origin_host
+from engine.transport._http import COOKIE_NAME, origin_host
 
 if TYPE_CHECKING:
     from engine.admin import AdminRoutes
@@ -35,6 +35,7 @@ class Endpoint:
         "max_body",
         "origins",
         "own_origins",
+        "set_cookie",
     )
 
     def __init__(
@@ -54,6 +55,10 @@ class Endpoint:
         self.max_body = options.max_message_size
         self.origins = options.origins
         self.own_origins = options.own_origins
+        # The Set-Cookie header of a new browser id, `% id` (every transport).
+        self.set_cookie = (
+            b"Set-Cookie: %s=%%s%s\r\n" % (COOKIE_NAME.encode(), options.cookie_attributes.encode())
+        )
 
     def origin_allowed(self, origin: str) -> bool:
         """May a page of `origin` use this server cross-origin (`allowed_origins`)?"""

@@ -252,7 +252,7 @@ class HttpConnection(HttpProtocol):
         browser_id = self.cookie_browser
         set_cookie = b""
         if browser_id is None:
-            browser_id, set_cookie = new_browser_cookie()
+            browser_id, set_cookie = new_browser_cookie(self.endpoint.set_cookie)
         status, head, why = upgrade_response(self.headers, set_cookie)
         if status != 101:
             self.complete(

@@ -74,13 +74,11 @@ PROBE_GRACE = 1.5  # s a socket has to answer the ping sent when its session is 
 COOKIE_NAME = "BAYEUX_BROWSER"
 
 
-def new_browser_cookie() -> tuple[str, bytes]:
-    """A new browser id, and the header that sets it (as the HTTP handshake does)."""
+def new_browser_cookie(set_cookie: bytes) -> tuple[str, bytes]:
+    """A new browser id, and the header that sets it (`set_cookie % id`, the
+    endpoint's, as the HTTP handshake uses)."""
     browser_id = secrets.token_hex(16)
-    return browser_id, b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (
-        COOKIE_NAME.encode(),
-        browser_id.encode(),
-    )
+    return browser_id, set_cookie % browser_id.encode()
 
 
 def upgrade_response(headers: dict[bytes, bytes], extra: bytes = b"") -> tuple[int, bytes, str]:

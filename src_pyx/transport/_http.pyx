@@ -75,7 +75,6 @@ limit_log = CauseLog(log)
 cdef double INF = float("inf")
 
 cdef bytes _COOKIE_PREFIX = COOKIE_NAME.encode() + b"="
-cdef bytes _SET_COOKIE = b"Set-Cookie: " + COOKIE_NAME.encode() + b"=%s; Path=/; HttpOnly\r\n"
 cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _get_running_loop = asyncio.get_running_loop
@@ -245,6 +244,7 @@ cdef class HttpEndpoint:
     cdef Py_ssize_t max_head
     cdef Py_ssize_t max_headers
     cdef bytes base_path
+    cdef readonly bytes set_cookie  # `% browser id`: the header of a new browser cookie
     cdef list conns  # connections with responses to write
     cdef bint scheduled
     cdef object call_soon
@@ -270,6 +270,7 @@ cdef class HttpEndpoint:
         self.max_head = options.max_header_bytes
         self.max_headers = options.max_headers
         self.base_path = context.base_path
+        self.set_cookie = context.set_cookie
         self.conns = []
         self.scheduled = False
         self.call_soon = None
@@ -381,7 +382,7 @@ cdef class HttpExchange:
     cpdef bytes head(self, bytes content_type=JSON_TYPE):
         cdef bytes extra = b""
         if self.new_browser_id is not None:
-            extra += _SET_COOKIE % self.new_browser_id.encode()
+            extra += self.conn.endpoint.set_cookie % self.new_browser_id.encode()
         if self.cors_origin is not None:
             extra += (
                 b"Access-Control-Allow-Origin: %s\r\n"
