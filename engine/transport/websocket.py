@@ -71,7 +71,6 @@ limit_log = CauseLog(log)
 
 NO_DEADLINE = float("inf")
 PROBE_GRACE = 1.5  # s a socket has to answer the ping sent when its session is resumed
-COOKIE_NAME = "BAYEUX_BROWSER"
 
 
 def new_browser_cookie(set_cookie: bytes) -> tuple[str, bytes]:

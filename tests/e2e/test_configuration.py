@@ -67,11 +67,11 @@ def test_readme_configuration_example(tmp_path: Path) -> None:
     section = readme.split("### Configuration: file, environment, flags")[1].split("\n## ")[0]
     toml_text = re.findall(r"```toml\n(.*?)```", section, re.S)[0]
     commands = re.findall(r"```sh\n(.*?)```", section, re.S)[0]
-    secret = tmp_path / "engine-admin"
-    secret.write_text("t0ken\n")
-    (tmp_path / "engine.toml").write_text(
-        toml_text.replace("/run/secrets/engine-admin", str(secret))
-    )
+    # The README's own first command writes the secret file the example names.
+    setup = commands.splitlines()[0]
+    assert setup.startswith("printf 'change-me' > engine-admin.secret")
+    subprocess.run(setup, shell=True, cwd=tmp_path, check=True)
+    (tmp_path / "engine.toml").write_text(toml_text)
     assert "python -m engine config --config engine.toml" in commands
     shown = engine_config("--config", "engine.toml", cwd=tmp_path, env={"ENGINE_MAX_QUEUE": "500"})
     assert shown["timeout"] == 20000 and shown["port"] == 8080
