@@ -99,6 +99,23 @@ class ServerOptions:
             "help": "bearer token enabling GET /stats, /metrics and /service/status (off if empty)"
         },
     )
+    api_key: str = field(
+        default="",
+        metadata={
+            "help": "key of the server HTTP API under api_path (publish, deliver, disconnect, "
+            "channels, sessions); off if empty"
+        },
+    )
+    api_path: str = field(
+        default="/api", metadata={"help": "URL path of the server HTTP API (with api_key)"}
+    )
+    api_idempotency_window: int = field(
+        default=300000,
+        metadata={
+            "help": "ms during which an API publish's idempotency_key is remembered "
+            "(a retry with it is not delivered again)"
+        },
+    )
     static_dir: str = field(
         default="", metadata={"help": "a directory of files served at / (e.g. a page)"}
     )
@@ -369,6 +386,12 @@ class ServerOptions:
             problems.append("cookie_same_site must be Lax, Strict or None (or empty)")
         elif self.cookie_same_site == "None" and not self.tls and not self.cookie_secure:
             problems.append("cookie_same_site None needs a Secure cookie: TLS or cookie_secure")
+        if not self.api_path.startswith("/") or self.api_path.rstrip("/") == "":
+            problems.append("api_path must start with '/' and not be '/'")
+        elif self.api_key and _within(self.api_path, self.path):
+            problems.append(f"api_path {self.api_path!r} must be outside the Bayeux path")
+        if self.api_idempotency_window < 1000:
+            problems.append("api_idempotency_window must be >= 1000 (ms)")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -412,3 +435,9 @@ class ServerOptions:
 
     def replace(self, **changes: object) -> ServerOptions:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _within(path: str, base: str) -> bool:
+    """Is URL path `path` the path `base` or below it (as the server routes)?"""
+    root = base.rstrip("/")
+    return not root or path.rstrip("/") == root or path.startswith(root + "/")

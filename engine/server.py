@@ -23,7 +23,9 @@ import uvloop
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.api.app import Application
 from engine.api.policy import SecurityPolicy
+from engine.cluster.api_relay import ApiRelay
 from engine.cluster.status import MAX_PATTERNS, ClusterStatus
+from engine.http_api import HttpApi
 from engine.options import ServerOptions
 from engine.protocol.core import BayeuxCore
 from engine.transport.endpoint import Endpoint
@@ -77,6 +79,7 @@ class BayeuxServer(Application):
         # In a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: RedisForwarder | None = None
         self.cluster_status: ClusterStatus | None = None
+        self.api: HttpApi | None = None  # the server HTTP API, with an api_key
 
     def _derive(self) -> None:
         """Values computed once from the options."""
@@ -197,8 +200,14 @@ class BayeuxServer(Application):
             self._core.forwarder = self.forwarder
             self.forwarder.start()  # listens on its node channel from the first connection
             self.cluster_status = ClusterStatus(self._broker, self.node_id, self._node_summary)
+            if self.options.api_key:
+                self.api = HttpApi(self, self._broker.prefix)
+                self.api.relay = ApiRelay(self._broker, self.node_id, self.api.answer)
+                self.api.relay.start()
             await self._broker.start()
             self.cluster_status.start()
+        elif self.options.api_key:
+            self.api = HttpApi(self)
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
@@ -206,6 +215,7 @@ class BayeuxServer(Application):
         self.endpoint = Endpoint(
             self.options, self._core, self.admin, self.connections, self._max_connections
         )
+        self.endpoint.api = self.api
         endpoint = HttpEndpoint(self.endpoint)
         self._core.write_flushers.append(endpoint.flush)
         try:
@@ -238,6 +248,11 @@ class BayeuxServer(Application):
     async def _close_parts(self) -> None:
         """The core's timers, then the cluster parts, in reverse order of start."""
         self.core.close()
+        if self.api is not None:
+            if self.api.relay is not None:
+                self.api.relay.close()
+            await self.api.close()
+            self.api = None
         if self.cluster_status is not None:
             self.cluster_status.close()
             self.cluster_status = None

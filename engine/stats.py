@@ -63,6 +63,14 @@ class Counters:
     cluster_duplicates: int = 0  # messages from other nodes received again (dropped)
     cluster_gaps: int = 0  # messages from other nodes known to be missing (by sequence)
     cluster_requeued: int = 0  # events of a forwarded reply put back: its relay did not confirm
+    # Ended by the server (HTTP API disconnect, an expired token):
+    sessions_ended: int = 0
+    ended_forgotten: int = 0  # ended clientIds forgotten early (bound): later 402, not the reason
+    # The HTTP API (engine.api.http_api):
+    api_requests: int = 0
+    api_refused: int = 0  # answered with an error (bad key, bad request, policy)
+    api_published: int = 0
+    api_duplicates: int = 0  # publishes with an idempotency key already used (not delivered)
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

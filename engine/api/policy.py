@@ -15,6 +15,10 @@ that overlaps it, so `/**` cannot read `/private/**` behind its back (the
 wildcard hole Faye's documentation warns about).
 
 Meta channels are refused by the core whatever the policy says.
+
+The HTTP request behind a decision (headers, cookies, the client's address)
+is `engine.api.context.current_context()`; a policy that reads it over
+WebSocket sets `uses_http_context = True` (see that module).
 """
 
 from __future__ import annotations
@@ -83,6 +87,10 @@ def patterns_overlap(a: str, b: str) -> bool:
 
 class SecurityPolicy:
     """Allows everything the protocol allows; subclass to restrict."""
+
+    # Keep each WebSocket's upgrade request (and forward the headers of
+    # requests sent to another node) so that current_context() has them.
+    uses_http_context: bool = False
 
     def __init__(self) -> None:
         self._authorizers = ChannelTrie()

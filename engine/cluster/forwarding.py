@@ -120,6 +120,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.api.context import HttpContext, context_of
 from engine.delivery._batch import encode_all
 from engine.protocol._sessions import HTTP_TRANSPORTS, META_CONNECT, META_HANDSHAKE
 from engine.protocol.limits import ConnectionLimits
@@ -219,6 +220,7 @@ class RemoteExchange:
         "client_address",
         "limits",
         "session",
+        "http_context",
     )
 
     def __init__(
@@ -242,6 +244,7 @@ class RemoteExchange:
         # Connection limits apply where the client's connection is (the origin).
         self.limits: ConnectionLimits | None = None
         self.session: Session | None = None  # the session it is for, once looked up
+        self.http_context: HttpContext | None = None  # (from the origin's request)
 
     def make_limits(self) -> ConnectionLimits | None:
         return None
@@ -427,6 +430,10 @@ class RedisForwarder:
                     "t": exchange.transport,
                     "b": exchange.browser_id,
                     "a": exchange.client_address,
+                    # The request's headers, for a policy that reads them.
+                    "h": (
+                        context_of(exchange).headers if self.core.policy.uses_http_context else None
+                    ),
                     "m": messages,
                 }
             )
@@ -711,6 +718,11 @@ class RedisForwarder:
         if type(address) is str and len(address) <= 64:
             # The client's address as the relay saw it (per-address limits, logs).
             exchange.client_address = address
+        headers = request.get("h")
+        if type(headers) is dict and all(
+            type(k) is str and type(v) is str for k, v in headers.items()
+        ):
+            exchange.http_context = HttpContext(headers, exchange.client_address, transport)
         self._remote[(origin, rid)] = exchange
         self.served += 1
         # Processed here whatever it says: a forwarded request is never forwarded.

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from engine.api.context import CURRENT, HttpContext, context_of
 from engine.api.extensions import Extension, TimesyncExtension
 from engine.api.hooks import Hooks
 from engine.api.policy import SecurityPolicy
@@ -83,6 +84,9 @@ ADDRESS_SWEEP_PERIOD = 10.0  # s between sweeps of idle per-address entries
 # past the probe's grace (engine.transport.websocket.PROBE_GRACE), so the retry finds
 # the old socket answered (then it is refused) or cut (then it resumes).
 PROBE_RETRY_MS = 2000
+# Sessions the server ended (see end_session): their clientIds are answered
+# with the reason for a while, this many at most.
+MAX_ENDED = 10000
 
 
 class Forwarder(Protocol):
@@ -108,6 +112,7 @@ class BayeuxCore(SessionCore):
         self.node_id = node_id
         self.policy = policy or SecurityPolicy()
         self.policy_is_async = self.policy.is_async
+        self.current_exchange: Exchange | None = None  # while a request is processed
         # Decisions of an async policy, awaited before their batch is processed.
         self._decided: dict[tuple[int, str, str], bool] | None = None
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
@@ -144,6 +149,8 @@ class BayeuxCore(SessionCore):
             if o.ws_idle_timeout < 0
             else o.ws_idle_timeout / 1000.0
         )
+        # clientId -> (error, advice, forget after): sessions ended by the server.
+        self.ended: dict[str, tuple[str, dict[str, Any], float]] = {}
         self.addresses = AddressTable(
             float(o.max_address_handshake_rate), o.max_sessions_per_address
         )
@@ -200,6 +207,8 @@ class BayeuxCore(SessionCore):
                 self._next_address_sweep = now + ADDRESS_SWEEP_PERIOD
                 self.addresses.sweep(now)
                 self.streaks.sweep(now)
+                if self.ended:
+                    self.ended = {k: v for k, v in self.ended.items() if v[2] > now}
         finally:
             # Aligned on the hold wheel's slots, so a hold ends at most one
             # resolution after its deadline, without drift.
@@ -273,6 +282,44 @@ class BayeuxCore(SessionCore):
         if self.hooks.session_removed:
             self.hooks.removed(session, timeout)
 
+    def end_session(self, session: Session, error: str, advice: dict[str, Any]) -> None:
+        """The server ends a session (the HTTP API's disconnect, an expired token).
+
+        Its held connect, if any, is answered with `error` and `advice`, and
+        so is any later message with its clientId, for as long as a client
+        could still come back with it (max_interval + timeout); then it is
+        an unknown session like any other.  `advice` is
+        `{"reconnect": "none"}` to stop the client, `"handshake"` to make it
+        start over (CometD's clients do both on a failed connect).
+        """
+        if session.removed:
+            return
+        hold = session.hold
+        if hold is not None:
+            self._unhold(hold)
+            reply: Message = {
+                "channel": META_CONNECT,
+                "successful": False,
+                "error": error,
+                "advice": advice,
+            }
+            if hold.message_id is not None:
+                reply["id"] = hold.message_id
+            hold.exchange.send([encode_reply(reply)])
+        if len(self.ended) >= MAX_ENDED:
+            self.ended.pop(next(iter(self.ended)))  # the oldest
+            self.stats.ended_forgotten += 1
+            limit_log.warning(
+                "ended_forgotten",
+                "more than %d sessions ended by the server are remembered; the oldest "
+                "are forgotten (their clients get 402, not the reason)",
+                MAX_ENDED,
+            )
+        forget = self.loop.time() + (self.options.max_interval + self.options.timeout) / 1000.0
+        self.ended[session.id] = (error, advice, forget)
+        self.stats.sessions_ended += 1
+        self.remove_session(session)
+
     # -------------------------------------------------------------- delivery
 
     def _extend_delivery(self, session: Session, encoded: bytes) -> bytes | None:
@@ -310,7 +357,13 @@ class BayeuxCore(SessionCore):
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
         if self.forwarder is None and not self.policy_is_async:
-            self._process_now(messages, exchange)  # one node, a synchronous policy
+            # One node, a synchronous policy.  (The exchange is what a
+            # policy's current_context() is made of, if it asks.)
+            self.current_exchange = exchange
+            try:
+                self._process_now(messages, exchange)
+            finally:
+                self.current_exchange = None
             return
         if self.forwarder is not None and exchange.transport in HTTP_TRANSPORTS:
             # In a cluster, an HTTP request for a session another node owns
@@ -327,9 +380,16 @@ class BayeuxCore(SessionCore):
         if forwarder is not None and forwarder.defer(messages, exchange):
             return  # its session's events are out with a relay, not yet confirmed
         if self.policy_is_async:
-            self.hooks.spawn(self._process_after_policy(messages, exchange))
+            # The request's headers are gone once this returns: its context
+            # is taken now, for the decisions awaited later.
+            context = context_of(exchange)
+            self.hooks.spawn(self._process_after_policy(messages, exchange, context))
             return
-        self._process_now(messages, exchange)
+        self.current_exchange = exchange
+        try:
+            self._process_now(messages, exchange)
+        finally:
+            self.current_exchange = None
 
     def _answer_handshake(self, message: Message, exchange: Exchange) -> None:
         reply = self._refused_by_extension(message) or self._handshake(message, exchange)
@@ -364,6 +424,11 @@ class BayeuxCore(SessionCore):
     def _unknown_session(
         self, message: Message, meta: bool, exchange: Exchange | None = None
     ) -> Message:
+        if self.ended:
+            ended = self.ended.get(message.get("clientId"))  # type: ignore[arg-type]
+            if ended is not None:
+                # Ended by the server: the reason, and on a connect its advice.
+                return self._failure(message, ended[0], ended[1] if meta else True)
         self.stats.unknown_session += 1
         reply = self._failure(message, errors.SESSION_UNKNOWN)
         if meta:
@@ -505,6 +570,17 @@ class BayeuxCore(SessionCore):
     def _policy_call(
         self, operation: str, message: Message, session: Session | None, name: str
     ) -> Any:
+        if CURRENT.get() is None:
+            token = CURRENT.set(self.current_exchange)
+            try:
+                return self._ask_policy(operation, message, session, name)
+            finally:
+                CURRENT.reset(token)
+        return self._ask_policy(operation, message, session, name)
+
+    def _ask_policy(
+        self, operation: str, message: Message, session: Session | None, name: str
+    ) -> Any:
         policy = self.policy
         assert session is not None
         if operation == "handshake":
@@ -549,8 +625,11 @@ class BayeuxCore(SessionCore):
             return False
         return result
 
-    async def _process_after_policy(self, messages: list[Any], exchange: Exchange) -> None:
+    async def _process_after_policy(
+        self, messages: list[Any], exchange: Exchange, context: HttpContext
+    ) -> None:
         """An async policy: await every decision this batch needs, then process it."""
+        CURRENT.set(context)  # (this task's own copy of the variable)
         decisions: dict[tuple[int, str, str], bool] = {}
 
         async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
@@ -808,18 +887,30 @@ class BayeuxCore(SessionCore):
         if self.connection_publish_rate and not self._connection_within_rate(exchange):
             self._throttle(exchange, self.connection_publish_rate)
             return self._failure(message, errors.PUBLISH_RATE_EXCEEDED)
-        refusal = self._permit("publish", message, session, name)
+        refusal = self._admit(session, name, message)
         if refusal is not None:
             return self._failure(message, refusal)
-
-        if self.hooks.publish_listeners and not self.hooks.allow_publish(session, name, message):
-            self.stats.deleted_by_listener += 1
-            return self._failure(message, errors.MESSAGE_DELETED)
         reply: Message = {"channel": channel, "successful": True}
         if message.get("id") is not None:
             reply["id"] = message["id"]
         if name.startswith("/service/"):
             return self._call_services(session, name, message, reply)
+        refusal = self.publish_admitted(name, message)
+        return reply if refusal is None else self._failure(message, refusal)
+
+    def _admit(self, session: Session, name: str, message: Message) -> str | None:
+        """The policy, the channel's authorizers, then the publish listeners:
+        the error refusing a publish, or None."""
+        refusal = self._permit("publish", message, session, name)
+        if refusal is not None:
+            return refusal
+        if self.hooks.publish_listeners and not self.hooks.allow_publish(session, name, message):
+            self.stats.deleted_by_listener += 1
+            return errors.MESSAGE_DELETED
+        return None
+
+    def publish_admitted(self, name: str, message: Message) -> str | None:
+        """`publish_from`, a message that cannot be encoded refused (the error)."""
         try:
             self.publish_from(name, message)
         except orjson.JSONEncodeError:
@@ -829,8 +920,45 @@ class BayeuxCore(SessionCore):
             limit_log.warning(
                 "publish_not_json", "a publish to %s could not be encoded as JSON", name
             )
-            return self._failure(message, errors.MESSAGE_INVALID)
-        return reply
+            return errors.MESSAGE_INVALID
+        return None
+
+    async def admit(
+        self, session: Session, name: str, message: Message, context: HttpContext | None = None
+    ) -> str | None:
+        """Check a publish made for `session` outside any transport (the HTTP
+        API) as a client's publish is checked: incoming extensions, the
+        policy and authorizers (awaited if async), publish listeners.  The
+        error refusing it, or None: then `publish_admitted` sends it on the
+        rest of a client's path (outgoing extensions, lazy channels).
+        """
+        message["channel"] = name
+        CURRENT.set(context)  # (the caller's task: the API request's own)
+        verdict = self.hooks.incoming(session, message)
+        if verdict is not True:
+            self.stats.deleted_by_extension += verdict is False
+            return errors.MESSAGE_DELETED if verdict is False else errors.EXTENSION_FAILED
+        if self.policy_is_async:
+            decisions: dict[tuple[int, str, str], bool] = {}
+            for operation in ("create", "publish"):
+                try:
+                    result = self._policy_call(operation, message, session, name)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception:
+                    limit_log.exception(
+                        f"policy:{operation}",
+                        "security policy raised on %s %s; denied",
+                        operation,
+                        name,
+                    )
+                    result = False
+                decisions[(id(message), operation, name)] = result is True
+            self._decided = decisions
+        try:
+            return self._admit(session, name, message)
+        finally:
+            self._decided = None
 
     def is_lazy(self, channel: str) -> bool:
         return bool(self.hooks.lazy_channels) and bool(self.hooks.lazy_channels.match(channel))

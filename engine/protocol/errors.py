@@ -12,6 +12,7 @@ __all__ = [
     "CHANNEL_CREATE_DENIED",
     "CREATE_DENIED",
     "DATA_MISSING",
+    "DISCONNECTED_BY_SERVER",
     "EXTENSION_FAILED",
     "HANDSHAKE_DENIED",
     "HANDSHAKE_FAILED",
@@ -30,6 +31,7 @@ __all__ = [
     "SUBSCRIPTION_INVALID",
     "SUBSCRIPTION_MISSING",
     "POLICY",
+    "TOKEN_EXPIRED",
     "TOO_MANY_SUBSCRIPTIONS",
     "UNSUBSCRIBE_FAILED",
     "connection_types_not_supported",
@@ -67,6 +69,11 @@ HANDSHAKE_RATE_EXCEEDED = "429::handshake_rate_exceeded"
 SESSION_LIMIT = "429::session_limit_reached"
 # The server failed on this message (a bug): logged once per cause.
 INTERNAL_ERROR = "500::internal_error"
+# Sessions the server ended (BayeuxCore.end_session): by the HTTP API's
+# disconnect (advice reconnect: none), or because the session's token expired
+# (advice reconnect: handshake: the client handshakes with a new token).
+DISCONNECTED_BY_SERVER = "403::disconnected_by_server"
+TOKEN_EXPIRED = "401::token_expired"
 
 
 def denied(reason: str, what: str) -> str:

@@ -29,6 +29,7 @@ class Endpoint:
         "options",
         "core",
         "admin",
+        "api",
         "connections",
         "max_connections",
         "base_path",
@@ -49,6 +50,7 @@ class Endpoint:
         self.options = options
         self.core = core
         self.admin = admin
+        self.api: Any = None  # the server HTTP API (engine.http_api), when configured
         self.connections = connections  # every open connection (HTTP or WebSocket)
         self.max_connections = max_connections  # from the open-files limit
         self.base_path = options.path.rstrip("/").encode()
@@ -56,8 +58,9 @@ class Endpoint:
         self.origins = options.origins
         self.own_origins = options.own_origins
         # The Set-Cookie header of a new browser id, `% id` (every transport).
-        self.set_cookie = (
-            b"Set-Cookie: %s=%%s%s\r\n" % (COOKIE_NAME.encode(), options.cookie_attributes.encode())
+        self.set_cookie = b"Set-Cookie: %s=%%s%s\r\n" % (
+            COOKIE_NAME.encode(),
+            options.cookie_attributes.encode(),
         )
 
     def origin_allowed(self, origin: str) -> bool:

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from engine.api.context import HttpContext
 from engine.transport._http import (
     COOKIE_NAME,
     JSON_TYPE,
@@ -208,6 +209,17 @@ class HttpConnection(HttpProtocol):
         base = self.context.base_path
         method = self.parser.get_method()
         if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
+            api = self.context.api
+            if api is not None and api.owns(path):
+                pieces = self.body
+                api.handle(
+                    self,
+                    exchange,
+                    method,
+                    path,
+                    b"".join(pieces) if type(pieces) is list else pieces,
+                )
+                return
             answer = self.context.admin.handle(method, path, self.headers, query)
             if answer is None:
                 exchange.fail(404, "no Bayeux endpoint at this path")
@@ -269,6 +281,19 @@ class HttpConnection(HttpProtocol):
             browser_id,
             exchange.client_address,
             cookie_presented=not set_cookie,
+            # Kept for the socket's life only if the policy reads it.
+            http_context=(
+                HttpContext.from_raw(
+                    self.headers,
+                    exchange.client_address,
+                    "websocket",
+                    peer_address=self.client_address,
+                    secure=self.context.options.tls,
+                    url=self.url,
+                )
+                if self.core.policy.uses_http_context
+                else None
+            ),
         )
         self.upgraded = ws
         self.context.connections.discard(self)

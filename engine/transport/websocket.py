@@ -35,6 +35,7 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from engine.api.context import HttpContext
 from engine.delivery._batch import splice_ws
 from engine.protocol._sessions import META_CONNECT
 from engine.protocol.limits import ConnectionLimits
@@ -128,6 +129,11 @@ class WsExchange:
         return self.conn.cookie_presented
 
     @property
+    def http_context(self) -> HttpContext:
+        kept = self.conn.http_context
+        return kept if kept is not None else HttpContext({}, self.client_address, "websocket")
+
+    @property
     def limits(self) -> ConnectionLimits | None:
         return self.conn.limits
 
@@ -179,6 +185,7 @@ class WebSocketConnection(asyncio.Protocol):
         "probe_due",
         "greeted",
         "throttled",
+        "http_context",
     )
 
     def __init__(
@@ -188,6 +195,7 @@ class WebSocketConnection(asyncio.Protocol):
         browser_id: str | None = None,
         client_address: str | None = None,
         cookie_presented: bool = False,
+        http_context: HttpContext | None = None,
     ) -> None:
         self.context = context
         self.core = context.core
@@ -215,6 +223,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.probe_due = NO_DEADLINE  # a ping of ours unanswered (see probe)
         self.greeted = False  # a first message came
         self.throttled = False  # reading paused a while (see ConnectionLimits)
+        # The upgrade request, for a policy that reads it (engine.api.context).
+        self.http_context = http_context
         wait = context.options.ws_upgrade_timeout
         if wait > 0:
             self.idle_due = self.core.loop.time() + wait / 1000.0

@@ -34,6 +34,7 @@ import {CometD, CallbackPollingTransport, AckExtension, TimeSyncExtension} from 
 import * as nodeHttp from "node:http";
 import * as nodeHttps from "node:https";
 import * as net from "node:net";
+import {writeFileSync} from "node:fs";
 import {WebSocket as WsWebSocket} from "ws";
 import {
     START, wire, record, recordSocketEvents, parseMaybeJSON, check, sleep, withTimeout, deepEqual, copy,
@@ -152,10 +153,15 @@ class JarXMLHttpRequest extends NodeXMLHttpRequest {
 // without any reference to the CometD object, so frames are labelled by
 // connection number only.
 let wsCounter = 0;
+// --cookie: sent with every request and WebSocket upgrade, as a browser sends
+// the cookies of the application's login (the Node adapter sends none on
+// upgrades by itself).
+let EXTRA_COOKIE = null;
 
 class RecordingWebSocket extends WsWebSocket {
     constructor(url, protocols, options) {
-        super(url, protocols, options);
+        const headers = EXTRA_COOKIE ? {Cookie: EXTRA_COOKIE} : {};
+        super(url, protocols, {...(options || {}), headers: {...((options || {}).headers || {}), ...headers}});
         const id = "ws" + (++wsCounter);
         this._wireId = id;
         record({kind: "ws", conn: id, dir: "open-request", url: String(url), protocol: protocols || null});
@@ -247,7 +253,8 @@ class NodeCallbackPollingTransport extends CallbackPollingTransport {
     }
 }
 
-function installNodeAdapter() {
+function installNodeAdapter(opts) {
+    EXTRA_COOKIE = opts.cookie;
     adapt();
     // CometD logs info/debug through console.log/info/debug: keep stdout for
     // the single JSON result line.
@@ -271,6 +278,11 @@ class Peer extends RecordingPeer {
         this.url = url || opts.url;
         this.cometd = new CometD(label);
         this.jar = sharedJar ? SHARED_JAR : {};
+        if (opts.cookie) {  // (the long-polling side of --cookie: in the client's jar)
+            const host = new URL(this.url).hostname;
+            const [name] = opts.cookie.split("=", 1);
+            this.jar[host] = Object.assign(this.jar[host] || {}, {[name]: opts.cookie});
+        }
         this.sentConnects = [];
         this.connectFailures = [];  // unsuccessful /meta/connect (server replies and local failures)
 
@@ -827,6 +839,51 @@ SCENARIOS.ack_outage = async (opts, ctx) => {
         {before: transportBefore, after: ctx.results.transport_after});
 };
 
+// Subscribe to --channel (default /interop/api), write --ready-file once
+// subscribed, then collect what arrives for --duration ms: for tests whose
+// publisher is not this client (the server's HTTP API, another node).
+// --tokens '["t1","t2"]': the handshake carries ext.token, the first token
+// first, the next one on each later handshake (a client refreshing an
+// expired token when the server advises it to handshake again).
+SCENARIOS.receive = async (opts, ctx) => {
+    const a = ctx.peer("A");
+    const tokens = opts.tokens ? JSON.parse(opts.tokens) : [];
+    let handshakes = 0;
+    if (tokens.length) {
+        a.cometd.registerExtension("token", {
+            outgoing(message) {
+                if (message.channel === "/meta/handshake") {
+                    message.ext = Object.assign(message.ext || {}, {token: tokens[Math.min(handshakes, tokens.length - 1)]});
+                    handshakes += 1;
+                }
+                return message;
+            },
+        });
+    }
+    const received = [];
+    const failures = [];
+    a.cometd.addListener("/meta/unsuccessful", (m) => failures.push(copy(m)));
+    const channel = opts.channel;
+    // Subscribed again after each re-handshake (CometD drops subscriptions then).
+    a.cometd.addListener("/meta/handshake", (m) => {
+        if (m.successful && a.handshakes.filter((h) => h.successful).length > 1) {
+            a.cometd.subscribe(channel, (msg) => received.push({channel: msg.channel, data: msg.data}));
+        }
+    });
+    await a.connect();
+    const {reply} = await a.subscribe(channel, (m) => received.push({channel: m.channel, data: m.data}));
+    ctx.results.subscribe_reply = reply;
+    expectSuccess(reply, "subscribe " + channel);
+    if (opts.readyFile) {
+        writeFileSync(opts.readyFile, a.cometd.getClientId());
+    }
+    await sleep(opts.duration);
+    ctx.results.received = received;
+    ctx.results.client_id = a.cometd.getClientId();
+    ctx.results.handshakes = a.handshakes.map((m) => ({successful: m.successful, error: m.error || null}));
+    ctx.results.failures = failures.map((m) => ({channel: m.channel, error: m.error || null, advice: m.advice || null}));
+};
+
 // ---------------------------------------------------------------- main
 
 runDriver({
@@ -837,6 +894,10 @@ runDriver({
         "messages": {int: true, metavar: "N", default: 20},
         "outage": {int: true, metavar: "MS", default: 2000},
         "cut": {metavar: "MODE", default: "blackhole", choices: CUT_MODES, what: "cut mode"},
+        "channel": {metavar: "CHANNEL", default: "/interop/api"},
+        "ready-file": {metavar: "PATH", default: null},
+        "tokens": {metavar: "JSON", default: null},
+        "cookie": {metavar: "NAME=VALUE", default: null},
     },
     setup: installNodeAdapter,
     newPeer: (label, opts, options) => new Peer(label, opts, options),

@@ -1,0 +1,412 @@
+"""The server HTTP API: a backend publishes and manages sessions without Bayeux.
+
+On the server's port, under `api_path` (default `/api`), off unless an
+`api_key` is configured; every request carries the key, as
+`Authorization: apikey <key>` or `X-API-Key: <key>` (compared in constant
+time).  Bodies and answers are JSON:
+
+    POST /api/publish     {"channel", "data", ["ext"], ["idempotency_key"]}
+    POST /api/broadcast   {"channels": [...], "data", ["ext"], ["idempotency_key"]}
+    POST /api/deliver     {"session", "channel", "data", ["ext"]}    to one session
+    POST /api/disconnect  {"session"}          ends it: reconnect none, clientId refused
+    GET  /api/channels                 {"channels": {channel or pattern: subscribers}}
+    GET  /api/channels/<channel>       subscribers of that name, sessions it reaches
+    GET  /api/sessions/<clientId>      transport, subscriptions, queue
+
+Success is `200 {"result": {...}}`; failure is a status and
+`{"error": {"code": <status>, "message": "..."}}`, and then nothing was
+delivered.  Publishes take the path of a client's publish
+(`BayeuxCore.publish_checked`: extensions, the security policy and
+authorizers, listeners, lazy channels) as the session `api` (transport
+"api", `session.attributes["api"] is True`), so a policy may tell the
+backend apart; never a side door.
+
+`idempotency_key` (1..128 printable characters): a publish or broadcast
+with a key already used within `api_idempotency_window` ms is answered
+`{"result": {..., "duplicate": true}}` and not delivered again.  Keys are
+kept in this process (at most MAX_KEYS) or, in a cluster, in Redis
+(`SET NX PX`), so a retry that lands on another node is recognised too.
+
+In a cluster any node answers any call: a session's node is asked through
+Redis (engine.cluster.api_relay), and counts are summed over every node.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import orjson
+
+from engine.admin import response
+from engine.api.context import HttpContext, context_of
+from engine.protocol import errors
+from engine.protocol.session import Session
+from engine.ratelog import CauseLog
+from engine.routing._channels import CHANNEL_OK_CONCRETE, normalize_channel, validate_channel
+
+if TYPE_CHECKING:
+    from engine.cluster.api_relay import ApiRelay
+    from engine.server import BayeuxServer
+    from engine.transport.http import HttpConnection, HttpExchange
+
+__all__ = ["HttpApi", "IdempotencyKeys"]
+
+log = logging.getLogger("engine.http_api")
+limit_log = CauseLog(log)
+
+JSON = b"application/json"
+MAX_KEYS = 1_000_000  # idempotency keys remembered in one process
+MAX_KEY_LENGTH = 128
+MAX_CHANNELS = 1000  # channels of one broadcast
+MAX_RUNNING = 1000  # API calls in progress (awaiting the cluster or the policy)
+MAX_LISTED = 10000  # channels one node lists
+
+_FIELDS = {
+    "publish": {"channel", "data", "ext", "idempotency_key"},
+    "broadcast": {"channels", "data", "ext", "idempotency_key"},
+    "deliver": {"session", "channel", "data", "ext"},
+    "disconnect": {"session"},
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class IdempotencyKeys:
+    """Keys used within a window: in this process, or in Redis (a cluster)."""
+
+    def __init__(self, window_ms: int, redis_url: str = "", prefix: str = "") -> None:
+        self.window_ms = window_ms
+        self.local: OrderedDict[str, float] = OrderedDict()  # key -> expiry, oldest first
+        self.redis: Any = None
+        self.prefix = prefix + "idem:"
+        if redis_url:
+            import redis.asyncio
+
+            self.redis = redis.asyncio.Redis.from_url(
+                redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+
+    async def claim(self, key: str) -> bool:
+        """True the first time `key` is seen in the window, False after."""
+        if self.redis is not None:
+            try:
+                return bool(
+                    await self.redis.set(self.prefix + key, b"1", nx=True, px=self.window_ms)
+                )
+            except Exception as exc:  # (redis-py's errors, OSError, timeouts)
+                raise ApiError(
+                    503, f"the idempotency store (Redis) is unavailable: {exc}"
+                ) from None
+        now = time.monotonic()
+        keys = self.local
+        while keys:  # (one window for all: the oldest expire first)
+            oldest, expiry = next(iter(keys.items()))
+            if expiry > now:
+                break
+            del keys[oldest]
+        if key in keys:
+            return False
+        if len(keys) >= MAX_KEYS:
+            raise ApiError(429, f"more than {MAX_KEYS} idempotency keys in the window; retry later")
+        keys[key] = now + self.window_ms / 1000.0
+        return True
+
+    async def release(self, key: str) -> None:
+        """The publish was refused: a retry may try again."""
+        if self.redis is not None:
+            try:
+                await self.redis.delete(self.prefix + key)
+            except Exception:
+                pass  # (the key expires with its window)
+        else:
+            self.local.pop(key, None)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+class HttpApi:
+    def __init__(self, server: BayeuxServer, redis_prefix: str = "") -> None:
+        """`redis_prefix`: the cluster broker's key prefix (a cluster), else ""."""
+        self.server = server
+        options = server.options
+        self.key = options.api_key.encode()
+        self.prefix = options.api_path.rstrip("/").encode()
+        self.keys = IdempotencyKeys(
+            options.api_idempotency_window,
+            options.broker if redis_prefix else "",
+            redis_prefix,
+        )
+        self.relay: ApiRelay | None = None  # set by the server in a cluster
+        self.running = 0
+        # The session the API's publishes are made as (never registered).
+        self.session = Session("api", None, "api")
+        self.session.attributes = {"api": True}
+
+    def owns(self, path: bytes) -> bool:
+        return path == self.prefix or path.startswith(self.prefix + b"/")
+
+    # -------------------------------------------------------------- requests
+
+    def handle(
+        self, conn: HttpConnection, exchange: HttpExchange, method: bytes, path: bytes, body: bytes
+    ) -> None:
+        """Answer an API request now, or later from a task (`conn.complete`)."""
+        stats = self.server.core.stats
+        stats.api_requests += 1
+        try:
+            self._authorize(conn.headers)
+            operation = path[len(self.prefix) :].decode("utf-8", "replace").strip("/")
+            call = self._parse(operation, method, body)
+        except ApiError as error:
+            conn.complete(exchange, self._error(error))
+            return
+        if self.running >= MAX_RUNNING:
+            limit_log.warning("api_running", "more than %d API calls in progress", MAX_RUNNING)
+            conn.complete(exchange, self._error(ApiError(503, "too many API calls in progress")))
+            return
+        self.running += 1
+        context = context_of(exchange)  # (the headers are gone once this returns)
+        self.server.hooks.spawn(self._run(conn, exchange, call, context))
+
+    async def _run(
+        self,
+        conn: HttpConnection,
+        exchange: HttpExchange,
+        call: tuple[str, Any],
+        context: HttpContext,
+    ) -> None:
+        try:
+            result = await self._call(call, context)
+            answer = response(200, orjson.dumps({"result": result}), JSON)
+        except ApiError as error:
+            answer = self._error(error)
+        except Exception:
+            self.server.core.stats.internal_errors += 1
+            limit_log.exception("api_internal", "the HTTP API failed on %s", call[0])
+            answer = self._error(ApiError(500, "internal error"))
+        finally:
+            self.running -= 1
+        conn.complete(exchange, answer)
+
+    def _error(self, error: ApiError) -> bytes:
+        self.server.core.stats.api_refused += 1
+        body = orjson.dumps({"error": {"code": error.status, "message": str(error)}})
+        extra = b'WWW-Authenticate: apikey realm="engine"\r\n' if error.status == 401 else b""
+        return response(error.status, body, JSON, extra)
+
+    def _authorize(self, headers: dict[bytes, bytes]) -> None:
+        given = headers.get(b"x-api-key")
+        if given is None:
+            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
+            given = value.strip() if scheme.lower() == b"apikey" else None
+        if given is None:
+            raise ApiError(401, "an API key is needed: Authorization: apikey <key> or X-API-Key")
+        if not hmac.compare_digest(given, self.key):
+            raise ApiError(401, "wrong API key")
+
+    def _parse(self, operation: str, method: bytes, body: bytes) -> tuple[str, Any]:
+        """The call (name, arguments) of a request, validated; ApiError if not."""
+        head, _, rest = operation.partition("/")
+        if head in ("channels", "sessions"):
+            if method not in (b"GET", b"HEAD"):
+                raise ApiError(405, f"{head} is read with GET")
+            name = unquote(rest)
+            if head == "sessions":
+                if not name:
+                    raise ApiError(404, "GET sessions/<clientId>")
+                return "session", name
+            if not name:
+                return "channels", None
+            return "channel", self._channel("/" + name.lstrip("/"), patterns=True)
+        if head not in _FIELDS or rest:
+            raise ApiError(404, f"no API call {operation!r}")
+        if method != b"POST":
+            raise ApiError(405, f"{operation} is a POST")
+        try:
+            args = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"the body is not JSON: {exc}") from None
+        if type(args) is not dict:
+            raise ApiError(400, "the body must be a JSON object")
+        unknown = set(args) - _FIELDS[head]
+        if unknown:
+            raise ApiError(
+                400, f"unknown fields {sorted(unknown)}; {head} takes {sorted(_FIELDS[head])}"
+            )
+        ext = args.get("ext")
+        if ext is not None and type(ext) is not dict:
+            raise ApiError(400, "ext must be an object")
+        if head != "disconnect" and "data" not in args:
+            raise ApiError(400, "data is missing")
+        key = args.get("idempotency_key")
+        if key is not None and not (
+            type(key) is str and 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable()
+        ):
+            raise ApiError(400, f"idempotency_key must be 1..{MAX_KEY_LENGTH} printable characters")
+        if head == "broadcast":
+            channels = args.get("channels")
+            if type(channels) is not list or not channels:
+                raise ApiError(400, "channels must be a non-empty list")
+            if len(channels) > MAX_CHANNELS:
+                raise ApiError(400, f"more than {MAX_CHANNELS} channels")
+            args["channels"] = list(dict.fromkeys(self._channel(c) for c in channels))
+        elif head in ("publish", "deliver"):
+            args["channel"] = self._channel(args.get("channel"), service=head == "deliver")
+        if head in ("deliver", "disconnect") and type(args.get("session")) is not str:
+            raise ApiError(400, "session must be a clientId (a string)")
+        return head, args
+
+    @staticmethod
+    def _channel(value: object, patterns: bool = False, service: bool = False) -> str:
+        if type(value) is not str:
+            raise ApiError(400, "a channel must be a string")
+        name = normalize_channel(value)
+        code = validate_channel(name)
+        if not code or (code != CHANNEL_OK_CONCRETE and not patterns):
+            raise ApiError(400, f"{value!r} is not a channel name (no wildcards here)")
+        if name.startswith("/meta/"):
+            raise ApiError(400, f"{value!r}: meta channels are the protocol's own")
+        if name.startswith("/service/") and not service and not patterns:
+            raise ApiError(400, f"{value!r}: service channels take a client's requests")
+        return name
+
+    # ----------------------------------------------------------------- calls
+
+    async def _call(self, call: tuple[str, Any], context: HttpContext) -> Any:
+        name, args = call
+        if name in ("publish", "broadcast"):
+            return await self._publish(name, args, context)
+        if name == "channels":
+            answers = await self._everywhere("channels", {})
+            merged: dict[str, int] = {}
+            truncated = False
+            for answer in answers:
+                truncated |= answer["truncated"]
+                for channel, count in answer["channels"].items():
+                    merged[channel] = merged.get(channel, 0) + count
+            return {"channels": merged, "nodes": len(answers), "truncated": truncated}
+        if name == "channel":
+            answers = await self._everywhere("channel", {"channel": args})
+            return {
+                "channel": args,
+                "subscribers": sum(a["subscribers"] for a in answers),
+                "matching_sessions": sum(a["matching_sessions"] for a in answers),
+                "nodes": len(answers),
+            }
+        session = args if name == "session" else args["session"]
+        value = await self._at_owner(name, session, args if name != "session" else {})
+        if value is None or value is False:
+            raise ApiError(404, f"no session {session!r}")
+        return value if name == "session" else {"session": session}
+
+    async def _publish(self, name: str, args: dict[str, Any], context: HttpContext) -> Any:
+        channels = args["channels"] if name == "broadcast" else [args["channel"]]
+        key = args.get("idempotency_key")
+        result: dict[str, Any] = (
+            {"channels": channels} if name == "broadcast" else {"channel": channels[0]}
+        )
+        if key is not None and not await self.keys.claim(key):
+            self.server.core.stats.api_duplicates += 1
+            return {**result, "duplicate": True}
+        core = self.server.core
+        messages = []
+        for channel in channels:  # all checked before any goes out
+            message: dict[str, Any] = {"data": args["data"]}
+            if args.get("ext") is not None:
+                message["ext"] = args["ext"]
+            refusal = await core.admit(self.session, channel, message, context)
+            if refusal is not None:
+                if key is not None:
+                    await self.keys.release(key)  # nothing went out: a retry may
+                code = refusal.split(":", 1)[0]
+                status = int(code) if code.isdigit() and 400 <= int(code) < 500 else 403
+                raise ApiError(status, f"{channel}: refused ({refusal})")
+            messages.append((channel, message))
+        for channel, message in messages:
+            refusal = core.publish_admitted(channel, message)
+            if refusal is not None:  # (data nested too deep to encode: the first one)
+                if key is not None:
+                    await self.keys.release(key)
+                raise ApiError(400, f"{channel}: refused ({refusal})")
+            core.stats.api_published += 1
+        return result
+
+    async def _everywhere(self, op: str, args: dict[str, Any]) -> list[Any]:
+        if self.relay is None:
+            return [self.answer(op, args)]
+        from engine.cluster.api_relay import RelayError
+
+        try:
+            return await self.relay.ask_all(op, args)
+        except RelayError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+
+    async def _at_owner(self, op: str, client_id: str, args: dict[str, Any]) -> Any:
+        core = self.server.core
+        owner = core.owner_of(client_id)
+        if self.relay is None or owner is None or owner == core.node_id:
+            return self.answer(op, {**args, "session": client_id})
+        from engine.cluster.api_relay import NodeGone, RelayError
+
+        try:
+            return await self.relay.ask(owner, op, {**args, "session": client_id})
+        except NodeGone:
+            return None
+        except RelayError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+
+    # ----------------------------------------- this node's part of a call
+
+    def answer(self, op: str, args: dict[str, Any]) -> Any:
+        """This node's answer to an operation (also asked by other nodes)."""
+        core = self.server.core
+        if op == "channels":
+            broker = core.broker
+            names = broker.channels()
+            listed = {name: broker.subscriber_count(name) for name in names[:MAX_LISTED]}
+            return {"channels": listed, "truncated": len(names) > MAX_LISTED}
+        if op == "channel":
+            channel = str(args.get("channel"))
+            return {
+                "subscribers": core.broker.subscriber_count(channel),
+                "matching_sessions": (
+                    core.broker.matching_count(channel) if "*" not in channel else 0
+                ),
+            }
+        client_id = args.get("session")
+        session = core.sessions.get(client_id) if type(client_id) is str else None
+        if session is None or session.removed or session.local is not None:
+            return None
+        if op == "session":
+            return {
+                "session": session.id,
+                "node": core.node_id,
+                "transport": session.transport,
+                "connected": session.connected,
+                "held_connect": session.hold is not None,
+                "subscriptions": sorted(session.subscriptions or ()),
+                "queued": len(session.queue or ()),
+                "address": session.address,
+            }
+        if op == "deliver":
+            fields = {"ext": args["ext"]} if type(args.get("ext")) is dict else {}
+            self.server.deliver(session, str(args.get("channel")), args.get("data"), **fields)
+            return True
+        if op == "disconnect":
+            core.end_session(session, errors.DISCONNECTED_BY_SERVER, {"reconnect": "none"})
+            return True
+        raise ValueError(f"unknown API operation {op!r}")
+
+    async def close(self) -> None:
+        await self.keys.close()
