@@ -7,8 +7,10 @@ implementation.
 from importlib.metadata import PackageNotFoundError, version
 
 from engine.api.app import LocalSession
+from engine.api.context import HttpContext, current_context
 from engine.api.extensions import Extension, TimesyncExtension
 from engine.api.policy import GRANT, IGNORE, Deny, SecurityPolicy, deny
+from engine.api.tokens import JwtPolicy
 from engine.options import ServerOptions
 from engine.protocol.session import Session
 from engine.server import BayeuxServer
@@ -19,11 +21,14 @@ __all__ = [
     "BayeuxServer",
     "Deny",
     "Extension",
+    "HttpContext",
+    "JwtPolicy",
     "LocalSession",
     "SecurityPolicy",
     "ServerOptions",
     "Session",
     "TimesyncExtension",
+    "current_context",
     "deny",
 ]
 

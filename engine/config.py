@@ -46,7 +46,7 @@ __all__ = [
 ENV_PREFIX = "ENGINE_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # Options that may be read from a file (`<name>_file`) and are masked when shown.
-SECRETS: tuple[str, ...] = ("admin_token", "broker", "api_key")
+SECRETS: tuple[str, ...] = ("admin_token", "broker", "api_key", "jwt_secret", "jwt_public_key")
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerOptions)}
 _TYPES = {name: str(f.type) for name, f in _FIELDS.items()}

@@ -116,6 +116,31 @@ class ServerOptions:
             "(a retry with it is not delivered again)"
         },
     )
+    jwt_secret: str = field(
+        default="",
+        metadata={"help": "HMAC secret of connection tokens (JWT): handshakes need a valid one"},
+    )
+    jwt_public_key: str = field(
+        default="",
+        metadata={"help": "PEM public key (RSA, ECDSA, EdDSA) of connection tokens (JWT)"},
+    )
+    jwt_jwks_url: str = field(
+        default="", metadata={"help": "JWKS URL of the keys of connection tokens (JWT)"}
+    )
+    jwt_algorithms: str = field(
+        default="",
+        metadata={"help": "comma-separated JWT algorithms accepted (default: those of the key)"},
+    )
+    jwt_audience: str = field(
+        default="", metadata={"help": "the aud a connection token must name (empty: not checked)"}
+    )
+    jwt_issuer: str = field(
+        default="", metadata={"help": "the iss a connection token must have (empty: not checked)"}
+    )
+    jwt_cookie: str = field(
+        default="",
+        metadata={"help": "a cookie that may carry the connection token (besides ext.token)"},
+    )
     static_dir: str = field(
         default="", metadata={"help": "a directory of files served at / (e.g. a page)"}
     )
@@ -392,6 +417,8 @@ class ServerOptions:
             problems.append(f"api_path {self.api_path!r} must be outside the Bayeux path")
         if self.api_idempotency_window < 1000:
             problems.append("api_idempotency_window must be >= 1000 (ms)")
+        if sum(bool(k) for k in (self.jwt_secret, self.jwt_public_key, self.jwt_jwks_url)) > 1:
+            problems.append("give one of jwt_secret, jwt_public_key, jwt_jwks_url")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -399,6 +426,11 @@ class ServerOptions:
     def tls(self) -> bool:
         """Whether the server speaks TLS (https://, wss://)."""
         return bool(self.ssl_certfile)
+
+    @property
+    def jwt(self) -> bool:
+        """Whether handshakes need a connection token (a jwt_* key is set)."""
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url)
 
     @property
     def cookie_attributes(self) -> str:

@@ -23,6 +23,7 @@ import uvloop
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.api.app import Application
 from engine.api.policy import SecurityPolicy
+from engine.api.tokens import JwtPolicy
 from engine.cluster.api_relay import ApiRelay
 from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.http_api import HttpApi
@@ -170,8 +171,16 @@ class BayeuxServer(Application):
             self.admin.mount("/", self.options.static_dir)
         if self.options.admin_token and not self.hooks.services.count(STATUS_CHANNEL):
             self.hooks.add_service(STATUS_CHANNEL, self._status_service)
+        policy = self.policy
+        if self.options.jwt:
+            if policy is not None:
+                raise ValueError(
+                    "jwt_* options and an application's own policy: give the policy a "
+                    "JwtPolicy (engine.api.tokens) instead"
+                )
+            policy = JwtPolicy.from_options(self.options)
         self._core = BayeuxCore(
-            self.options, loop, node_id=self.node_id, policy=self.policy, hooks=self.hooks
+            self.options, loop, node_id=self.node_id, policy=policy, hooks=self.hooks
         )
         if self.options.workers > 1:
             log.warning(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from engine.protocol.message import Message
 from engine.routing._channels import (
@@ -147,10 +147,22 @@ class SecurityPolicy:
                 raise TypeError(f"authorizer {authorizer!r} returned {result!r}")
         return None if granted else "denied_by_not_granting"
 
+    def bind(self, core: Any) -> None:
+        """Called by the server's core when it starts with this policy (a
+        policy that ends sessions itself keeps it: see engine.api.tokens)."""
+
+    @property
+    def async_operations(self) -> frozenset[str]:
+        """The operations (handshake, create, subscribe, publish) whose
+        method is a coroutine function: requests that need one are decided
+        before they are processed; the others (every connect) are not delayed."""
+        return frozenset(
+            op
+            for op in ("handshake", "create", "subscribe", "publish")
+            if inspect.iscoroutinefunction(getattr(self, "can_" + op))
+        )
+
     @property
     def is_async(self) -> bool:
         """True when a decision method is a coroutine function."""
-        return any(
-            inspect.iscoroutinefunction(getattr(self, name))
-            for name in ("can_handshake", "can_create", "can_subscribe", "can_publish")
-        )
+        return bool(self.async_operations)

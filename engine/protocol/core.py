@@ -112,6 +112,10 @@ class BayeuxCore(SessionCore):
         self.node_id = node_id
         self.policy = policy or SecurityPolicy()
         self.policy_is_async = self.policy.is_async
+        # The operations whose decision is awaited: only batches that need
+        # one take the async path (a connect never does).
+        self.async_decisions = self.policy.async_operations
+        self.policy.bind(self)
         self.current_exchange: Exchange | None = None  # while a request is processed
         # Decisions of an async policy, awaited before their batch is processed.
         self._decided: dict[tuple[int, str, str], bool] | None = None
@@ -356,7 +360,7 @@ class BayeuxCore(SessionCore):
 
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
-        if self.forwarder is None and not self.policy_is_async:
+        if self.forwarder is None and not (self.policy_is_async and self._awaits(messages)):
             # One node, a synchronous policy.  (The exchange is what a
             # policy's current_context() is made of, if it asks.)
             self.current_exchange = exchange
@@ -379,7 +383,7 @@ class BayeuxCore(SessionCore):
         forwarder = self.forwarder
         if forwarder is not None and forwarder.defer(messages, exchange):
             return  # its session's events are out with a relay, not yet confirmed
-        if self.policy_is_async:
+        if self.policy_is_async and self._awaits(messages):
             # The request's headers are gone once this returns: its context
             # is taken now, for the decisions awaited later.
             context = context_of(exchange)
@@ -390,6 +394,25 @@ class BayeuxCore(SessionCore):
             self._process_now(messages, exchange)
         finally:
             self.current_exchange = None
+
+    def _awaits(self, messages: list[Any]) -> bool:
+        """Does this batch need a decision of the policy's async methods?"""
+        wanted = self.async_decisions
+        for m in messages:
+            channel = m.get("channel") if type(m) is dict else None
+            if channel == META_CONNECT or type(channel) is not str:
+                continue
+            if channel == META_HANDSHAKE:
+                operations: tuple[str, ...] = ("handshake",)
+            elif channel == META_SUBSCRIBE:
+                operations = ("create", "subscribe")
+            elif channel.startswith("/meta/"):
+                continue
+            else:
+                operations = ("create", "publish")
+            if any(op in wanted for op in operations):
+                return True
+        return False
 
     def _answer_handshake(self, message: Message, exchange: Exchange) -> None:
         reply = self._refused_by_extension(message) or self._handshake(message, exchange)

@@ -22,6 +22,9 @@ DOCUMENTED = {
     "IGNORE",
     "deny",
     "Deny",
+    "HttpContext",
+    "current_context",
+    "JwtPolicy",
 }
 
 
