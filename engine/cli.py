@@ -50,7 +50,59 @@ def build_parser() -> argparse.ArgumentParser:
         "that loads back as is), after the config file, the environment and these flags.",
     )
     add_option_flags(show)
+    publish = commands.add_parser(
+        "publish",
+        help="publish a message through a server's HTTP API",
+        description="Publish DATA (JSON) on CHANNEL through the server HTTP API "
+        "(the server needs --api-key). The key comes from --api-key-file or "
+        "$ENGINE_API_KEY (or $ENGINE_API_KEY_FILE), the URL from --url or $ENGINE_API_URL.",
+    )
+    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument("data", metavar="JSON", help="the message's data, as JSON")
+    publish.add_argument(
+        "--url",
+        default=None,
+        help="the API URL (default: $ENGINE_API_URL, else http://127.0.0.1:8080/api)",
+    )
+    publish.add_argument("--api-key-file", metavar="PATH", default=None)
+    publish.add_argument("--ext", metavar="JSON", default=None, help="the message's ext object")
+    publish.add_argument("--idempotency-key", default=None)
+    publish.add_argument("--ca-file", default=None, help="CA certificates for an https:// URL")
     return parser
+
+
+def publish_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`python -m engine publish CHANNEL JSON`: exit 0 published, 1 refused or failed, 2 usage."""
+    from engine.client import ApiError, Publisher
+
+    try:
+        data = json.loads(args.data)
+        ext = json.loads(args.ext) if args.ext is not None else None
+    except json.JSONDecodeError as exc:
+        print(f"engine publish: not JSON: {exc}", file=sys.stderr)
+        return 2
+    key_file = args.api_key_file or environ.get("ENGINE_API_KEY_FILE")
+    try:
+        key = open(key_file).read().strip() if key_file else environ.get("ENGINE_API_KEY", "")
+    except OSError as exc:
+        print(f"engine publish: {key_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    url = args.url or environ.get("ENGINE_API_URL") or "http://127.0.0.1:8080/api"
+    try:
+        publisher = Publisher(url, key, verify=args.ca_file or True, retries=2)
+    except ValueError as exc:
+        print(f"engine publish: {exc}", file=sys.stderr)
+        return 2
+    with publisher:
+        try:
+            result = publisher.publish(
+                args.channel, data, ext=ext, idempotency_key=args.idempotency_key
+            )
+        except ApiError as exc:
+            print(f"engine publish: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result))
+    return 0
 
 
 def add_option_flags(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +195,8 @@ def options_from_args(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "publish":
+        return publish_command(args, os.environ)
     app: BayeuxServer | None = None
     unknown: list[str] = []
     try:

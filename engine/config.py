@@ -51,9 +51,9 @@ SECRETS: tuple[str, ...] = ("admin_token", "broker", "api_key", "jwt_secret", "j
 _FIELDS = {f.name: f for f in dataclasses.fields(ServerOptions)}
 _TYPES = {name: str(f.type) for name, f in _FIELDS.items()}
 # The project's variables that are not options: the supervisor's hand-over to
-# its workers, the build's and the tests' switches.
+# its workers, the build's and the tests' switches, `engine publish`'s URL.
 _NOT_OPTIONS = tuple(
-    ENV_PREFIX + p for p in ("WORKER_", "TEST_", "CYTHON_", "INTEROP_", "CHROMIUM")
+    ENV_PREFIX + p for p in ("WORKER_", "TEST_", "CYTHON_", "INTEROP_", "CHROMIUM", "API_URL")
 )
 _KINDS = {
     "bool": "true or false",

@@ -97,15 +97,15 @@ class IdempotencyKeys:
 
     async def claim(self, key: str) -> bool:
         """True the first time `key` is seen in the window, False after."""
-        if self.redis is not None:
-            try:
-                return bool(
-                    await self.redis.set(self.prefix + key, b"1", nx=True, px=self.window_ms)
-                )
-            except Exception as exc:  # (redis-py's errors, OSError, timeouts)
-                raise ApiError(
-                    503, f"the idempotency store (Redis) is unavailable: {exc}"
-                ) from None
+        if self.redis is None:
+            return self.claim_here(key)
+        try:
+            return bool(await self.redis.set(self.prefix + key, b"1", nx=True, px=self.window_ms))
+        except Exception as exc:  # (redis-py's errors, OSError, timeouts)
+            raise ApiError(503, f"the idempotency store (Redis) is unavailable: {exc}") from None
+
+    def claim_here(self, key: str) -> bool:
+        """`claim` in this process's store (no Redis)."""
         now = time.monotonic()
         keys = self.local
         while keys:  # (one window for all: the oldest expire first)
@@ -122,13 +122,13 @@ class IdempotencyKeys:
 
     async def release(self, key: str) -> None:
         """The publish was refused: a retry may try again."""
-        if self.redis is not None:
-            try:
-                await self.redis.delete(self.prefix + key)
-            except Exception:
-                pass  # (the key expires with its window)
-        else:
+        if self.redis is None:
             self.local.pop(key, None)
+            return
+        try:
+            await self.redis.delete(self.prefix + key)
+        except Exception:
+            pass  # (the key expires with its window)
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -175,9 +175,26 @@ class HttpApi:
             limit_log.warning("api_running", "more than %d API calls in progress", MAX_RUNNING)
             conn.complete(exchange, self._error(ApiError(503, "too many API calls in progress")))
             return
-        self.running += 1
         context = context_of(exchange)  # (the headers are gone once this returns)
+        if self._answers_now(call[0]):
+            try:
+                answer = self._ok(self._call_now(call, context))
+            except ApiError as error:
+                answer = self._error(error)
+            conn.complete(exchange, answer)
+            return
+        self.running += 1
         self.server.hooks.spawn(self._run(conn, exchange, call, context))
+
+    def _answers_now(self, name: str) -> bool:
+        """Can this call be answered without waiting (for Redis, another
+        node, an async policy)?  One process: every call, mostly."""
+        if name in ("publish", "broadcast"):
+            return self.keys.redis is None and not self.server.core.publish_awaits
+        return self.relay is None
+
+    def _ok(self, result: Any) -> bytes:
+        return response(200, orjson.dumps({"result": result}), JSON)
 
     async def _run(
         self,
@@ -187,8 +204,7 @@ class HttpApi:
         context: HttpContext,
     ) -> None:
         try:
-            result = await self._call(call, context)
-            answer = response(200, orjson.dumps({"result": result}), JSON)
+            answer = self._ok(await self._call(call, context))
         except ApiError as error:
             answer = self._error(error)
         except Exception:
@@ -283,21 +299,117 @@ class HttpApi:
 
     # ----------------------------------------------------------------- calls
 
+    def _call_now(self, call: tuple[str, Any], context: HttpContext) -> Any:
+        """A call answered at once (see `_answers_now`): the same as `_call`."""
+        name, args = call
+        if name in ("publish", "broadcast"):
+            channels, result = self._targets(name, args)
+            key = args.get("idempotency_key")
+            if key is not None and not self.keys.claim_here(key):
+                return self._duplicate(result)
+            core = self.server.core
+            try:
+                checked = []
+                for channel in channels:  # all checked before any goes out
+                    message = self._message(args)
+                    refusal = core.admit_now(self.session, channel, message, context)
+                    self._refused(channel, refusal)
+                    checked.append((channel, message))
+                self._send_all(checked)
+            except ApiError:
+                if key is not None:
+                    self.keys.local.pop(key, None)  # nothing went out: a retry may
+                raise
+            return result
+        return self._result(name, args, [self.answer(*self._local_question(name, args))])
+
     async def _call(self, call: tuple[str, Any], context: HttpContext) -> Any:
         name, args = call
         if name in ("publish", "broadcast"):
-            return await self._publish(name, args, context)
+            channels, result = self._targets(name, args)
+            key = args.get("idempotency_key")
+            if key is not None and not await self.keys.claim(key):
+                return self._duplicate(result)
+            core = self.server.core
+            try:
+                checked = []
+                for channel in channels:  # all checked before any goes out
+                    message = self._message(args)
+                    refusal = await core.admit(self.session, channel, message, context)
+                    self._refused(channel, refusal)
+                    checked.append((channel, message))
+                self._send_all(checked)
+            except ApiError:
+                if key is not None:
+                    await self.keys.release(key)  # nothing went out: a retry may
+                raise
+            return result
+        if name in ("channels", "channel"):
+            op, question = self._local_question(name, args)
+            return self._result(name, args, await self._everywhere(op, question))
+        session = args if name == "session" else args["session"]
+        value = await self._at_owner(name, session, args if name != "session" else {})
+        return self._result(name, args, [value])
+
+    @staticmethod
+    def _targets(name: str, args: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        if name == "broadcast":
+            return args["channels"], {"channels": args["channels"]}
+        return [args["channel"]], {"channel": args["channel"]}
+
+    def _duplicate(self, result: dict[str, Any]) -> dict[str, Any]:
+        self.server.core.stats.api_duplicates += 1
+        return {**result, "duplicate": True}
+
+    @staticmethod
+    def _message(args: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"data": args["data"]}
+        if args.get("ext") is not None:
+            message["ext"] = args["ext"]
+        return message
+
+    @staticmethod
+    def _refused(channel: str, refusal: str | None) -> None:
+        """Raise the API error of a Bayeux refusal (`403::...`), if any."""
+        if refusal is None:
+            return
+        code = refusal.split(":", 1)[0]
+        status = int(code) if code.isdigit() and 400 <= int(code) < 500 else 403
+        raise ApiError(status, f"{channel}: refused ({refusal})")
+
+    def _send_all(self, checked: list[tuple[str, dict[str, Any]]]) -> None:
+        core = self.server.core
+        for channel, message in checked:
+            refusal = core.publish_admitted(channel, message)
+            if refusal is not None:  # (data nested too deep to encode: the first one)
+                raise ApiError(400, f"{channel}: refused ({refusal})")
+            core.stats.api_published += 1
+
+    @staticmethod
+    def _local_question(name: str, args: Any) -> tuple[str, dict[str, Any]]:
+        """The operation and arguments of `answer` for a call."""
         if name == "channels":
-            answers = await self._everywhere("channels", {})
+            return "channels", {}
+        if name == "channel":
+            return "channel", {"channel": args}
+        if name == "session":
+            return "session", {"session": args}
+        return name, args
+
+    @staticmethod
+    def _result(name: str, args: Any, answers: list[Any]) -> Any:
+        """The call's result from the nodes' answers."""
+        if name == "channels":
             merged: dict[str, int] = {}
-            truncated = False
             for answer in answers:
-                truncated |= answer["truncated"]
                 for channel, count in answer["channels"].items():
                     merged[channel] = merged.get(channel, 0) + count
-            return {"channels": merged, "nodes": len(answers), "truncated": truncated}
+            return {
+                "channels": merged,
+                "nodes": len(answers),
+                "truncated": any(a["truncated"] for a in answers),
+            }
         if name == "channel":
-            answers = await self._everywhere("channel", {"channel": args})
             return {
                 "channel": args,
                 "subscribers": sum(a["subscribers"] for a in answers),
@@ -305,42 +417,10 @@ class HttpApi:
                 "nodes": len(answers),
             }
         session = args if name == "session" else args["session"]
-        value = await self._at_owner(name, session, args if name != "session" else {})
+        value = answers[0]
         if value is None or value is False:
             raise ApiError(404, f"no session {session!r}")
         return value if name == "session" else {"session": session}
-
-    async def _publish(self, name: str, args: dict[str, Any], context: HttpContext) -> Any:
-        channels = args["channels"] if name == "broadcast" else [args["channel"]]
-        key = args.get("idempotency_key")
-        result: dict[str, Any] = (
-            {"channels": channels} if name == "broadcast" else {"channel": channels[0]}
-        )
-        if key is not None and not await self.keys.claim(key):
-            self.server.core.stats.api_duplicates += 1
-            return {**result, "duplicate": True}
-        core = self.server.core
-        messages = []
-        for channel in channels:  # all checked before any goes out
-            message: dict[str, Any] = {"data": args["data"]}
-            if args.get("ext") is not None:
-                message["ext"] = args["ext"]
-            refusal = await core.admit(self.session, channel, message, context)
-            if refusal is not None:
-                if key is not None:
-                    await self.keys.release(key)  # nothing went out: a retry may
-                code = refusal.split(":", 1)[0]
-                status = int(code) if code.isdigit() and 400 <= int(code) < 500 else 403
-                raise ApiError(status, f"{channel}: refused ({refusal})")
-            messages.append((channel, message))
-        for channel, message in messages:
-            refusal = core.publish_admitted(channel, message)
-            if refusal is not None:  # (data nested too deep to encode: the first one)
-                if key is not None:
-                    await self.keys.release(key)
-                raise ApiError(400, f"{channel}: refused ({refusal})")
-            core.stats.api_published += 1
-        return result
 
     async def _everywhere(self, op: str, args: dict[str, Any]) -> list[Any]:
         if self.relay is None:

@@ -427,14 +427,8 @@ class BayeuxCore(SessionCore):
         """Run incoming extensions; a failure reply if they delete the message."""
         client_id = message.get("clientId")
         session = self.sessions.get(client_id) if type(client_id) is str else None
-        verdict = self.hooks.incoming(session, message)
-        if verdict is True:
-            return None
-        if verdict is False:
-            self.stats.deleted_by_extension += 1
-            return self._failure(message, errors.MESSAGE_DELETED)
-        self.stats.extension_failures += 1
-        return self._failure(message, errors.EXTENSION_FAILED)
+        refusal = self._incoming_refusal(session, message)
+        return None if refusal is None else self._failure(message, refusal)
 
     def _extend_reply(self, session: Session | None, reply: Message, request: Message) -> bool:
         """Outgoing extensions on a reply: the session's, then the server's."""
@@ -946,22 +940,40 @@ class BayeuxCore(SessionCore):
             return errors.MESSAGE_INVALID
         return None
 
-    async def admit(
+    def admit_now(
         self, session: Session, name: str, message: Message, context: HttpContext | None = None
     ) -> str | None:
         """Check a publish made for `session` outside any transport (the HTTP
         API) as a client's publish is checked: incoming extensions, the
-        policy and authorizers (awaited if async), publish listeners.  The
-        error refusing it, or None: then `publish_admitted` sends it on the
-        rest of a client's path (outgoing extensions, lazy channels).
+        policy and authorizers, publish listeners.  The error refusing it, or
+        None: then `publish_admitted` sends it on the rest of a client's path
+        (outgoing extensions, lazy channels).  For a policy whose publish
+        decisions are async (`publish_awaits`), `admit`.
         """
         message["channel"] = name
-        CURRENT.set(context)  # (the caller's task: the API request's own)
-        verdict = self.hooks.incoming(session, message)
-        if verdict is not True:
-            self.stats.deleted_by_extension += verdict is False
-            return errors.MESSAGE_DELETED if verdict is False else errors.EXTENSION_FAILED
-        if self.policy_is_async:
+        token = CURRENT.set(context)
+        try:
+            return self._incoming_refusal(session, message) or self._admit(session, name, message)
+        finally:
+            CURRENT.reset(token)
+
+    @property
+    def publish_awaits(self) -> bool:
+        """Are the policy's decisions on a publish async (see `admit`)?"""
+        return not self.async_decisions.isdisjoint(("create", "publish"))
+
+    async def admit(
+        self, session: Session, name: str, message: Message, context: HttpContext | None = None
+    ) -> str | None:
+        """`admit_now`, the policy's async decisions awaited first."""
+        if not self.publish_awaits:
+            return self.admit_now(session, name, message, context)
+        message["channel"] = name
+        token = CURRENT.set(context)
+        try:
+            refusal = self._incoming_refusal(session, message)
+            if refusal is not None:
+                return refusal
             decisions: dict[tuple[int, str, str], bool] = {}
             for operation in ("create", "publish"):
                 try:
@@ -977,11 +989,23 @@ class BayeuxCore(SessionCore):
                     )
                     result = False
                 decisions[(id(message), operation, name)] = result is True
-            self._decided = decisions
-        try:
-            return self._admit(session, name, message)
+            self._decided = decisions  # (set and used with no await between)
+            try:
+                return self._admit(session, name, message)
+            finally:
+                self._decided = None
         finally:
-            self._decided = None
+            CURRENT.reset(token)
+
+    def _incoming_refusal(self, session: Session | None, message: Message) -> str | None:
+        verdict = self.hooks.incoming(session, message)
+        if verdict is True:
+            return None
+        if verdict is False:
+            self.stats.deleted_by_extension += 1
+            return errors.MESSAGE_DELETED
+        self.stats.extension_failures += 1
+        return errors.EXTENSION_FAILED
 
     def is_lazy(self, channel: str) -> bool:
         return bool(self.hooks.lazy_channels) and bool(self.hooks.lazy_channels.match(channel))

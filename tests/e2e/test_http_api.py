@@ -258,3 +258,35 @@ def test_api_path_inside_the_bayeux_path_is_refused() -> None:
         ServerOptions(api_key="k", api_path="/cometd/api")
     with pytest.raises(ValueError, match="outside the Bayeux path"):
         ServerOptions(api_key="k", path="/")
+
+
+class AsyncNoSecrets(SecurityPolicy):
+    async def can_publish(  # type: ignore[override]
+        self, session: Session, channel: str, message: dict[str, Any]
+    ) -> bool:
+        return not channel.startswith("/secret")
+
+
+def test_an_async_policy_is_awaited_and_extensions_run() -> None:
+    from engine import Extension
+
+    class DropSpam(Extension):
+        def incoming(self, session: Any, message: dict[str, Any]) -> bool:
+            return message.get("data") != "spam"
+
+    def setup(server: BayeuxServer) -> None:
+        server.policy = AsyncNoSecrets()
+        server.add_extension(DropSpam())
+
+    with running_server(setup=setup, api_key=KEY, timeout=1500) as server:
+        browser = subscriber(server, "/ok", "/secret/a")
+        api = Api(server)
+        assert api.post("publish", {"channel": "/ok", "data": 1}) == (
+            200,
+            {"result": {"channel": "/ok"}},
+        )
+        status, body = api.post("publish", {"channel": "/secret/a", "data": 2})
+        assert status == 403 and "publish_denied" in body["error"]["message"]
+        status, body = api.post("publish", {"channel": "/ok", "data": "spam"})
+        assert status == 404 and "message_deleted" in body["error"]["message"]
+        assert [e["data"] for e in events(browser)] == [1]
