@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -57,30 +58,45 @@ KEY = "bench-api-key"
 CHANNEL = "/bench/api"
 
 
-class Subscriber(threading.Thread):
-    """One long-polling client counting what it receives (urllib, no cookies kept
-    but its own)."""
+class Subscriber:
+    """One long-polling client counting what it receives, in a process of its
+    own (so that it takes no CPU from the publisher being measured)."""
 
     def __init__(self, base: str) -> None:
-        super().__init__(daemon=True)
         self.base = base
-        self.count = 0
-        self.stop = False
+        self.counter = multiprocessing.Value("q", 0)
+        self.ready = multiprocessing.Event()
         self.cookie = ""
         self.client_id = ""
-        self.ready = threading.Event()
+        self.conn: http.client.HTTPConnection | None = None
+        self.process = multiprocessing.Process(target=self.run, daemon=True)
+
+    @property
+    def count(self) -> int:
+        return int(self.counter.value)
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(5)
 
     def send(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        request = urllib.request.Request(
-            self.base,
-            data=json.dumps(messages).encode(),
+        if self.conn is None:  # (one keep-alive connection, made in the child)
+            split = urllib.parse.urlsplit(self.base)
+            self.conn = http.client.HTTPConnection(split.hostname, split.port, timeout=30)
+        self.conn.request(
+            "POST",
+            urllib.parse.urlsplit(self.base).path,
+            body=json.dumps(messages).encode(),
             headers={"Content-Type": "application/json", "Cookie": self.cookie},
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            cookie = response.headers.get("Set-Cookie")
-            if cookie:
-                self.cookie = cookie.split(";", 1)[0]
-            return json.loads(response.read())  # type: ignore[no-any-return]
+        response = self.conn.getresponse()
+        cookie = response.headers.get("Set-Cookie")
+        if cookie:
+            self.cookie = cookie.split(";", 1)[0]
+        return json.loads(response.read())  # type: ignore[no-any-return]
 
     def run(self) -> None:
         hs = self.send(
@@ -103,10 +119,11 @@ class Subscriber(threading.Thread):
             [{"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": CHANNEL}]
         )
         self.ready.set()
-        while not self.stop:
+        while True:
             for message in self.send([connect]):
                 if message.get("channel") == CHANNEL and "data" in message:
-                    self.count += 1
+                    with self.counter.get_lock():
+                        self.counter.value += 1
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -191,7 +208,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         "delivered": subscriber.count - before_count - 1,  # (less the warm-up)
                     }
                 )
-        subscriber.stop = True
+        subscriber.stop()
     finally:
         await stop_server(server)
         guard.kill_all()
@@ -236,8 +253,9 @@ def main() -> int:
         "command": shell_join(sys.argv),
         "machine": machine_info(("engine", "httpx", "uvloop", "orjson")),
         "parameters": vars(args) | {"results_dir": str(args.results_dir)},
+        "timestamp": utc_stamp(),
+        "results": summary,  # medians per mode
         "runs": runs,
-        "medians": summary,
     }
     path = write_record(args.results_dir, f"api-publish-{utc_stamp()}", record)
     print(f"record: {path}")

@@ -26,7 +26,7 @@ Expiry: when the token's `exp` passes, the session is ended
 clients then handshake again on their own; an extension that puts a fresh
 token in the handshake's `ext` (or a refreshed cookie) gets a new session.
 
-Keys of a JWKS URL are fetched (httpx, `jwks_timeout`) and kept
+Keys of a JWKS URL are fetched (aiohttp, `jwks_timeout`) and kept
 `jwks_cache` seconds; a token whose `kid` is not among them refreshes them,
 at most once per `JWKS_RETRY` seconds; when the URL is down, the keys
 already fetched go on being used, and a token no known key verifies is
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -222,14 +223,17 @@ class JwtPolicy(SecurityPolicy):
             if now - self._jwks_tried < 0.5:
                 return
             self._jwks_tried = now
-            import httpx
+            import aiohttp
 
             try:
-                async with httpx.AsyncClient(timeout=self.jwks_timeout) as client:
-                    answer = await client.get(self.jwks_url)  # type: ignore[arg-type]
+                timeout = aiohttp.ClientTimeout(total=self.jwks_timeout)
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as client,
+                    client.get(self.jwks_url) as answer,  # type: ignore[arg-type]
+                ):
                     answer.raise_for_status()
-                    keys = jwt.PyJWKSet.from_dict(answer.json())
-            except (httpx.HTTPError, ValueError, jwt.PyJWKError) as exc:
+                    keys = jwt.PyJWKSet.from_dict(json.loads(await answer.read()))
+            except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWKError) as exc:
                 limit_log.warning(
                     "jwks_down",
                     "the JWKS at %s cannot be read (%s); %d keys fetched before stay in use",

@@ -52,6 +52,29 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.timeout(60)
+def test_api_publish(results: Path) -> None:
+    proc = _run(
+        [
+            str(BENCH / "api_publish.py"),
+            "--messages",
+            "50",
+            "--repeats",
+            "1",
+            "--concurrency",
+            "4",
+            "--results-dir",
+            str(results),
+        ],
+        timeout=50,
+    )
+    assert "publishes/s" in proc.stdout
+    rec = _record(results, "api-publish")
+    for mode in ("sync", "async"):
+        assert rec["results"][mode]["publishes_per_s"] > 0
+        assert rec["runs"][mode][0]["delivered"] == 50  # every publish arrived
+
+
+@pytest.mark.timeout(60)
 def test_micro(results: Path) -> None:
     proc = _run(
         [
