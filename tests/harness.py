@@ -245,7 +245,6 @@ def start_server(
     raise last_error
 
 
-
 @contextmanager
 def running_server(
     setup: Any = None, app: BayeuxServer | None = None, **options: Any

@@ -49,18 +49,6 @@ NODE_ARGS = ("--timeout", "1500", "--log-level", "info")
 # ---------------------------------------------------------------- helpers
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def handshake_node(port: int) -> tuple[http.client.HTTPConnection, str, str]:
     """Handshake on a new connection: (connection, clientId, BAYEUX_BROWSER cookie)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -90,8 +78,6 @@ def post(
     result = json.loads(body)
     assert isinstance(result, list)
     return result
-
-
 
 
 def node_of(client_id: str, nodes: list[str]) -> str:

@@ -52,10 +52,6 @@ Message = dict[str, Any]
 # ---------------------------------------------------------------- helpers
 
 
-
-
-
-
 def node_of(client_id: str) -> str:
     return client_id[32:]
 
@@ -65,8 +61,6 @@ def assert_session_unknown(reply: Message, meta: bool = True) -> None:
     assert reply["error"] == "402::session_unknown", reply
     if meta:
         assert reply["advice"]["reconnect"] == "handshake", reply
-
-
 
 
 def spublish_calls(r: redis.Redis) -> int:
@@ -513,10 +507,6 @@ def test_redis_down_forwarded_requests_retry_local_ones_go_on() -> None:
 # ------------------------------------------------------ in-process units
 
 
-
-
-
-
 def test_unanswered_forward_times_out_with_retry_advice() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -699,8 +689,6 @@ def test_broker_replies_go_to_their_own_direct_messages_under_load(
         await two.stop()
 
     asyncio.run(scenario())
-
-
 
 
 def test_broker_reply_callbacks_while_a_batch_is_being_written() -> None:
