@@ -34,6 +34,14 @@ missing) with the same timeout, then against the engine; it prints both tables
 and a side-by-side one with the ratios engine/faye, and writes one record
 (``idle-<transport>-<N>-vs-faye-<timestamp>.json``) holding both.
 
+``--tls`` serves the engine over TLS: a CA and a certificate for 127.0.0.1
+and localhost made by ``trustme`` in the run's temporary directory, the
+server started with ``--ssl-certfile/--ssl-keyfile``, the generators given
+the ``https://`` (``wss://``) URL and ``--ca-file``. ``--compare-tls`` runs the
+plain scenario, then the same over TLS, in one command, and writes one record
+(``idle-<transport>-<N>-tls-<timestamp>.json``) holding both and the ratios
+TLS/plain.
+
 Exit status: 0 when the run completed (with --check: and every client stayed
 connected, and the fan-out was complete), 1 when it could not run, 2 when
 --check failed.
@@ -44,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -69,6 +78,7 @@ from common import (  # noqa: E402
     add_results_dir_arg,
     add_server_args,
     check_loopback,
+    format_comparison,
     format_table,
     free_port,
     hist_count,
@@ -93,6 +103,7 @@ from common import (  # noqa: E402
     tree_cpu_seconds,
     tree_pss_bytes,
     tree_rss_bytes,
+    write_record,
 )
 
 LOADGEN = BENCH_DIR / "loadgen.py"
@@ -162,6 +173,8 @@ SUMMED = (
     "heartbeats",
     "timeouts_spared",
     "loop_lags",
+    "tls_handshakes",
+    "tls_errors",
 )
 
 
@@ -313,9 +326,13 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
     late_min: list[float] = []
     late_max: list[float] = []
     lag_max = 0.0
+    tls_version: str | None = None
+    tls_cipher: str | None = None
     for d in stats:
         if not d:
             continue
+        tls_version = tls_version or d.get("tls_version")
+        tls_cipher = tls_cipher or d.get("tls_cipher")
         if d.get("lateness_hist"):
             lateness.append(d["lateness_hist"])
         if d.get("lateness_min_ms") is not None:
@@ -354,6 +371,8 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
     out["lateness_min_ms"] = min(late_min) if late_min else None
     out["lateness_max_ms"] = max(late_max) if late_max else None
     out["loop_lag_max_ms"] = lag_max
+    out["tls_version"] = tls_version
+    out["tls_cipher"] = tls_cipher
     return out
 
 
@@ -463,6 +482,19 @@ def build_parser() -> argparse.ArgumentParser:
         "bench/peers/ with npm when missing), then against the engine; print both and the "
         "ratios, write one record with both",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve over TLS: a trustme CA and certificate made in a temporary directory, "
+        "--ssl-certfile/--ssl-keyfile appended to the server command, https:// (wss://) URLs "
+        "and --ca-file for the generators",
+    )
+    p.add_argument(
+        "--compare-tls",
+        action="store_true",
+        help="run the scenario plain, then over TLS (as --tls), in one command; print both "
+        "and the ratios TLS/plain, write one record (idle-<transport>-<N>-tls-<timestamp>.json)",
+    )
     p.add_argument("--check", action="store_true", help="exit 2 unless all connected, no drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--note", default="", help="free text stored in the record")
@@ -507,6 +539,45 @@ def resolve(args: argparse.Namespace) -> None:
             f"idle.py: --hold {args.hold} s is shorter than one connect timeout ({timeout_s} s)"
         )
     check_loopback("idle.py", args)
+    if args.tls or args.compare_tls:
+        flag = "--compare-tls" if args.compare_tls else "--tls"
+        if args.peer is not None:
+            raise SystemExit(f"idle.py: {flag} serves the engine over TLS; it does not take --peer")
+        if args.hot_clients:
+            raise SystemExit(
+                f"idle.py: {flag} does not take --fanout-fraction (the publisher speaks plain "
+                "HTTP and WebSocket only)"
+            )
+        if args.url is not None:
+            raise SystemExit(f"idle.py: {flag} starts the engine itself; it does not take --url")
+        try:
+            import trustme  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                f"idle.py: {flag} needs trustme (pip install trustme, or the test extras)"
+            ) from None
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, str]:
+    """A throw-away CA and a certificate for 127.0.0.1 and localhost (trustme):
+    (the server's key + certificate chain PEM, the CA's PEM, the key type)."""
+    import trustme
+
+    key_type = trustme.KeyType.ECDSA  # trustme's default, named for the record
+    ca = trustme.CA(key_type=key_type)
+    cert = ca.issue_cert("127.0.0.1", "localhost", key_type=key_type)
+    server_pem = directory / "server.pem"
+    ca_pem = directory / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    return server_pem, ca_pem, f"{key_type.name} (trustme {trustme.__version__})"
+
+
+def tls_url(url: str, transport: str) -> str:
+    """The server's https:// URL as the generators take it: wss:// for WebSocket."""
+    if transport == "websocket" and url.startswith("https://"):
+        return "wss://" + url[len("https://") :]
+    return url
 
 
 def add_source_addrs_arg(p: argparse.ArgumentParser) -> None:
@@ -689,6 +760,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     t_start = time.monotonic()
     workdir = tempfile.TemporaryDirectory(prefix="bench-idle-")
     lat_files: list[Path] = []
+    tls: dict[str, Any] | None = None
+    ca_file: Path | None = None
 
     def server_check() -> None:
         check_running(server, gens, redis)
@@ -713,6 +786,10 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 redis = start_redis(Path(workdir.name), guard, binary=args.redis_server)
                 log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
                 template += f" --workers {args.workers} --broker {redis.url}"
+            if args.tls:
+                cert_file, ca_file, key_type = make_tls_files(Path(workdir.name))
+                template += f" --ssl-certfile {cert_file} --ssl-keyfile {cert_file}"
+                tls = {"certificate": "trustme", "key_type": key_type}
             port = args.port or free_port(args.host)
             server = ServerProcess.for_args(
                 template,
@@ -725,8 +802,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             server_argv = server.argv
             url = await start_server(server, args.startup_timeout, phases, progress)
             server_pid = server.pid
+            if args.tls and not url.startswith("https://"):
+                raise RunError(f"--tls: the server printed {url}, not an https:// URL")
         else:
             url = args.url
+        gen_url = tls_url(url, args.transport) if args.tls else url
 
         # 2. baseline ------------------------------------------------------------
         await asyncio.sleep(args.settle)
@@ -747,6 +827,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         max_seconds = args.ramp_timeout + args.hold + fanout_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
             extra = ["--channel-count", str(args.channels)]
+            if ca_file is not None:
+                extra += ["--ca-file", str(ca_file)]
             if args.hot_clients:
                 lat_file = Path(workdir.name) / f"latencies-{i}.bin"
                 lat_files.append(lat_file)
@@ -760,7 +842,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                     "--latency-file",
                     str(lat_file),
                 ]
-            g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, extra))
+            g = Generator(i, loadgen_argv(args, gen_url, start, count, max_seconds, extra))
             await g.start(guard)
             gens.append(g)
         t_ramp = time.monotonic()
@@ -856,6 +938,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         if redis is not None:
             redis.stop()
         phases["total_s"] = round(time.monotonic() - t_start, 3)
+        if tls is not None:
+            tls["version"] = final.get("tls_version")
+            tls["cipher"] = final.get("tls_cipher")
+            tls["handshakes"] = final.get("tls_handshakes")
+            tls["errors"] = final.get("tls_errors")
         if fan is not None:
             lat = read_latencies_ms(lat_files)
             fan["latency_at"] = "arrival"  # in the client's socket (bench/stamped.py)
@@ -917,6 +1004,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 "server_log_problems": server_problems,
             },
             fanout=fan,
+            tls=tls,
         )
     finally:
         await stop_quietly([pub, *gens], server)
@@ -1024,6 +1112,7 @@ def compute(
     samples: list[dict[str, Any]],
     cluster: dict[str, Any] | None = None,
     fanout: dict[str, Any] | None = None,
+    tls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     n = args.clients
     connected = hold_end["connected"]
@@ -1179,6 +1268,8 @@ def compute(
         )
     if fanout is not None:
         results["fanout"] = fanout
+    if tls is not None:
+        results["tls"] = tls
     results["held_cleanly"] = bool(
         connected >= n * (1 - MAX_DROPPED_FRACTION)
         and final["dropped"] <= n * MAX_DROPPED_FRACTION
@@ -1212,6 +1303,10 @@ def compute(
         parameters["fanout_rate"] = args.fanout_rate
         parameters["hot_clients"] = args.hot_clients
         parameters["hot_channel"] = args.hot_channel
+    if args.tls:
+        parameters["tls"] = True
+    if getattr(args, "compare_tls", False):
+        parameters["compare_tls"] = True
     return {"parameters": parameters, "results": results}
 
 
@@ -1231,8 +1326,9 @@ def report_table(record: dict[str, Any]) -> str:
     share = r.get("server_cpu_machine_share_hold")
     n = r["clients_requested"]
     workers = p.get("workers")
+    tls = r.get("tls")
     rows = [
-        ("transport", p["transport"]),
+        ("transport", p["transport"] + (" over TLS" if p.get("tls") else "")),
         (
             "server",
             f"{workers} worker{'s' if workers != 1 else ''} + redis" if workers else "one process",
@@ -1246,6 +1342,15 @@ def report_table(record: dict[str, Any]) -> str:
             f"{r.get('dropped_during_ramp', 0):,} / {r['dropped_during_hold']:,}",
         ),
         ("gave up", na(r["gave_up"])),
+    ]
+    if tls:
+        rows.append(
+            (
+                "TLS (key, version, cipher)",
+                f"{tls.get('key_type')}, {tls.get('version')}, {tls.get('cipher')}",
+            )
+        )
+    rows += [
         ("ramp rate requested / achieved", f"{p['ramp_rate']:,.0f} / {rate} clients/s"),
         (
             "ramp CPU server / loadgen",
@@ -1406,34 +1511,155 @@ def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> 
     }
 
 
+def _flat(r: dict[str, Any]) -> dict[str, Any]:
+    """Results with the nested figures the TLS comparison shows lifted to the top."""
+    late = ((r.get("heartbeat_lateness_ms") or {}).get("hold")) or {}
+    return {
+        **r,
+        "held_mean_s": (r.get("held_connect_s") or {}).get("mean"),
+        "ramp_server_cpu_s": (r.get("ramp_cpu_s") or {}).get("server_s"),
+        "ramp_loadgen_cpu_s": (r.get("ramp_cpu_s") or {}).get("loadgen_s"),
+        "setup_p99_ms": (r.get("setup_latency_ms") or {}).get("p99"),
+        "lateness_p99_ms": late.get("p99"),
+        "loadgen_cpu_percent_hold": (r.get("loadgen") or {}).get("cpu_percent_hold"),
+        "loadgen_rss_per_client_bytes": (r.get("loadgen") or {}).get("rss_per_client_bytes"),
+    }
+
+
+def tls_comparison(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]:
+    """The ratios of a --compare-tls record (TLS / plain: above 1 means TLS costs more)."""
+    p, t = _flat(plain), _flat(tls)
+
+    def row(label: str, key: str, spec: str) -> tuple[str, ...]:
+        a, b = p.get(key), t.get(key)
+        return (label, na(a, spec), na(b, spec), na(ratio(b, a), "{:.2f}"))
+
+    rows = comparison_rows(p, t) + [
+        row("server CPU during ramp, s", "ramp_server_cpu_s", "{:.2f}"),
+        row("loadgen CPU during ramp, s", "ramp_loadgen_cpu_s", "{:.2f}"),
+        row("setup latency p99 (bucket edge), ms", "setup_p99_ms", "{:,.0f}"),
+        row("heartbeat lateness p99, ms", "lateness_p99_ms", "{:,.0f}"),
+        row("loadgen CPU during hold, %", "loadgen_cpu_percent_hold", "{:.1f}"),
+        row("loadgen RSS per client", "loadgen_rss_per_client_bytes", "{:,.0f}"),
+    ]
+    return {
+        "baseline": "plain",
+        "bytes_per_client_plain": p.get("bytes_per_client"),
+        "bytes_per_client_tls": t.get("bytes_per_client"),
+        "bytes_per_client_ratio": ratio(t.get("bytes_per_client"), p.get("bytes_per_client")),
+        "bytes_per_client_extra": (
+            None
+            if p.get("bytes_per_client") is None or t.get("bytes_per_client") is None
+            else round(t["bytes_per_client"] - p["bytes_per_client"], 1)
+        ),
+        "cpu_per_cycle_ratio": ratio(
+            t.get("server_cpu_per_cycle_s"), p.get("server_cpu_per_cycle_s")
+        ),
+        "cpu_per_connect_ratio": ratio(
+            t.get("server_cpu_per_connect_us"), p.get("server_cpu_per_connect_us")
+        ),
+        "cpu_hold_ratio": ratio(t.get("server_cpu_hold_s"), p.get("server_cpu_hold_s")),
+        "ramp_server_cpu_ratio": ratio(t.get("ramp_server_cpu_s"), p.get("ramp_server_cpu_s")),
+        "rows": [list(r) for r in rows],
+    }
+
+
+#: Pause between the plain and the TLS run of --compare-tls, s: the first run's
+#: sockets finish closing, the machine calms down.
+COMPARE_PAUSE_S = 3.0
+
+
+def compare_tls_once(say: Callable[[str], Any]) -> Callable[[argparse.Namespace, ChildGuard], Any]:
+    """``once`` of --compare-tls: the plain run, then the TLS run; the TLS
+    run's parameters and results, with ``plain`` and ``tls_comparison``."""
+
+    def once(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
+        plain_args = copy.copy(args)
+        plain_args.tls = False
+        say("--- plain (http://, ws://)")
+        plain = asyncio.run(run(plain_args, guard))
+        guard.kill_all()
+        time.sleep(COMPARE_PAUSE_S)
+        tls_args = copy.copy(args)
+        tls_args.tls = True
+        say("--- TLS (https://, wss://)")
+        outcome = asyncio.run(run(tls_args, guard))
+        outcome["plain"] = plain
+        outcome["tls_comparison"] = tls_comparison(plain["results"], outcome["results"])
+        return outcome
+
+    return once
+
+
+def print_tls_comparison(record: dict[str, Any]) -> None:
+    n, transport = record["parameters"]["clients"], record["parameters"]["transport"]
+    print(report_table({**record["plain"], "label": "plain"}))
+    print()
+    print(report_table({**record, "label": "TLS"}))
+    print()
+    print(
+        format_comparison(
+            [tuple(r) for r in record["tls_comparison"]["rows"]],
+            names=("plain", "TLS", "TLS/plain"),
+            title=f"idle scenario plain vs TLS, {n:,} {transport} clients",
+        )
+    )
+
+
+def check_failed(args: argparse.Namespace, r: dict[str, Any]) -> str | None:
+    """Why --check fails for results ``r`` (None: it passes)."""
+    if r["connected"] != args.clients or r["dropped"] != 0:
+        return "not every client stayed connected"
+    if r.get("fanout") is not None and not r["fanout"]["complete"]:
+        return "the fan-out was not delivered completely"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve(args)
-    record = run_scenario(
-        SCENARIO,
-        __file__,
-        args,
-        argv,
-        lambda a, guard: asyncio.run(run(a, guard)),
-        comparison=comparison,
-    )
-    if isinstance(record, int):
-        return record
-    save_and_print(
-        record,
-        args.results_dir,
-        f"{SCENARIO}-{args.transport}-{args.clients}",
-        report_table,
-        f"idle scenario side by side, {args.clients:,} {args.transport} clients",
-        suffix=f"-w{args.workers}" if args.workers is not None else "",
-    )
-    r = record["results"]
-    if args.check and (r["connected"] != args.clients or r["dropped"] != 0):
-        sys.stderr.write("idle.py: --check failed: not every client stayed connected\n")
-        return 2
-    if args.check and r.get("fanout") is not None and not r["fanout"]["complete"]:
-        sys.stderr.write("idle.py: --check failed: the fan-out was not delivered completely\n")
-        return 2
+    workers = f"-w{args.workers}" if args.workers is not None else ""
+    stem = f"{SCENARIO}-{args.transport}-{args.clients}"
+    if args.compare_tls:
+        record = run_scenario(
+            SCENARIO,
+            __file__,
+            args,
+            argv,
+            compare_tls_once(lambda text: log(not args.no_progress, text)),
+        )
+        if isinstance(record, int):
+            return record
+        path = write_record(args.results_dir, f"{stem}{workers}-tls-{record['timestamp']}", record)
+        print_tls_comparison(record)
+        print(f"record: {path}")
+        results = [record["plain"]["results"], record["results"]]
+    else:
+        record = run_scenario(
+            SCENARIO,
+            __file__,
+            args,
+            argv,
+            lambda a, guard: asyncio.run(run(a, guard)),
+            comparison=comparison,
+        )
+        if isinstance(record, int):
+            return record
+        save_and_print(
+            record,
+            args.results_dir,
+            stem,
+            report_table,
+            f"idle scenario side by side, {args.clients:,} {args.transport} clients",
+            suffix=workers + ("-tls" if args.tls else ""),
+        )
+        results = [record["results"]]
+    if args.check:
+        for r in results:
+            why = check_failed(args, r)
+            if why is not None:
+                sys.stderr.write(f"idle.py: --check failed: {why}\n")
+                return 2
     return 0
 
 

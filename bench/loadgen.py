@@ -34,6 +34,18 @@ libuv's thread pool: a thread hand-off per connection); over loopback the
 handshake is usually complete when ``connect()`` returns. Frame masks and
 upgrade keys come from ``os.urandom`` fetched 64 KiB at a time.
 
+TLS: with an ``https://`` or ``wss://`` URL the connected socket (bound and
+connected as above) is handed to ``loop.create_connection(sock=...,
+ssl=context, server_hostname=<the URL's host>)``: uvloop's TLS transport, the
+handshake bounded by ``--connect-timeout``; the context verifies the server's
+certificate against ``--ca-file`` (the system's CAs without it) and its
+hostname. The connection's protocol is told ``connection_made`` once the TLS
+handshake is done, so the session logic is unchanged. uvloop's TLS transport
+reads the socket itself, without the kernel's receive stamps: over TLS a
+fan-out delivery is timed when its decrypted bytes reach the connection
+(``latency_at: "read"`` in the reports) instead of at its arrival in the
+socket.
+
 Heartbeat lateness: every held ``/meta/connect`` answered successfully with
 no events adds (reply time - send time - the advised timeout it was sent
 with), ms, to one per-process histogram of signed log buckets
@@ -102,6 +114,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import stat
 import sys
 import time
@@ -209,6 +222,8 @@ class Stats:
     heartbeats: int
     timeouts_spared: int
     loop_lags: int
+    tls_handshakes: int
+    tls_errors: int
 
     COUNTERS = tuple(__annotations__)
 
@@ -239,6 +254,9 @@ class Stats:
         self.lateness_max_ms: float | None = None
         # Event-loop lag seen by the once-a-second sweep (how late it woke).
         self.loop_lag_max_ms = 0.0
+        # TLS: what the first completed handshake negotiated (None: plain TCP).
+        self.tls_version: str | None = None
+        self.tls_cipher: str | None = None
 
     def error(self, reason: str) -> None:
         if len(self.errors) < 64 or reason in self.errors:
@@ -289,6 +307,8 @@ class Stats:
         d["gc_full"] = self.gc_full
         d["gc_full_max_ms"] = round(self.gc_full_max_ms, 2)
         d["gc_full_total_ms"] = round(self.gc_full_total_ms, 2)
+        d["tls_version"] = self.tls_version
+        d["tls_cipher"] = self.tls_cipher
         return d
 
 
@@ -945,7 +965,10 @@ class BayeuxClient:
             elif "data" in m and "successful" not in m:
                 events += 1
                 if channel == self.gen.hot_channel and self.gen.latencies is not None:
-                    self._hot_event(m["data"], conn.transport.arrived_ns)
+                    # StampedTransport: the kernel's receive time; uvloop's
+                    # TLS transport has none: now, the read (see the docstring).
+                    arrived = getattr(conn.transport, "arrived_ns", 0) or time.monotonic_ns()
+                    self._hot_event(m["data"], arrived)
             elif channel == "/meta/disconnect" and "id" not in m:
                 server_disconnect = True
         if events:
@@ -1164,10 +1187,18 @@ class LoadGenerator:
 
     def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
         url = urlsplit(args.url)
-        if url.scheme not in ("http", "ws"):
-            raise SystemExit(f"loadgen: only http:// (or ws://) URLs, got {args.url}")
+        if url.scheme not in ("http", "ws", "https", "wss"):
+            raise SystemExit(
+                f"loadgen: only http:// or https:// (ws://, wss://) URLs, got {args.url}"
+            )
+        self.tls = url.scheme in ("https", "wss")
+        if args.ca_file and not self.tls:
+            raise SystemExit("loadgen: --ca-file needs an https:// or wss:// URL")
         self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 80
+        self.port = url.port or (443 if self.tls else 80)
+        # The name the certificate must carry: the URL's host as written.
+        self.server_hostname = self.host
+        self.ssl_context = tls_client_context(args.ca_file) if self.tls else None
         if not self.host.startswith("127.") and self.host not in ("localhost", "::1"):
             raise SystemExit(f"loadgen: refusing non-loopback target {self.host}")
         if self.host == "localhost":
@@ -1182,6 +1213,7 @@ class LoadGenerator:
         # WebSocket: the endpoint itself (the JS client upgrades on the base URL).
         self.ws_path = (base or "/").encode()
         self.host_header = f"{url.hostname}:{self.port}".encode()
+        self.latency_at = "read" if self.tls else "arrival"
         self.address = (self.host, self.port)
         self.loop = loop
         self.args = args
@@ -1239,7 +1271,8 @@ class LoadGenerator:
         (``loop.sock_connect`` would resolve the numeric address through
         ``getaddrinfo`` in libuv's thread pool, a thread hand-off per
         connection), the socket then handed to a StampedTransport (reads carry
-        the kernel's receive time)."""
+        the kernel's receive time), or over TLS to uvloop's TLS transport
+        (``create_connection(sock=...)``, which does the TLS handshake)."""
         loop = self.loop
         sock = None
         try:
@@ -1269,10 +1302,20 @@ class LoadGenerator:
             if err:
                 raise OSError(err, os.strerror(err))
             self.stats.tcp_opens += 1
-            StampedTransport(loop, sock, self.connection_class(self, client), self.clock)
-            sock = None  # owned by the transport now
+            if self.ssl_context is None:
+                StampedTransport(loop, sock, self.connection_class(self, client), self.clock)
+                sock = None  # owned by the transport now
+            else:
+                await self._open_tls(client, sock)
+                sock = None
         except TimeoutError:
             client.on_open_failed("tcp_connect_timeout")
+        except TLSHandshakeTimeout:
+            self.stats.tls_errors += 1
+            client.on_open_failed("tls_handshake_timeout")
+        except ssl.SSLError as exc:  # before OSError: SSLError derives from it
+            self.stats.tls_errors += 1
+            client.on_open_failed("tls_" + str(exc.reason or type(exc).__name__).lower())
         except OSError as exc:
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             client.on_open_failed("tcp_" + name)
@@ -1280,6 +1323,34 @@ class LoadGenerator:
             self.opening -= 1
             if sock is not None:
                 sock.close()
+
+    async def _open_tls(self, client: BayeuxClient, sock: socket.socket) -> None:
+        """The TLS handshake on connected ``sock``, then the connection's
+        ``connection_made``. uvloop owns ``sock`` from the call on: it closes
+        it with the transport, and detaches it when it fails (no double close
+        of a file descriptor another connection may have got meanwhile)."""
+        conn = self.connection_class(self, client)
+        try:
+            transport, _ = await self.loop.create_connection(
+                lambda: conn,
+                sock=sock,
+                ssl=self.ssl_context,
+                server_hostname=self.server_hostname,
+                ssl_handshake_timeout=self.connect_timeout,
+            )
+        except ConnectionAbortedError as exc:
+            # asyncio's and uvloop's TLS handshake time-out
+            if "handshake" in str(exc):
+                raise TLSHandshakeTimeout from None
+            raise
+        stats = self.stats
+        stats.tls_handshakes += 1
+        if stats.tls_version is None:
+            obj = transport.get_extra_info("ssl_object")
+            if obj is not None:
+                stats.tls_version = obj.version()
+                cipher = obj.cipher()
+                stats.tls_cipher = cipher[0] if cipher else None
 
     # phases --------------------------------------------------------------------
 
@@ -1375,6 +1446,8 @@ class LoadGenerator:
         t = os.times()
         d["cpu_s"] = round(t.user + t.system, 3)
         d["opening"] = self.opening
+        d["tls"] = self.tls
+        d["latency_at"] = self.latency_at
         if tag is not None:
             d["tag"] = tag
         if final:
@@ -1415,6 +1488,19 @@ class LoadGenerator:
                 self.report(tag=words[1] if len(words) > 1 else "")
 
 
+class TLSHandshakeTimeout(Exception):
+    """The TLS handshake took longer than --connect-timeout."""
+
+
+def tls_client_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context that verifies the server: its certificate against
+    ``ca_file`` (the system's CAs when empty) and its hostname."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"loadgen: --ca-file {ca_file!r}: cannot load: {exc}") from None
+
+
 def _set_done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -1445,7 +1531,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loadgen.py",
         description="Hold many Bayeux clients from one uvloop process (see module docstring).",
     )
-    p.add_argument("--url", required=True, help="server URL, e.g. http://127.0.0.1:8080/cometd")
+    p.add_argument(
+        "--url",
+        required=True,
+        help="server URL, e.g. http://127.0.0.1:8080/cometd (https:// or wss:// for TLS)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default="",
+        help="TLS: PEM file of the CA(s) the server's certificate must chain to "
+        "(default: the system's CAs)",
+    )
     p.add_argument("--clients", type=int, required=True, help="clients in this process")
     p.add_argument(
         "--index-start",
