@@ -233,7 +233,7 @@ class BayeuxServer(Application):
             self._listener = await loop.create_server(
                 # (HttpConnection has the methods of an asyncio.Protocol; being
                 # compiled, it does not derive from the class.)
-                lambda: cast(asyncio.Protocol, HttpConnection(endpoint)),
+                lambda: cast(asyncio.Protocol, self._accepted(endpoint, tls is not None)),
                 host=self.options.host,
                 port=self.options.port,
                 backlog=4096,
@@ -253,6 +253,12 @@ class BayeuxServer(Application):
             self.files_limit,
             self.max_connections,
         )
+
+    def _accepted(self, endpoint: HttpEndpoint, tls: bool) -> HttpConnection:
+        """A new connection's protocol (under TLS, made before its handshake)."""
+        if tls:
+            self.core.stats.tls_accepted += 1
+        return HttpConnection(endpoint)
 
     async def _close_parts(self) -> None:
         """The core's timers, then the cluster parts, in reverse order of start."""

@@ -63,6 +63,10 @@ class Counters:
     cluster_duplicates: int = 0  # messages from other nodes received again (dropped)
     cluster_gaps: int = 0  # messages from other nodes known to be missing (by sequence)
     cluster_requeued: int = 0  # events of a forwarded reply put back: its relay did not confirm
+    # TLS: connections accepted, and those whose handshake completed (the
+    # difference: handshakes that failed, timed out or are in progress).
+    tls_accepted: int = 0
+    tls_established: int = 0
     # Ended by the server (HTTP API disconnect, an expired token):
     sessions_ended: int = 0
     ended_forgotten: int = 0  # ended clientIds forgotten early (bound): later 402, not the reason

@@ -133,6 +133,7 @@ class BayeuxCore(SessionCore):
         # than the holds', and swept apart so one cannot delay the other).
         self.deadlines = ConnectionDeadlines(loop)
         self._next_address_sweep = 0.0
+        self._tls_unfinished = 0
 
         o = options
         self.publish_rate = float(o.max_publish_rate)
@@ -211,12 +212,28 @@ class BayeuxCore(SessionCore):
                 self._next_address_sweep = now + ADDRESS_SWEEP_PERIOD
                 self.addresses.sweep(now)
                 self.streaks.sweep(now)
+                self._check_tls()
                 if self.ended:
                     self.ended = {k: v for k, v in self.ended.items() if v[2] > now}
         finally:
             # Aligned on the hold wheel's slots, so a hold ends at most one
             # resolution after its deadline, without drift.
             self._tick_handle = self.loop.call_at(self.holds.next_due(), self._tick)
+
+    def _check_tls(self) -> None:
+        """TLS handshakes that never completed (plain HTTP on the TLS port, a
+        client that does not trust the certificate, a timeout): counted by
+        the transports (tls_accepted - tls_established), logged here."""
+        stats = self.stats
+        unfinished = stats.tls_accepted - stats.tls_established  # (a few: in progress)
+        if unfinished > self._tls_unfinished:
+            limit_log.warning(
+                "tls_handshake",
+                "%d TLS handshakes did not complete so far (plain HTTP on the TLS port, "
+                "clients that do not trust the certificate, timeouts)",
+                unfinished,
+            )
+        self._tls_unfinished = max(self._tls_unfinished, unfinished)
 
     def _tick_failed(self, part: str) -> None:
         self.stats.internal_errors += 1

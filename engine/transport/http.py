@@ -89,6 +89,8 @@ class HttpConnection(HttpProtocol):
             transport.close()
             return
         self.context.connections.add(self)
+        if self.context.options.tls:
+            self.core.stats.tls_established += 1  # (see BayeuxCore._check_tls)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_address = peer[0]
@@ -96,6 +98,11 @@ class HttpConnection(HttpProtocol):
                 self.via_proxy = _in_networks(peer[0], self.endpoint.proxies)
         # The first request's head must come within header_timeout.
         self.expect_request(self.endpoint.header_timeout)
+
+    def eof_received(self) -> bool | None:
+        """The client ended its side (a TLS close_notify, a TCP half-close):
+        the transport closes (None), as for any HTTP client that left."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

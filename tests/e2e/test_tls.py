@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ def test_websocket_over_wss(server: BayeuxServer, certs: Certs) -> None:
 
 
 def test_plain_http_on_the_tls_port_harms_no_one(server: BayeuxServer, certs: Certs) -> None:
+    stats = server.core.stats
+    failed_before = stats.tls_accepted - stats.tls_established
     for _ in range(20):
         with socket.create_connection(server.address, timeout=5) as sock:
             sock.sendall(b"POST /cometd HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]")
@@ -123,6 +126,8 @@ def test_plain_http_on_the_tls_port_harms_no_one(server: BayeuxServer, certs: Ce
             assert not answer.startswith(b"HTTP/1.1 200"), answer
     status, _, replies = https_post(server, certs.client_context(), HANDSHAKE)
     assert status == 200 and replies[0]["successful"] is True
+    # Counted (and logged once, by the core's housekeeping), not silent.
+    assert stats.tls_accepted - stats.tls_established - failed_before == 20
 
 
 def test_client_refuses_an_expired_certificate(tmp_path: Path) -> None:
@@ -182,3 +187,31 @@ def test_a_certificate_that_does_not_load_is_a_clear_error(tmp_path: Path) -> No
         )
         assert out.returncode == 2, out.stderr
         assert "cannot load the certificate" in out.stderr and str(path) in out.stderr
+
+
+def test_a_clean_tls_close_is_quiet(
+    server: BayeuxServer, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that ends its TLS session (close_notify) after a request: the
+    # server sees the end of the stream and closes; nothing is logged.
+    host, port = server.address
+    before = len(server.connections)
+    for _ in range(5):
+        raw = socket.create_connection((host, port), timeout=5)
+        tls = certs.client_context().wrap_socket(raw, server_hostname=host)
+        body = json.dumps(HANDSHAKE).encode()
+        tls.sendall(
+            b"POST /cometd HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        assert b"200 OK" in tls.recv(65536)
+        try:
+            tls.unwrap().close()  # close_notify, then the TCP close
+        except (ssl.SSLError, OSError):
+            raw.close()  # (the server may close before its own close_notify is read)
+    deadline = time.monotonic() + 5
+    while len(server.connections) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(server.connections) <= before
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert not errors, [r.getMessage() for r in errors]
