@@ -351,3 +351,44 @@ def test_page_over_websocket_and_long_polling(
         assert page["state"] == "connected" and page["advice"] is None
         assert sorted(chat_lines(page)) == expected
         assert page["members"] == ["erin", "frank"]
+
+
+def test_page_over_https_and_wss(browser_tools: dict[str, str], tmp_path: Path) -> None:
+    # The page, its script and the Bayeux endpoint over TLS, with a
+    # certificate made now; Chromium trusts that key alone (an SPKI pin).
+    import base64
+    import hashlib
+
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    pem = tmp_path / "server.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    try:
+        server = start_server(
+            "--app", APP, *SERVER_ARGS, "--ssl-certfile", str(pem), target="engine"
+        )
+    except ServerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        assert server.url.startswith("https://")
+        result = drive(browser_tools, server, "mixed", "--trust-spki", pin)["after"]
+        assert result["ws"]["transport"] == "websocket"
+        assert result["lp"]["transport"] == "long-polling"
+        for page in (result["ws"], result["lp"]):
+            assert page["url"].startswith("https://"), page
+            assert page["state"] == "connected"
+            assert sorted(chat_lines(page)) == [
+                ("erin", "sent over websocket"),
+                ("frank", "sent over long-polling"),
+            ]
+    finally:
+        server.assert_stopped_cleanly()
