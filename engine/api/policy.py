@@ -4,7 +4,9 @@ per-channel authorizers, as CometD defines them.
 `SecurityPolicy` methods receive the session (None before a handshake
 succeeds) and the whole message, so a token in the handshake `ext` (or in a
 top-level field) can be checked.  Each may be sync or async; if any is async
-the server awaits all its decisions for a batch before processing it.
+the server awaits all its decisions for a batch before processing it.  Each
+answers True, False, or `deny(reason)`: refused with the reason in the error
+(`403:<reason>:handshake_denied`, `...:publish_denied`).
 
 Authorizers answer `GRANT`, `IGNORE` or `deny(reason)` for an operation on a
 channel (CometD's Authorizer): a DENY from any authorizer that applies wins;
@@ -49,13 +51,15 @@ __all__ = [
     "patterns_overlap",
 ]
 
-Decision = bool | Awaitable[bool]
 
 
 @dataclass(frozen=True, slots=True)
 class Deny:
     reason: str = "denied_by_security_policy"
 
+
+# What a decision method answers (or, if async, what it awaits to).
+Decision = bool | Deny | Awaitable[bool | Deny]
 
 GRANT = "grant"
 IGNORE = "ignore"

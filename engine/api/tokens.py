@@ -15,6 +15,10 @@ one.  It is verified with PyJWT: signature, `exp`, `nbf` (with `leeway`),
 (HMAC for a secret, RSA/ECDSA/EdDSA for a public key or a JWKS), never
 `none`, and an HMAC token is never checked against a public key.
 
+A refused handshake's error names why: `403:token_missing:handshake_denied`,
+`token_expired`, `token_not_yet_valid`, `token_audience`, `token_issuer`,
+`token_algorithm` or `token_invalid`.
+
 A verified session gets `session.attributes["claims"]` (the token's claims)
 and `session.attributes["user"]` (its `sub`), for authorizers such as
 `/private/{sub}/**`; a `channels` claim, when present, lists the only
@@ -45,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 
 from engine.api.context import current_context
-from engine.api.policy import SecurityPolicy
+from engine.api.policy import Deny, SecurityPolicy, deny
 from engine.protocol import errors
 from engine.protocol.message import Message
 from engine.ratelog import CauseLog
@@ -136,7 +140,7 @@ class JwtPolicy(SecurityPolicy):
 
     # ------------------------------------------------------------ decisions
 
-    async def can_handshake(self, session: Session, message: Message) -> bool:
+    async def can_handshake(self, session: Session, message: Message) -> bool | Deny:
         token = self._token(message)
         if token is None:
             return self._refuse("missing", "a handshake without a token")
@@ -194,10 +198,11 @@ class JwtPolicy(SecurityPolicy):
             return None
         return token
 
-    def _refuse(self, cause: str, what: str) -> bool:
+    def _refuse(self, cause: str, what: str) -> Deny:
+        """Refused: `403:token_<cause>:handshake_denied` for the client, one log line per cause."""
         self.refused += 1
         limit_log.warning(f"jwt:{cause}", "handshake refused: %s (%d refused)", what, self.refused)
-        return False
+        return deny(f"token_{cause}")
 
     async def _key_for(self, token: str) -> Any:
         if self.jwks_url is None:

@@ -30,7 +30,7 @@ import orjson
 from engine.api.context import CURRENT, HttpContext, context_of
 from engine.api.extensions import Extension, TimesyncExtension
 from engine.api.hooks import Hooks
-from engine.api.policy import SecurityPolicy
+from engine.api.policy import Deny, SecurityPolicy
 from engine.delivery._batch import encode_message
 from engine.delivery.broker import Broker, LocalBroker
 from engine.options import ServerOptions
@@ -118,7 +118,8 @@ class BayeuxCore(SessionCore):
         self.policy.bind(self)
         self.current_exchange: Exchange | None = None  # while a request is processed
         # Decisions of an async policy, awaited before their batch is processed.
-        self._decided: dict[tuple[int, str, str], bool] | None = None
+        self._decided: dict[tuple[int, str, str], bool | Deny] | None = None
+        self.refusal_reason: str | None = None  # of the last decision that denied (deny())
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
         self.broker: Broker = broker or LocalBroker(self.deliver)
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
@@ -507,11 +508,13 @@ class BayeuxCore(SessionCore):
         if self.broker.subscriber_count(name) == 0 and not self._decide(
             "create", message, session, name
         ):
-            return (
-                errors.CREATE_DENIED if operation == "subscribe" else errors.CHANNEL_CREATE_DENIED
-            )
+            if operation == "subscribe":
+                return self._refusal("create_denied", errors.CREATE_DENIED)
+            return self._refusal("channel_create_denied", errors.CHANNEL_CREATE_DENIED)
         if not self._decide(operation, message, session, name):
-            return errors.SUBSCRIBE_DENIED if operation == "subscribe" else errors.PUBLISH_DENIED
+            if operation == "subscribe":
+                return self._refusal("subscribe_denied", errors.SUBSCRIBE_DENIED)
+            return self._refusal("publish_denied", errors.PUBLISH_DENIED)
         try:
             reason = self.policy.authorize(operation, name, session, message)
         except Exception:
@@ -626,19 +629,24 @@ class BayeuxCore(SessionCore):
         return policy.can_publish(session, name, message)
 
     def _decide(self, operation: str, message: Message, session: Session | None, name: str) -> bool:
-        """One policy decision; a policy that raises or answers oddly denies."""
+        """One policy decision; a policy that raises or answers oddly denies.
+        A `deny(reason)` answer denies with that reason (`refusal_reason`)."""
+        self.refusal_reason = None
         decided = self._decided
-        if decided is not None:
-            found = decided.get((id(message), operation, name))
-            if found is not None:
-                return found
-        try:
-            result = self._policy_call(operation, message, session, name)
-        except Exception:
-            limit_log.exception(
-                f"policy:{operation}", "security policy raised on %s %s; denied", operation, name
-            )
-            return False
+        found = decided.get((id(message), operation, name)) if decided is not None else None
+        if found is not None:
+            result: Any = found
+        else:
+            try:
+                result = self._policy_call(operation, message, session, name)
+            except Exception:
+                limit_log.exception(
+                    f"policy:{operation}",
+                    "security policy raised on %s %s; denied",
+                    operation,
+                    name,
+                )
+                return False
         if inspect.isawaitable(result):
             # Only reached if an async decision was not resolved beforehand.
             if inspect.iscoroutine(result):
@@ -649,22 +657,30 @@ class BayeuxCore(SessionCore):
                 operation,
             )
             return False
+        if type(result) is Deny:
+            self.refusal_reason = result.reason
+            return False
         if type(result) is not bool:
             limit_log.error(
                 f"policy_type:{operation}",
-                "security policy returned %r for %s, not a bool; denied",
+                "security policy returned %r for %s, not a bool or deny(); denied",
                 result,
                 operation,
             )
             return False
         return result
 
+    def _refusal(self, what: str, default: str) -> str:
+        """The error of a denied decision: `default`, or with the policy's reason."""
+        reason = self.refusal_reason
+        return default if reason is None else errors.denied(reason, what)
+
     async def _process_after_policy(
         self, messages: list[Any], exchange: Exchange, context: HttpContext
     ) -> None:
         """An async policy: await every decision this batch needs, then process it."""
         CURRENT.set(context)  # (this task's own copy of the variable)
-        decisions: dict[tuple[int, str, str], bool] = {}
+        decisions: dict[tuple[int, str, str], bool | Deny] = {}
 
         async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
             try:
@@ -679,7 +695,7 @@ class BayeuxCore(SessionCore):
                     name,
                 )
                 result = False
-            decisions[(id(m), operation, name)] = result is True
+            decisions[(id(m), operation, name)] = result if type(result) is Deny else result is True
 
         for m in messages:
             if type(m) is not dict or type(m.get("channel")) is not str:
@@ -743,7 +759,9 @@ class BayeuxCore(SessionCore):
         session = self._prepared.pop(id(message), None) or self._new_session(exchange)
         if not self._decide("handshake", message, session, ""):
             stats.handshakes_refused += 1
-            reply = self._failure(message, errors.HANDSHAKE_DENIED)
+            reply = self._failure(
+                message, self._refusal("handshake_denied", errors.HANDSHAKE_DENIED)
+            )
             reply["advice"] = self.advice_refused
             return reply
         if session.browser_id is not None and session.browser_id != exchange.browser_id:
@@ -991,7 +1009,7 @@ class BayeuxCore(SessionCore):
             refusal = self._incoming_refusal(session, message)
             if refusal is not None:
                 return refusal
-            decisions: dict[tuple[int, str, str], bool] = {}
+            decisions: dict[tuple[int, str, str], bool | Deny] = {}
             for operation in ("create", "publish"):
                 try:
                     result = self._policy_call(operation, message, session, name)
@@ -1005,7 +1023,9 @@ class BayeuxCore(SessionCore):
                         name,
                     )
                     result = False
-                decisions[(id(message), operation, name)] = result is True
+                decisions[(id(message), operation, name)] = (
+                    result if type(result) is Deny else result is True
+                )
             self._decided = decisions  # (set and used with no await between)
             try:
                 return self._admit(session, name, message)

@@ -174,3 +174,27 @@ def test_hmac_example_and_the_wildcard_hole() -> None:
             reply = alice.subscribe(pattern).reply("/meta/subscribe")
             assert reply["successful"] is False, pattern
         assert alice.subscribe("/chat/*").reply("/meta/subscribe")["successful"]
+
+
+class Reasons(SecurityPolicy):
+    async def can_handshake(self, session: Session, message: dict[str, Any]) -> Any:
+        return deny("maintenance") if message.get("ext", {}).get("late") else True
+
+    def can_subscribe(self, session: Session, channel: str, message: dict[str, Any]) -> Any:
+        return deny("banned") if channel == "/banned" else True
+
+    def can_publish(self, session: Session, channel: str, message: dict[str, Any]) -> Any:
+        return deny("read only!") if channel == "/ro" else True
+
+
+def test_a_policy_may_deny_with_a_reason() -> None:
+    with serve_with(Reasons()) as server:
+        refused = Browser(server).handshake(ext={"late": True}).reply("/meta/handshake")
+        assert refused["error"] == "403:maintenance:handshake_denied"
+        browser = Browser(server).ready()
+        assert browser.subscribe("/banned").reply("/meta/subscribe")["error"] == (
+            "403:banned:subscribe_denied"
+        )
+        # (A reason keeps to the error grammar: letters, digits, _ and -.)
+        assert browser.publish("/ro", 1).reply("/ro")["error"] == "403:readonly:publish_denied"
+        assert browser.subscribe("/fine").reply("/meta/subscribe")["successful"]

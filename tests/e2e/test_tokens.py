@@ -102,7 +102,7 @@ def test_bad_tokens_are_refused(hmac_server: BayeuxServer, make: Any, cause: str
         assert reply["successful"], reply
         return
     assert reply["successful"] is False, reply
-    assert reply["error"] == "403::handshake_denied"
+    assert reply["error"] == f"403:token_{cause}:handshake_denied"
     assert reply["advice"]["reconnect"] == "none"
 
 
