@@ -141,6 +141,33 @@ class ServerOptions:
         default="",
         metadata={"help": "a cookie that may carry the connection token (besides ext.token)"},
     )
+    hook_url: str = field(
+        default="",
+        metadata={
+            "help": "your backend's URL: each operation of hook_operations is POSTed to "
+            "<hook_url>/<operation>, which allows, denies or amends it (engine.api.backend)"
+        },
+    )
+    hook_operations: str = field(
+        default="handshake,subscribe,publish",
+        metadata={"help": "comma-separated operations sent to hook_url"},
+    )
+    hook_timeout: int = field(default=2000, metadata={"help": "ms a hook may take to answer"})
+    hook_failure: str = field(
+        default="deny",
+        metadata={"help": "deny or allow when the hook backend fails (timeout, error, garbage)"},
+    )
+    hook_concurrency: int = field(
+        default=100, metadata={"help": "hook requests in flight at most (and 10x that waiting)"}
+    )
+    webhook_url: str = field(
+        default="",
+        metadata={"help": "URL receiving session_added / session_removed events (batched)"},
+    )
+    webhook_queue: int = field(
+        default=10000,
+        metadata={"help": "webhook events waiting at most; beyond, the oldest are dropped"},
+    )
     static_dir: str = field(
         default="", metadata={"help": "a directory of files served at / (e.g. a page)"}
     )
@@ -417,6 +444,16 @@ class ServerOptions:
             problems.append(f"api_path {self.api_path!r} must be outside the Bayeux path")
         if self.api_idempotency_window < 1000:
             problems.append("api_idempotency_window must be >= 1000 (ms)")
+        if self.hook_failure not in ("deny", "allow"):
+            problems.append("hook_failure must be deny or allow")
+        for name in ("hook_url", "webhook_url"):
+            if getattr(self, name) and not getattr(self, name).startswith(("http://", "https://")):
+                problems.append(f"{name} must be an http:// or https:// URL")
+        if self.hook_url and self.jwt:
+            problems.append("give hook_url or a jwt_* key, not both (one policy decides)")
+        for name in ("hook_timeout", "hook_concurrency", "webhook_queue"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
         if sum(bool(k) for k in (self.jwt_secret, self.jwt_public_key, self.jwt_jwks_url)) > 1:
             problems.append("give one of jwt_secret, jwt_public_key, jwt_jwks_url")
         if problems:

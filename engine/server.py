@@ -22,6 +22,7 @@ import uvloop
 
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.api.app import Application
+from engine.api.backend import BackendHooks, Webhooks
 from engine.api.policy import SecurityPolicy
 from engine.api.tokens import JwtPolicy
 from engine.cluster.api_relay import ApiRelay
@@ -81,6 +82,7 @@ class BayeuxServer(Application):
         self.forwarder: RedisForwarder | None = None
         self.cluster_status: ClusterStatus | None = None
         self.api: HttpApi | None = None  # the server HTTP API, with an api_key
+        self.webhooks: Webhooks | None = None  # session events to webhook_url
 
     def _derive(self) -> None:
         """Values computed once from the options."""
@@ -172,13 +174,15 @@ class BayeuxServer(Application):
         if self.options.admin_token and not self.hooks.services.count(STATUS_CHANNEL):
             self.hooks.add_service(STATUS_CHANNEL, self._status_service)
         policy = self.policy
-        if self.options.jwt:
+        o = self.options
+        if o.jwt or o.hook_url:
             if policy is not None:
                 raise ValueError(
-                    "jwt_* options and an application's own policy: give the policy a "
-                    "JwtPolicy (engine.api.tokens) instead"
+                    "jwt_* or hook_url options and an application's own policy: give the "
+                    "application a JwtPolicy or BackendHooks policy (engine.api) instead"
                 )
-            policy = JwtPolicy.from_options(self.options)
+            policy = JwtPolicy.from_options(o) if o.jwt else BackendHooks.from_options(o)
+
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=policy, hooks=self.hooks
         )
@@ -217,6 +221,11 @@ class BayeuxServer(Application):
             self.cluster_status.start()
         elif self.options.api_key:
             self.api = HttpApi(self)
+        if o.webhook_url:
+            self.webhooks = Webhooks(o.webhook_url, max_queue=o.webhook_queue)
+            self.hooks.session_added.append(self.webhooks.session_added)
+            self.hooks.session_removed.append(self.webhooks.session_removed)
+            self.webhooks.start()
         self._core.start()
         self.started_at = time.monotonic()
         self._stopped = asyncio.Event()
@@ -263,6 +272,12 @@ class BayeuxServer(Application):
     async def _close_parts(self) -> None:
         """The core's timers, then the cluster parts, in reverse order of start."""
         self.core.close()
+        await self.core.policy.aclose()
+        if self.webhooks is not None:
+            self.hooks.session_added.remove(self.webhooks.session_added)
+            self.hooks.session_removed.remove(self.webhooks.session_removed)
+            await self.webhooks.aclose()
+            self.webhooks = None
         if self.api is not None:
             if self.api.relay is not None:
                 self.api.relay.close()

@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Deny:
     reason: str = "denied_by_security_policy"
@@ -154,6 +153,9 @@ class SecurityPolicy:
     def bind(self, core: Any) -> None:
         """Called by the server's core when it starts with this policy (a
         policy that ends sessions itself keeps it: see engine.api.tokens)."""
+
+    async def aclose(self) -> None:
+        """Called when the server stops (a policy with connections closes them)."""
 
     @property
     def async_operations(self) -> frozenset[str]:
