@@ -63,23 +63,16 @@ class _Calls:
         self.backoff = backoff
 
     @staticmethod
-    def publish_body(
-        channel: str, data: Any, ext: dict[str, Any] | None, key: str | None
+    def body(
+        target: dict[str, Any], data: Any, ext: dict[str, Any] | None, key: str | bool | None
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"channel": channel, "data": data}
+        """A call's body: `target` (channel, channels, session), data, ext, and
+        an idempotency key (a random one when `key` is None; none when False)."""
+        body: dict[str, Any] = {**target, "data": data}
         if ext is not None:
             body["ext"] = ext
-        body["idempotency_key"] = key or secrets.token_hex(16)
-        return body
-
-    @staticmethod
-    def broadcast_body(
-        channels: Sequence[str], data: Any, ext: dict[str, Any] | None, key: str | None
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"channels": list(channels), "data": data}
-        if ext is not None:
-            body["ext"] = ext
-        body["idempotency_key"] = key or secrets.token_hex(16)
+        if key is not False:
+            body["idempotency_key"] = key or secrets.token_hex(16)
         return body
 
     def pause(self, attempt: int) -> float:
@@ -156,7 +149,7 @@ class Publisher:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Deliver `data` to every subscriber of `channel` in the cluster."""
-        body = self._calls.publish_body(channel, data, ext, idempotency_key)
+        body = self._calls.body({"channel": channel}, data, ext, idempotency_key)
         return self._send("POST", "publish", body, idempotent=True)  # type: ignore[no-any-return]
 
     def broadcast(
@@ -167,15 +160,13 @@ class Publisher:
         ext: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        body = self._calls.broadcast_body(channels, data, ext, idempotency_key)
+        body = self._calls.body({"channels": list(channels)}, data, ext, idempotency_key)
         return self._send("POST", "broadcast", body, idempotent=True)  # type: ignore[no-any-return]
 
     def deliver(
         self, session: str, channel: str, data: Any, *, ext: dict[str, Any] | None = None
     ) -> None:
-        body: dict[str, Any] = {"session": session, "channel": channel, "data": data}
-        if ext is not None:
-            body["ext"] = ext
+        body = self._calls.body({"session": session, "channel": channel}, data, ext, False)
         self._send("POST", "deliver", body, idempotent=False)
 
     def disconnect(self, session: str) -> None:
@@ -260,7 +251,7 @@ class AsyncPublisher:
         ext: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        body = self._calls.publish_body(channel, data, ext, idempotency_key)
+        body = self._calls.body({"channel": channel}, data, ext, idempotency_key)
         return await self._send("POST", "publish", body, idempotent=True)  # type: ignore[no-any-return]
 
     async def broadcast(
@@ -271,15 +262,13 @@ class AsyncPublisher:
         ext: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        body = self._calls.broadcast_body(channels, data, ext, idempotency_key)
+        body = self._calls.body({"channels": list(channels)}, data, ext, idempotency_key)
         return await self._send("POST", "broadcast", body, idempotent=True)  # type: ignore[no-any-return]
 
     async def deliver(
         self, session: str, channel: str, data: Any, *, ext: dict[str, Any] | None = None
     ) -> None:
-        body: dict[str, Any] = {"session": session, "channel": channel, "data": data}
-        if ext is not None:
-            body["ext"] = ext
+        body = self._calls.body({"session": session, "channel": channel}, data, ext, False)
         await self._send("POST", "deliver", body, idempotent=False)
 
     async def disconnect(self, session: str) -> None:

@@ -54,6 +54,10 @@ class Browser:
         self.other_conn = http.client.HTTPConnection(host, port, timeout=40)
         self.cookie = cookie
         self.client_id: str | None = None
+        # Sent with every request besides: headers, and the application's own
+        # cookies next to BAYEUX_BROWSER (a login's session cookie).
+        self.headers: dict[str, str] = {}
+        self.cookies = ""
         self._ids = 0
         self._sent_at = 0.0
 
@@ -62,9 +66,10 @@ class Browser:
         return str(self._ids)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self.cookie:
-            headers["Cookie"] = f"BAYEUX_BROWSER={self.cookie}"
+        headers = {"Content-Type": "application/json", **self.headers}
+        cookies = [f"BAYEUX_BROWSER={self.cookie}" if self.cookie else "", self.cookies]
+        if any(cookies):
+            headers["Cookie"] = "; ".join(c for c in cookies if c)
         return headers
 
     def start(

@@ -675,6 +675,21 @@ class BayeuxCore(SessionCore):
         reason = self.refusal_reason
         return default if reason is None else errors.denied(reason, what)
 
+    async def _awaited(
+        self, operation: str, message: Message, session: Session | None, name: str
+    ) -> bool | Deny:
+        """One decision of the policy, awaited if async (for `_decide` to find)."""
+        try:
+            result = self._policy_call(operation, message, session, name)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception:
+            limit_log.exception(
+                f"policy:{operation}", "security policy raised on %s %s; denied", operation, name
+            )
+            return False
+        return result if type(result) is Deny else result is True
+
     async def _process_after_policy(
         self, messages: list[Any], exchange: Exchange, context: HttpContext
     ) -> None:
@@ -683,19 +698,7 @@ class BayeuxCore(SessionCore):
         decisions: dict[tuple[int, str, str], bool | Deny] = {}
 
         async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
-            try:
-                result = self._policy_call(operation, m, session, name)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception:
-                limit_log.exception(
-                    f"policy:{operation}",
-                    "security policy raised on %s %s; denied",
-                    operation,
-                    name,
-                )
-                result = False
-            decisions[(id(m), operation, name)] = result if type(result) is Deny else result is True
+            decisions[(id(m), operation, name)] = await self._awaited(operation, m, session, name)
 
         for m in messages:
             if type(m) is not dict or type(m.get("channel")) is not str:
@@ -1011,21 +1014,8 @@ class BayeuxCore(SessionCore):
                 return refusal
             decisions: dict[tuple[int, str, str], bool | Deny] = {}
             for operation in ("create", "publish"):
-                try:
-                    result = self._policy_call(operation, message, session, name)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except Exception:
-                    limit_log.exception(
-                        f"policy:{operation}",
-                        "security policy raised on %s %s; denied",
-                        operation,
-                        name,
-                    )
-                    result = False
-                decisions[(id(message), operation, name)] = (
-                    result if type(result) is Deny else result is True
-                )
+                key = (id(message), operation, name)
+                decisions[key] = await self._awaited(operation, message, session, name)
             self._decided = decisions  # (set and used with no await between)
             try:
                 return self._admit(session, name, message)

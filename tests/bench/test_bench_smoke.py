@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_support import bench_module, idle_command
 from harness import ROOT, pid_alive
 
 BENCH = ROOT / "bench"
@@ -26,14 +27,6 @@ IDLE = BENCH / "idle.py"
 FANOUT = BENCH / "fanout.py"
 
 CLIENTS = 200
-
-
-def _bench_module(name: str):  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(BENCH))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def _run_for_record(
@@ -59,26 +52,7 @@ needs_node = pytest.mark.skipif(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", ["long-polling", "websocket"])
 def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> None:
-    cmd = [
-        sys.executable,
-        str(IDLE),
-        "--transport",
-        transport,
-        "--clients",
-        str(CLIENTS),
-        "--timeout",
-        "2000",
-        "--hold",
-        "3",
-        "--ramp-rate",
-        "400",
-        "--settle",
-        "0.5",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-        "--check",
-    ]
+    cmd = idle_command(tmp_path, transport, CLIENTS)
     server_cmd = os.environ.get("BENCH_SERVER_CMD")
     if server_cmd:
         cmd += ["--server-cmd", server_cmd]
@@ -163,7 +137,7 @@ def test_aggregation_helpers() -> None:
     assert agg["lateness_hist"] == {} and agg["lateness_min_ms"] is None
 
     # Heartbeat lateness: signed log buckets, merged over generators through JSON.
-    common = _bench_module("common")
+    common = bench_module("common")
     h1: dict[int, int] = {}
     for v in range(-3000, 3001, 10):
         common.hist_add(h1, v)
@@ -426,7 +400,7 @@ def test_fanout_side_by_side_with_faye(tmp_path: Path) -> None:
 
 
 def test_ws_client_frames() -> None:
-    ws = _bench_module("wsclient")
+    ws = bench_module("wsclient")
     # Server frames are never masked: 7-bit, 16-bit and 64-bit lengths, split anywhere.
     small, mid, big = b"a" * 5, b"b" * 300, b"c" * 70000
     stream = (
@@ -463,8 +437,8 @@ def test_ws_client_frames() -> None:
 
 
 def test_fanout_helpers() -> None:
-    loadgen = _bench_module("loadgen")
-    fanout = _bench_module("fanout")
+    loadgen = bench_module("loadgen")
+    fanout = bench_module("fanout")
     for n, k in ((50, 10), (19000, 1900), (7, 7), (10, 1), (3, 0)):
         hot = [i for i in range(n) if loadgen.is_hot(i, k, n)]
         assert len(hot) == k

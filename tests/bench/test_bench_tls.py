@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_support import bench_module, idle_command
 from harness import ROOT, pid_alive
 
 pytest.importorskip("trustme")
@@ -31,38 +32,10 @@ LOADGEN = BENCH / "loadgen.py"
 CLIENTS = 20
 
 
-def _bench_module(name: str):  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(BENCH))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(BENCH))
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("transport", ["long-polling", "websocket"])
 def test_idle_compare_tls(tmp_path: Path, transport: str) -> None:
-    cmd = [
-        sys.executable,
-        str(IDLE),
-        "--transport",
-        transport,
-        "--clients",
-        str(CLIENTS),
-        "--timeout",
-        "2000",
-        "--hold",
-        "3",
-        "--ramp-rate",
-        "400",
-        "--settle",
-        "0.5",
-        "--compare-tls",
-        "--results-dir",
-        str(tmp_path),
-        "--no-progress",
-        "--check",
-    ]
+    cmd = idle_command(tmp_path, transport, CLIENTS, "--compare-tls")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=85)
     output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, output
@@ -129,7 +102,7 @@ def test_tls_refusals() -> None:
         timeout=30,
     )  # fmt: skip
     assert proc.returncode != 0 and "--ca-file needs an https://" in proc.stderr
-    idle = _bench_module("idle")
+    idle = bench_module("idle")
     assert idle.tls_url("https://127.0.0.1:1/cometd", "websocket") == "wss://127.0.0.1:1/cometd"
     assert idle.tls_url("https://127.0.0.1:1/cometd", "long-polling") == (
         "https://127.0.0.1:1/cometd"
@@ -139,7 +112,7 @@ def test_tls_refusals() -> None:
 @pytest.fixture
 def tls_engine(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A TLS engine on a free port: (its https:// URL, the CA file)."""
-    idle = _bench_module("idle")
+    idle = bench_module("idle")
     cert, ca, _ = idle.make_tls_files(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -90,18 +90,6 @@ def serve(backend: Backend, **options: Any) -> Any:
     return running_server(hook_url=backend.url, **options)
 
 
-def with_cookie(browser: Browser, cookie: str) -> Browser:
-    original = browser._headers
-
-    def headers() -> dict[str, str]:
-        sent = original()
-        sent["Cookie"] = "; ".join(c for c in (sent.get("Cookie"), cookie) if c)
-        return sent
-
-    browser._headers = headers  # type: ignore[method-assign]
-    return browser
-
-
 def test_the_backend_allows_denies_and_amends(backend: Backend) -> None:
     def answer(path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         if path.endswith("/handshake"):
@@ -121,7 +109,9 @@ def test_the_backend_allows_denies_and_amends(backend: Backend) -> None:
     with serve(backend) as server:
         refused = Browser(server).handshake().reply("/meta/handshake")
         assert refused["error"] == "403:not_logged_in:handshake_denied"
-        browser = with_cookie(Browser(server), "sid=amy").ready()
+        browser = Browser(server)
+        browser.cookies = "sid=amy"
+        browser.ready()
         session = server.session(browser.client_id or "")
         assert session is not None and session.attributes == {"user": "amy"}
         assert browser.subscribe("/vip").reply("/meta/subscribe")["error"] == (

@@ -44,19 +44,6 @@ class AsyncRecording(Recording):
         return True
 
 
-def with_cookies(browser: Browser, cookies: str) -> Browser:
-    """`cookies` sent beside the BAYEUX_BROWSER cookie, as a browser sends the login's."""
-    original = browser._headers
-
-    def headers() -> dict[str, str]:
-        sent = original()
-        sent["Cookie"] = "; ".join(c for c in (sent.get("Cookie"), cookies) if c)
-        return sent
-
-    browser._headers = headers  # type: ignore[method-assign]
-    return browser
-
-
 def serve(policy: SecurityPolicy, **options: Any) -> Any:
     def setup(server: BayeuxServer) -> None:
         server.policy = policy
@@ -68,9 +55,9 @@ def serve(policy: SecurityPolicy, **options: Any) -> Any:
 def test_long_polling_context(policy_class: type[Recording]) -> None:
     policy = policy_class()
     with serve(policy) as server:
-        browser = with_cookies(Browser(server), "session=abc; theme=dark")
-        original = browser._headers
-        browser._headers = lambda: {**original(), "Authorization": "Bearer tok"}  # type: ignore[method-assign]
+        browser = Browser(server)
+        browser.cookies = "session=abc; theme=dark"
+        browser.headers = {"Authorization": "Bearer tok"}
         browser.ready()
         browser.subscribe("/a")
     kinds = [kind for kind, _ in policy.seen]
@@ -143,11 +130,7 @@ def test_forwarded_for_from_a_trusted_proxy() -> None:
     policy = Recording()
     with serve(policy, trusted_proxies="127.0.0.1") as server:
         browser = Browser(server)
-        original = browser._headers
-        browser._headers = lambda: {  # type: ignore[method-assign]
-            **original(),
-            "X-Forwarded-For": "203.0.113.9, 198.51.100.7",
-        }
+        browser.headers = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}
         browser.handshake()
     ((_, context),) = policy.seen
     assert context is not None
@@ -159,7 +142,8 @@ def test_cookie_login_example_over_long_polling_and_websocket() -> None:
     good = hmac_auth.sign("alice", int(time.time()) + 600)
     with running_server(app=cookie_login.server, timeout=1000) as server:
         # Long-polling, with and without the login cookie.
-        browser = with_cookies(Browser(server), f"session={good}")
+        browser = Browser(server)
+        browser.cookies = f"session={good}"
         assert browser.handshake().reply("/meta/handshake")["successful"]
         session = server.session(browser.client_id or "")
         assert session is not None and session.attributes == {

@@ -119,8 +119,7 @@ def test_authentication_with_a_jwt(tmp_path: Path) -> None:
     with running_server(setup=setup) as app:
         login = hmac_auth.sign("frank", int(time.time()) + 60)
         browser = Browser(app)
-        original = browser._headers
-        browser._headers = lambda: {**original(), "Cookie": f"session={login}"}  # type: ignore[method-assign]
+        browser.cookies = f"session={login}"
         reply = browser.handshake().reply("/meta/handshake")
         assert reply["successful"], reply
         assert app.session(reply["clientId"]).attributes == {"user": "frank"}  # type: ignore[union-attr]

@@ -41,9 +41,7 @@ def serve(policy: JwtPolicy, **options: Any) -> Any:
 
 def handshake(server: BayeuxServer, ext: Any = None, headers: dict[str, str] | None = None) -> Any:
     browser = Browser(server)
-    if headers:
-        original = browser._headers
-        browser._headers = lambda: {**original(), **headers}  # type: ignore[method-assign]
+    browser.headers = headers or {}
     fields = {"ext": ext} if ext is not None else {}
     return browser, browser.handshake(**fields).reply("/meta/handshake")
 
