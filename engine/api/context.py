@@ -10,8 +10,9 @@ returns an `HttpContext` for every transport:
   message;
 - WebSocket: the upgrade request of the socket.  Keeping it costs about a
   kilobyte per connection, so it is kept only when the policy says it reads
-  it (`SecurityPolicy.uses_http_context = True`); otherwise a WebSocket
-  message has a context with the address alone;
+  it (`SecurityPolicy.uses_http_context = True`, or the names of the headers
+  it reads, e.g. `frozenset({"cookie"})`, which keeps only those); otherwise
+  a WebSocket message has a context with the address alone;
 - a request forwarded to the session's node in a cluster: the headers the
   receiving node saw (forwarded along when the policy uses them).
 
@@ -67,8 +68,14 @@ class HttpContext:
         peer_address: str | None = None,
         secure: bool = False,
         url: bytes = b"",
+        only: bool | frozenset[str] = True,
     ) -> HttpContext:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw.items()}
+        """From a request's raw headers; `only`: True, or the names to keep."""
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in raw.items()
+            if only is True or k.decode("latin-1") in only  # type: ignore[operator]
+        }
         path = url.partition(b"?")[0].decode("latin-1")
         return cls(
             headers,

@@ -92,8 +92,9 @@ class SecurityPolicy:
     """Allows everything the protocol allows; subclass to restrict."""
 
     # Keep each WebSocket's upgrade request (and forward the headers of
-    # requests sent to another node) so that current_context() has them.
-    uses_http_context: bool = False
+    # requests sent to another node) so that current_context() has them:
+    # True for every header, or the (lower-case) names of those to keep.
+    uses_http_context: bool | frozenset[str] = False
 
     def __init__(self) -> None:
         self._authorizers = ChannelTrie()

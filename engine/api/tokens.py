@@ -82,7 +82,8 @@ MAX_TOKEN = 8192  # characters of a token (bigger ones are refused unread)
 
 
 class JwtPolicy(SecurityPolicy):
-    uses_http_context = True  # the Authorization header and cookies
+    # The Authorization header and cookies (only those are kept per WebSocket).
+    uses_http_context = frozenset({"authorization", "cookie"})
 
     def __init__(
         self,

@@ -431,9 +431,7 @@ class RedisForwarder:
                     "b": exchange.browser_id,
                     "a": exchange.client_address,
                     # The request's headers, for a policy that reads them.
-                    "h": (
-                        context_of(exchange).headers if self.core.policy.uses_http_context else None
-                    ),
+                    "h": self._headers(exchange),
                     "m": messages,
                 }
             )
@@ -456,6 +454,14 @@ class RedisForwarder:
             return
         self._deadlines.add(deadline, rid)
         self.forwarded += 1
+
+    def _headers(self, exchange: Exchange) -> dict[str, str] | None:
+        """The headers a policy reads (see SecurityPolicy.uses_http_context), or None."""
+        wanted = self.core.policy.uses_http_context
+        if not wanted:
+            return None
+        headers = context_of(exchange).headers
+        return dict(headers) if wanted is True else {k: headers[k] for k in wanted if k in headers}
 
     def _published(self, rid: int, receivers: int | None) -> None:
         """The PUBLISH reply of a request: did its owner get it?"""

@@ -297,6 +297,7 @@ class HttpConnection(HttpProtocol):
                     peer_address=self.client_address,
                     secure=self.context.options.tls,
                     url=self.url,
+                    only=self.core.policy.uses_http_context,
                 )
                 if self.core.policy.uses_http_context
                 else None

@@ -140,3 +140,20 @@ def test_channel_counts_are_summed_over_the_nodes(
         assert status == 200
         assert (body["result"]["subscribers"], body["result"]["nodes"]) == (2, 2)
         assert api(port, "GET", "channels")[1]["result"]["channels"]["/count/me"] == 2
+
+
+def test_without_redis_the_calls_that_need_it_are_503() -> None:
+    with RedisServer() as redis:
+        node = start_server("--broker", redis.url, "--node-id", "apiC", "--api-key", KEY)
+        try:
+            assert api(node.port, "GET", "channels")[0] == 200
+            redis.kill()
+            keyed = {"channel": "/x", "data": 1, "idempotency_key": "during-outage"}
+            status, answer = api(node.port, "POST", "publish", keyed)
+            # The key cannot be checked: refused, so that a retry is not a duplicate.
+            assert status == 503 and "idempotency store" in answer["error"]["message"]
+            # Without a key the publish is buffered by the broker, as a client's is.
+            assert api(node.port, "POST", "publish", {"channel": "/x", "data": 2})[0] == 200
+            assert api(node.port, "GET", "channels")[0] in (503, 504)
+        finally:
+            node.stop()
