@@ -178,8 +178,9 @@ def read_secret_files(given: Mapping[str, Any]) -> dict[str, Any]:
 def masked(options: ServerOptions) -> dict[str, Any]:
     """Every option's value, secrets masked (`python -m engine config`)."""
     values = dataclasses.asdict(options)
-    if values["admin_token"]:
-        values["admin_token"] = "***"
+    for name in SECRETS:
+        if name not in ("broker", "jwt_public_key") and values[name]:  # (a public key is public)
+            values[name] = "***"
     # A Redis URL keeps its host; only its password (user:password@) is hidden.
     values["broker"] = re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", values["broker"])
     return values

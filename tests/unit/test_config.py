@@ -112,3 +112,13 @@ def test_values_still_validated_by_server_options(tmp_path: Path) -> None:
     args = build_parser().parse_args(["serve", "--config", str(write(tmp_path, "port = 70000\n"))])
     with pytest.raises(ValueError, match="port must be within 0..65535"):
         options_from_args(args, {})
+
+
+def test_every_secret_is_masked() -> None:
+    from engine.config import SECRETS
+
+    options = ServerOptions(api_key="k-e-y", jwt_secret="j-w-t", admin_token="a-d-m")
+    shown = to_toml(masked(options))
+    for value in ("k-e-y", "j-w-t", "a-d-m"):
+        assert value not in shown
+    assert {"api_key", "jwt_secret", "jwt_public_key"} <= set(SECRETS)
