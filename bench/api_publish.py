@@ -251,7 +251,7 @@ def main() -> int:
     record = {
         "scenario": "api-publish",
         "command": shell_join(sys.argv),
-        "machine": machine_info(("engine", "httpx", "uvloop", "orjson")),
+        "machine": machine_info(("engine", "urllib3", "aiohttp", "uvloop", "orjson")),
         "parameters": vars(args) | {"results_dir": str(args.results_dir)},
         "timestamp": utc_stamp(),
         "results": summary,  # medians per mode

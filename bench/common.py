@@ -792,8 +792,9 @@ def utc_stamp(now: float | None = None) -> str:
 
 
 def _version(dist: str) -> str | None:
+    """A package's version; "engine" is this project (distribution bayeux-engine)."""
     try:
-        return importlib.metadata.version(dist)
+        return importlib.metadata.version("bayeux-engine" if dist == "engine" else dist)
     except importlib.metadata.PackageNotFoundError:
         pass
     if dist == "engine":  # run from the source tree, not installed

@@ -33,6 +33,6 @@ __all__ = [
 ]
 
 try:  # one version: the package metadata's (pyproject.toml)
-    __version__ = version("engine")
+    __version__ = version("bayeux-engine")
 except PackageNotFoundError:  # (a source tree that was never installed)
     __version__ = "0.0.0+unknown"

@@ -1,7 +1,10 @@
 """HTTP endpoints beside Bayeux: /health, /stats, /metrics, and static files.
 
-- `GET /health`: 200 `{"status":"ok"}` while serving, 503 while draining (for
-  load balancers); always on.
+- `GET /health`: 200 `{"status":"ok"}` while serving, 503 while draining
+  (a liveness probe); always on.
+- `GET /ready`: 200 when new clients are welcome; 503 with the reason while
+  starting, while draining, and while the cluster broker (Redis) is
+  unreachable (a readiness probe: the balancer sends clients elsewhere).
 - `GET /stats` (JSON) and `GET /metrics` (Prometheus text, written by the
   `prometheus_client` library): off unless `admin_token` is set, then they
   need `Authorization: Bearer <admin_token>` (401 otherwise, nothing leaked).
@@ -150,6 +153,18 @@ class AdminRoutes:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(server))
 
+    def not_ready(self) -> str | None:
+        """Why a balancer should send no new clients here now, or None (/ready)."""
+        server = self.server
+        if server.endpoint is None:
+            return "starting"
+        if server.core.draining:
+            return "draining"
+        broker = getattr(server.core.broker, "available", None)
+        if broker is False:
+            return "the cluster broker (Redis) is unreachable"
+        return None
+
     def mount(self, prefix: str, directory: str | os.PathLike[str]) -> None:
         root = Path(directory).resolve()
         if not root.is_dir():
@@ -165,6 +180,10 @@ class AdminRoutes:
             draining = self.server.core.draining
             body = b'{"status":"draining"}' if draining else b'{"status":"ok"}'
             return response(503 if draining else 200, body, b"application/json")
+        if path == b"/ready":
+            why = self.not_ready()
+            body = orjson.dumps({"status": "ready" if why is None else "not ready", "why": why})
+            return response(200 if why is None else 503, body, b"application/json")
         if path in (b"/stats", b"/metrics"):
             if not self.token:
                 return None

@@ -187,6 +187,13 @@ class ServerOptions:
             "empty: in-process broker, this process alone"
         },
     )
+    drain_timeout: int = field(
+        default=30000,
+        metadata={
+            "help": "ms a stopping server (SIGTERM) gives its clients: held connects are "
+            "answered with reconnect: retry at once, then it waits for connections to close"
+        },
+    )
     workers: int = field(
         default=1,
         metadata={
@@ -388,6 +395,7 @@ class ServerOptions:
             "header_timeout",
             "body_timeout",
             "keepalive_timeout",
+            "drain_timeout",
         ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

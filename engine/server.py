@@ -304,10 +304,11 @@ class BayeuxServer(Application):
             await self.forwarder.drain()
         for conn in list(self.connections):
             conn.shutdown()
-        # Give written responses a moment to leave, then close what remains.
-        for _ in range(50):
-            if not self.connections:
-                break
+        # Give written responses and closing sockets up to drain_timeout to
+        # leave (CometD's clients reconnect elsewhere on the retry advice),
+        # then close what remains.
+        deadline = time.monotonic() + self.options.drain_timeout / 1000.0
+        while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             if conn.transport is not None:

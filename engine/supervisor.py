@@ -43,7 +43,7 @@ __all__ = ["WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
 log = logging.getLogger("engine.supervisor")
 
 READY_TIMEOUT = 30.0  # s for a worker to print its ready line
-DRAIN_TIMEOUT = 30.0  # s for the workers to exit after SIGTERM, then SIGKILL
+DRAIN_MARGIN = 5.0  # s past the workers' drain_timeout before they are killed
 MAX_RESTARTS = 10  # restarts allowed within RESTART_WINDOW ...
 RESTART_WINDOW = 60.0  # ... seconds, beyond which the supervisor gives up
 STABLE_AFTER = 10.0  # s of life after which a worker's restart delay is reset
@@ -271,7 +271,8 @@ class Supervisor:
         for worker in self.workers:
             self._terminate(worker)
         clean = True
-        deadline = time.monotonic() + DRAIN_TIMEOUT
+        drain_s = self.options.drain_timeout / 1000.0 + DRAIN_MARGIN
+        deadline = time.monotonic() + drain_s
         for worker in self.workers:
             self._terminate(worker)  # again: one may have been (re)spawned meanwhile
             proc = worker.proc
@@ -280,7 +281,7 @@ class Supervisor:
             try:
                 code = await asyncio.wait_for(proc.wait(), max(0.1, deadline - time.monotonic()))
             except TimeoutError:
-                log.error("%s did not exit within %.0f s of SIGTERM: killed", worker, DRAIN_TIMEOUT)
+                log.error("%s did not exit within %.0f s of SIGTERM: killed", worker, drain_s)
                 proc.kill()
                 await proc.wait()
                 clean = False

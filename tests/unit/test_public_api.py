@@ -61,7 +61,7 @@ def test_examples_and_readme_use_only_the_public_surface() -> None:
 def test_one_version_from_the_package_metadata() -> None:
     from importlib.metadata import version
 
-    assert engine.__version__ == version("engine")
+    assert engine.__version__ == version("bayeux-engine")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'version = "{engine.__version__}"' in pyproject
 
