@@ -315,15 +315,18 @@ def test_buffered_publishes_leave_in_order_once_redis_is_there() -> None:
             start_timeout=0.1,
         )
         two.subscribe(object(), "/o")  # type: ignore[arg-type]
-        one.resend_delay = 1.0  # for the other nodes to be back (two, here)
+        # The hold after an outage is what lets the other nodes (two, here)
+        # come back first; long enough for a loaded machine.
+        one.resend_delay = 3.0
         await one.start()
         for n in range(50):
             one.publish("/o", b"%d" % n)
         assert one.buffered == 50
         await asyncio.to_thread(server.start)
+        two.start_timeout = 5.0  # Redis is up now: only the machine's load delays it
         await two.start()
         assert two.connected and one.buffered == 50
-        for _ in range(500):
+        for _ in range(1000):
             if len(got) == 50:
                 break
             await asyncio.sleep(0.01)
