@@ -5,9 +5,11 @@
 - `GET /ready`: 200 when new clients are welcome; 503 with the reason while
   starting, while draining, and while the cluster broker (Redis) is
   unreachable (a readiness probe: the balancer sends clients elsewhere).
-- `GET /stats` (JSON) and `GET /metrics` (Prometheus text, written by the
-  `prometheus_client` library): off unless `admin_token` is set, then they
-  need `Authorization: Bearer <admin_token>` (401 otherwise, nothing leaked).
+- `GET /stats` (JSON) and `GET /metrics` (Prometheus text, see
+  `engine.metrics`): off unless `admin_token` is set, then they need
+  `Authorization: Bearer <admin_token>` (401 otherwise, nothing leaked).
+  Prometheus scrapes `--metrics-port` instead (no token; one endpoint for
+  every worker).
 - Static files mounted with `server.static(url_prefix, directory)` or
   `--static-dir` (at `/`): GET and HEAD, no directory listing, no path
   escaping the directory.  Meant for a page and its scripts, not for bulk
@@ -22,17 +24,14 @@ from __future__ import annotations
 import hmac
 import mimetypes
 import os
-import resource
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
 
+from engine.metrics import CONTENT_TYPE, gauges, server_registry
 from engine.transport._http import http_response
 
 if TYPE_CHECKING:
@@ -42,41 +41,18 @@ if TYPE_CHECKING:
 __all__ = ["AdminRoutes", "server_status"]
 
 STATUS_CHANNEL = "/service/status"
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE_SIZE
 
 
 def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str, Any]:
     """What /stats and /service/status report about this node."""
     core = server.core
-    by_transport: dict[str, int] = {}
-    queued = deepest = held = 0
-    for session in core.sessions.values():
-        by_transport[session.transport] = by_transport.get(session.transport, 0) + 1
-        depth = len(session.queue) if session.queue else 0
-        queued += depth
-        deepest = max(deepest, depth)
-        held += session.hold is not None
-    sessions = len(core.sessions)
-    rss = rss_bytes()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    values = gauges(server)
+    sessions = values["sessions"]
     status: dict[str, Any] = {
         "node": server.node_id,
         "uptime_s": round(time.monotonic() - server.started_at, 3),
-        "sessions": sessions,
-        "sessions_by_transport": by_transport,
-        "held_connects": held,
-        "connections": len(server.connections),
-        "channels": len(core.broker.channels()),
-        "queued_messages": queued,
-        "deepest_queue": deepest,
-        "rss_bytes": rss,
-        "rss_bytes_per_session": rss // sessions if sessions else None,
-        "open_files_limit": soft if soft != resource.RLIM_INFINITY else hard,
+        **values,
+        "rss_bytes_per_session": values["rss_bytes"] // sessions if sessions else None,
         "max_connections": server.max_connections,
         "counters": core.stats.as_dict(),
     }
@@ -100,58 +76,12 @@ def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str,
     return status
 
 
-class _Collector(Collector):
-    """Reads the server's counters at scrape time (nothing to keep in sync)."""
-
-    def __init__(self, server: BayeuxServer) -> None:
-        self.server = server
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        status = server_status(self.server)
-        node = status["node"]
-        gauges = {
-            "sessions": "Bayeux sessions on this node",
-            "held_connects": "held /meta/connect requests",
-            "connections": "open client connections",
-            "channels": "subscribed channels and patterns",
-            "queued_messages": "messages waiting in session queues",
-            "rss_bytes": "resident memory of this process",
-        }
-        for name, text in gauges.items():
-            gauge = GaugeMetricFamily(f"bayeux_{name}", text, labels=["node"])
-            gauge.add_metric([node], status[name])
-            yield gauge
-        by_transport = GaugeMetricFamily(
-            "bayeux_sessions_by_transport", "sessions per transport", labels=["node", "transport"]
-        )
-        for transport, count in sorted(status["sessions_by_transport"].items()):
-            by_transport.add_metric([node, transport], count)
-        yield by_transport
-        cluster = status.get("cluster")
-        if cluster is not None:
-            for name in ("sessions", "held_connects", "connections", "rss_bytes"):
-                gauge = GaugeMetricFamily(
-                    f"bayeux_cluster_{name}", f"{name} of each live node", labels=["node"]
-                )
-                for member, summary in sorted(cluster["nodes"].items()):
-                    gauge.add_metric([member], summary.get(name) or 0)
-                yield gauge
-            nodes = GaugeMetricFamily("bayeux_cluster_nodes", "live nodes in the cluster")
-            nodes.add_metric([], cluster["totals"]["nodes"])
-            yield nodes
-        for name, value in status["counters"].items():
-            counter = CounterMetricFamily(f"bayeux_{name}", f"{name} since start", labels=["node"])
-            counter.add_metric([node], value)
-            yield counter
-
-
 class AdminRoutes:
     def __init__(self, server: BayeuxServer) -> None:
         self.server = server
         self.token = server.options.admin_token.encode()
         self.mounts: list[tuple[bytes, Path]] = []
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(server))
+        self.registry = server_registry(server)
 
     def not_ready(self) -> str | None:
         """Why a balancer should send no new clients here now, or None (/ready)."""
@@ -197,7 +127,7 @@ class AdminRoutes:
                 )
             if path == b"/stats":
                 return response(200, orjson.dumps(server_status(self.server)), b"application/json")
-            return response(200, generate_latest(self.registry), b"text/plain; version=0.0.4")
+            return response(200, generate_latest(self.registry), CONTENT_TYPE)
         if method in (b"GET", b"HEAD"):
             return self.static_file(path, query, head_only=method == b"HEAD")
         return None

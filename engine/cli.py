@@ -238,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_supervisor(options, app=args.app)
 
     def ready(server: BayeuxServer) -> None:
+        if server.metrics is not None:
+            # (Before the ready line: a --workers supervisor reads it.)
+            print(f"engine metrics {server.metrics.url}", flush=True)
         print(f"engine serving {server.url}", flush=True)
 
     try:

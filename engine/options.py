@@ -99,6 +99,17 @@ class ServerOptions:
             "help": "bearer token enabling GET /stats, /metrics and /service/status (off if empty)"
         },
     )
+    metrics_port: int = field(
+        default=-1,
+        metadata={
+            "help": "port of GET /metrics for Prometheus, without the admin token (-1: off; "
+            "0 picks a free one); under --workers, one endpoint adding up every worker"
+        },
+    )
+    metrics_host: str = field(
+        default="",
+        metadata={"help": "address the metrics port listens on (empty: the server's --host)"},
+    )
     api_key: str = field(
         default="",
         metadata={
@@ -382,6 +393,10 @@ class ServerOptions:
             problems.append("path must start with '/'")
         if not 0 <= self.port <= 65535:
             problems.append("port must be within 0..65535")
+        if not -1 <= self.metrics_port <= 65535:
+            problems.append("metrics_port must be within -1 (off)..65535")
+        elif self.metrics_port > 0 and self.metrics_port == self.port:
+            problems.append("metrics_port must differ from port")
         for name in ("timeout", "interval", "max_interval", "max_lazy_timeout", "max_publish_rate"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
+from prometheus_client import generate_latest
 
 from engine.admin import STATUS_CHANNEL, AdminRoutes, server_status, status_allowed
 from engine.api.app import Application
@@ -28,6 +29,7 @@ from engine.api.tokens import JwtPolicy
 from engine.cluster.api_relay import ApiRelay
 from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.http_api import HttpApi
+from engine.metrics import MetricsListener
 from engine.options import ServerOptions
 from engine.protocol.core import BayeuxCore
 from engine.transport.endpoint import Endpoint
@@ -83,6 +85,7 @@ class BayeuxServer(Application):
         self.cluster_status: ClusterStatus | None = None
         self.api: HttpApi | None = None  # the server HTTP API, with an api_key
         self.webhooks: Webhooks | None = None  # session events to webhook_url
+        self.metrics: MetricsListener | None = None  # --metrics-port
 
     def _derive(self) -> None:
         """Values computed once from the options."""
@@ -237,6 +240,11 @@ class BayeuxServer(Application):
         endpoint = HttpEndpoint(self.endpoint)
         self._core.write_flushers.append(endpoint.flush)
         try:
+            if o.metrics_port >= 0:
+                self.metrics = MetricsListener(
+                    self._render_metrics, o.metrics_host or o.host, o.metrics_port
+                )
+                await self.metrics.start()
             tls = tls_context(self.options)
             handshake_s = (self.options.header_timeout or 60000) / 1000 if tls else None
             self._listener = await loop.create_server(
@@ -256,12 +264,17 @@ class BayeuxServer(Application):
         except BaseException:
             await self._close_parts()
             raise
+        if self.metrics is not None:
+            log.info("metrics on %s", self.metrics.url)
         log.info("listening on %s (node %s)", self.url, self.node_id)
         log.info(
             "open-files limit %d: this process holds at most %d client connections",
             self.files_limit,
             self.max_connections,
         )
+
+    async def _render_metrics(self) -> bytes:
+        return generate_latest(self.admin.registry)
 
     def _accepted(self, endpoint: HttpEndpoint, tls: bool) -> HttpConnection:
         """A new connection's protocol (under TLS, made before its handshake)."""
@@ -273,6 +286,9 @@ class BayeuxServer(Application):
         """The core's timers, then the cluster parts, in reverse order of start."""
         self.core.close()
         await self.core.policy.aclose()
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
         if self.webhooks is not None:
             self.hooks.session_added.remove(self.webhooks.session_added)
             self.hooks.session_removed.remove(self.webhooks.session_removed)

@@ -15,7 +15,10 @@ The supervisor
 * forwards SIGTERM and SIGINT to the workers, which drain (held connects are
   answered with `reconnect: retry`), and exits 0 when all have exited cleanly;
 * makes the kernel send SIGTERM to the workers if it dies itself (Linux
-  PR_SET_PDEATHSIG), so that no worker outlives it.
+  PR_SET_PDEATHSIG), so that no worker outlives it;
+* with `--metrics-port`, serves one metrics endpoint adding up its workers'
+  (each worker serves its own on a loopback port it prints; see
+  engine.metrics for how counters stay monotonic across restarts).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import time
 from collections import deque
 from typing import Any
 
+from engine.metrics import MetricsListener, WorkerAggregate, fetch_metrics, supervisor_gauges
 from engine.options import ServerOptions
 
 __all__ = ["WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
@@ -47,6 +51,7 @@ DRAIN_MARGIN = 5.0  # s past the workers' drain_timeout before they are killed
 MAX_RESTARTS = 10  # restarts allowed within RESTART_WINDOW ...
 RESTART_WINDOW = 60.0  # ... seconds, beyond which the supervisor gives up
 STABLE_AFTER = 10.0  # s of life after which a worker's restart delay is reset
+WORKER_SCRAPE_S = 5.0  # s to read one worker's metrics
 _URL_RE = re.compile(r"(https?://\S+)")
 WORKER_OPTIONS_ENV = "ENGINE_WORKER_OPTIONS"  # JSON of a worker's ServerOptions
 
@@ -66,6 +71,7 @@ class Worker:
         self.ready: asyncio.Future[str] | None = None
         self.started_at = 0.0
         self.crashes = 0  # consecutive short-lived runs
+        self.metrics_url: str | None = None  # its own metrics (loopback), when serving
 
     def __str__(self) -> str:
         pid = self.proc.pid if self.proc is not None else "-"
@@ -86,6 +92,9 @@ class Supervisor:
         self._reserved: socket.socket | None = None
         self._stop = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
+        self.restarted = 0
+        self.aggregate = WorkerAggregate(base)
+        self.metrics: MetricsListener | None = None
 
     # ----------------------------------------------------------------- port
 
@@ -126,7 +135,13 @@ class Supervisor:
         line: `ps` shows every user the command line, with any Redis password
         or admin token in it; /proc/PID/environ is readable by the owner only."""
         options = self.options.replace(
-            workers=1, reuse_port=True, port=port, node_id=worker.node_id
+            workers=1,
+            reuse_port=True,
+            port=port,
+            node_id=worker.node_id,
+            # Each worker's own metrics, for this supervisor's endpoint only.
+            metrics_port=0 if self.options.metrics_port >= 0 else -1,
+            metrics_host="127.0.0.1",
         )
         return {**os.environ, WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options))}
 
@@ -154,9 +169,15 @@ class Supervisor:
             if not ready.done() and line.startswith("engine serving "):
                 match = _URL_RE.search(line)
                 ready.set_result(match.group(1) if match else "")
+            elif not ready.done() and line.startswith("engine metrics "):
+                match = _URL_RE.search(line)
+                worker.metrics_url = match.group(1) if match else None
             elif line:
                 print(line, flush=True)
         code = await proc.wait()
+        # Its counters stay in the totals (as last read); its gauges leave them.
+        worker.metrics_url = None
+        self.aggregate.retire(worker.index)
         if not ready.done():
             ready.set_exception(RuntimeError(f"{worker} exited with code {code} before ready"))
             ready.exception()  # seen here; whoever waits for it gets it too
@@ -182,6 +203,7 @@ class Supervisor:
             self._stop.set()
             return
         self.restarts.append(now)
+        self.restarted += 1
         delay = min(0.1 * 2 ** (worker.crashes - 1), 5.0)
         log.warning(
             "%s exited with code %d after %.1f s; restarting in %.1f s (%d restart(s) in %.0f s)",
@@ -216,9 +238,18 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             port = self._resolve_port()
+            if self.options.metrics_port >= 0:
+                o = self.options
+                self.metrics = MetricsListener(
+                    self.render_metrics, o.metrics_host or o.host, o.metrics_port
+                )
+                await self.metrics.start()
         except OSError as exc:
             print(
-                f"engine: cannot listen on {self.options.host}:{self.options.port}: {exc}",
+                f"engine: cannot listen on {self.options.host}:{self.options.port}"
+                f" (metrics port {self.options.metrics_port}): {exc}"
+                if self.options.metrics_port >= 0
+                else f"engine: cannot listen on {self.options.host}:{self.options.port}: {exc}",
                 file=sys.stderr,
             )
             return 1
@@ -258,13 +289,45 @@ class Supervisor:
         finally:
             if self._reserved is not None:
                 self._reserved.close()
+            if self.metrics is not None:
+                await self.metrics.close()
+
+    # -------------------------------------------------------------- metrics
+
+    async def render_metrics(self) -> bytes:
+        """Every serving worker's metrics, read now and added up."""
+        serving = [w for w in self.workers if w.metrics_url and w.proc is not None]
+
+        async def read(worker: Worker) -> None:
+            assert worker.metrics_url is not None and worker.proc is not None
+            pid = worker.proc.pid
+            try:
+                text = await asyncio.wait_for(fetch_metrics(worker.metrics_url), WORKER_SCRAPE_S)
+            except (OSError, TimeoutError, ValueError) as exc:
+                # Its last values stand in (counters never fall); it is named.
+                log.warning("%s: metrics not read (%s): its last values are used", worker, exc)
+                return
+            if worker.proc is not None and worker.proc.pid == pid:
+                self.aggregate.seen(worker.index, pid, text)
+
+        await asyncio.gather(*(read(w) for w in serving))
+        live = [w.index for w in serving if w.proc is not None and w.proc.returncode is None]
+        extra = supervisor_gauges(self.aggregate.node, len(live), self.restarted)
+        return self.aggregate.render(live, extra)
 
     @staticmethod
-    def _terminate(worker: Worker) -> None:
+    def _signal(worker: Worker, sig: int) -> None:
+        """os.kill, not Popen.send_signal: that polls first, and its waitpid
+        can reap a worker that just exited before asyncio's child watcher
+        does, which then reports exit code 255 ("Unknown child process")."""
         proc = worker.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                os.kill(proc.pid, sig)
+
+    @classmethod
+    def _terminate(cls, worker: Worker) -> None:
+        cls._signal(worker, signal.SIGTERM)
 
     async def _shutdown(self) -> int:
         self.stopping = True
@@ -282,7 +345,7 @@ class Supervisor:
                 code = await asyncio.wait_for(proc.wait(), max(0.1, deadline - time.monotonic()))
             except TimeoutError:
                 log.error("%s did not exit within %.0f s of SIGTERM: killed", worker, drain_s)
-                proc.kill()
+                self._signal(worker, signal.SIGKILL)
                 await proc.wait()
                 clean = False
                 continue

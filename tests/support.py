@@ -11,11 +11,14 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import urllib.request
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine import BayeuxServer
 
-__all__ = ["Browser", "Response", "raw_exchange"]
+__all__ = ["Browser", "Response", "families", "raw_exchange", "scrape", "value"]
 
 
 class Response:
@@ -169,3 +172,30 @@ def raw_exchange(server: BayeuxServer, data: bytes, timeout: float = 5) -> bytes
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """Family name -> {sample name + sorted labels: value}."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    return families(text)
+
+
+def families(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        samples = out.setdefault(family.name, {"type": family.type})
+        for s in family.samples:
+            key = s.name + "".join(f",{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[key] = s.value
+    return out
+
+
+def value(found: dict[str, Any], family: str, sample: str | None = None, **labels: str) -> float:
+    key = (sample or family) + "".join(f",{k}={v}" for k, v in sorted(labels.items()))
+    return float(found[family][key])

@@ -860,8 +860,7 @@ class RedisForwarder:
                 session.id,
                 drop,
             )
-        session.queue = queue
-        session.queued_bytes = size
+        core.requeue(session, queue, size)
         core._send_queued([session])  # to its held connect or WebSocket, if any
 
     def defer(self, messages: list[Any], exchange: Exchange) -> bool:

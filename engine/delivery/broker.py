@@ -36,6 +36,8 @@ class Broker(Protocol):
 
     def channels(self) -> list[str]: ...
 
+    def channel_count(self) -> int: ...
+
 
 class LocalBroker:
     """Single-process broker: a trie of subscriptions, delivery in this loop."""
@@ -72,3 +74,6 @@ class LocalBroker:
 
     def channels(self) -> list[str]:
         return self.trie.patterns()
+
+    def channel_count(self) -> int:
+        return len(self.trie)

@@ -5,6 +5,7 @@ from typing import Any, Generic, TypeVar
 
 from engine.api.extensions import Extension
 from engine.api.hooks import Hooks
+from engine.metrics import Histogram
 from engine.options import ServerOptions
 from engine.protocol.session import EventSink, Exchange
 from engine.stats import Counters
@@ -109,6 +110,11 @@ class SessionCore:
     advice: dict[str, Any]
     max_batch_bytes: int
     trust_client_session: bool
+    queued_total: int  # messages in session queues (running total)
+    held_total: int  # held /meta/connect requests
+    by_transport: dict[str, int]  # sessions per transport (BayeuxCore keeps it)
+    arrived: float  # perf_counter when the batch being processed arrived, else 0
+    publish_to_write: Histogram | None
     def __init__(
         self,
         options: ServerOptions,
@@ -129,6 +135,9 @@ class SessionCore:
     def deliver(self, session: Session, encoded: bytes, lazy: bool = False) -> None: ...
     def _flush(self) -> None: ...
     def _send_queued(self, sessions: list[Session]) -> None: ...
+    def take(self, session: Session, max_bytes: int) -> list[bytes]: ...
+    def requeue(self, session: Session, queue: list[bytes], size: int) -> None: ...
+    def discard_queue(self, session: Session) -> int: ...
     def _unhold(self, hold: Hold) -> Session: ...
     def _release(self, hold: Hold, advice: dict[str, Any] | None) -> None: ...
     def release_due_holds(self, now: float) -> None: ...

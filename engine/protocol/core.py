@@ -23,6 +23,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 import orjson
@@ -33,6 +34,7 @@ from engine.api.hooks import Hooks
 from engine.api.policy import Deny, SecurityPolicy
 from engine.delivery._batch import encode_message
 from engine.delivery.broker import Broker, LocalBroker
+from engine.metrics import ServerMetrics
 from engine.options import ServerOptions
 from engine.protocol import errors
 from engine.protocol._sessions import (
@@ -110,6 +112,8 @@ class BayeuxCore(SessionCore):
             options, loop, Counters(), hooks or Hooks(), HOLD_RESOLUTION, EXPIRY_RESOLUTION
         )
         self.node_id = node_id
+        self.metrics = ServerMetrics()  # histograms (engine.metrics)
+        self.publish_to_write = self.metrics.publish_to_write
         self.policy = policy or SecurityPolicy()
         self.policy_is_async = self.policy.is_async
         # The operations whose decision is awaited: only batches that need
@@ -277,6 +281,8 @@ class BayeuxCore(SessionCore):
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.id] = session
+        counts = self.by_transport
+        counts[session.transport] = counts.get(session.transport, 0) + 1
         if self.hooks.session_added:
             self.hooks.added(session)
 
@@ -286,16 +292,14 @@ class BayeuxCore(SessionCore):
             return
         session.removed = True
         self.sessions.pop(session.id, None)
+        self.by_transport[session.transport] -= 1
         if session.subscriptions:
             for pattern in session.subscriptions:
                 self.broker.unsubscribe(session, pattern)
             session.subscriptions = None
         if session.hold is not None:
             self._release(session.hold, self.advice_none)
-        if session.queue:
-            self.stats.discarded += len(session.queue)
-        session.queue = None
-        session.queued_bytes = 0
+        self.stats.discarded += self.discard_queue(session)
         if session.sink is not None:
             session.sink.unbind(session)  # (O(1), whatever their number)
         self.addresses.session_removed(session.address)
@@ -378,14 +382,11 @@ class BayeuxCore(SessionCore):
 
     def process(self, messages: list[Any], exchange: Exchange) -> None:
         """Handle one request's messages in order and answer through `exchange`."""
+        started = perf_counter()
         if self.forwarder is None and not (self.policy_is_async and self._awaits(messages)):
             # One node, a synchronous policy.  (The exchange is what a
             # policy's current_context() is made of, if it asks.)
-            self.current_exchange = exchange
-            try:
-                self._process_now(messages, exchange)
-            finally:
-                self.current_exchange = None
+            self._process_timed(messages, exchange, started)
             return
         if self.forwarder is not None and exchange.transport in HTTP_TRANSPORTS:
             # In a cluster, an HTTP request for a session another node owns
@@ -393,11 +394,12 @@ class BayeuxCore(SessionCore):
             owner = self.owner_of(messages[0].get("clientId")) if messages else None
             if owner is not None and owner != self.node_id:
                 self.forwarder.forward(owner, messages, exchange)
-                return
-        self.process_here(messages, exchange)
+                return  # (timed by its owner)
+        self.process_here(messages, exchange, started)
 
-    def process_here(self, messages: list[Any], exchange: Exchange) -> None:
+    def process_here(self, messages: list[Any], exchange: Exchange, started: float = 0.0) -> None:
         """Handle a request on this node (its own, or one forwarded to it)."""
+        started = started or perf_counter()
         forwarder = self.forwarder
         if forwarder is not None and forwarder.defer(messages, exchange):
             return  # its session's events are out with a relay, not yet confirmed
@@ -405,13 +407,29 @@ class BayeuxCore(SessionCore):
             # The request's headers are gone once this returns: its context
             # is taken now, for the decisions awaited later.
             context = context_of(exchange)
-            self.hooks.spawn(self._process_after_policy(messages, exchange, context))
+            self.hooks.spawn(self._process_after_policy(messages, exchange, context, started))
             return
+        self._process_timed(messages, exchange, started)
+
+    def _process_timed(self, messages: list[Any], exchange: Exchange, started: float) -> None:
+        # `arrived` dates the deliveries this batch makes (publish-to-write).
         self.current_exchange = exchange
+        self.arrived = started
         try:
             self._process_now(messages, exchange)
         finally:
             self.current_exchange = None
+            self.arrived = 0.0
+        self._observe(messages, exchange, started)
+
+    def _observe(self, messages: list[Any], exchange: Exchange, started: float) -> None:
+        """The request's duration, and the handshake's if it was one."""
+        elapsed = perf_counter() - started
+        metrics = self.metrics
+        metrics.request(exchange.transport).observe(elapsed)
+        first = messages[0] if messages else None
+        if type(first) is dict and first.get("channel") == META_HANDSHAKE:
+            metrics.handshake.observe(elapsed)
 
     def _awaits(self, messages: list[Any]) -> bool:
         """Does this batch need a decision of the policy's async methods?"""
@@ -691,7 +709,7 @@ class BayeuxCore(SessionCore):
         return result if type(result) is Deny else result is True
 
     async def _process_after_policy(
-        self, messages: list[Any], exchange: Exchange, context: HttpContext
+        self, messages: list[Any], exchange: Exchange, context: HttpContext, started: float
     ) -> None:
         """An async policy: await every decision this batch needs, then process it."""
         CURRENT.set(context)  # (this task's own copy of the variable)
@@ -733,6 +751,7 @@ class BayeuxCore(SessionCore):
         finally:
             self._decided = None
             self._prepared.clear()
+        self._observe(messages, exchange, started)
 
     # ------------------------------------------------------------- handshake
 

@@ -402,7 +402,7 @@ class WebSocketConnection(asyncio.Protocol):
             if room <= 0:
                 return  # they wait in the session's queue (bounded, oldest dropped)
             assert self.transport is not None
-            self.transport.write(splice_ws(session.take_batch(room)))
+            self.transport.write(splice_ws(self.core.take(session, room)))
 
     def close(self, code: int, reason: str) -> None:
         if self.transport is None:

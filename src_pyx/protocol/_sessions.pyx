@@ -23,6 +23,7 @@ from libc.math cimport ceil, isfinite
 
 import logging
 import random
+import time
 
 import orjson
 
@@ -43,6 +44,7 @@ NEVER = float("inf")
 MAX_ID_LENGTH = 256
 
 cdef object _random = random.random
+cdef object _perf_counter = time.perf_counter
 cdef object _JSONEncodeError = orjson.JSONEncodeError
 
 log = logging.getLogger("engine.core")
@@ -318,6 +320,18 @@ cdef class SessionCore:
     # Failure streaks per client address (engine.protocol.limits.FailureStreaks):
     # a client that fails the same way on new connections is slowed too.
     cdef public object streaks
+    # Running totals for /metrics and the status (read at scrape time, so a
+    # scrape never walks the sessions): messages in session queues, held
+    # connects, and sessions per transport (kept by BayeuxCore).
+    cdef public Py_ssize_t queued_total
+    cdef public Py_ssize_t held_total
+    cdef public dict by_transport
+    # Publish-to-write latency (engine.metrics): when the batch being
+    # processed arrived (perf_counter; 0 outside processing), and when the
+    # oldest delivery waiting for the next flush was made.
+    cdef public double arrived
+    cdef double flush_origin
+    cdef public object publish_to_write  # a Histogram, observed once per flush
 
     def __init__(self, options, loop, stats, hooks, double hold_resolution, double expiry_resolution):
         self.options = options
@@ -349,6 +363,12 @@ cdef class SessionCore:
         self.trust_client_session = o.trust_client_session
         self.cookieless_named = set()
         self.streaks = None
+        self.queued_total = 0
+        self.held_total = 0
+        self.by_transport = {}
+        self.arrived = 0.0
+        self.flush_origin = 0.0
+        self.publish_to_write = None
         self.deliver_only = o.meta_connect_deliver_only
         self.max_sessions_per_browser = o.max_sessions_per_browser
 
@@ -452,6 +472,7 @@ cdef class SessionCore:
             return
         cdef list queue = session.queue
         cdef Py_ssize_t size = len(encoded)
+        self.queued_total += 1
         if queue is None:
             session.queue = [encoded]
             session.queued_bytes = size
@@ -474,6 +495,7 @@ cdef class SessionCore:
             self.dirty.append(session)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
+                self.flush_origin = self.arrived if self.arrived else _perf_counter()
                 self.loop.call_soon(self._flush)
 
     cdef _drop_oldest(self, Session session, list queue):
@@ -487,6 +509,7 @@ cdef class SessionCore:
             n += 1
         del queue[:n]
         session.queued_bytes -= size
+        self.queued_total -= n
         session.dropped += n
         self.stats.dropped_queue_full += n
         limit_log.warning(
@@ -509,6 +532,8 @@ cdef class SessionCore:
         # schedule from here would wait for the next poll of every socket.
         for flush in self.write_flushers:
             flush()
+        if self.publish_to_write is not None:
+            self.publish_to_write.observe(_perf_counter() - self.flush_origin)
 
     cpdef _send_queued(self, list sessions):
         cdef Session session
@@ -526,6 +551,27 @@ cdef class SessionCore:
             elif session.hold is not None:
                 self._release(session.hold, None)
 
+    cpdef list take(self, Session session, Py_ssize_t max_bytes):
+        """Session.take_batch, kept in the running total of queued messages
+        (every reply and frame takes its events through here)."""
+        cdef list batch = session.take_batch(max_bytes)
+        self.queued_total -= len(batch)
+        return batch
+
+    cpdef requeue(self, Session session, list queue, Py_ssize_t size):
+        """Replace a session's queue (events put back ahead of it)."""
+        self.queued_total += len(queue) - (len(session.queue) if session.queue else 0)
+        session.queue = queue
+        session.queued_bytes = size
+
+    cpdef discard_queue(self, Session session):
+        """Drop a session's queue (it went away); returns how many were in it."""
+        cdef Py_ssize_t n = len(session.queue) if session.queue else 0
+        self.queued_total -= n
+        session.queue = None
+        session.queued_bytes = 0
+        return n
+
     # ---------------------------------------------------------- held connects
 
     cdef Py_ssize_t _room(self, exchange):
@@ -542,7 +588,7 @@ cdef class SessionCore:
         cdef AckState ack = session.ack
         cdef Py_ssize_t batch = ack.batch, excess
         if session.queue:
-            ack.unacked.extend([(batch, event) for event in session.take_batch(room)])
+            ack.unacked.extend([(batch, event) for event in self.take(session, room)])
             excess = len(ack.unacked) - self.max_queue
             if excess > 0:
                 del ack.unacked[:excess]
@@ -566,6 +612,7 @@ cdef class SessionCore:
         cdef Session session = hold.session
         session.hold = None
         hold.exchange.hold = None
+        self.held_total -= 1
         browser = hold.counted_browser
         if browser is not None:
             left = self.browsers.get(browser, 1) - 1
@@ -591,7 +638,7 @@ cdef class SessionCore:
         cdef Py_ssize_t room = self._room(hold.exchange)
         cdef list parts = (
             self._ack_batch(session, reply, room) if session.ack is not None
-            else session.take_batch(room)
+            else self.take(session, room)
         )
         if hold.request is None or self._extend_reply(session, reply, hold.request):
             parts.append(encode_reply(reply))
@@ -746,7 +793,7 @@ cdef class SessionCore:
                     owner.ack.pending = None
                     return parts
             elif owner.queue and self._may_piggyback(exchange, with_connect):
-                return owner.take_batch(self._room(exchange))
+                return self.take(owner, self._room(exchange))
         return []
 
     cdef bint _may_piggyback(self, exchange, bint with_connect):
@@ -795,7 +842,12 @@ cdef class SessionCore:
             self.streaks.succeeded(exchange.client_address)
         cdef bint first = not session.connected
         session.connected = True
-        session.transport = exchange.transport
+        transport = exchange.transport
+        if session.transport != transport:
+            counts = self.by_transport
+            counts[session.transport] = counts.get(session.transport, 1) - 1
+            counts[transport] = counts.get(transport, 0) + 1
+            session.transport = transport
         if session.hold is not None:
             self._supersede(session.hold)
 
@@ -831,6 +883,7 @@ cdef class SessionCore:
             hold.counted_browser = browser
         session.hold = hold
         exchange.hold = hold
+        self.held_total += 1
         session.expires_at = NEVER  # never expires while held
         # The wheel holds the session, once, not the hold: answered holds
         # waiting there for their deadline were most of the heap (and of the

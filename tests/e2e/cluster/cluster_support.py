@@ -5,6 +5,8 @@ and each node's broker counters."""
 from __future__ import annotations
 
 import ast
+import http.client
+import json
 import re
 import threading
 import time
@@ -120,3 +122,49 @@ def broker_connection(r: redis.Redis, node: str, role: str = "sub") -> dict[str,
         if client.get("name") == f"engine-{node}-{role}":
             return dict(client)
     return None
+
+
+def handshake_node(port: int) -> tuple[http.client.HTTPConnection, str, str]:
+    """Handshake on a new connection: (connection, clientId, BAYEUX_BROWSER cookie)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = [
+        {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+        }
+    ]
+    conn.request("POST", "/cometd", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())[0]
+    assert reply["successful"], reply
+    cookie = (resp.headers.get("Set-Cookie") or "").split(";", 1)[0]
+    return conn, reply["clientId"], cookie
+
+
+def post(
+    conn: http.client.HTTPConnection, cookie: str, messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    headers = {"Content-Type": "application/json", "Cookie": cookie}
+    conn.request("POST", "/cometd", json.dumps(messages), headers)
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, body
+    result = json.loads(body)
+    assert isinstance(result, list)
+    return result
+
+
+def node_of(client_id: str, nodes: list[str]) -> str:
+    # A clientId is 32 random hex characters, then the owning node's id.
+    node = client_id[32:]
+    assert node in nodes, f"clientId {client_id} names none of {nodes}"
+    return node
+
+
+def worker_pids(process: ServerProcess) -> dict[int, int]:
+    """Worker index -> pid of its latest start, from the supervisor's log."""
+    pids: dict[int, int] = {}
+    for m in re.finditer(r"worker (\d+) \(node \w+, pid (\d+)\) started", process.stderr):
+        pids[int(m.group(1))] = int(m.group(2))
+    return pids

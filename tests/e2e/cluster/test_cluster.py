@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis_server import RedisServer, require_redis_server
@@ -30,10 +29,14 @@ require_redis_server()
 from cluster_support import (  # noqa: E402
     Listener,
     broker_stats,
+    handshake_node,
+    node_of,
     node_stub,
+    post,
     redis_client,
     subscribed,
     wait_until,
+    worker_pids,
 )
 from harness import ROOT, ServerProcess, start_server  # noqa: E402
 from support import Browser  # noqa: E402
@@ -47,44 +50,6 @@ NODE_ARGS = ("--timeout", "1500", "--log-level", "info")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def handshake_node(port: int) -> tuple[http.client.HTTPConnection, str, str]:
-    """Handshake on a new connection: (connection, clientId, BAYEUX_BROWSER cookie)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    body = [
-        {
-            "channel": "/meta/handshake",
-            "version": "1.0",
-            "supportedConnectionTypes": ["long-polling"],
-        }
-    ]
-    conn.request("POST", "/cometd", json.dumps(body), {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    reply = json.loads(resp.read())[0]
-    assert reply["successful"], reply
-    cookie = (resp.headers.get("Set-Cookie") or "").split(";", 1)[0]
-    return conn, reply["clientId"], cookie
-
-
-def post(
-    conn: http.client.HTTPConnection, cookie: str, messages: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    headers = {"Content-Type": "application/json", "Cookie": cookie}
-    conn.request("POST", "/cometd", json.dumps(messages), headers)
-    resp = conn.getresponse()
-    body = resp.read()
-    assert resp.status == 200, body
-    result = json.loads(body)
-    assert isinstance(result, list)
-    return result
-
-
-def node_of(client_id: str, nodes: list[str]) -> str:
-    # A clientId is 32 random hex characters, then the owning node's id.
-    node = client_id[32:]
-    assert node in nodes, f"clientId {client_id} names none of {nodes}"
-    return node
 
 
 # --------------------------------------------------------------- fixtures
@@ -349,14 +314,6 @@ def test_node_starts_while_redis_is_down_and_connects_later() -> None:
 
 
 # ------------------------------------------------------------- workers
-
-
-def worker_pids(process: ServerProcess) -> dict[int, int]:
-    """Worker index -> pid of its latest start, from the supervisor's log."""
-    pids: dict[int, int] = {}
-    for m in re.finditer(r"worker (\d+) \(node \w+, pid (\d+)\) started", process.stderr):
-        pids[int(m.group(1))] = int(m.group(2))
-    return pids
 
 
 def nodes_seen(port: int, names: list[str], tries: int = 40) -> set[str]:
