@@ -90,7 +90,7 @@ def test_publishing_from_your_backend(tmp_path: Path) -> None:
 
 
 def test_authentication_with_a_jwt(tmp_path: Path) -> None:
-    text = section("### Authentication")
+    text = section("## Authentication")
     commands = blocks(text, "sh")[0].splitlines()
     port = free_port()
     subprocess.run(commands[0], shell=True, cwd=tmp_path, check=True)
