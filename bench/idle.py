@@ -58,6 +58,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -495,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the scenario plain, then over TLS (as --tls), in one command; print both "
         "and the ratios TLS/plain, write one record (idle-<transport>-<N>-tls-<timestamp>.json)",
     )
+    p.add_argument(
+        "--scrapes",
+        type=int,
+        default=0,
+        help="time this many GET /metrics of the engine (its --metrics-port) with no client and "
+        "again with every client held: a scrape's cost must not grow with the sessions",
+    )
     p.add_argument("--check", action="store_true", help="exit 2 unless all connected, no drops")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--note", default="", help="free text stored in the record")
@@ -762,6 +770,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     lat_files: list[Path] = []
     tls: dict[str, Any] | None = None
     ca_file: Path | None = None
+    metrics_url: str | None = None
+    scrapes: dict[str, Any] = {}
 
     def server_check() -> None:
         check_running(server, gens, redis)
@@ -786,6 +796,9 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 redis = start_redis(Path(workdir.name), guard, binary=args.redis_server)
                 log(progress, f"redis-server ready at {redis.url} (pid {redis.pid})")
                 template += f" --workers {args.workers} --broker {redis.url}"
+            if args.scrapes:
+                metrics_url = f"http://{args.host}:{free_port(args.host)}/metrics"
+                template += f" --metrics-port {metrics_url.rsplit(':', 1)[1].split('/')[0]}"
             if args.tls:
                 cert_file, ca_file, key_type = make_tls_files(Path(workdir.name))
                 template += f" --ssl-certfile {cert_file} --ssl-keyfile {cert_file}"
@@ -817,6 +830,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         redis_rss_baseline = redis_rss()
         cpu_baseline = cpu()
         server_procs = len(process_tree(server_pid)) if server_pid else None
+        if metrics_url is not None:
+            scrapes["idle_server"] = await time_scrapes(metrics_url, args.scrapes, cpu)
 
         # 3. ramp ----------------------------------------------------------------
         fanout_bound = (
@@ -916,6 +931,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         bar.close(f"{hold_s:.1f} s")
         phases["hold_s"] = round(hold_s, 3)
 
+        if metrics_url is not None:
+            scrapes["clients_held"] = await time_scrapes(metrics_url, args.scrapes, cpu)
+            scrapes["sessions_seen"] = scrapes["clients_held"].pop("sessions")
+            scrapes["idle_server"].pop("sessions", None)
+
         # 5. fan-out -------------------------------------------------------------
         fan: dict[str, Any] | None = None
         if args.hot_clients:
@@ -1005,6 +1025,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             },
             fanout=fan,
             tls=tls,
+            scrapes=scrapes or None,
         )
     finally:
         await stop_quietly([pub, *gens], server)
@@ -1088,6 +1109,39 @@ async def fanout_phase(
     return out
 
 
+async def time_scrapes(url: str, count: int, cpu: Callable[[], float | None]) -> dict[str, Any]:
+    """Scrape `count` times in a row: wall time of each, and the server's CPU."""
+
+    def get() -> bytes:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.read()
+
+    walls: list[float] = []
+    size = 0
+    sessions = None
+    before = cpu()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        body = await asyncio.to_thread(get)
+        walls.append((time.perf_counter() - t0) * 1000)
+        size = len(body)
+    after = cpu()
+    for line in body.decode().splitlines():
+        if line.startswith("bayeux_sessions{"):
+            sessions = float(line.rsplit(" ", 1)[1])
+    walls.sort()
+    return {
+        "count": count,
+        "bytes": size,
+        "wall_ms_p50": round(walls[len(walls) // 2], 3),
+        "wall_ms_max": round(walls[-1], 3),
+        "server_cpu_ms_each": (
+            None if before is None or after is None else round((after - before) * 1000 / count, 3)
+        ),
+        "sessions": sessions,
+    }
+
+
 def compute(
     *,
     args: argparse.Namespace,
@@ -1113,6 +1167,7 @@ def compute(
     cluster: dict[str, Any] | None = None,
     fanout: dict[str, Any] | None = None,
     tls: dict[str, Any] | None = None,
+    scrapes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     n = args.clients
     connected = hold_end["connected"]
@@ -1270,6 +1325,8 @@ def compute(
         results["fanout"] = fanout
     if tls is not None:
         results["tls"] = tls
+    if scrapes is not None:
+        results["scrapes"] = scrapes
     results["held_cleanly"] = bool(
         connected >= n * (1 - MAX_DROPPED_FRACTION)
         and final["dropped"] <= n * MAX_DROPPED_FRACTION
@@ -1305,6 +1362,8 @@ def compute(
         parameters["hot_channel"] = args.hot_channel
     if args.tls:
         parameters["tls"] = True
+    if args.scrapes:
+        parameters["scrapes"] = args.scrapes
     if getattr(args, "compare_tls", False):
         parameters["compare_tls"] = True
     return {"parameters": parameters, "results": results}
@@ -1448,6 +1507,18 @@ def report_table(record: dict[str, Any]) -> str:
                 " / ".join(na(fl.get(k), "{:,.1f}") for k in ("p50", "p99", "max")) + " ms",
             ),
         ]
+    sc = r.get("scrapes")
+    if sc:
+        for key, label in (("idle_server", "no client"), ("clients_held", "clients held")):
+            t = sc[key]
+            rows.append(
+                (
+                    f"GET /metrics, {label}: wall p50 / max, server CPU each",
+                    f"{t['wall_ms_p50']:.2f} / {t['wall_ms_max']:.2f} ms, "
+                    + na(t["server_cpu_ms_each"], "{:.2f}")
+                    + " ms",
+                )
+            )
     if "held_cleanly" in r:
         rows.append(("held cleanly (see README)", "yes" if r["held_cleanly"] else "NO"))
     label = record.get("label")

@@ -238,10 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_supervisor(options, app=args.app)
 
     def ready(server: BayeuxServer) -> None:
-        if server.metrics is not None:
-            # (Before the ready line: a --workers supervisor reads it.)
-            print(f"engine metrics {server.metrics.url}", flush=True)
-        print(f"engine serving {server.url}", flush=True)
+        # The ready line first (tools take the first URL printed), then the
+        # metrics URL in the same write: a --workers supervisor reads both
+        # before it counts this worker as serving.
+        metrics = f"\nengine metrics {server.metrics.url}" if server.metrics is not None else ""
+        print(f"engine serving {server.url}{metrics}", flush=True)
 
     try:
         tls_context(options)  # a certificate that does not load is a configuration error

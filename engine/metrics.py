@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
     CollectorRegistry,
     generate_latest,
 )
@@ -239,13 +238,63 @@ class ServerCollector(Collector):
             yield nodes
 
 
+class ProcessMetrics(Collector):
+    """The process metrics of prometheus_client's ProcessCollector (the same
+    names), with the open-files count from stat(2).
+
+    The library counts open files by listing /proc/self/fd: a walk over
+    every connection, on the event loop (22 ms at 19,000 connections on a
+    2-core machine).  Since Linux 6.2 the size of that directory is the
+    count; the directory is listed only where the kernel reports no size."""
+
+    def __init__(self) -> None:
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat", "rb") as f:
+            self.boot_time = next(float(x.split()[1]) for x in f if x.startswith(b"btime "))
+
+    def collect(self) -> Iterator[Metric]:
+        with open("/proc/self/stat", "rb") as f:
+            parts = f.read().rsplit(b")", 1)[-1].split()
+        yield GaugeMetricFamily(
+            "process_virtual_memory_bytes", "Virtual memory size in bytes.", value=float(parts[20])
+        )
+        yield GaugeMetricFamily(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            value=float(parts[21]) * PAGE_SIZE,
+        )
+        yield GaugeMetricFamily(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            value=float(parts[19]) / self.ticks + self.boot_time,
+        )
+        yield CounterMetricFamily(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            value=(float(parts[11]) + float(parts[12])) / self.ticks,
+        )
+        size = os.stat("/proc/self/fd").st_size
+        yield GaugeMetricFamily(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            value=size if size > 0 else len(os.listdir("/proc/self/fd")),
+        )
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        yield GaugeMetricFamily(
+            "process_max_fds", "Maximum number of open file descriptors.", value=soft
+        )
+
+
 def server_registry(server: BayeuxServer) -> CollectorRegistry:
     """The server's metrics and the process, platform and GC collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(server))
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    for collector in (PROCESS, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
     return registry
+
+
+PROCESS = ProcessMetrics()  # (one per process, shared by its servers)
 
 
 # ------------------------------------------------------------- the listener

@@ -264,9 +264,9 @@ class BayeuxServer(Application):
         except BaseException:
             await self._close_parts()
             raise
+        log.info("listening on %s (node %s)", self.url, self.node_id)
         if self.metrics is not None:
             log.info("metrics on %s", self.metrics.url)
-        log.info("listening on %s (node %s)", self.url, self.node_id)
         log.info(
             "open-files limit %d: this process holds at most %d client connections",
             self.files_limit,

@@ -169,7 +169,7 @@ class Supervisor:
             if not ready.done() and line.startswith("engine serving "):
                 match = _URL_RE.search(line)
                 ready.set_result(match.group(1) if match else "")
-            elif not ready.done() and line.startswith("engine metrics "):
+            elif line.startswith("engine metrics "):
                 match = _URL_RE.search(line)
                 worker.metrics_url = match.group(1) if match else None
             elif line:
