@@ -36,9 +36,10 @@ import time
 from collections import deque
 from typing import Any
 
+from engine.logs import set_node
 from engine.options import ServerOptions
 
-__all__ = ["WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
+__all__ = ["WORKER_INDEX_ENV", "WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
 
 log = logging.getLogger("engine.supervisor")
 
@@ -49,6 +50,7 @@ RESTART_WINDOW = 60.0  # ... seconds, beyond which the supervisor gives up
 STABLE_AFTER = 10.0  # s of life after which a worker's restart delay is reset
 _URL_RE = re.compile(r"(https?://\S+)")
 WORKER_OPTIONS_ENV = "ENGINE_WORKER_OPTIONS"  # JSON of a worker's ServerOptions
+WORKER_INDEX_ENV = "ENGINE_WORKER_INDEX"  # the worker's number, 1..N, for its log lines
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -78,6 +80,7 @@ class Supervisor:
         self.app = app
         self.count = options.workers
         base = options.node_id or secrets.token_hex(3)
+        set_node(base)  # the supervisor's own lines; its workers' say <base>w<i>
         self.workers = [Worker(i, f"{base}w{i}") for i in range(1, self.count + 1)]
         self.serving = False
         self.stopping = False
@@ -128,7 +131,11 @@ class Supervisor:
         options = self.options.replace(
             workers=1, reuse_port=True, port=port, node_id=worker.node_id
         )
-        return {**os.environ, WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options))}
+        return {
+            **os.environ,
+            WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options)),
+            WORKER_INDEX_ENV: str(worker.index),
+        }
 
     async def _spawn(self, worker: Worker, port: int) -> None:
         loop = asyncio.get_running_loop()
