@@ -1,5 +1,5 @@
 """The process's logging: text or JSON lines that name their node and worker,
-or the operator's own `--log-config` file.
+the optional access log, or the operator's own `--log-config` file.
 
 Every record gets two attributes, `node` (the node id) and `worker` (which
 process of a `--workers` group wrote it), from a LogRecord factory: so they
@@ -28,18 +28,23 @@ from pythonjsonlogger.orjson import OrjsonFormatter
 from engine.options import ServerOptions
 
 __all__ = [
+    "ACCESS_LOGGER",
     "JsonFormatter",
     "LogConfigError",
     "TEXT_FORMAT",
     "configure_logging",
+    "log_access",
     "set_node",
 ]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s node=%(node)s worker=%(worker)s %(name)s: %(message)s"
+ACCESS_LOGGER = "engine.access"
 
 # Where every record reads its node and worker from (see the module docstring).
 _identity = {"node": "-", "worker": "0"}
 _base_factory = logging.getLogRecordFactory()
+
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class LogConfigError(ValueError):
@@ -60,7 +65,7 @@ def set_node(node_id: str) -> None:
 
 class JsonFormatter(OrjsonFormatter):
     """One JSON object per line: time (ISO 8601, UTC), level, logger, message,
-    node, worker, then the record's extra fields and
+    node, worker, then the record's extra fields (the access log's) and
     exc_info (the traceback, as one string) when there is one.
 
     Usable from a --log-config file: `{"()": "engine.logs.JsonFormatter"}`.
@@ -81,7 +86,7 @@ class JsonFormatter(OrjsonFormatter):
 
 def configure_logging(options: ServerOptions, worker: str = "0") -> None:
     """Set up this process's logging from the options (log_level, log_format,
-    log_config).  Raises LogConfigError for a log_config file
+    access_log, log_config).  Raises LogConfigError for a log_config file
     that cannot be read or applied."""
     _identity["worker"] = worker
     set_node(options.node_id)
@@ -99,6 +104,9 @@ def configure_logging(options: ServerOptions, worker: str = "0") -> None:
             JsonFormatter() if options.log_format == "json" else logging.Formatter(TEXT_FORMAT)
         )
         logging.basicConfig(level=options.log_level.upper(), handlers=[handler], force=True)
+    access = logging.getLogger(ACCESS_LOGGER)
+    if options.access_log and access.level == logging.NOTSET:
+        access.setLevel(logging.INFO)  # asked for: shown whatever log_level says
 
 
 def _apply_file(path: str) -> None:
@@ -146,3 +154,29 @@ def _apply_file(path: str) -> None:
         if exc.__cause__ is not None:  # (dictConfig's "Unable to configure handler 'x'")
             reason += f": {exc.__cause__}"
         raise error(f"not a valid logging.config.dictConfig dictionary: {reason}") from None
+
+
+def log_access(
+    remote: str | None, method: str, path: str, status: int, size: int, duration_ms: float
+) -> None:
+    """One access-log line (engine.transport: only with access_log on).  The path
+    comes without its query string, which may carry tokens or JSONP callbacks."""
+    remote = remote or "-"
+    duration_ms = round(duration_ms, 1)
+    access_log.info(
+        '%s "%s %s" %d %d %.1fms',
+        remote,
+        method,
+        path,
+        status,
+        size,
+        duration_ms,
+        extra={
+            "remote": remote,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes": size,
+            "duration_ms": duration_ms,
+        },
+    )

@@ -193,6 +193,13 @@ class ServerOptions:
             "worker: 0 alone, 1..N for the workers of --workers N, supervisor for theirs"
         },
     )
+    access_log: bool = field(
+        default=False,
+        metadata={
+            "help": "log each HTTP request (engine.access, at INFO): client address, method, "
+            "path without its query string, status, bytes, ms"
+        },
+    )
     log_config: str = field(
         default="",
         metadata={
