@@ -50,6 +50,7 @@ import jwt
 
 from engine.api.context import current_context
 from engine.api.policy import Deny, SecurityPolicy, deny
+from engine.config import mask_password
 from engine.protocol import errors
 from engine.protocol.message import Message
 from engine.ratelog import CauseLog
@@ -243,8 +244,8 @@ class JwtPolicy(SecurityPolicy):
                 limit_log.warning(
                     "jwks_down",
                     "the JWKS at %s cannot be read (%s); %d keys fetched before stay in use",
-                    self.jwks_url,
-                    exc,
+                    mask_password(self.jwks_url or ""),
+                    mask_password(str(exc)),  # (aiohttp's errors quote the URL)
                     len(self._jwks),
                 )
                 return
