@@ -118,12 +118,13 @@ def _apply_file(path: str) -> None:
     suffix = Path(path).suffix.lower()
     try:
         if suffix in (".ini", ".cfg", ".conf"):
-            # (fileConfig reads a missing file as an empty one: say so instead.)
-            if not Path(path).is_file():
+            if not Path(path).is_file():  # (fileConfig would take it for an empty file)
                 raise error("no such file")
             logging.config.fileConfig(path, disable_existing_loggers=False)
             return
         text = Path(path).read_text()
+    except FileNotFoundError:
+        raise error("no such file") from None
     except OSError as exc:
         raise error(exc.strerror or str(exc)) from None
     except (configparser.Error, KeyError, ValueError, TypeError, RuntimeError) as exc:
