@@ -4,6 +4,7 @@ worker on every line), --access-log, --log-config, and no secret in any line."""
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import socket
 import subprocess
@@ -88,6 +89,12 @@ def websocket_upgrade(port: int, path: str, headers: str = "") -> bytes:
                 break
             head += chunk
     return head
+
+
+def serve_briefly(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m engine serve --port 0 ARGS` that should exit at once (refused)."""
+    command = [sys.executable, "-m", "engine", "serve", "--port", "0", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=20)
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 5.0) -> None:
@@ -226,10 +233,7 @@ def test_access_log_is_off_by_default() -> None:
 
 
 def test_bad_log_format_is_refused() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--port", "0", "--log-format", "xml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=20,
-    )  # fmt: skip
+    done = serve_briefly("--log-format", "xml")
     assert done.returncode == 2 and "log_format must be text or json" in done.stderr
 
 
@@ -277,6 +281,36 @@ def test_the_files_level_for_engine_wins_over_log_level(tmp_path: Path) -> None:
     assert "listening on" not in log_file.read_text()  # (INFO: below the file's WARNING)
 
 
+def test_an_ini_log_config(tmp_path: Path) -> None:
+    log_file = tmp_path / "engine.log"
+    config = tmp_path / "logging.ini"
+    config.write_text(
+        "[loggers]\nkeys=root\n[handlers]\nkeys=file\n[formatters]\nkeys=plain\n"
+        "[logger_root]\nlevel=INFO\nhandlers=file\n"
+        f"[handler_file]\nclass=FileHandler\nformatter=plain\nargs=({str(log_file)!r},)\n"
+        "[formatter_plain]\nformat=%(worker)s %(name)s %(message)s\n"
+    )
+    with start_server("--log-config", str(config)) as server:
+        server.assert_stopped_cleanly()
+    assert "0 engine.server listening on http://" in log_file.read_text()
+
+
+def test_a_yaml_log_config_needs_pyyaml(tmp_path: Path) -> None:
+    log_file = tmp_path / "engine.log"
+    config = tmp_path / "logging.yaml"
+    config.write_text(
+        "version: 1\nhandlers:\n  file:\n    class: logging.FileHandler\n"
+        f"    filename: {json.dumps(str(log_file))}\nroot:\n  handlers: [file]\n  level: INFO\n"
+    )
+    if importlib.util.find_spec("yaml") is not None:
+        with start_server("--log-config", str(config)) as server:
+            server.assert_stopped_cleanly()
+        assert "listening on http://" in log_file.read_text()
+        return
+    done = serve_briefly("--log-config", str(config))
+    assert done.returncode == 2 and "needs PyYAML (pip install pyyaml)" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "text", "reason"),
     [
@@ -299,10 +333,7 @@ def test_a_bad_log_config_exits_2_before_listening(
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    done = subprocess.run(
-        [sys.executable, "-m", "engine", "serve", "--port", "0", "--log-config", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=20,
-    )  # fmt: skip
+    done = serve_briefly("--log-config", str(path))
     assert done.returncode == 2, done
     assert done.stderr.startswith(f"engine: --log-config {path}: "), done.stderr
     assert reason in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
