@@ -343,11 +343,25 @@ def test_a_bad_log_config_exits_2_before_listening(
 # --------------------------------------------------------------- workers
 
 
-def test_workers_and_supervisor_lines_say_which_process(tmp_path: Path) -> None:
+# A --log-config file with the engine's JSON formatter, on stderr: as --log-format json.
+JSON_CONFIG = {
+    "version": 1,
+    "formatters": {"json": {"()": "engine.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+}
+
+
+@pytest.mark.parametrize("how", ["--log-format", "--log-config"])
+def test_workers_and_supervisor_lines_say_which_process(tmp_path: Path, how: str) -> None:
+    """With a --log-config file, the supervisor and every worker apply it."""
+    config = tmp_path / "logging.json"
+    config.write_text(json.dumps(JSON_CONFIG))
+    logging_args = ["--log-format", "json"] if how == "--log-format" else [how, str(config)]
     with RedisServer() as redis:
         server = start_server(
-            "--workers", "2", "--broker", redis.url, "--node-id", "lg", "--log-format", "json",
-            "--access-log",
+            "--workers", "2", "--broker", redis.url, "--node-id", "lg", "--access-log",
+            *logging_args,
         )  # fmt: skip
         with server:
             for _ in range(6):  # (SO_REUSEPORT spreads them over the workers)
