@@ -167,6 +167,20 @@ def test_no_secret_in_any_line_and_every_line_is_json() -> None:
     assert len([r for r in found if r["logger"] == "engine.access"]) >= 7
 
 
+def test_a_jwks_url_is_logged_without_its_password() -> None:
+    dead = free_port()
+    server = start_server(
+        "--log-format", "json", "--jwt-jwks-url", f"http://jw:{HOOK_PASSWORD}@127.0.0.1:{dead}/jwks"
+    )  # fmt: skip
+    with server:
+        token = jwt.encode({"sub": "a"}, "k" * 32, algorithm="HS256", headers={"kid": "k1"})
+        post(server.port, "/cometd", [{**HANDSHAKE, "ext": {"token": token}}])
+        wait_for(lambda: "JWKS" in server.stderr, "the JWKS failure")
+        server.assert_stopped_cleanly()
+    assert f"http://jw:***@127.0.0.1:{dead}/jwks" in server.stderr  # logged, masked
+    assert HOOK_PASSWORD not in server.stderr
+
+
 # --------------------------------------------------------------- formats
 
 
