@@ -144,7 +144,7 @@ def _apply_file(path: str) -> None:
         except ValueError as exc:
             raise error(f"not valid JSON: {exc}") from None
     if not isinstance(config, dict):
-        raise error("not a logging.config.dictConfig dictionary (a JSON object)")
+        raise error("not a logging.config.dictConfig dictionary (a mapping)")
     # The engine's loggers exist already (made at import): unless the file says
     # otherwise, they are kept, not silenced as dictConfig would by default.
     config.setdefault("disable_existing_loggers", False)
