@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,9 +22,10 @@ from engine.config import (
     read_secret_files,
     to_toml,
 )
+from engine.logs import LogConfigError, configure_logging
 from engine.options import ServerOptions
 from engine.server import BayeuxServer, tls_context
-from engine.supervisor import WORKER_OPTIONS_ENV
+from engine.supervisor import WORKER_INDEX_ENV, WORKER_OPTIONS_ENV
 
 __all__ = ["main", "build_parser", "layered_options", "options_from_args"]
 
@@ -218,11 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(to_toml(masked(options)))
         return 0
-    logging.basicConfig(
-        level=options.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Which process of a --workers group this is, for every log line.
+    worker = "supervisor" if options.workers > 1 else os.environ.pop(WORKER_INDEX_ENV, "0")
+    try:
+        configure_logging(options, worker)
+    except LogConfigError as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return 2
 
     if options.workers > 1:
         if not options.broker:

@@ -38,6 +38,7 @@ __all__ = [
     "SECRETS",
     "from_env",
     "from_file",
+    "mask_password",
     "masked",
     "read_secret_files",
     "to_toml",
@@ -86,7 +87,8 @@ def _typed(key: str, value: Any, where: str) -> Any:
         "str": isinstance(value, str),
     }[kind]
     if not ok:
-        raise ConfigError(f"{where}: {key} must be {_KINDS[kind]}, not {value!r}")
+        shown = type(value).__name__ if key in SECRETS else repr(value)  # (a secret's value: never)
+        raise ConfigError(f"{where}: {key} must be {_KINDS[kind]}, not {shown}")
     return float(value) if kind == "float" else value
 
 
@@ -181,9 +183,17 @@ def masked(options: ServerOptions) -> dict[str, Any]:
     for name in SECRETS:
         if name not in ("broker", "jwt_public_key") and values[name]:  # (a public key is public)
             values[name] = "***"
-    # A Redis URL keeps its host; only its password (user:password@) is hidden.
-    values["broker"] = re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", values["broker"])
+    values["broker"] = mask_password(values["broker"])
     return values
+
+
+_PASSWORD = re.compile(r"(//[^/@:\s]*:)[^@\s]*@")
+
+
+def mask_password(text: str) -> str:
+    """`text` with the password of any URL in it (`//user:password@`) as `***`:
+    a URL keeps its host, for the logs and `python -m engine config`."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 def to_toml(values: Mapping[str, Any]) -> str:

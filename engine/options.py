@@ -190,7 +190,34 @@ class ServerOptions:
         default="",
         metadata={"help": "this node's id, the prefix of every clientId (random when empty)"},
     )
-    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    log_level: str = field(
+        default="info",
+        metadata={
+            "help": "debug, info, warning or error; with log_config, the level of the "
+            "engine loggers unless the file sets it"
+        },
+    )
+    log_format: str = field(
+        default="text",
+        metadata={
+            "help": "text or json (one JSON object per line); each line names its node and "
+            "worker: 0 alone, 1..N for the workers of --workers N, supervisor for theirs"
+        },
+    )
+    access_log: bool = field(
+        default=False,
+        metadata={
+            "help": "log each HTTP request (engine.access, at INFO): client address, method, "
+            "path without its query string, status, bytes, ms"
+        },
+    )
+    log_config: str = field(
+        default="",
+        metadata={
+            "help": "a logging.config.dictConfig file (JSON, or YAML with PyYAML) or a "
+            "fileConfig .ini file; replaces log_format's set-up"
+        },
+    )
     broker: str = field(
         default="",
         metadata={
@@ -455,6 +482,8 @@ class ServerOptions:
             problems.append("redis_buffer_seconds must be > 0")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append("log_level must be debug, info, warning or error")
+        if self.log_format not in ("text", "json"):
+            problems.append("log_format must be text or json")
         if (self.ssl_keyfile or self.ssl_ca_certs) and not self.ssl_certfile:
             problems.append("ssl_keyfile and ssl_ca_certs need ssl_certfile")
         if self.cookie_same_site not in ("", "Lax", "Strict", "None"):

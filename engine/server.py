@@ -29,6 +29,7 @@ from engine.api.tokens import JwtPolicy
 from engine.cluster.api_relay import ApiRelay
 from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.http_api import HttpApi
+from engine.logs import set_node
 from engine.metrics import MetricsListener
 from engine.options import ServerOptions
 from engine.protocol.core import BayeuxCore
@@ -168,6 +169,7 @@ class BayeuxServer(Application):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        set_node(self.node_id)  # from now on, this process's log lines name it
         self.files_limit = raise_files_limit()
         # Keep some descriptors for the listener, Redis, logs and accept().
         self._max_connections = max(1, self.files_limit - FILES_RESERVED)

@@ -39,10 +39,11 @@ import time
 from collections import deque
 from typing import Any
 
+from engine.logs import set_node
 from engine.metrics import MetricsListener, WorkerAggregate, fetch_metrics, supervisor_gauges
 from engine.options import ServerOptions
 
-__all__ = ["WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
+__all__ = ["WORKER_INDEX_ENV", "WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
 
 log = logging.getLogger("engine.supervisor")
 
@@ -54,6 +55,7 @@ STABLE_AFTER = 10.0  # s of life after which a worker's restart delay is reset
 WORKER_SCRAPE_S = 5.0  # s to read one worker's metrics
 _URL_RE = re.compile(r"(https?://\S+)")
 WORKER_OPTIONS_ENV = "ENGINE_WORKER_OPTIONS"  # JSON of a worker's ServerOptions
+WORKER_INDEX_ENV = "ENGINE_WORKER_INDEX"  # the worker's number, 1..N, for its log lines
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -84,6 +86,7 @@ class Supervisor:
         self.app = app
         self.count = options.workers
         base = options.node_id or secrets.token_hex(3)
+        set_node(base)  # the supervisor's own lines; its workers' say <base>w<i>
         self.workers = [Worker(i, f"{base}w{i}") for i in range(1, self.count + 1)]
         self.serving = False
         self.stopping = False
@@ -143,7 +146,11 @@ class Supervisor:
             metrics_port=0 if self.options.metrics_port >= 0 else -1,
             metrics_host="127.0.0.1",
         )
-        return {**os.environ, WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options))}
+        return {
+            **os.environ,
+            WORKER_OPTIONS_ENV: json.dumps(dataclasses.asdict(options)),
+            WORKER_INDEX_ENV: str(worker.index),
+        }
 
     async def _spawn(self, worker: Worker, port: int) -> None:
         loop = asyncio.get_running_loop()

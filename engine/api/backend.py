@@ -51,6 +51,7 @@ import aiohttp
 
 from engine.api.context import current_context
 from engine.api.policy import Deny, SecurityPolicy, deny
+from engine.config import mask_password
 from engine.protocol.message import Message
 from engine.ratelog import CauseLog
 
@@ -200,7 +201,7 @@ class BackendHooks(SecurityPolicy):
             self._failed("timeout", f"the backend did not answer {operation} in time")
             return None
         except aiohttp.ClientError as exc:
-            self._failed("unreachable", f"the backend is unreachable: {exc!r}")
+            self._failed("unreachable", f"the backend is unreachable: {mask_password(repr(exc))}")
             return None
         try:
             answer = json.loads(payload) if payload is not None else None
@@ -322,7 +323,7 @@ class Webhooks:
                         ok = 200 <= response.status < 300
                         why = f"answered {response.status}"
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    ok, why = False, repr(exc)
+                    ok, why = False, mask_password(repr(exc))  # (a URL's password: never)
                 if ok:
                     for event in batch:  # (unless dropped meanwhile, as the oldest)
                         if self.queue and self.queue[0] is event:

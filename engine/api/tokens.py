@@ -50,6 +50,7 @@ import jwt
 
 from engine.api.context import current_context
 from engine.api.policy import Deny, SecurityPolicy, deny
+from engine.config import mask_password
 from engine.protocol import errors
 from engine.protocol.message import Message
 from engine.ratelog import CauseLog
@@ -119,6 +120,7 @@ class JwtPolicy(SecurityPolicy):
             except ValueError as exc:
                 raise ValueError(f"public_key is not a PEM public key: {exc}") from None
         self.jwks_url = jwks_url
+        self.jwks_shown = mask_password(jwks_url or "")  # in log lines: no password
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
@@ -218,7 +220,7 @@ class JwtPolicy(SecurityPolicy):
             return next(iter(self._jwks.values())).key
         found = self._jwks.get(kid)  # type: ignore[arg-type]
         if found is None:
-            raise jwt.InvalidTokenError(f"no key {kid!r} in the JWKS of {self.jwks_url}")
+            raise jwt.InvalidTokenError(f"no key {kid!r} in the JWKS of {self.jwks_shown}")
         return found.key
 
     async def _fetch_jwks(self) -> None:
@@ -243,8 +245,8 @@ class JwtPolicy(SecurityPolicy):
                 limit_log.warning(
                     "jwks_down",
                     "the JWKS at %s cannot be read (%s); %d keys fetched before stay in use",
-                    self.jwks_url,
-                    exc,
+                    self.jwks_shown,
+                    mask_password(str(exc)),  # (aiohttp's errors quote the URL)
                     len(self._jwks),
                 )
                 return

@@ -31,6 +31,7 @@ from engine.transport._http import (
     decode_messages,
     error_body,
     http_response,
+    log_exchange,
     origin_host,
 )
 from engine.transport.websocket import WebSocketConnection, new_browser_cookie, upgrade_response
@@ -195,6 +196,14 @@ class HttpConnection(HttpProtocol):
         if self.closed or self.transport is None:
             return
         exchange = HttpExchange(self, keep_alive=False)
+        if self.endpoint.access_log:
+            # Its request line is whole only once the body began.
+            known = self.phase == 2
+            exchange.access = (
+                self.parser.get_method() if known else b"-",
+                self.url if known else b"-",
+                self.endpoint.time(),
+            )
         self.pending.append(exchange)
         self.complete(exchange, self.error_response(status, detail, keep_alive=False))
         self.parser = httptools.HttpRequestParser(self)  # stop using the broken stream
@@ -308,6 +317,8 @@ class HttpConnection(HttpProtocol):
         self.context.connections.add(ws)
         self.core.stats.ws_upgrades += 1
         transport.write(head)
+        if exchange.access is not None:
+            log_exchange(exchange, head)
         transport.set_protocol(ws)
         self.parser = _DETACHED  # this object is done: no cycle left for the GC
 

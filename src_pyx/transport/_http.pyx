@@ -35,6 +35,7 @@ import httptools
 import orjson
 
 from engine.delivery._batch cimport splice_http, splice_jsonp
+from engine.logs import log_access
 from engine.protocol.limits import ConnectionLimits
 from engine.ratelog import CauseLog
 
@@ -258,6 +259,7 @@ cdef class HttpEndpoint:
     cdef public object time
     # Networks of trusted proxies (their X-Forwarded-For names the client).
     cdef public tuple proxies
+    cdef public bint access_log  # a line per request (engine.logs.log_access)
 
     def __init__(self, context):
         self.context = context
@@ -282,6 +284,7 @@ cdef class HttpEndpoint:
         self.resolution = self.deadlines.wheel.resolution
         self.time = self.core.loop.time
         self.proxies = options.proxy_networks
+        self.access_log = options.access_log
 
     cdef schedule(self, HttpProtocol conn):
         self.conns.append(conn)
@@ -310,6 +313,20 @@ cdef class HttpEndpoint:
         return n == base or s[base] == b'/'
 
 
+def log_exchange(HttpExchange exchange, bytes written):
+    """The access-log line of an answered request (`written`: its response)."""
+    method, url, start = exchange.access
+    log_access(
+        exchange.client_address,
+        (<bytes>method).decode("latin-1"),
+        # Never the query string: it may carry a token or a JSONP callback.
+        (<bytes>url).partition(b"?")[0].decode("latin-1"),
+        int(written[9:12]),
+        PyBytes_GET_SIZE(written),
+        (exchange.conn.endpoint.time() - <double>start) * 1000.0,
+    )
+
+
 cdef double seconds(int ms):
     return ms / 1000.0 if ms > 0 else INF
 
@@ -330,6 +347,8 @@ cdef class HttpExchange:
     cdef public object limits
     cdef public object client_address
     cdef public bint head_only  # a HEAD request: the response goes without its body
+    # With access_log on: (method, url, loop time when read), for its line.
+    cdef public object access
 
     def __init__(self, HttpProtocol conn, bint keep_alive):
         self.setup(conn, keep_alive)
@@ -347,6 +366,7 @@ cdef class HttpExchange:
         self.limits = conn.limits
         self.client_address = conn.client_address
         self.head_only = False
+        self.access = None
 
     @property
     def cookie_presented(self):
@@ -662,6 +682,8 @@ cdef class HttpProtocol:
             exchange.client_address = self.forwarded_address()
         if method == b"HEAD":
             exchange.head_only = True
+        if endpoint.access_log:
+            exchange.access = (method, self.url, endpoint.time())
         self.pending.append(exchange)
         if len(self.pending) >= MAX_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
@@ -753,24 +775,20 @@ cdef class HttpProtocol:
             self.endpoint.schedule(self)
         while pending and (<HttpExchange>pending[0]).response is not None:
             done = pending.pop(0)
+            written = <bytes>done.response
+            if done.head_only:  # HEAD: the head alone (its Content-Length stays)
+                cut = written.find(b"\r\n\r\n")
+                if cut >= 0:
+                    written = written[: cut + 4]
             out = self.out
             if out is None:
-                self.out = done.response
+                self.out = written
             elif type(out) is list:
-                (<list>out).append(done.response)
+                (<list>out).append(written)
             else:
-                self.out = [out, done.response]
-            if done.head_only:  # HEAD: the head alone (its Content-Length stays)
-                # Indexed from the length: this module is compiled with
-                # wraparound=False, where [-1] reads before the list's items.
-                cut = (<bytes>done.response).find(b"\r\n\r\n")
-                if cut >= 0:
-                    if type(self.out) is bytes:
-                        self.out = (<bytes>done.response)[: cut + 4]
-                    else:
-                        (<list>self.out)[len(<list>self.out) - 1] = (
-                            <bytes>done.response
-                        )[: cut + 4]
+                self.out = [out, written]
+            if done.access is not None:
+                log_exchange(done, written)
             # Whatever still references the exchange (the hold being answered)
             # keeps no bytes alive.
             done.response = None

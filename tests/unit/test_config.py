@@ -122,3 +122,19 @@ def test_every_secret_is_masked() -> None:
     for value in ("k-e-y", "j-w-t", "a-d-m"):
         assert value not in shown
     assert {"api_key", "jwt_secret", "jwt_public_key"} <= set(SECRETS)
+
+
+def test_url_passwords_masked_in_any_text() -> None:
+    from engine.config import mask_password
+
+    text = "redis at redis://u:pw1@h:6379/0, then https://:pw2@example.com/jwks failed"
+    assert mask_password(text) == (
+        "redis at redis://u:***@h:6379/0, then https://:***@example.com/jwks failed"
+    )
+    assert mask_password("redis://h:6379/0 user@example.com") == "redis://h:6379/0 user@example.com"
+
+
+def test_a_secret_of_the_wrong_type_is_not_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="admin_token must be a string, not int") as caught:
+        from_file(write(tmp_path, "admin_token = 987654321\n"))
+    assert "987654321" not in str(caught.value)
