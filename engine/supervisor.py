@@ -288,7 +288,8 @@ class Supervisor:
                 return await self._shutdown()
             urls = ready_task.result()
             self.serving = True
-            print(f"engine serving {urls[0]} ({self.count} workers)", flush=True)
+            metrics = f"\nengine metrics {self.metrics.url}" if self.metrics is not None else ""
+            print(f"engine serving {urls[0]} ({self.count} workers){metrics}", flush=True)
             await self._stop.wait()
             if not self.failed:
                 log.info("signal received: draining %d workers", self.count)
