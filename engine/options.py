@@ -262,6 +262,36 @@ class ServerOptions:
         },
     )
 
+    # Presence (engine.presence): who is subscribed to a channel, cluster-wide.
+    presence_channels: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated channel patterns with presence (e.g. /chat/**): members "
+            "counted and listed, join/leave events; empty: off"
+        },
+    )
+    presence_prefix: str = field(
+        default="/presence",
+        metadata={
+            "help": "prefix of the companion channels of presence events (/presence/chat/room "
+            "for /chat/room)"
+        },
+    )
+    presence_ttl: int = field(
+        default=15000,
+        metadata={
+            "help": "ms within which the members of a crashed node disappear (cluster; live "
+            "nodes refresh their liveness key every presence_ttl/6)"
+        },
+    )
+    presence_event_rate: int = field(
+        default=100,
+        metadata={
+            "help": "join/leave events per second per channel (per node); past it they are "
+            "coalesced into one sync message (the count) per second; 0 = no limit"
+        },
+    )
+
     # Hostile clients: bounds per connection, per client address, per session.
     max_queue_bytes: int = field(
         default=2 * 1024 * 1024,
@@ -508,6 +538,22 @@ class ServerOptions:
                 problems.append(f"{name} must be >= 1")
         if sum(bool(k) for k in (self.jwt_secret, self.jwt_public_key, self.jwt_jwks_url)) > 1:
             problems.append("give one of jwt_secret, jwt_public_key, jwt_jwks_url")
+        if self.presence_ttl < 300:
+            problems.append("presence_ttl must be >= 300 (ms)")
+        if self.presence_event_rate < 0:
+            problems.append("presence_event_rate must be >= 0")
+        prefix = self.presence_prefix
+        if (
+            not prefix.startswith("/")
+            or prefix.rstrip("/") != prefix
+            or "*" in prefix
+            or prefix.startswith(("/meta/", "/service/"))
+            or prefix in ("/meta", "/service")
+        ):
+            problems.append(
+                "presence_prefix must be a channel name like /presence (no wildcard, not "
+                "/meta or /service, no trailing /)"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -75,6 +75,15 @@ class Counters:
     api_refused: int = 0  # answered with an error (bad key, bad request, policy)
     api_published: int = 0
     api_duplicates: int = 0  # publishes with an idempotency key already used (not delivered)
+    # Presence (engine.presence), limits and failures also logged once per cause:
+    presence_joins: int = 0  # sessions that joined a presence channel on this node
+    presence_leaves: int = 0  # ... and left it (unsubscribe, disconnect, expiry, removal)
+    presence_events_coalesced: int = 0  # join/leave events dropped past presence_event_rate
+    presence_syncs: int = 0  # sync messages (the count) sent for coalesced channels
+    presence_expired: int = 0  # members of dead nodes this node removed from Redis
+    presence_refused: int = 0  # presence queries refused (no right to subscribe, not admin)
+    presence_redis_errors: int = 0  # presence writes, heartbeats, queries failed on Redis
+    presence_reconciles: int = 0  # this node's members written back to Redis in full
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -24,7 +24,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -60,6 +60,9 @@ from engine.routing._channels import (
 )
 from engine.stats import Counters
 from engine.transport.deadlines import ConnectionDeadlines
+
+if TYPE_CHECKING:
+    from engine.presence import Presence
 
 __all__ = ["BayeuxCore"]
 
@@ -128,6 +131,9 @@ class BayeuxCore(SessionCore):
         self.broker: Broker = broker or LocalBroker(self.deliver)
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: Forwarder | None = None
+        # Set with presence channels (engine.presence): its companion
+        # channels need the right to subscribe to the channel itself.
+        self.presence: Presence | None = None
         if options.timesync_extension and not any(
             isinstance(e, TimesyncExtension) for e in self.hooks.extensions
         ):
@@ -544,6 +550,45 @@ class BayeuxCore(SessionCore):
             return errors.denied(reason, f"{operation}_denied")
         return None
 
+    def _subscribe_refusal(self, session: Session, name: str, message: Message) -> str | None:
+        """Would `session` be allowed to subscribe to `name` (the policy's
+        subscribe decision and the channel's authorizers; creating it is not
+        asked)?  The error refusing it, or None."""
+        if not self._decide("subscribe", message, session, name):
+            return self._refusal("subscribe_denied", errors.SUBSCRIBE_DENIED)
+        try:
+            reason = self.policy.authorize("subscribe", name, session, message)
+        except Exception:
+            limit_log.exception(
+                "authorizer:subscribe", "authorizer raised on subscribe %s; denied", name
+            )
+            reason = errors.POLICY
+        return None if reason is None else errors.denied(reason, "subscribe_denied")
+
+    def subscribe_allowed_now(self, session: Session, name: str, message: Message) -> bool | None:
+        """`_subscribe_refusal` as a bool, or None when the policy's subscribe
+        decisions are async (then `subscribe_allowed`)."""
+        if "subscribe" in self.async_decisions:
+            return None
+        token = CURRENT.set(self.current_exchange) if CURRENT.get() is None else None
+        try:
+            return self._subscribe_refusal(session, name, message) is None
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
+
+    async def subscribe_allowed(self, session: Session, name: str, message: Message) -> bool:
+        """`subscribe_allowed_now`, an async policy's decision awaited."""
+        if "subscribe" not in self.async_decisions:
+            return self._subscribe_refusal(session, name, message) is None
+        decided = await self._awaited("subscribe", message, session, name)
+        previous = self._decided
+        self._decided = {(id(message), "subscribe", name): decided}
+        try:
+            return self._subscribe_refusal(session, name, message) is None
+        finally:
+            self._decided = previous
+
     def _new_session(self, exchange: Exchange) -> Session:
         """A session not yet registered: the policy sees it before it exists.
 
@@ -742,6 +787,10 @@ class BayeuxCore(SessionCore):
                 if validate_channel(name) != CHANNEL_INVALID and not name.startswith("/meta/"):
                     await resolve("create", m, session, name)
                     await resolve(operation, m, session, name)
+                    presence = self.presence
+                    if operation == "subscribe" and presence and presence.is_companion(name):
+                        base = presence.base_of(name)
+                        await resolve("subscribe", m, session, base)
         if exchange.is_gone():
             self._prepared.clear()
             return
@@ -907,6 +956,13 @@ class BayeuxCore(SessionCore):
             if pattern.startswith("/service/"):
                 continue  # accepted, nothing recorded (service channels are not subscribed)
             refusal = self._permit("subscribe", message, session, pattern)
+            if (
+                refusal is None
+                and self.presence is not None
+                and self.presence.is_companion(pattern)
+            ):
+                # Presence events of a channel: the right to subscribe to it.
+                refusal = self._subscribe_refusal(session, self.presence.base_of(pattern), message)
             if refusal is not None:
                 return refusal
             subs = session.subscriptions
