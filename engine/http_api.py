@@ -12,6 +12,8 @@ time).  Bodies and answers are JSON:
     GET  /api/channels                 {"channels": {channel or pattern: subscribers}}
     GET  /api/channels/<channel>       subscribers of that name, sessions it reaches
     GET  /api/sessions/<clientId>      transport, subscriptions, queue
+    GET  /api/presence/<channel>[?members=1&limit=N]   count (and members) of a
+                                       presence channel (engine.presence)
 
 Success is `200 {"result": {...}}`; failure is a status and
 `{"error": {"code": <status>, "message": "..."}}`, and then nothing was
@@ -38,12 +40,13 @@ import logging
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
 from engine.admin import response
 from engine.api.context import HttpContext, context_of
+from engine.presence import PresenceError
 from engine.protocol import errors
 from engine.protocol.session import Session
 from engine.ratelog import CauseLog
@@ -167,7 +170,7 @@ class HttpApi:
         try:
             self._authorize(conn.headers)
             operation = path[len(self.prefix) :].decode("utf-8", "replace").strip("/")
-            call = self._parse(operation, method, body)
+            call = self._parse(operation, method, body, conn.url.partition(b"?")[2])
         except ApiError as error:
             conn.complete(exchange, self._error(error))
             return
@@ -191,6 +194,9 @@ class HttpApi:
         node, an async policy)?  One process: every call, mostly."""
         if name in ("publish", "broadcast"):
             return self.keys.redis is None and not self.server.core.publish_awaits
+        if name == "presence":  # (the store is Redis in a cluster: any node answers)
+            presence = self.server.core.presence
+            return presence is None or presence.store is None
         return self.relay is None
 
     def _ok(self, result: Any) -> bytes:
@@ -231,9 +237,13 @@ class HttpApi:
         if not hmac.compare_digest(given, self.key):
             raise ApiError(401, "wrong API key")
 
-    def _parse(self, operation: str, method: bytes, body: bytes) -> tuple[str, Any]:
+    def _parse(
+        self, operation: str, method: bytes, body: bytes, query: bytes = b""
+    ) -> tuple[str, Any]:
         """The call (name, arguments) of a request, validated; ApiError if not."""
         head, _, rest = operation.partition("/")
+        if head == "presence":
+            return "presence", self._presence_args(method, unquote(rest), query)
         if head in ("channels", "sessions"):
             if method not in (b"GET", b"HEAD"):
                 raise ApiError(405, f"{head} is read with GET")
@@ -283,6 +293,27 @@ class HttpApi:
             raise ApiError(400, "session must be a clientId (a string)")
         return head, args
 
+    def _presence_args(self, method: bytes, name: str, query: bytes) -> tuple[str, bool, int]:
+        if method not in (b"GET", b"HEAD"):
+            raise ApiError(405, "presence is read with GET")
+        presence = self.server.core.presence
+        if presence is None:
+            raise ApiError(404, "presence is off (presence_channels)")
+        try:
+            params = parse_qs(query.decode("latin-1"), max_num_fields=10)
+        except ValueError:
+            raise ApiError(400, "too many query parameters") from None
+        members = params.get("members", ["0"])[-1] in ("1", "true")
+        limit_text = params.get("limit", [None])[-1]
+        try:
+            if limit_text is not None and not limit_text.isdigit():
+                raise PresenceError(400, "limit must be an integer >= 0")
+            limit = presence.query_limit(None if limit_text is None else int(limit_text))
+            channel = presence.check_channel("/" + name.lstrip("/"))
+        except PresenceError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+        return channel, members, limit
+
     @staticmethod
     def _channel(value: object, patterns: bool = False, service: bool = False) -> str:
         if type(value) is not str:
@@ -321,6 +352,10 @@ class HttpApi:
                     self.keys.local.pop(key, None)  # nothing went out: a retry may
                 raise
             return result
+        if name == "presence":
+            presence = self.server.core.presence
+            assert presence is not None
+            return presence.query_now(*args)
         return self._result(name, args, [self.answer(*self._local_question(name, args))])
 
     async def _call(self, call: tuple[str, Any], context: HttpContext) -> Any:
@@ -344,6 +379,14 @@ class HttpApi:
                     await self.keys.release(key)  # nothing went out: a retry may
                 raise
             return result
+        if name == "presence":
+            presence = self.server.core.presence
+            if presence is None:
+                raise ApiError(404, "presence is off (presence_channels)")
+            try:
+                return await presence.query(*args)
+            except PresenceError as exc:
+                raise ApiError(exc.status, str(exc)) from None
         if name in ("channels", "channel"):
             op, question = self._local_question(name, args)
             return self._result(name, args, await self._everywhere(op, question))

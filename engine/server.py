@@ -32,6 +32,7 @@ from engine.http_api import HttpApi
 from engine.logs import set_node
 from engine.metrics import MetricsListener
 from engine.options import ServerOptions
+from engine.presence import PRESENCE_SERVICE, Presence
 from engine.protocol.core import BayeuxCore
 from engine.transport.endpoint import Endpoint
 from engine.transport.http import HttpConnection, HttpEndpoint
@@ -226,6 +227,9 @@ class BayeuxServer(Application):
             self.cluster_status.start()
         elif self.options.api_key:
             self.api = HttpApi(self)
+        patterns = [p.strip() for p in o.presence_channels.split(",") if p.strip()]
+        if patterns or self.presence_patterns:
+            await self._start_presence(self._core, patterns + self.presence_patterns)
         if o.webhook_url:
             self.webhooks = Webhooks(o.webhook_url, max_queue=o.webhook_queue)
             self.hooks.session_added.append(self.webhooks.session_added)
@@ -275,6 +279,30 @@ class BayeuxServer(Application):
             self.max_connections,
         )
 
+    async def _start_presence(self, core: BayeuxCore, patterns: list[str]) -> None:
+        o = self.options
+        presence = Presence(
+            core,
+            prefix=o.presence_prefix,
+            event_rate=o.presence_event_rate,
+            ttl_ms=o.presence_ttl,
+            is_admin=lambda session, message: status_allowed(self, session, message),
+        )
+        for pattern in patterns:
+            presence.add_pattern(pattern)
+        if self._broker is not None:
+            presence.use_redis(o.broker, self._broker.prefix, self.node_id)
+        core.presence = presence
+        if not self.hooks.services.count(PRESENCE_SERVICE):
+            self.hooks.add_service(PRESENCE_SERVICE, self._presence_service)
+        await presence.start()
+
+    def _presence_service(self, session: Any, message: dict[str, Any]) -> Any:
+        presence = self.core.presence
+        if presence is None:
+            raise PermissionError("presence is off")
+        return presence.service(session, message)
+
     async def _render_metrics(self) -> bytes:
         return generate_latest(self.admin.registry)
 
@@ -296,6 +324,9 @@ class BayeuxServer(Application):
             self.hooks.session_removed.remove(self.webhooks.session_removed)
             await self.webhooks.aclose()
             self.webhooks = None
+        if self.core.presence is not None:
+            await self.core.presence.stop()
+            self.core.presence = None
         if self.api is not None:
             if self.api.relay is not None:
                 self.api.relay.close()

@@ -42,6 +42,7 @@ from engine.routing._channels import (
 )
 
 if TYPE_CHECKING:
+    from engine.presence import Presence
     from engine.protocol.core import BayeuxCore
 
 __all__ = [
@@ -60,6 +61,8 @@ class Application:
 
     def __init__(self) -> None:
         self.hooks = Hooks()
+        # Presence patterns registered with presence() (with presence_channels).
+        self.presence_patterns: list[str] = []
 
     @property
     def core(self) -> BayeuxCore:
@@ -124,6 +127,56 @@ class Application:
 
     def add_session_extension(self, session: Session, extension: Extension) -> None:
         self.core.add_session_extension(session, extension)
+
+    # --------------------------------------------------------------- presence
+
+    def presence(self, pattern: str) -> None:
+        """Track the members of channels matching `pattern` (engine.presence):
+        counts, member lists, join/leave events.  Before start(), or after
+        it when presence is already on (presence_channels or an earlier call)."""
+        name = normalize_channel(pattern)
+        if not validate_channel(name) or name.startswith(("/meta/", "/service/")):
+            raise ValueError(f"presence needs a broadcast channel or pattern: {pattern!r}")
+        if name not in self.presence_patterns:
+            self.presence_patterns.append(name)
+        try:
+            live = self.core.presence
+        except RuntimeError:  # (not started: made by start())
+            return
+        if live is None:
+            raise RuntimeError("presence() after start() needs presence on from the start")
+        live.add_pattern(name)
+
+    async def presence_of(
+        self, channel: str, *, members: bool = True, limit: int = 100
+    ) -> dict[str, Any]:
+        """`{"channel", "count"[, "members", "truncated"]}` of a presence channel,
+        cluster-wide (members: at most `limit`, 1000 at most).  ValueError for a
+        channel without presence, engine.presence.PresenceError (503) if the
+        cluster's store is unreachable."""
+        presence = self._presence()
+        name = self._presence_channel(channel)
+        result: dict[str, Any] = await presence.query(name, members, presence.query_limit(limit))
+        return result
+
+    async def presence_count(self, channel: str) -> int:
+        """The exact number of members of a presence channel, cluster-wide."""
+        presence = self._presence()
+        return await presence.count(self._presence_channel(channel))
+
+    def _presence(self) -> Presence:
+        presence = self.core.presence
+        if presence is None:
+            raise RuntimeError("presence is off: presence_channels or server.presence(pattern)")
+        return presence
+
+    def _presence_channel(self, channel: str) -> str:
+        from engine.presence import PresenceError
+
+        try:
+            return self._presence().check_channel(channel)
+        except PresenceError as exc:
+            raise ValueError(str(exc)) from None
 
     # ------------------------------------------------------------- publishing
 
