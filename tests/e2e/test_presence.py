@@ -72,8 +72,16 @@ def count(server: BayeuxServer, channel: str) -> int:
 def query(b: Browser, data: Any, **fields: Any) -> list[dict[str, Any]]:
     """The messages a /service/presence call brings back (reply and answer)."""
     messages = b.publish("/service/presence", data, **fields).messages
-    if not any(m.get("data") is not None or m.get("error") for m in messages[1:]):
-        messages = messages + b.connect(advice={"timeout": 0}).messages
+
+    def answered() -> bool:
+        return any(
+            m["channel"] == "/service/presence" and ("data" in m or "error" in m) for m in messages
+        )
+
+    for _ in range(3):  # (the first connect returns at once; a later one is held)
+        if answered():
+            break
+        messages = messages + b.connect().messages
     return messages
 
 
@@ -331,3 +339,34 @@ def test_presence_options_are_checked() -> None:
         asyncio.run(server.start())
     with pytest.raises(ValueError, match="broadcast channel"):
         BayeuxServer().presence("/service/x")
+
+
+class AsyncUsers(Users):
+    """As Users, with the subscribe decision awaited (a backend's, say)."""
+
+    async def can_subscribe(  # type: ignore[override]
+        self, session: Session, channel: str, message: dict[str, Any]
+    ) -> bool:
+        await asyncio.sleep(0.01)
+        return Users.can_subscribe(self, session, channel, message)
+
+
+def test_an_async_policy_decides_queries_and_companion_channels() -> None:
+    def setup(server: BayeuxServer) -> None:
+        server.policy = AsyncUsers()
+
+    with running_server(setup=setup, timeout=1000, presence_channels="/chat/**") as server:
+        alice, bob = user(server, "alice"), user(server, "bob")
+        assert alice.subscribe("/chat/private").reply("/meta/subscribe")["successful"]
+        reply = bob.subscribe("/presence/chat/private").reply("/meta/subscribe")
+        assert reply["successful"] is False and "subscribe_denied" in reply["error"]
+        assert alice.subscribe("/presence/chat/private").reply("/meta/subscribe")["successful"]
+
+        # The decision is awaited: the answer (or the refusal) comes after the reply.
+        messages = query(alice, {"channel": "/chat/private", "members": True})
+        assert answer(messages)["data"]["count"] == 1
+        messages = query(bob, {"channel": "/chat/private", "members": True})
+        failures = [m for m in messages if m.get("successful") is False]
+        assert [m["error"] for m in failures] == ["403::service_denied"], messages
+        assert "alice" not in json.dumps(messages)
+        assert server.core.stats.presence_refused == 1

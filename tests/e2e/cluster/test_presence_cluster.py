@@ -238,3 +238,53 @@ def test_a_redis_outage_breaks_no_subscribe_and_members_are_written_back(
         members = {k.decode() for k in r.hkeys("bayeux:0:presence:m:/chat/room")}
         assert members == {b.client_id for b in browsers[1:] + more}
         assert server.core.stats.presence_reconciles >= 2
+
+
+def test_a_channel_of_100000_members_answers_its_count_without_listing_them(
+    redis_srv: RedisServer,
+) -> None:
+    with running_server(
+        broker=redis_srv.url, node_id="solo", presence_channels="/chat/**", api_key=KEY
+    ) as server:
+        # 100,000 members of a live node "big" (its liveness key refreshed here).
+        r = redis_client(redis_srv)
+        r.set("bayeux:0:presence:alive:big", b"1", px=60000)
+        pipe = r.pipeline(transaction=False)
+        for start in range(0, 100_000, 10_000):
+            fields = {
+                f"{i:032x}big": json.dumps({"clientId": f"{i:032x}big", "user": None, "info": None})
+                for i in range(start, start + 10_000)
+            }
+            pipe.hset("bayeux:0:presence:m:/chat/huge", mapping=fields)
+        pipe.execute()
+        b = Browser(server).ready()
+        assert b.subscribe("/chat/huge").reply("/meta/subscribe")["successful"]
+        port = server.address[1]
+        wait_until(lambda: api_presence(port, "/chat/huge")["count"] == 100_001, 5, "count")
+        started = time.monotonic()
+        result = api_presence(port, "/chat/huge")
+        took = time.monotonic() - started
+        assert result == {"channel": "/chat/huge", "count": 100_001}
+        assert took < 0.5, took  # (HLEN: no listing)
+        result = api_presence(port, "/chat/huge", "?members=1&limit=5000")
+        assert result["count"] == 100_001 and len(result["members"]) == 1000
+        assert result["truncated"] is True
+
+
+def test_a_node_presumed_dead_writes_its_members_back(redis_srv: RedisServer) -> None:
+    """A node stalled past the bound may find its members moved out by the
+    others: seeing its liveness key gone, it writes them back."""
+    with running_server(
+        broker=redis_srv.url, node_id="solo", presence_channels="/chat/**", presence_ttl=1200
+    ) as server:
+        b = Browser(server).ready()
+        assert b.subscribe("/chat/room").reply("/meta/subscribe")["successful"]
+        r = redis_client(redis_srv)
+        key = "bayeux:0:presence:m:/chat/room"
+        wait_until(lambda: r.hlen(key) == 1, 5, "written")
+        reconciles = server.core.stats.presence_reconciles
+        # What a sweeper does to a dead node (its key expired, its members removed).
+        r.delete("bayeux:0:presence:alive:solo", key, "bayeux:0:presence:n:solo:/chat/room")
+        wait_until(lambda: r.hlen(key) == 1, 3, "written back")
+        assert server.core.stats.presence_reconciles == reconciles + 1
+        assert r.smembers("bayeux:0:presence:n:solo:/chat/room") == {b.client_id.encode()}
