@@ -42,10 +42,12 @@ restarted node of the same id) and when it finds its liveness key gone (a
 node stalled past the bound and presumed dead).
 
 **A crashed node** stops refreshing its liveness key, which expires within
-2/3 ttl of its last refresh.  Every node sweeps every ttl/6: for each node
-of `presence:nodes` whose key is gone, it moves that node's members out,
-1,000 per Lua call (SPOP from the node's set, HMGET, HDEL: atomic, so two
-sweepers never remove the same member twice), and publishes their leave
+2/3 ttl of its last refresh.  Every node sweeps every ttl/6 (a task of
+its own, apart from its heartbeat): for each node of `presence:nodes` whose
+key is gone, it moves that node's members out, 1,000 per Lua call (SPOP
+from the node's set, HMGET, HDEL, only while the node's liveness key is
+absent: atomic, so two sweepers never remove the same member twice and a
+node that came back keeps what it wrote), and publishes their leave
 events.  So a crashed node's members are gone within `presence_ttl`
 (2/3 + 1/6 of it, the last 1/6 a margin for the purge itself: about a
 millisecond per thousand members).
@@ -114,18 +116,36 @@ PURGE_CHUNK = 1000  # members of a dead node moved out per Redis call
 FLUSH_CHUNK = 5000  # member writes per pipeline
 BACKOFF_MAX = 2.0  # s between attempts while Redis fails
 
-# SPOP a dead node's members of one channel, read and delete them: atomic,
-# so concurrent sweepers take disjoint members and no leave is published twice.
+# One step of moving a dead node's members of one channel out, atomic: nothing
+# if the node is alive again (KEYS[3]); else SPOP up to ARGV[1] of its
+# clientIds (KEYS[1]), read and delete their members (KEYS[2]), and once its
+# set is empty drop the channel (ARGV[2]) from its channels (KEYS[4]).  So two
+# sweepers never take the same member (no leave twice), and a node that came
+# back keeps everything it wrote.  Returns {status, members...}: status -1
+# alive, 0 done, 1 more to come.
 PURGE_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {-1} end
 local ids = redis.call('SPOP', KEYS[1], ARGV[1])
-if #ids == 0 then return {} end
-local values = redis.call('HMGET', KEYS[2], unpack(ids))
-redis.call('HDEL', KEYS[2], unpack(ids))
-local out = {}
-for i, id in ipairs(ids) do
-  if values[i] then table.insert(out, values[i]) end
+local out = {1}
+if #ids > 0 then
+  local values = redis.call('HMGET', KEYS[2], unpack(ids))
+  redis.call('HDEL', KEYS[2], unpack(ids))
+  for i = 1, #ids do
+    if values[i] then table.insert(out, values[i]) end
+  end
+end
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[2])
+  out[1] = 0
 end
 return out
+"""
+# A dead node with no channel left is forgotten, unless it is alive again.
+FORGET_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
+  return redis.call('SREM', KEYS[3], ARGV[1])
+end
+return 0
 """
 
 
@@ -471,6 +491,7 @@ class RedisPresence:
         self.failing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._purge: Any = self.redis.register_script(PURGE_SCRIPT)
+        self._forget: Any = self.redis.register_script(FORGET_SCRIPT)
         self._wake = asyncio.Event()
 
     # ---------------------------------------------------------------- writes
@@ -585,6 +606,8 @@ class RedisPresence:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run(), name="presence-redis"))
+        # (apart: a long purge never delays this node's own heartbeat)
+        self._tasks.append(loop.create_task(self._sweeper(), name="presence-sweep"))
 
     async def _run(self) -> None:
         delay = 0.0
@@ -604,7 +627,6 @@ class RedisPresence:
                 if self.dirty and not self._flushing:
                     self._flushing = True
                     await self._flush()
-                await self._sweep()
                 delay = self.period * random.uniform(0.8, 1.0)
             except asyncio.CancelledError:
                 raise
@@ -615,11 +637,22 @@ class RedisPresence:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.period * random.uniform(0.8, 1.0))
+            try:
+                await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._failed("sweep", exc)
+
     async def _heartbeat(self) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.exists(self.k_alive + self.node_id)
         pipe.set(self.k_alive + self.node_id, b"1", px=self.alive_px)
-        existed, _ = await pipe.execute()
+        pipe.sadd(self.k_nodes, self.node_id)
+        existed, _, _ = await pipe.execute()
         if not existed and not self.reconcile_needed:
             # Presumed dead (stalled past the bound): others may have moved
             # our members out; write them back.
@@ -646,30 +679,31 @@ class RedisPresence:
 
     async def _purge_node(self, node: str) -> None:
         """Move a dead node's members out, publishing their leaves."""
-        channels = [c.decode() for c in await self.redis.smembers(self.k_channels + node)]
+        alive = self.k_alive + node
+        channels_key = self.k_channels + node
+        channels = [c.decode() for c in await self.redis.smembers(channels_key)]
+        removed = 0
         for channel in channels:
-            if await self.redis.exists(self.k_alive + node):
-                return  # it is back (it reconciles itself)
-            index = self.k_node_set + node + ":" + channel
+            keys = [self.k_node_set + node + ":" + channel, self.k_members + channel]
             while True:
-                values = await self._purge(
-                    keys=[index, self.k_members + channel], args=[PURGE_CHUNK]
+                found = await self._purge(
+                    keys=[*keys, alive, channels_key], args=[PURGE_CHUNK, channel]
                 )
-                if not values:
-                    break
+                status, values = int(found[0]), found[1:]
+                removed += len(values)
                 self.stats.presence_expired += len(values)
                 for value in values:
                     with contextlib.suppress(orjson.JSONDecodeError):
                         member = orjson.loads(value)
                         if type(member) is dict:
                             self.presence.event(channel, "leave", member)
-            await self.redis.srem(self.k_channels + node, channel)
-        # (a node that came back meanwhile re-adds itself when it reconciles)
-        if not await self.redis.exists(self.k_alive + node) and not await self.redis.scard(
-            self.k_channels + node
-        ):
-            await self.redis.srem(self.k_nodes, node)
-        log.info("presence: members of node %s (gone) removed", node)
+                if status == -1:
+                    return  # it is back (and reconciles itself)
+                if status == 0:
+                    break
+        await self._forget(keys=[alive, channels_key, self.k_nodes], args=[node])
+        if removed:
+            log.info("presence: %d members of node %s (gone) removed", removed, node)
 
     # --------------------------------------------------------------- queries
 

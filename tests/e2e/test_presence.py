@@ -370,3 +370,16 @@ def test_an_async_policy_decides_queries_and_companion_channels() -> None:
         assert [m["error"] for m in failures] == ["403::service_denied"], messages
         assert "alice" not in json.dumps(messages)
         assert server.core.stats.presence_refused == 1
+
+
+def test_a_jwt_sub_is_the_member_user() -> None:
+    import jwt
+
+    secret = "presence-jwt-secret-of-32-bytes!"
+    with running_server(timeout=1000, presence_channels="/chat/**", jwt_secret=secret) as server:
+        b = Browser(server)
+        token = jwt.encode({"sub": "carol", "exp": int(time.time()) + 60}, secret, "HS256")
+        assert b.handshake(ext={"token": token}).reply("/meta/handshake")["successful"]
+        assert b.subscribe("/chat/room").reply("/meta/subscribe")["successful"]
+        result = on_loop(server, server.presence_of("/chat/room"))
+        assert result["members"] == [{"clientId": b.client_id, "user": "carol", "info": None}]

@@ -288,3 +288,25 @@ def test_a_node_presumed_dead_writes_its_members_back(redis_srv: RedisServer) ->
         wait_until(lambda: r.hlen(key) == 1, 3, "written back")
         assert server.core.stats.presence_reconciles == reconciles + 1
         assert r.smembers("bayeux:0:presence:n:solo:/chat/room") == {b.client_id.encode()}
+
+
+def test_members_of_a_dead_node_go_and_a_live_one_s_stay(redis_srv: RedisServer) -> None:
+    r = redis_client(redis_srv)
+    key = "bayeux:0:presence:m:/chat/room"
+    for node, alive in (("ghost", False), ("back", True)):
+        ids = [f"{i:032x}{node}" for i in range(2500)]  # (3 purge steps)
+        r.hset(key, mapping={i: json.dumps({"clientId": i, "user": None}) for i in ids})
+        r.sadd(f"bayeux:0:presence:n:{node}:/chat/room", *ids)
+        r.sadd(f"bayeux:0:presence:c:{node}", "/chat/room")
+        r.sadd("bayeux:0:presence:nodes", node)
+        if alive:
+            r.set(f"bayeux:0:presence:alive:{node}", b"1", px=60000)
+    with running_server(
+        broker=redis_srv.url, node_id="solo", presence_channels="/chat/**", presence_ttl=1200
+    ) as server:
+        wait_until(lambda: r.hlen(key) == 2500, 3, "the dead node's members removed")
+        assert all(k.endswith(b"back") for k in r.hkeys(key))
+        assert server.core.stats.presence_expired == 2500
+        nodes = r.smembers("bayeux:0:presence:nodes")
+        assert b"ghost" not in nodes and b"back" in nodes
+        assert not r.exists("bayeux:0:presence:c:ghost")
