@@ -316,7 +316,7 @@ class Presence:
         return True
 
     async def _sync_loop(self) -> None:
-        while True:
+        while not self.closed:
             await asyncio.sleep(SYNC_PERIOD)
             try:
                 await self._sync_once()
@@ -493,6 +493,8 @@ class RedisPresence:
         self._purge: Any = self.redis.register_script(PURGE_SCRIPT)
         self._forget: Any = self.redis.register_script(FORGET_SCRIPT)
         self._wake = asyncio.Event()
+        self._closing = False
+        self._stopping = asyncio.Event()
 
     # ---------------------------------------------------------------- writes
 
@@ -611,7 +613,7 @@ class RedisPresence:
 
     async def _run(self) -> None:
         delay = 0.0
-        while True:
+        while not self._closing:
             try:
                 await self._heartbeat()
                 if self.reconcile_needed:
@@ -638,8 +640,13 @@ class RedisPresence:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _sweeper(self) -> None:
-        while True:
-            await asyncio.sleep(self.period * random.uniform(0.8, 1.0))
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), self.period * random.uniform(0.8, 1.0)
+                )
+            if self._closing:
+                return
             try:
                 await self._sweep()
             except asyncio.CancelledError:
@@ -739,11 +746,15 @@ class RedisPresence:
         return result
 
     async def stop(self) -> None:
+        # (The flag too: a cancellation that lands inside redis-py's own
+        # timeout handling may be swallowed, and the loop must still end.)
+        self._closing = True
+        self._wake.set()
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks.clear()
         try:
             # Leaving: this node's members go now, and its liveness key.

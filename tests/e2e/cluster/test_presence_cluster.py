@@ -201,6 +201,12 @@ def test_counts_match_the_truth_across_three_nodes_and_a_crash(redis_srv: RedisS
         wait_until(lambda: b"nodeC" not in r.smembers("bayeux:0:presence:nodes"), 3, "forgotten")
         assert not r.exists("bayeux:0:presence:c:nodeC")
         assert not r.exists("bayeux:0:presence:n:nodeC:/chat/room")
+
+        # A node stopped gracefully takes its members with it at once.
+        remaining = after["/chat/room"] - set(sessions[1]) - {str(b.client_id)}
+        nodes[1].stop()
+        assert counts(ports[:1], "/chat/room") == [len(remaining)]
+        assert b"nodeB" not in r.smembers("bayeux:0:presence:nodes")
     finally:
         if watcher is not None:
             watcher.close()
@@ -307,6 +313,27 @@ def test_members_of_a_dead_node_go_and_a_live_one_s_stay(redis_srv: RedisServer)
         wait_until(lambda: r.hlen(key) == 2500, 3, "the dead node's members removed")
         assert all(k.endswith(b"back") for k in r.hkeys(key))
         assert server.core.stats.presence_expired == 2500
-        nodes = r.smembers("bayeux:0:presence:nodes")
-        assert b"ghost" not in nodes and b"back" in nodes
+        wait_until(
+            lambda: b"ghost" not in r.smembers("bayeux:0:presence:nodes"), 3, "ghost forgotten"
+        )
+        assert b"back" in r.smembers("bayeux:0:presence:nodes")
         assert not r.exists("bayeux:0:presence:c:ghost")
+
+
+def test_a_node_stops_promptly_in_the_middle_of_a_purge(redis_srv: RedisServer) -> None:
+    r = redis_client(redis_srv)
+    key = "bayeux:0:presence:m:/chat/room"
+    ids = [f"{i:032x}ghost" for i in range(30000)]
+    r.hset(key, mapping={i: json.dumps({"clientId": i}) for i in ids})
+    r.sadd("bayeux:0:presence:n:ghost:/chat/room", *ids)
+    r.sadd("bayeux:0:presence:c:ghost", "/chat/room")
+    r.sadd("bayeux:0:presence:nodes", "ghost")
+    for _ in range(5):
+        with running_server(
+            broker=redis_srv.url, node_id="solo", presence_channels="/chat/**", presence_ttl=600
+        ):
+            wait_until(lambda: r.hlen(key) < len(ids), 3, "the purge started")
+            started = time.monotonic()
+        assert time.monotonic() - started < 3.0
+        if not r.hlen(key):
+            break
