@@ -232,6 +232,16 @@ class Presence:
             "user": attributes.get("user"),
             "info": attributes.get("presence"),
         }
+        if member["user"] is not None or member["info"] is not None:
+            try:
+                orjson.dumps(member)
+            except (TypeError, orjson.JSONEncodeError):
+                limit_log.warning(
+                    "presence_not_json",
+                    "session %s: attributes user/presence are not JSON; its member has none",
+                    session.id,
+                )
+                member["user"] = member["info"] = None
         members[session.id] = member
         channels = self.of_session.get(session.id)
         if channels is None:

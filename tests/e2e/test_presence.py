@@ -29,7 +29,10 @@ class Users(SecurityPolicy):
     def can_handshake(self, session: Session, message: dict[str, Any]) -> bool:
         ext = message.get("ext") or {}
         user = ext.get("user")
-        session.attributes = {"user": user, "presence": {"name": f"{user}!"} if user else None}
+        info: Any = {"name": f"{user}!"} if user else None
+        if user == "odd":
+            info = object()  # not JSON: the member has no info, nothing breaks
+        session.attributes = {"user": user, "presence": info}
         return True
 
     def can_subscribe(self, session: Session, channel: str, message: dict[str, Any]) -> bool:
@@ -122,6 +125,11 @@ def test_members_join_and_leave_on_unsubscribe_and_disconnect(server: BayeuxServ
         "info": {"name": "alice!"},
     }
     assert members[anon.client_id] == {"clientId": anon.client_id, "user": None, "info": None}
+    odd = user(server, "odd")
+    assert odd.subscribe("/chat/odd").reply("/meta/subscribe")["successful"]
+    assert on_loop(server, server.presence_of("/chat/odd"))["members"] == [
+        {"clientId": odd.client_id, "user": None, "info": None}
+    ]
     with pytest.raises(ValueError, match="no presence"):
         on_loop(server, server.presence_count("/news"))
     with pytest.raises(ValueError, match="no wildcards"):
@@ -139,7 +147,7 @@ def test_members_join_and_leave_on_unsubscribe_and_disconnect(server: BayeuxServ
     assert server.core.presence is not None
     assert alice.client_id not in server.core.presence.of_session
     stats = server.core.stats
-    assert (stats.presence_joins, stats.presence_leaves) == (4, 3)
+    assert (stats.presence_joins, stats.presence_leaves) == (5, 3)
 
 
 def test_members_leave_when_their_session_expires() -> None:
