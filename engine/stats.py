@@ -76,5 +76,13 @@ class Counters:
     api_published: int = 0
     api_duplicates: int = 0  # publishes with an idempotency key already used (not delivered)
 
+    # Channel history (engine.delivery.history):
+    history_kept: int = 0  # messages kept in a channel's history
+    history_dropped: int = 0  # kept messages dropped (size, bytes, time, streams evicted)
+    history_streams_evicted: int = 0  # whole streams dropped (history_max_channels / _total_bytes)
+    history_recovered: int = 0  # subscribes that recovered every missed message
+    history_not_recovered: int = 0  # positions answered recovered: false (with a reason)
+    history_replayed: int = 0  # missed messages queued by recoveries
+
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

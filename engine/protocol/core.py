@@ -34,6 +34,7 @@ from engine.api.hooks import Hooks
 from engine.api.policy import Deny, SecurityPolicy
 from engine.delivery._batch import encode_message
 from engine.delivery.broker import Broker, LocalBroker
+from engine.delivery.history import History
 from engine.metrics import ServerMetrics
 from engine.options import ServerOptions
 from engine.protocol import errors
@@ -125,7 +126,12 @@ class BayeuxCore(SessionCore):
         self._decided: dict[tuple[int, str, str], bool | Deny] | None = None
         self.refusal_reason: str | None = None  # of the last decision that denied (deny())
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
+        self._fresh: list[str] | None = None  # patterns a subscribe adds (history)
         self.broker: Broker = broker or LocalBroker(self.deliver)
+        # Channel history and recovery (engine.delivery.history).
+        self.history = History(options, self.stats, log)
+        for pattern in self.hooks.history_patterns:
+            self.history.add_pattern(pattern)
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: Forwarder | None = None
         if options.timesync_extension and not any(
@@ -874,7 +880,37 @@ class BayeuxCore(SessionCore):
         return reply
 
     def _subscribe(self, message: Message, exchange: Exchange) -> Message:
-        return self._on_subscriptions(message, exchange, self._subscribe_all)
+        if not self.history.active:
+            return self._on_subscriptions(message, exchange, self._subscribe_all)
+        fresh: list[str] = []
+        self._fresh = fresh
+        try:
+            reply = self._on_subscriptions(message, exchange, self._subscribe_all)
+        finally:
+            self._fresh = None
+        session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+        if session is None or session.removed:
+            return reply
+        ext = message.get("ext")
+        requested = ext.get("recover") if type(ext) is dict else None
+        if not fresh and requested is None:
+            return reply
+        queued = len(session.queue) if session.queue else 0
+        answers, ignored = self.history.subscribed(
+            fresh,
+            (p for p in session.subscriptions or () if p not in fresh),
+            requested,
+            self.options.max_queue - queued,
+            lambda encoded: self.deliver(session, encoded),
+        )
+        if answers or ignored:
+            reply_ext = reply.get("ext")
+            if type(reply_ext) is not dict:
+                reply_ext = reply["ext"] = {}
+            reply_ext["recover"] = answers
+            if ignored:
+                reply_ext["recover_ignored"] = ignored  # positions past max_subscriptions
+        return reply
 
     def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
         return self._on_subscriptions(message, exchange, self._unsubscribe_all)
@@ -919,6 +955,8 @@ class BayeuxCore(SessionCore):
             subs.add(pattern)
             self.broker.subscribe(session, pattern)
             self.stats.subscribes += 1
+            if self._fresh is not None:
+                self._fresh.append(pattern)
             if self.hooks.subscribe_listeners:
                 self.hooks.subscribed(self.hooks.subscribe_listeners, session, pattern)
         return None
@@ -1066,9 +1104,15 @@ class BayeuxCore(SessionCore):
             self.stats.deleted_by_extension += 1
             return 0
         self.stats.published += 1
-        # Encoded once, whatever the number of subscribers.
+        history = self.history
+        stream = history.stamp(channel, delivery) if history.active else None
+        # Encoded once, whatever the number of subscribers (its position in
+        # the channel's history included).
+        encoded = encode_message(delivery)
+        if stream is not None:
+            history.keep(channel, stream, encoded)
         lazy = lazy or self.is_lazy(channel)
-        return self.broker.publish(channel, encode_message(delivery), lazy)
+        return self.broker.publish(channel, encoded, lazy)
 
     def _throttle(self, exchange: Exchange, rate: float) -> None:
         """A publish refused for its rate: stop reading its connection a while."""
