@@ -14,10 +14,6 @@ from engine.routing._channels import CHANNEL_INVALID, normalize_channel, validat
 
 __all__ = ["ServerOptions", "TRANSPORTS"]
 
-HISTORY_WITH_BROKER = (
-    "history_channels with a broker: channel history is kept in one process for now "
-    "(positions would differ from node to node); run one node, or no history"
-)
 # Transport names in our order of preference, as listed in handshake replies.
 TRANSPORTS: tuple[str, ...] = ("websocket", "long-polling", "callback-polling")
 
@@ -501,8 +497,6 @@ class ServerOptions:
             problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
         if not self.transports:
             problems.append("allowed_transports lists no transport")
-        if self.history_patterns and self.broker:
-            problems.append(HISTORY_WITH_BROKER)
         for pattern in self.history_patterns:
             name = normalize_channel(pattern)
             reserved = name.startswith(("/meta/", "/service/"))

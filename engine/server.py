@@ -31,7 +31,7 @@ from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.http_api import HttpApi
 from engine.logs import set_node
 from engine.metrics import MetricsListener
-from engine.options import HISTORY_WITH_BROKER, ServerOptions
+from engine.options import ServerOptions
 from engine.protocol.core import BayeuxCore
 from engine.transport.endpoint import Endpoint
 from engine.transport.http import HttpConnection, HttpEndpoint
@@ -188,8 +188,6 @@ class BayeuxServer(Application):
                 )
             policy = JwtPolicy.from_options(o) if o.jwt else BackendHooks.from_options(o)
 
-        if o.broker and self.hooks.history_patterns:
-            raise ValueError(HISTORY_WITH_BROKER)
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=policy, hooks=self.hooks
         )
@@ -215,6 +213,13 @@ class BayeuxServer(Application):
             )
             self._broker.is_lazy = self._core.is_lazy
             self._core.broker = self._broker
+            # History in Redis Streams: the same offsets on every node.
+            from engine.cluster.history_streams import RedisHistory
+
+            history = RedisHistory(o, self._core.stats, log, self._broker)
+            for pattern in self.hooks.history_patterns:
+                history.add_pattern(pattern)
+            self._core.history = history
             # Long-polls for other nodes' sessions go there (no sticky sessions).
             self.forwarder = RedisForwarder(self._core, self._broker)
             self._core.forwarder = self.forwarder
@@ -290,6 +295,7 @@ class BayeuxServer(Application):
         """The core's timers, then the cluster parts, in reverse order of start."""
         self.core.close()
         await self.core.policy.aclose()
+        await self.core.history.aclose()
         if self.metrics is not None:
             await self.metrics.close()
             self.metrics = None

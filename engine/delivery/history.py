@@ -70,6 +70,7 @@ from engine.routing._channels import (
 if TYPE_CHECKING:
     import logging
 
+    from engine.delivery.broker import Broker
     from engine.options import ServerOptions
     from engine.stats import Counters
 
@@ -97,6 +98,11 @@ class Stream:
 
     def position(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "offset": self.top}
+
+    def tail(self, n: int) -> list[bytes]:
+        """The newest `n` messages, oldest first."""
+        messages = self.messages
+        return [messages[i] for i in range(len(messages) - n, len(messages))]
 
 
 class History:
@@ -147,6 +153,28 @@ class History:
         ext["position"] = {"epoch": stream.epoch, "offset": stream.top + 1}
         delivery["ext"] = ext
         return stream
+
+    def publish(
+        self, broker: Broker, channel: str, stream: Stream, encoded: bytes, lazy: bool
+    ) -> int:
+        """A stamped message: kept, then delivered (the subscribers reached)."""
+        self.keep(channel, stream, encoded)
+        return broker.publish(channel, encoded, lazy)
+
+    # A clustered history reads Redis before a subscribe (see process_here).
+    prefetches = False
+
+    def wanted(self, messages: list[Any]) -> bool:
+        return False
+
+    async def prefetch(self, messages: list[Any], exchange: Any) -> Any:
+        return None
+
+    def release(self, fetched: Any) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
     def keep(self, channel: str, stream: Stream, encoded: bytes) -> None:
         """After encoding: retain the message (the oldest ones past the bounds go)."""
@@ -234,11 +262,19 @@ class History:
                 self._evict_streams("history_max_channels")
         return stream
 
+    def _view(self, channel: str) -> Stream | None:
+        """What recovery reads of a channel's stream (None: unavailable)."""
+        stream = self._stream(channel)
+        self._expire(stream, self.clock(), channel)
+        return stream
+
     def position(self, channel: str) -> dict[str, Any] | None:
-        """A history channel's position now; None for another channel."""
+        """A history channel's position now; None for another channel or
+        when it cannot be known."""
         if not self.patterns.match(channel):
             return None
-        return self._stream(channel).position()
+        view = self._view(channel)
+        return None if view is None else view.position()
 
     def recover(self, channel: str, wanted: Any, room: int) -> tuple[dict[str, Any], list[bytes]]:
         """The answer for a subscriber that saw `wanted` on `channel` and
@@ -246,9 +282,10 @@ class History:
         (every missed one, or none)."""
         if not self.patterns.match(channel):
             return self._not_recovered({}, "no_history"), []
-        stream = self._stream(channel)
+        stream = self._view(channel)
+        if stream is None:  # (Redis unreachable)
+            return self._not_recovered({}, "unavailable"), []
         answer: dict[str, Any] = stream.position()
-        self._expire(stream, self.clock(), channel)
         offset = wanted.get("offset") if type(wanted) is dict else None
         epoch = wanted.get("epoch") if type(wanted) is dict else None
         if (
@@ -271,8 +308,7 @@ class History:
         answer["missed"] = missed
         self.stats.history_recovered += 1
         self.stats.history_replayed += missed
-        messages = stream.messages
-        return answer, [messages[i] for i in range(len(messages) - missed, len(messages))]
+        return answer, stream.tail(missed)
 
     def subscribed(
         self,

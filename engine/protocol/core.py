@@ -409,11 +409,15 @@ class BayeuxCore(SessionCore):
         forwarder = self.forwarder
         if forwarder is not None and forwarder.defer(messages, exchange):
             return  # its session's events are out with a relay, not yet confirmed
-        if self.policy_is_async and self._awaits(messages):
+        policy = self.policy_is_async and self._awaits(messages)
+        history = self.history.prefetches and self.history.wanted(messages)
+        if policy or history:
             # The request's headers are gone once this returns: its context
             # is taken now, for the decisions awaited later.
             context = context_of(exchange)
-            self.hooks.spawn(self._process_after_policy(messages, exchange, context, started))
+            self.hooks.spawn(
+                self._process_later(messages, exchange, context, started, policy, history)
+            )
             return
         self._process_timed(messages, exchange, started)
 
@@ -714,17 +718,25 @@ class BayeuxCore(SessionCore):
             return False
         return result if type(result) is Deny else result is True
 
-    async def _process_after_policy(
-        self, messages: list[Any], exchange: Exchange, context: HttpContext, started: float
+    async def _process_later(
+        self,
+        messages: list[Any],
+        exchange: Exchange,
+        context: HttpContext,
+        started: float,
+        policy: bool,
+        history: bool,
     ) -> None:
-        """An async policy: await every decision this batch needs, then process it."""
+        """Await what this batch needs, then process it: every decision of an
+        async policy, and (clustered history) the streams its subscribes
+        recover from."""
         CURRENT.set(context)  # (this task's own copy of the variable)
         decisions: dict[tuple[int, str, str], bool | Deny] = {}
 
         async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
             decisions[(id(m), operation, name)] = await self._awaited(operation, m, session, name)
 
-        for m in messages:
+        for m in messages if policy else ():
             if type(m) is not dict or type(m.get("channel")) is not str:
                 continue
             channel = m["channel"]
@@ -748,15 +760,17 @@ class BayeuxCore(SessionCore):
                 if validate_channel(name) != CHANNEL_INVALID and not name.startswith("/meta/"):
                     await resolve("create", m, session, name)
                     await resolve(operation, m, session, name)
-        if exchange.is_gone():
-            self._prepared.clear()
-            return
-        self._decided = decisions
+        fetched = await self.history.prefetch(messages, exchange) if history else None
         try:
+            if exchange.is_gone():
+                return
+            self._decided = decisions if policy else None
             self._process_now(messages, exchange)
         finally:
             self._decided = None
             self._prepared.clear()
+            if fetched is not None:
+                self.history.release(fetched)
         self._observe(messages, exchange, started)
 
     # ------------------------------------------------------------- handshake
@@ -1109,9 +1123,9 @@ class BayeuxCore(SessionCore):
         # Encoded once, whatever the number of subscribers (its position in
         # the channel's history included).
         encoded = encode_message(delivery)
-        if stream is not None:
-            history.keep(channel, stream, encoded)
         lazy = lazy or self.is_lazy(channel)
+        if stream is not None:
+            return history.publish(self.broker, channel, stream, encoded, lazy)
         return self.broker.publish(channel, encoded, lazy)
 
     def _throttle(self, exchange: Exchange, rate: float) -> None:

@@ -254,10 +254,3 @@ def test_history_options_are_validated() -> None:
             ServerOptions(history_channels=bad)
     with pytest.raises(ValueError, match="history_size"):
         ServerOptions(history_size=0)
-    # Across nodes, not yet: refused rather than positions that differ per node.
-    with pytest.raises(ValueError, match="history_channels with a broker"):
-        ServerOptions(history_channels="/h/**", broker="redis://127.0.0.1:1/0")
-    server = BayeuxServer(ServerOptions(broker="redis://127.0.0.1:1/0"))
-    server.history("/h/**")
-    with pytest.raises(ValueError, match="history_channels with a broker"):
-        asyncio.run(server.start())
