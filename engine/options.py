@@ -10,6 +10,8 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 
+from engine.routing._channels import CHANNEL_INVALID, normalize_channel, validate_channel
+
 __all__ = ["ServerOptions", "TRANSPORTS"]
 
 # Transport names in our order of preference, as listed in handshake replies.
@@ -49,6 +51,28 @@ class ServerOptions:
         default=65536, metadata={"help": "bytes in one request body or WebSocket message"}
     )
     max_batch: int = field(default=1000, metadata={"help": "messages in one request"})
+    history_channels: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated channel patterns whose recent messages are kept for "
+            "recovery (ext.position on each message, ext.recover on /meta/subscribe)"
+        },
+    )
+    history_size: int = field(default=100, metadata={"help": "messages kept per history channel"})
+    history_ttl: int = field(
+        default=300000, metadata={"help": "ms a message stays in its channel's history"}
+    )
+    history_max_bytes: int = field(
+        default=1024 * 1024, metadata={"help": "bytes of messages kept per history channel"}
+    )
+    history_max_channels: int = field(
+        default=100000,
+        metadata={"help": "history channels kept at most (the least recently published go)"},
+    )
+    history_total_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={"help": "bytes of history kept in all (the least recently published go)"},
+    )
     max_subscriptions: int = field(
         default=1000, metadata={"help": "subscriptions one session may hold"}
     )
@@ -482,6 +506,11 @@ class ServerOptions:
             "max_queue_bytes",
             "max_pending_output",
             "max_headers",
+            "history_size",
+            "history_ttl",
+            "history_max_bytes",
+            "history_max_channels",
+            "history_total_bytes",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
@@ -498,6 +527,11 @@ class ServerOptions:
             problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
         if not self.transports:
             problems.append("allowed_transports lists no transport")
+        for pattern in self.history_patterns:
+            name = normalize_channel(pattern)
+            reserved = name.startswith(("/meta/", "/service/"))
+            if validate_channel(name) == CHANNEL_INVALID or reserved:
+                problems.append(f"history_channels: {pattern!r} is not a channel or pattern")
         if self.node_id and not (self.node_id.isascii() and self.node_id.isalnum()):
             problems.append("node_id must be ASCII letters and digits")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
@@ -576,6 +610,10 @@ class ServerOptions:
         if self.cookie_same_site:
             attributes += "; SameSite=" + self.cookie_same_site
         return attributes
+
+    @property
+    def history_patterns(self) -> list[str]:
+        return [p.strip() for p in self.history_channels.split(",") if p.strip()]
 
     @property
     def transports(self) -> tuple[str, ...]:

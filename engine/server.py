@@ -214,6 +214,13 @@ class BayeuxServer(Application):
             )
             self._broker.is_lazy = self._core.is_lazy
             self._core.broker = self._broker
+            # History in Redis Streams: the same offsets on every node.
+            from engine.cluster.history_streams import RedisHistory
+
+            history = RedisHistory(o, self._core.stats, log, self._broker)
+            for pattern in self.hooks.history_patterns:
+                history.add_pattern(pattern)
+            self._core.history = history
             # Long-polls for other nodes' sessions go there (no sticky sessions).
             self.forwarder = RedisForwarder(self._core, self._broker)
             self._core.forwarder = self.forwarder
@@ -316,6 +323,7 @@ class BayeuxServer(Application):
         """The core's timers, then the cluster parts, in reverse order of start."""
         self.core.close()
         await self.core.policy.aclose()
+        await self.core.history.aclose()
         if self.metrics is not None:
             await self.metrics.close()
             self.metrics = None

@@ -85,5 +85,13 @@ class Counters:
     presence_redis_errors: int = 0  # presence writes, heartbeats, queries failed on Redis
     presence_reconciles: int = 0  # this node's members written back to Redis in full
 
+    # Channel history (engine.delivery.history):
+    history_kept: int = 0  # messages kept in a channel's history
+    history_dropped: int = 0  # kept messages dropped (size, bytes, time, streams evicted)
+    history_streams_evicted: int = 0  # whole streams dropped (history_max_channels / _total_bytes)
+    history_recovered: int = 0  # subscribes that recovered every missed message
+    history_not_recovered: int = 0  # positions answered recovered: false (with a reason)
+    history_replayed: int = 0  # missed messages queued by recoveries
+
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

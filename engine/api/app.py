@@ -35,6 +35,7 @@ from engine.api.hooks import (
 from engine.protocol.message import Message
 from engine.protocol.session import Session
 from engine.routing._channels import (
+    CHANNEL_INVALID,
     CHANNEL_OK_CONCRETE,
     ChannelTrie,
     normalize_channel,
@@ -121,6 +122,17 @@ class Application:
         """Messages on matching channels are lazy (CometD): they do not wake a
         held connect, and leave with the next reply or after max_lazy_timeout."""
         self.hooks.lazy_channels.add(normalize_channel(pattern), True)
+
+    def history(self, pattern: str) -> None:
+        """Keep the recent messages of matching channels for recovery (see
+        engine.delivery.history; bounded by the history_* options)."""
+        name = normalize_channel(pattern)
+        if validate_channel(name) == CHANNEL_INVALID or name.startswith(("/meta/", "/service/")):
+            raise ValueError(f"cannot keep the history of {pattern!r}")
+        self.hooks.history_patterns.append(name)
+        core = getattr(self, "_core", None)  # (a started server's)
+        if core is not None:
+            core.history.add_pattern(name)
 
     def add_extension(self, extension: Extension) -> None:
         self.hooks.extensions.append(extension)

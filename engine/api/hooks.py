@@ -88,6 +88,7 @@ class Hooks:
         "extensions",
         "background",
         "lazy_channels",
+        "history_patterns",
     )
 
     def __init__(self) -> None:
@@ -99,6 +100,7 @@ class Hooks:
         self.session_removed: list[RemovalListener] = []
         self.extensions: list[Extension] = []
         self.lazy_channels = ChannelTrie()
+        self.history_patterns: list[str] = []  # (the core's History takes them)
         self.background: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------- registering

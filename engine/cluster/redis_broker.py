@@ -352,6 +352,15 @@ class RedisBroker(LocalBroker):
         # later ones; what it sends leaves before anything else.
         self.on_connect: Callable[[bool], None] | None = None
 
+        # Channel history (engine.cluster.history_streams): the last (epoch,
+        # offset) delivered per Redis channel, the live messages captured for
+        # recoveries under way, and the subscriptions confirmed by Redis (a
+        # recovery reads the stream only once its subscription is live).
+        self._history_seen: dict[bytes, tuple[bytes, int]] = {}
+        self._captures: dict[bytes, list[list[tuple[int, bytes]]]] = {}
+        self._confirmed: set[bytes] = set()
+        self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+
         self.connected = False
         # Connected, but Redis answers nothing (frozen?): see the module docstring.
         self.stalled = False
@@ -476,6 +485,107 @@ class RedisBroker(LocalBroker):
         if wake is not None and not wake.is_set():
             wake.set()
         return delivered
+
+    def publish_history(
+        self, channel: str, script: bytes, keys: list[bytes], args: list[bytes], prefix: bytes
+    ) -> None:
+        """A history channel's publish: `script` (engine.cluster.history_streams)
+        gives it its offset, keeps it in the channel's stream and publishes it,
+        in one step in Redis.  Its local subscribers get it back from Redis,
+        like every node, in offset order.  Buffered through an outage like a
+        publish; a resent one is recognised by the script (origin + seq)."""
+        self._seq += 1
+        size = len(prefix)
+        if size > self.max_message_bytes:
+            self.too_big += 1
+            self._lose(
+                1,
+                "redis_too_big",
+                "message of %d bytes above %d for pub/sub",
+                size,
+                self.max_message_bytes,
+            )
+            return
+        if self._backlog_bytes + size > self.buffer_bytes:
+            self._lose(
+                1,
+                "redis_buffer_full",
+                "%d bytes wait for redis already (redis_buffer_bytes)",
+                self._backlog_bytes,
+            )
+            return
+        fields = [
+            b"EVAL",
+            script,
+            b"%d" % len(keys),
+            *keys,
+            self.node_id.encode(),
+            self.origin.encode(),
+            b"%d" % self._seq,
+            *args,
+        ]
+        head = (
+            b"*%d\r\n" % (len(fields) + 1)
+            + b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+            + b"$%d\r\n" % size
+        )
+        self._backlog.append((self.clock(), head, prefix))
+        self._backlog_bytes += len(head) + size
+        self._queued += 1
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    async def hold_subscription(self, channel: str, timeout: float) -> bool:
+        """Subscribe `channel` in Redis for a recovery (as if a session did)
+        and wait until Redis confirms it; False if it did not in time.
+        Always followed by `release_subscription`."""
+        _, name = redis_subscription(self.prefix, channel)
+        count = self._want_channels.get(name, 0)
+        self._want_channels[name] = count + 1
+        if name in self._confirmed and name in self._applied_channels:
+            return True
+        if name not in self._applied_channels and self._subs_dirty is not None:
+            self._subs_dirty.set()
+        waiter = asyncio.get_running_loop().create_future()
+        self._confirm_waiters.setdefault(name, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._confirm_waiters.get(name)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._confirm_waiters[name]
+
+    def release_subscription(self, channel: str) -> None:
+        _, name = redis_subscription(self.prefix, channel)
+        count = self._want_channels.get(name, 0)
+        if count <= 1:
+            self._want_channels.pop(name, None)
+            if self._subs_dirty is not None:
+                self._subs_dirty.set()
+        else:
+            self._want_channels[name] = count - 1
+
+    def capture(self, channel: str) -> list[tuple[int, bytes]]:
+        """Collect the live messages of a history channel from now on:
+        (offset, message), for a recovery's seam (`uncapture` to stop)."""
+        captured: list[tuple[int, bytes]] = []
+        self._captures.setdefault(self._prefix_b + channel.encode(), []).append(captured)
+        return captured
+
+    def uncapture(self, channel: str, captured: list[tuple[int, bytes]]) -> None:
+        name = self._prefix_b + channel.encode()
+        lists = self._captures.get(name)
+        if lists is not None:
+            lists.remove(captured)
+            if not lists:
+                del self._captures[name]
 
     # ------------------------------------------------------ direct messages
 
@@ -681,6 +791,7 @@ class RedisBroker(LocalBroker):
                 self.max_message_bytes = await self._pubsub_message_cap(pub)
                 self._applied_channels.clear()
                 self._applied_patterns.clear()
+                self._confirmed.clear()
                 self._applied_listen.clear()
                 self._last_tag = b""
                 self._last_rx = loop.time()
@@ -985,7 +1096,17 @@ class RedisBroker(LocalBroker):
                     received(reply[2], reply[3])
                 elif kind == b"smessage":
                     direct(reply[1], reply[2])
-                # subscribe / unsubscribe confirmations and pongs: liveness only
+                elif kind == b"subscribe":
+                    self._confirm(reply[1])
+                elif kind == b"unsubscribe":
+                    self._confirmed.discard(reply[1])
+                # other confirmations and pongs: liveness only
+
+    def _confirm(self, name: bytes) -> None:
+        self._confirmed.add(name)
+        for waiter in self._confirm_waiters.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _direct(self, channel: bytes, data: bytes) -> None:
         handler = self._listen.get(channel)
@@ -1007,6 +1128,9 @@ class RedisBroker(LocalBroker):
             self.duplicates += 1
             return
         self._last_tag = tag
+        if data[:1] == b"~":
+            self._received_history(channel, tag, data, end)
+            return
         if data.startswith(self._own):
             self.echoes += 1
             return
@@ -1026,6 +1150,39 @@ class RedisBroker(LocalBroker):
             name = channel[self._prefix_len :].decode()
             # Lazy channels are configured alike on every node.
             self.received_delivered += self.fan_out(name, data[end + 1 :], self.is_lazy(name))
+        except Exception:
+            self.received_invalid += 1
+            log.exception("node %s: message from redis not delivered", self.node_id)
+
+    def _received_history(self, channel: bytes, tag: bytes, data: bytes, end: int) -> None:
+        """`~<epoch> <offset>` then the message: a history channel's, from any
+        node (this one included), in offset order."""
+        try:
+            epoch, raw = tag[1:].split(b" ")
+            offset = int(raw)
+        except ValueError:
+            self.received_invalid += 1
+            return
+        seen = self._history_seen
+        last = seen.get(channel)
+        if last is not None and last[0] == epoch:
+            if offset <= last[1]:
+                self.counters.cluster_duplicates += 1
+                return
+            if offset > last[1] + 1:
+                self._gap(b"history", channel, offset - last[1] - 1)
+        elif last is None and len(seen) >= MAX_CHANNELS:
+            del seen[next(iter(seen))]
+        seen[channel] = (epoch, offset)
+        message = data[end + 1 :]
+        captures = self._captures.get(channel)
+        if captures is not None:
+            for captured in captures:
+                captured.append((offset, message))
+        self.received += 1
+        try:
+            name = channel[self._prefix_len :].decode()
+            self.received_delivered += self.fan_out(name, message, self.is_lazy(name))
         except Exception:
             self.received_invalid += 1
             log.exception("node %s: message from redis not delivered", self.node_id)
@@ -1086,6 +1243,7 @@ class RedisBroker(LocalBroker):
             have_p.update(add_p)
             have_c.difference_update(del_c)
             have_p.difference_update(del_p)
+            self._confirmed.difference_update(del_c)
             have_l.update(add_l)
             have_l.difference_update(del_l)
         # What is sent on a channel no longer subscribed is not missed.

@@ -34,6 +34,7 @@ from engine.api.hooks import Hooks
 from engine.api.policy import Deny, SecurityPolicy
 from engine.delivery._batch import encode_message
 from engine.delivery.broker import Broker, LocalBroker
+from engine.delivery.history import History
 from engine.metrics import ServerMetrics
 from engine.options import ServerOptions
 from engine.protocol import errors
@@ -128,7 +129,12 @@ class BayeuxCore(SessionCore):
         self._decided: dict[tuple[int, str, str], bool | Deny] | None = None
         self.refusal_reason: str | None = None  # of the last decision that denied (deny())
         self._prepared: dict[int, Session] = {}  # handshakes' sessions, during that wait
+        self._fresh: list[str] | None = None  # patterns a subscribe adds (history)
         self.broker: Broker = broker or LocalBroker(self.deliver)
+        # Channel history and recovery (engine.delivery.history).
+        self.history = History(options, self.stats, log)
+        for pattern in self.hooks.history_patterns:
+            self.history.add_pattern(pattern)
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: Forwarder | None = None
         # Set with presence channels (engine.presence): its companion
@@ -409,11 +415,15 @@ class BayeuxCore(SessionCore):
         forwarder = self.forwarder
         if forwarder is not None and forwarder.defer(messages, exchange):
             return  # its session's events are out with a relay, not yet confirmed
-        if self.policy_is_async and self._awaits(messages):
+        policy = self.policy_is_async and self._awaits(messages)
+        history = self.history.prefetches and self.history.wanted(messages)
+        if policy or history:
             # The request's headers are gone once this returns: its context
             # is taken now, for the decisions awaited later.
             context = context_of(exchange)
-            self.hooks.spawn(self._process_after_policy(messages, exchange, context, started))
+            self.hooks.spawn(
+                self._process_later(messages, exchange, context, started, policy, history)
+            )
             return
         self._process_timed(messages, exchange, started)
 
@@ -753,17 +763,25 @@ class BayeuxCore(SessionCore):
             return False
         return result if type(result) is Deny else result is True
 
-    async def _process_after_policy(
-        self, messages: list[Any], exchange: Exchange, context: HttpContext, started: float
+    async def _process_later(
+        self,
+        messages: list[Any],
+        exchange: Exchange,
+        context: HttpContext,
+        started: float,
+        policy: bool,
+        history: bool,
     ) -> None:
-        """An async policy: await every decision this batch needs, then process it."""
+        """Await what this batch needs, then process it: every decision of an
+        async policy, and (clustered history) the streams its subscribes
+        recover from."""
         CURRENT.set(context)  # (this task's own copy of the variable)
         decisions: dict[tuple[int, str, str], bool | Deny] = {}
 
         async def resolve(operation: str, m: Message, session: Session | None, name: str) -> None:
             decisions[(id(m), operation, name)] = await self._awaited(operation, m, session, name)
 
-        for m in messages:
+        for m in messages if policy else ():
             if type(m) is not dict or type(m.get("channel")) is not str:
                 continue
             channel = m["channel"]
@@ -789,17 +807,18 @@ class BayeuxCore(SessionCore):
                     await resolve(operation, m, session, name)
                     presence = self.presence
                     if operation == "subscribe" and presence and presence.is_companion(name):
-                        base = presence.base_of(name)
-                        await resolve("subscribe", m, session, base)
-        if exchange.is_gone():
-            self._prepared.clear()
-            return
-        self._decided = decisions
+                        await resolve("subscribe", m, session, presence.base_of(name))
+        fetched = await self.history.prefetch(messages, exchange) if history else None
         try:
+            if exchange.is_gone():
+                return
+            self._decided = decisions if policy else None
             self._process_now(messages, exchange)
         finally:
             self._decided = None
             self._prepared.clear()
+            if fetched is not None:
+                self.history.release(fetched)
         self._observe(messages, exchange, started)
 
     # ------------------------------------------------------------- handshake
@@ -923,7 +942,37 @@ class BayeuxCore(SessionCore):
         return reply
 
     def _subscribe(self, message: Message, exchange: Exchange) -> Message:
-        return self._on_subscriptions(message, exchange, self._subscribe_all)
+        if not self.history.active:
+            return self._on_subscriptions(message, exchange, self._subscribe_all)
+        fresh: list[str] = []
+        self._fresh = fresh
+        try:
+            reply = self._on_subscriptions(message, exchange, self._subscribe_all)
+        finally:
+            self._fresh = None
+        session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+        if session is None or session.removed:
+            return reply
+        ext = message.get("ext")
+        requested = ext.get("recover") if type(ext) is dict else None
+        if not fresh and requested is None:
+            return reply
+        queued = len(session.queue) if session.queue else 0
+        answers, ignored = self.history.subscribed(
+            fresh,
+            (p for p in session.subscriptions or () if p not in fresh),
+            requested,
+            self.options.max_queue - queued,
+            lambda encoded: self.deliver(session, encoded),
+        )
+        if answers or ignored:
+            reply_ext = reply.get("ext")
+            if type(reply_ext) is not dict:
+                reply_ext = reply["ext"] = {}
+            reply_ext["recover"] = answers
+            if ignored:
+                reply_ext["recover_ignored"] = ignored  # positions past max_subscriptions
+        return reply
 
     def _unsubscribe(self, message: Message, exchange: Exchange) -> Message:
         return self._on_subscriptions(message, exchange, self._unsubscribe_all)
@@ -975,6 +1024,8 @@ class BayeuxCore(SessionCore):
             subs.add(pattern)
             self.broker.subscribe(session, pattern)
             self.stats.subscribes += 1
+            if self._fresh is not None:
+                self._fresh.append(pattern)
             if self.hooks.subscribe_listeners:
                 self.hooks.subscribed(self.hooks.subscribe_listeners, session, pattern)
         return None
@@ -1122,9 +1173,15 @@ class BayeuxCore(SessionCore):
             self.stats.deleted_by_extension += 1
             return 0
         self.stats.published += 1
-        # Encoded once, whatever the number of subscribers.
+        history = self.history
+        stream = history.stamp(channel, delivery) if history.active else None
+        # Encoded once, whatever the number of subscribers (its position in
+        # the channel's history included).
+        encoded = encode_message(delivery)
         lazy = lazy or self.is_lazy(channel)
-        return self.broker.publish(channel, encode_message(delivery), lazy)
+        if stream is not None:
+            return history.publish(self.broker, channel, stream, encoded, lazy)
+        return self.broker.publish(channel, encoded, lazy)
 
     def _throttle(self, exchange: Exchange, rate: float) -> None:
         """A publish refused for its rate: stop reading its connection a while."""

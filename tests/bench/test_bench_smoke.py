@@ -490,3 +490,21 @@ def test_cluster_scenario_single_and_two_workers(tmp_path: Path) -> None:
         assert result["all_delivered"], name
         assert result["delivered"] == 8 * 10, name
         assert result["latency_ms"]["p50"] > 0, name
+
+
+def test_history_bench_measures_both_modes_and_memory(tmp_path: Path) -> None:
+    """bench/history.py at a tiny size: both fan-outs delivered everything,
+    and memory per retained message is at least the message itself."""
+    cmd = [
+        sys.executable, str(BENCH / "history.py"), "--clients", "50", "--subscribers", "50",
+        "--messages", "20", "--rate", "50", "--repeats", "1", "--channels", "5", "--size", "10",
+        "--results-dir", str(tmp_path),
+    ]  # fmt: skip
+    _, record = _run_for_record(cmd, tmp_path, "history-*.json", timeout=240)
+    cost = record["results"]["cost"]
+    assert all(r["all_delivered"] for mode in ("off", "on") for r in cost["runs"][mode])
+    memory = record["results"]["memory"]
+    local = memory["in_process"]
+    assert local["messages"] == 50
+    assert local["total_bytes_each"] > local["message_bytes_each"] > 100
+    assert memory["redis"]["redis_used_memory_each"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -290,3 +291,90 @@ def test_an_async_policy_is_awaited_and_extensions_run() -> None:
         status, body = api.post("publish", {"channel": "/ok", "data": "spam"})
         assert status == 404 and "message_deleted" in body["error"]["message"]
         assert [e["data"] for e in events(browser)] == [1]
+
+
+def test_idempotency_keys_past_their_bound_are_429_and_nothing_is_delivered(
+    server: BayeuxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.http_api
+
+    monkeypatch.setattr(engine.http_api, "MAX_KEYS", 3)
+    browser = subscriber(server, "/k")
+    api = Api(server)
+    for n in range(3):
+        body = {"channel": "/k", "data": n, "idempotency_key": f"key-{n}"}
+        assert api.post("publish", body)[0] == 200
+    status, body = api.post("publish", {"channel": "/k", "data": 3, "idempotency_key": "key-3"})
+    assert status == 429 and "idempotency keys" in body["error"]["message"]
+    # A known key is still recognised (a retry is a duplicate, not a 429).
+    status, body = api.post("publish", {"channel": "/k", "data": 1, "idempotency_key": "key-1"})
+    assert status == 200 and body["result"]["duplicate"] is True
+    assert [e["data"] for e in events(browser)] == [0, 1, 2]  # not 3, not 1 twice
+
+
+class SlowPolicy(SecurityPolicy):
+    """Publishes wait for a gate: calls pile up in progress."""
+
+    gate: Any = None
+
+    async def can_publish(  # type: ignore[override]
+        self, session: Session, channel: str, message: dict[str, Any]
+    ) -> bool:
+        await self.gate.wait()
+        return True
+
+
+def test_calls_in_progress_past_their_bound_are_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import engine.http_api
+
+    monkeypatch.setattr(engine.http_api, "MAX_RUNNING", 2)
+    policy = SlowPolicy()
+
+    def setup(server: BayeuxServer) -> None:
+        server.policy = policy
+
+    with running_server(setup=setup, api_key=KEY, timeout=1500) as server:
+        loop = server.core.loop
+
+        async def make_gate() -> None:
+            policy.gate = asyncio.Event()
+
+        asyncio.run_coroutine_threadsafe(make_gate(), loop).result(5)
+        waiting = [Api(server) for _ in range(2)]
+        for api in waiting:  # two calls awaiting the policy
+            body = json.dumps({"channel": "/s", "data": 1}).encode()
+            api.conn.request(
+                "POST",
+                "/api/publish",
+                body=body,
+                headers={"Content-Type": "application/json", "Authorization": f"apikey {KEY}"},
+            )
+        for _ in range(100):  # (bounded) until both are in progress
+            if server.api is not None and server.api.running >= 2:
+                break
+            time.sleep(0.02)
+        assert server.api is not None and server.api.running == 2
+        status, body = Api(server).post("publish", {"channel": "/s", "data": 2})
+        assert status == 503 and "in progress" in body["error"]["message"]
+        loop.call_soon_threadsafe(policy.gate.set)
+        for api in waiting:
+            assert api.conn.getresponse().status == 200
+
+
+def test_ended_sessions_past_their_bound_are_forgotten_oldest_first(
+    server: BayeuxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.protocol.core
+
+    monkeypatch.setattr(engine.protocol.core, "MAX_ENDED", 2)
+    browsers = [subscriber(server, "/e") for _ in range(3)]
+    api = Api(server)
+    for b in browsers:
+        assert api.post("disconnect", {"session": b.client_id})[0] == 200
+    assert server.core.stats.ended_forgotten == 1 and len(server.core.ended) == 2
+    oldest = browsers[0].connect().reply("/meta/connect")
+    assert oldest["error"].startswith("402::")  # forgotten: unknown, not the reason
+    for b in browsers[1:]:
+        assert b.connect().reply("/meta/connect")["error"] == "403::disconnected_by_server"

@@ -194,3 +194,44 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
         with pytest.raises(Exception) as err:
             start_server("--metrics-port", str(port), ready_timeout=10)
         assert "address already in use" in str(err.value).lower()
+
+
+class Tripwire:
+    """Put among the sessions: whatever walks them and looks at one fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a scrape walked the sessions (read .{name})")
+
+
+def test_a_scrape_reads_totals_and_never_walks_the_sessions() -> None:
+    with running_server(metrics_port=0, admin_token="t") as server:
+        browsers = [Browser(server).ready() for _ in range(3)]
+        for b in browsers:
+            b.subscribe("/w/x")
+        browsers[0].publish("/w/x", 1)
+        loop = server.core.loop
+
+        def tripwire(on: bool) -> None:
+            async def change() -> None:
+                if on:
+                    server.core.sessions["tripwire"] = Tripwire()  # type: ignore[assignment]
+                else:
+                    del server.core.sessions["tripwire"]
+
+            asyncio.run_coroutine_threadsafe(change(), loop).result(5)
+
+        tripwire(True)
+        try:
+            assert server.metrics is not None
+            found = scrape(server.metrics.url)
+            node = server.node_id
+            assert value(found, "bayeux_sessions", node=node) == 4  # (the tripwire counted)
+            assert value(found, "bayeux_queued_messages", node=node) == 2
+            status = asyncio.run_coroutine_threadsafe(_status(server), loop).result(5)
+            assert status["sessions_by_transport"] == {"long-polling": 3}  # /stats too
+        finally:
+            tripwire(False)
+
+
+async def _status(server: BayeuxServer) -> dict[str, Any]:
+    return server.status()
