@@ -1,0 +1,33 @@
+"""The unit tests of engine/static/cometd-recovery.js (recovery_extension.test.mjs,
+node's own test runner; no server), and its package.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import engine
+
+INTEROP_DIR = Path(__file__).resolve().parent
+STATIC = Path(engine.__file__).resolve().parent / "static"
+
+
+def test_extension_unit_tests(node_bin: str) -> None:
+    proc = subprocess.run(
+        [node_bin, "--test", "recovery_extension.test.mjs"],
+        cwd=INTEROP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "# fail 0" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_package_json_names_the_file_and_the_engine_version() -> None:
+    package = json.loads((STATIC / "package.json").read_text())
+    assert package["type"] == "module"
+    assert package["exports"] == {".": "./cometd-recovery.js"}
+    assert (STATIC / package["main"]).is_file()
+    assert package["version"] == engine.__version__
