@@ -513,3 +513,59 @@ def test_recovery_extension_after_session_loss(server) -> None:
         raise AssertionError(
             f"{type(exc).__name__}: {exc}\n--- wire ---\n{recorder.dump()}"
         ) from exc
+
+
+def test_recovery_extension_bookkeeping() -> None:
+    """The recipe's rules without a server: Bayeux wildcards, the newest
+    position, what a subscribe reply changes, when the callback runs."""
+    from examples.recovery_aiocometd import RecoveryExtension, channel_matches
+
+    assert channel_matches("/a/*", "/a/b") and not channel_matches("/a/*", "/a/b/c")
+    assert channel_matches("/a/**", "/a/b/c") and not channel_matches("/a/**", "/a")
+    assert not channel_matches("/a/*", "/ab/c") and channel_matches("/**", "/x/y")
+    assert channel_matches("/a/b", "/a/b") and not channel_matches("/a/b", "/a/bc")
+
+    failed: list[tuple[str, str]] = []
+    r = RecoveryExtension(on_recovery_failed=lambda c, a: failed.append((c, a["reason"])))
+
+    def event(channel: str, epoch: str, offset: Any) -> dict[str, Any]:
+        position = {"epoch": epoch, "offset": offset}
+        return {"channel": channel, "data": 1, "ext": {"position": position}}
+
+    def reply(recover: dict[str, Any]) -> dict[str, Any]:
+        return {"channel": "/meta/subscribe", "successful": True, "ext": {"recover": recover}}
+
+    lost = {"epoch": "h", "offset": 7, "recovered": False, "reason": "epoch_changed"}
+
+    async def feed() -> list[dict[str, Any]]:
+        await r.incoming([event("/c/a", "e", 5), event("/c/a", "e", 4), event("/c/b/x", "e", 2)])
+        await r.incoming([event("/c/b/x", "e", True), event("/n", "f", 1), event("/n", "g", 0)])
+        await r.incoming(
+            [
+                reply({"/c/a": {"epoch": "e", "offset": 9, "recovered": True, "missed": 4}}),
+                reply({"/n": {"epoch": "g", "offset": 3, "reason": "already_subscribed"}}),
+                reply({"/gone": lost}),
+                reply({"/fresh": {"epoch": "i", "offset": 2}}),
+            ]
+        )
+        template = {"channel": "/meta/subscribe", "subscription": "/c/*"}
+        payload = [dict(template), {"channel": "/meta/subscribe", "subscription": "/c/**"}]
+        await r.outgoing(payload, {})
+        assert "ext" not in template
+        return payload
+
+    star, double_star = asyncio.run(feed())
+    assert r.positions() == {
+        "/c/a": {"epoch": "e", "offset": 5},
+        "/c/b/x": {"epoch": "e", "offset": 2},
+        "/n": {"epoch": "g", "offset": 0},
+        "/gone": {"epoch": "h", "offset": 7},
+        "/fresh": {"epoch": "i", "offset": 2},
+    }
+    assert failed == [("/gone", "epoch_changed")]
+    assert star["ext"]["recover"] == {"/c/a": {"epoch": "e", "offset": 5}}
+    assert set(double_star["ext"]["recover"]) == {"/c/a", "/c/b/x"}
+    r.forget("/c/a")
+    assert "/c/a" not in r.positions()
+    r.forget()
+    assert r.positions() == {}
