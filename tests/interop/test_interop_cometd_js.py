@@ -269,9 +269,21 @@ def test_recovery_extension_after_session_loss(js, transport):
     seen, and the 20 messages published meanwhile arrive once, in order,
     before the live one."""
     res, msg = _run_recovery(js, transport, "recover")
-    assert res["received"] == list(range(1, 25)), msg
-    assert res["answer"]["recovered"] is True and res["answer"]["missed"] == 20, msg
-    assert res["resubscribe_request"]["ext"]["recover"] == {"/h/room": res["position_before"]}, msg
+    assert res["received"] == {"/h/room": list(range(1, 25))}, msg
+    answer = res["answers"]["/h/room"]
+    assert answer["recovered"] is True and answer["missed"] == 20, msg
+    assert res["resubscribe_request"]["ext"]["recover"] == res["position_before"], msg
+    assert list(res["position_before"]) == ["/h/room"], msg
+
+
+@pytest.mark.server_args(*HISTORY)
+def test_recovery_extension_with_a_wildcard_subscription(js, server):
+    """Subscribed to /h/*: the resubscribe names both channels seen, and each
+    gets its 20 missed messages back, in order."""
+    res, msg = _run_recovery(js, "long-polling", "recover_wildcard")
+    assert res["received"] == {c: list(range(1, 25)) for c in ("/h/room", "/h/other")}, msg
+    assert sorted(res["resubscribe_request"]["ext"]["recover"]) == ["/h/other", "/h/room"], msg
+    assert {c: a["missed"] for c, a in res["answers"].items()} == {"/h/room": 20, "/h/other": 20}
 
 
 @pytest.mark.server_args(*HISTORY, "--history-size", "5")
@@ -280,7 +292,7 @@ def test_recovery_extension_reports_expired_history(js, transport):
     onRecoveryFailed(channel, {reason: expired}), nothing replayed, live
     messages flow again."""
     res, msg = _run_recovery(js, transport, "recover_expired", "--messages", "10")
-    assert res["received"] == [1, 2, 3, 14], msg
+    assert res["received"] == {"/h/room": [1, 2, 3, 14]}, msg
     assert [(f["channel"], f["answer"]["reason"]) for f in res["failed"]] == [
         ("/h/room", "expired")
     ], msg
