@@ -25,6 +25,13 @@
 //   });
 //   cometd.handshake();
 //
+// (`cometd.resubscribe(subscription)` in that listener works the same: it is
+// a plain subscribe once the handshake has dropped the old one.)
+// onRecoveryFailed runs while the reply is being received, before the
+// subscribe callback and /meta/subscribe listeners see it.
+//
+// An unsubscribe does not forget a channel's position (a later subscribe
+// would recover from it): call `forget(channel)` for that.
 // Positions live in memory only; `positions()` gives a copy that can be saved
 // (e.g. in sessionStorage) and handed back as `new RecoveryExtension({positions})`
 // to recover across a page reload.
