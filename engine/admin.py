@@ -10,6 +10,10 @@
   `Authorization: Bearer <admin_token>` (401 otherwise, nothing leaked).
   Prometheus scrapes `--metrics-port` instead (no token; one endpoint for
   every worker).
+- `GET /bayeux-engine/cometd-recovery.js`: the CometD JavaScript client's
+  recovery extension (engine/static/cometd-recovery.js, an ES module); always
+  on, no auth, `Access-Control-Allow-Origin: *` so that a page of another
+  origin may `import` it (module scripts are fetched with CORS).
 - Static files mounted with `server.static(url_prefix, directory)` or
   `--static-dir` (at `/`): GET and HEAD, no directory listing, no path
   escaping the directory.  Meant for a page and its scripts, not for bulk
@@ -41,6 +45,11 @@ if TYPE_CHECKING:
 __all__ = ["AdminRoutes", "server_status"]
 
 STATUS_CHANNEL = "/service/status"
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Files the engine serves itself: URL path -> file in STATIC_DIR.
+BUILTIN_FILES = {b"/bayeux-engine/cometd-recovery.js": "cometd-recovery.js"}
+JAVASCRIPT = b"application/javascript; charset=utf-8"
 
 
 def server_status(server: BayeuxServer, channel: str | None = None) -> dict[str, Any]:
@@ -82,6 +91,10 @@ class AdminRoutes:
         self.token = server.options.admin_token.encode()
         self.mounts: list[tuple[bytes, Path]] = []
         self.registry = server_registry(server)
+        # Read once: a file missing from the installation fails the start.
+        self.builtin = {
+            path: (STATIC_DIR / name).read_bytes() for path, name in BUILTIN_FILES.items()
+        }
 
     def not_ready(self) -> str | None:
         """Why a balancer should send no new clients here now, or None (/ready)."""
@@ -129,6 +142,15 @@ class AdminRoutes:
                 return response(200, orjson.dumps(server_status(self.server)), b"application/json")
             return response(200, generate_latest(self.registry), CONTENT_TYPE)
         if method in (b"GET", b"HEAD"):
+            builtin = self.builtin.get(path)
+            if builtin is not None:
+                return response(
+                    200,
+                    b"" if method == b"HEAD" else builtin,
+                    JAVASCRIPT,
+                    b"Access-Control-Allow-Origin: *\r\n",
+                    length=len(builtin),
+                )
             return self.static_file(path, query, head_only=method == b"HEAD")
         return None
 

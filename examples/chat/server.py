@@ -17,6 +17,10 @@ What runs where:
   subscribe to `/chat/room` but not publish there themselves.
 - When a member's session goes away (disconnect, or expiry after a closed tab)
   the room hears `{"kind": "leave"}` with the remaining members.
+- The room keeps its recent messages (`server.history`): a page whose session
+  was lost (network down longer than max_interval) gets what it missed when
+  it is back, through the engine's RecoveryExtension
+  (`/bayeux-engine/cometd-recovery.js`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def create_server(**option_overrides: Any) -> BayeuxServer:
     server = BayeuxServer(ServerOptions(**option_overrides))
     server.static("/chat", str(STATIC_DIR))
     server.static("/chat/vendor/cometd", str(CLIENT_DIR))
+    server.history(ROOM)
 
     members: dict[str, str] = {}  # clientId -> name
 

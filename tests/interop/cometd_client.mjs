@@ -5,7 +5,7 @@
 //
 //   node cometd_client.mjs URL SCENARIO [--transport long-polling|websocket|callback-polling]
 //        [--timeout MS] [--step-timeout MS] [--duration MS (idle)]
-//        [--messages N] [--outage MS] [--cut blackhole|reset|halfopen] (ack_outage)
+//        [--messages N] [--outage MS] [--cut blackhole|reset|halfopen] (ack_outage, recover*)
 //        [--log-level warn|info|debug] [--no-wire]
 //
 // Exit status: 0 scenario passed, 1 a check failed, 2 timed out, 3 bad usage.
@@ -35,6 +35,7 @@ import * as nodeHttp from "node:http";
 import * as nodeHttps from "node:https";
 import * as net from "node:net";
 import {writeFileSync} from "node:fs";
+import {RecoveryExtension} from "../../engine/static/cometd-recovery.js";
 import {WebSocket as WsWebSocket} from "ws";
 import {
     START, wire, record, recordSocketEvents, parseMaybeJSON, check, sleep, withTimeout, deepEqual, copy,
@@ -284,6 +285,7 @@ class Peer extends RecordingPeer {
             this.jar[host] = Object.assign(this.jar[host] || {}, {[name]: opts.cookie});
         }
         this.sentConnects = [];
+        this.sentSubscribes = [];  // as sent: after the other extensions (registered later) ran
         this.connectFailures = [];  // unsuccessful /meta/connect (server replies and local failures)
 
         const cometd = this.cometd;
@@ -317,6 +319,8 @@ class Peer extends RecordingPeer {
                     self.connectsSent += 1;
                     self.sentConnects.push(copy(message));
                     self.wake();
+                } else if (message.channel === "/meta/subscribe") {
+                    self.sentSubscribes.push(copy(message));
                 }
                 return message;
             },
@@ -838,6 +842,115 @@ SCENARIOS.ack_outage = async (opts, ctx) => {
     check(ctx.results.transport_after === transportBefore, "A changed transport across the outage",
         {before: transportBefore, after: ctx.results.transport_after});
 };
+
+// Recovery after a lost session (server --history-channels /h/**, a short
+// --max-interval): A registers the RecoveryExtension and subscribes to
+// `subscription` in its /meta/handshake listener (the usual CometD pattern: a
+// handshake drops every subscription), through a CuttableProxy; B publishes
+// {n: 1..3} to each of `channels`, then the proxy is cut (--cut) while B
+// publishes --messages N more to each, for --outage ms, long enough for the
+// server to expire A's session. Once restored, A's connect is refused, A
+// handshakes again, resubscribes, and the extension sends the last position
+// it saw on each channel. expect "recovered": A gets 1..N+3 then a sentinel
+// on each channel, each once, in order, and the reply says recovered: true,
+// missed N; expect "expired" (a --history-size below N): onRecoveryFailed
+// with reason expired, and nothing replayed: 1..3, then the sentinel.
+async function recoveryAfterSessionLoss(opts, ctx, {expect, subscription = "/h/room", channels = [subscription]}) {
+    const total = opts.messages;
+    const proxy = new CuttableProxy(opts.url);
+    await proxy.listen(0);
+    ctx.cleanup.push(() => proxy.close());
+    ctx.results.proxy = proxy.stats;
+    const a = ctx.peer("A", {url: proxy.urlFor(opts.url), config: {backoffIncrement: 250, maxBackoff: 1000}});
+    const failed = [];
+    const recovery = new RecoveryExtension({onRecoveryFailed: (ch, answer) => failed.push({channel: ch, answer: copy(answer)})});
+    a.cometd.registerExtension("recovery", recovery);
+    const received = Object.fromEntries(channels.map((c) => [c, []]));
+    const count = () => Math.min(...channels.map((c) => received[c].length));
+    const subscribeReplies = [];
+    a.cometd.addListener("/meta/handshake", (m) => {
+        if (m.successful) {
+            a.cometd.subscribe(subscription, (msg) => received[msg.channel].push(msg.data.n), (reply) => {
+                subscribeReplies.push(copy(reply));
+                a.wake();
+            });
+        }
+    });
+    const b = ctx.peer("B");
+    const publish = async (n, what) => {
+        for (const channel of channels) {
+            expectSuccess(await b.publish(channel, {n}), "B publish " + n + " to " + channel + what);
+        }
+    };
+    await a.connect();
+    await b.connect();
+    await a.waitUntil(() => subscribeReplies.length >= 1, "first /meta/subscribe reply");
+    expectSuccess(subscribeReplies[0], "subscribe " + subscription);
+    await a.connectHeld();
+    for (let n = 1; n <= 3; ++n) {
+        await publish(n, "");
+    }
+    await a.waitUntil(() => count() >= 3, "deliveries 1..3");
+    await a.connectHeld();
+    const before = ctx.results.position_before = recovery.positions();
+    const clientIdBefore = a.cometd.getClientId();
+
+    const cutAt = Date.now();
+    proxy.cut(opts.cut);
+    for (let n = 4; n <= total + 3; ++n) {
+        await publish(n, " while A is away");
+    }
+    await sleep(Math.max(0, opts.outage - (Date.now() - cutAt)));
+    ctx.results.received_while_away = channels.flatMap((c) => received[c].slice(3));
+    await proxy.restore();
+    await a.waitUntil(() => subscribeReplies.length >= 2, "the /meta/subscribe reply after the re-handshake");
+    const reply = subscribeReplies[1];
+    ctx.results.resubscribe_reply = reply;
+    ctx.results.resubscribe_request = a.sentSubscribes[a.sentSubscribes.length - 1];
+    ctx.results.handshakes = a.handshakes.map((m) => ({successful: m.successful, clientId: m.clientId || null}));
+    expectSuccess(reply, "resubscribe " + subscription);
+    check(a.cometd.getClientId() !== clientIdBefore, "A kept its session: the outage was too short to lose it",
+        ctx.results.handshakes);
+    const sentRecover = ctx.results.resubscribe_request.ext && ctx.results.resubscribe_request.ext.recover;
+    check(deepEqual(sentRecover, before), "the resubscribe did not carry the last positions seen",
+        {sent: ctx.results.resubscribe_request, seen: before});
+    const answers = ctx.results.answers = (reply.ext && reply.ext.recover) || {};
+    const last = expect === "recovered" ? total + 3 : 3;
+    await a.waitUntil(() => count() >= last, "deliveries up to " + last);
+    await publish(total + 4, " (the sentinel)");
+    await a.waitUntil(() => channels.every((c) => received[c].includes(total + 4)), "sentinel deliveries");
+    await sleep(300);
+    ctx.results.received = received;
+    ctx.results.failed = failed;
+    const after = ctx.results.positions = recovery.positions();
+    const sequence = (from, to) => Array.from({length: to - from + 1}, (_, i) => from + i);
+    for (const channel of channels) {
+        const answer = answers[channel];
+        if (expect === "recovered") {
+            check(answer && answer.recovered === true && answer.missed === total,
+                channel + ": the resubscribe reply does not say recovered: true, missed " + total, answers);
+            check(deepEqual(received[channel], sequence(1, total + 4)),
+                channel + ": deliveries missing, duplicated or out of order", received);
+        } else {
+            check(answer && answer.recovered === false && answer.reason === expect,
+                channel + ": the resubscribe reply does not say recovered: false, reason " + expect, answers);
+            check(deepEqual(received[channel], [1, 2, 3, total + 4]),
+                channel + ": messages replayed although recovery failed", received);
+        }
+        check(after[channel] && after[channel].epoch === before[channel].epoch
+            && after[channel].offset === before[channel].offset + total + 1,
+            channel + ": the extension's position is not the sentinel's", {before, after});
+    }
+    const reasons = failed.map((f) => f.channel + ":" + f.answer.reason).sort();
+    const wanted = expect === "recovered" ? [] : channels.map((c) => c + ":" + expect).sort();
+    check(deepEqual(reasons, wanted), "onRecoveryFailed calls are not " + JSON.stringify(wanted), failed);
+}
+
+SCENARIOS.recover = (opts, ctx) => recoveryAfterSessionLoss(opts, ctx, {expect: "recovered"});
+SCENARIOS.recover_expired = (opts, ctx) => recoveryAfterSessionLoss(opts, ctx, {expect: "expired"});
+// A wildcard subscription: the extension names each remembered channel it matches.
+SCENARIOS.recover_wildcard = (opts, ctx) => recoveryAfterSessionLoss(opts, ctx,
+    {expect: "recovered", subscription: "/h/*", channels: ["/h/room", "/h/other"]});
 
 // Subscribe to --channel (default /interop/api), write --ready-file once
 // subscribed, then collect what arrives for --duration ms: for tests whose

@@ -403,3 +403,169 @@ def test_cookieless_client_works_with_trust_client_session(server) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 20))
     assert len(recorder.sent("/meta/handshake")) == 1, recorder.dump()
+
+
+# ---------------------------------------------------------------- recovery
+# examples/recovery_aiocometd.py against a server with history on /h/**.
+
+
+class CutProxy:
+    """A TCP proxy to the server on a loopback port; cut() refuses new
+    connections and resets every open one (a network outage), restore()
+    listens again on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.listener: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.listener = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self.listener.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+        for writer in self.writers:
+            writer.transport.abort()
+        self.writers.clear()
+
+    def url(self, server_url: str) -> str:
+        return re.sub(r"://127\.0\.0\.1:\d+", f"://localhost:{self.port}", server_url, count=1)
+
+
+@pytest.mark.skipif(interop_target() == "ref", reason="channel history is an engine feature")
+@pytest.mark.server_args(
+    "--history-channels", "/h/**", "--timeout", "1000", "--max-interval", "1000"
+)
+def test_recovery_extension_after_session_loss(server) -> None:
+    """The recipe's RecoveryExtension: A (through a proxy) is cut off for 3.5 s,
+    long enough for the server to expire its session, while B publishes 4..13.
+    Back, aiocometd handshakes again and resubscribes on its own; the
+    extension's ext.recover brings 4..13, each once, in order, before 14."""
+    from examples.recovery_aiocometd import RecoveryExtension
+
+    recorder = Recorder("A")
+    failed: list[tuple[str, dict[str, Any]]] = []
+    recovery = RecoveryExtension(on_recovery_failed=lambda c, a: failed.append((c, a)))
+
+    async def data_until(client: Client, last: int) -> list[int]:
+        got = []
+        while not got or got[-1] < last:
+            got.append((await receive(client))["data"]["n"])
+        return got
+
+    async def main() -> None:
+        proxy = CutProxy(int(server.url.split(":")[2].split("/")[0]))
+        await proxy.start()
+        a = Client(
+            proxy.url(server.url),
+            extensions=[recovery, recorder],  # the recorder sees what recovery added
+            connection_timeout=0,  # (its watcher fails on Python >= 3.10: see the recipe)
+            connection_types=[ConnectionType.LONG_POLLING],
+        )
+        b, _ = new_client(server.url, "B")
+        async with a, b:
+            await step(a.subscribe("/h/room"))
+            for n in (1, 2, 3):
+                await step(b.publish("/h/room", {"n": n}))
+            assert await data_until(a, 3) == [1, 2, 3]
+            seen = recovery.positions()["/h/room"]
+            assert seen["offset"] == 3, seen
+
+            proxy.cut()
+            for n in range(4, 14):
+                await step(b.publish("/h/room", {"n": n}))
+            await asyncio.sleep(3.5)
+            await proxy.start()
+            assert await data_until(a, 13) == list(range(4, 14))
+            await step(b.publish("/h/room", {"n": 14}))
+            assert await data_until(a, 14) == [14]
+            with pytest.raises(asyncio.TimeoutError):
+                await receive(a, 0.5)  # nothing twice
+
+        handshakes = recorder.received("/meta/handshake")
+        assert [h["successful"] for h in handshakes] == [True, True]
+        assert handshakes[0]["clientId"] != handshakes[1]["clientId"]
+        resubscribe = recorder.sent("/meta/subscribe")[-1]
+        assert resubscribe["ext"]["recover"] == {"/h/room": seen}
+        answer = recorder.received("/meta/subscribe")[-1]["ext"]["recover"]["/h/room"]
+        assert answer["recovered"] is True and answer["missed"] == 10
+        assert failed == []
+        assert recovery.positions()["/h/room"] == {"epoch": seen["epoch"], "offset": 14}
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 40))
+    except BaseException as exc:
+        raise AssertionError(
+            f"{type(exc).__name__}: {exc}\n--- wire ---\n{recorder.dump()}"
+        ) from exc
+
+
+def test_recovery_extension_bookkeeping() -> None:
+    """The recipe's rules without a server: Bayeux wildcards, the newest
+    position, what a subscribe reply changes, when the callback runs."""
+    from examples.recovery_aiocometd import RecoveryExtension, channel_matches
+
+    assert channel_matches("/a/*", "/a/b") and not channel_matches("/a/*", "/a/b/c")
+    assert channel_matches("/a/**", "/a/b/c") and not channel_matches("/a/**", "/a")
+    assert not channel_matches("/a/*", "/ab/c") and channel_matches("/**", "/x/y")
+    assert channel_matches("/a/b", "/a/b") and not channel_matches("/a/b", "/a/bc")
+
+    failed: list[tuple[str, str]] = []
+    r = RecoveryExtension(on_recovery_failed=lambda c, a: failed.append((c, a["reason"])))
+
+    def event(channel: str, epoch: str, offset: Any) -> dict[str, Any]:
+        position = {"epoch": epoch, "offset": offset}
+        return {"channel": channel, "data": 1, "ext": {"position": position}}
+
+    def reply(recover: dict[str, Any]) -> dict[str, Any]:
+        return {"channel": "/meta/subscribe", "successful": True, "ext": {"recover": recover}}
+
+    lost = {"epoch": "h", "offset": 7, "recovered": False, "reason": "epoch_changed"}
+
+    async def feed() -> list[dict[str, Any]]:
+        await r.incoming([event("/c/a", "e", 5), event("/c/a", "e", 4), event("/c/b/x", "e", 2)])
+        await r.incoming([event("/c/b/x", "e", True), event("/n", "f", 1), event("/n", "g", 0)])
+        await r.incoming(
+            [
+                reply({"/c/a": {"epoch": "e", "offset": 9, "recovered": True, "missed": 4}}),
+                reply({"/n": {"epoch": "g", "offset": 3, "reason": "already_subscribed"}}),
+                reply({"/gone": lost}),
+                reply({"/fresh": {"epoch": "i", "offset": 2}}),
+            ]
+        )
+        template = {"channel": "/meta/subscribe", "subscription": "/c/*"}
+        payload = [dict(template), {"channel": "/meta/subscribe", "subscription": "/c/**"}]
+        await r.outgoing(payload, {})
+        assert "ext" not in template
+        return payload
+
+    star, double_star = asyncio.run(feed())
+    assert r.positions() == {
+        "/c/a": {"epoch": "e", "offset": 5},
+        "/c/b/x": {"epoch": "e", "offset": 2},
+        "/n": {"epoch": "g", "offset": 0},
+        "/gone": {"epoch": "h", "offset": 7},
+        "/fresh": {"epoch": "i", "offset": 2},
+    }
+    assert failed == [("/gone", "epoch_changed")]
+    assert star["ext"]["recover"] == {"/c/a": {"epoch": "e", "offset": 5}}
+    assert set(double_star["ext"]["recover"]) == {"/c/a", "/c/b/x"}
+    r.forget("/c/a")
+    assert "/c/a" not in r.positions()
+    r.forget()
+    assert r.positions() == {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 from interop import node_clients
-from interop.helpers import ALL_TRANSPORTS, REQUIRED_EXTENSIONS, describe_js_failure
+from interop.helpers import ALL_TRANSPORTS, REQUIRED_EXTENSIONS, describe_js_failure, interop_target
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -238,3 +238,61 @@ def test_ack_delivery_across_half_open_connection(js, transport):
     (a WebSocket the session was bound to) stays open after the client is back
     on a new one, as after a silent network partition."""
     _run_ack_outage(js, transport, "halfopen")
+
+
+# Recovery (engine/static/cometd-recovery.js): a session lost while the network
+# is cut for 4 s (1 s timeout + 1 s max-interval: the server expires it).
+HISTORY = ("--history-channels", "/h/**", "--timeout", "1000", "--max-interval", "1000")
+OUTAGE = ("--outage", "4000")
+
+
+def _run_recovery(js, transport, scenario, *extra):
+    if interop_target() != "engine":
+        pytest.skip("channel history is an engine feature")
+    r = js(scenario, transport, extra=(*OUTAGE, *extra))
+    res = r["results"]
+    msg = describe_js_failure(r)
+    assert r["transport"] == transport, msg
+    # A really lost its session: two handshakes, two clientIds.
+    assert [h["successful"] for h in res["handshakes"]] == [True, True], msg
+    assert res["handshakes"][0]["clientId"] != res["handshakes"][1]["clientId"], msg
+    # What the server wrote into the dead connection never reached A.
+    assert res["proxy"]["dropped_bytes_to_client"] > 0, msg
+    assert res["received_while_away"] == [], msg
+    return res, msg
+
+
+@pytest.mark.server_args(*HISTORY)
+def test_recovery_extension_after_session_loss(js, transport):
+    """RecoveryExtension with the CometD client's own re-handshake: the
+    resubscribe (in the /meta/handshake listener) carries the last position
+    seen, and the 20 messages published meanwhile arrive once, in order,
+    before the live one."""
+    res, msg = _run_recovery(js, transport, "recover")
+    assert res["received"] == {"/h/room": list(range(1, 25))}, msg
+    answer = res["answers"]["/h/room"]
+    assert answer["recovered"] is True and answer["missed"] == 20, msg
+    assert res["resubscribe_request"]["ext"]["recover"] == res["position_before"], msg
+    assert list(res["position_before"]) == ["/h/room"], msg
+
+
+@pytest.mark.server_args(*HISTORY)
+def test_recovery_extension_with_a_wildcard_subscription(js, server):
+    """Subscribed to /h/*: the resubscribe names both channels seen, and each
+    gets its 20 missed messages back, in order."""
+    res, msg = _run_recovery(js, "long-polling", "recover_wildcard")
+    assert res["received"] == {c: list(range(1, 25)) for c in ("/h/room", "/h/other")}, msg
+    assert sorted(res["resubscribe_request"]["ext"]["recover"]) == ["/h/other", "/h/room"], msg
+    assert {c: a["missed"] for c, a in res["answers"].items()} == {"/h/room": 20, "/h/other": 20}
+
+
+@pytest.mark.server_args(*HISTORY, "--history-size", "5")
+def test_recovery_extension_reports_expired_history(js, transport):
+    """Away for more than the history keeps (5 kept, 10 published):
+    onRecoveryFailed(channel, {reason: expired}), nothing replayed, live
+    messages flow again."""
+    res, msg = _run_recovery(js, transport, "recover_expired", "--messages", "10")
+    assert res["received"] == {"/h/room": [1, 2, 3, 14]}, msg
+    assert [(f["channel"], f["answer"]["reason"]) for f in res["failed"]] == [
+        ("/h/room", "expired")
+    ], msg

@@ -5,8 +5,13 @@
 //   /chat/?transport=long-polling      long-polling only (websocket unregistered)
 //
 // Everything a user typed is rendered with textContent, never as HTML.
+//
+// The room keeps a history: the engine's RecoveryExtension (served at
+// /bayeux-engine/cometd-recovery.js) brings back what was missed while the
+// session was lost, when the handshake listener below subscribes again.
 
 import {CometD} from "./vendor/cometd/cometd.js";
+import {RecoveryExtension} from "/bayeux-engine/cometd-recovery.js";
 
 const ROOM = "/chat/room";
 const $ = (id) => document.getElementById(id);
@@ -33,6 +38,14 @@ cometd.configure({
 
 let me = null;              // our name once joined
 let roomSubscription = null;
+
+cometd.registerExtension("recovery", new RecoveryExtension({
+    // The missed messages are gone (too many, too old, server restarted):
+    // say so; a real application would reload its state here.
+    onRecoveryFailed(channel, answer) {
+        renderNotice(`some messages were missed (${answer.reason})`);
+    },
+}));
 
 // ------------------------------------------------------------------ display
 
