@@ -110,8 +110,9 @@ export function parseCommandLine({script, scenarios, transports, transportNote =
     for (const [name, spec] of Object.entries(specs)) {
         const given = values[name];
         if (spec.flag) {
-            // --no-X sets X to false.
-            opts[camelCase(name.replace(/^no-/, ""))] = !given;
+            // --no-X sets X to false; --X sets X to true.
+            const negated = name.startsWith("no-");
+            opts[camelCase(negated ? name.slice(3) : name)] = negated ? !given : Boolean(given);
             continue;
         }
         let value = given === undefined ? spec.default : given;

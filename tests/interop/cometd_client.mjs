@@ -976,22 +976,44 @@ SCENARIOS.receive = async (opts, ctx) => {
     const received = [];
     const failures = [];
     a.cometd.addListener("/meta/unsuccessful", (m) => failures.push(copy(m)));
+    // --recovery: the shipped RecoveryExtension, and what each subscribe
+    // reply answered about recovery.
+    const recoveryFailed = [];
+    const subscribeAnswers = [];
+    if (opts.recovery) {
+        a.cometd.registerExtension("recovery", new RecoveryExtension({
+            onRecoveryFailed: (channel, answer) => recoveryFailed.push({channel, answer: copy(answer)}),
+        }));
+        a.cometd.addListener("/meta/subscribe", (m) => subscribeAnswers.push(copy((m.ext && m.ext.recover) || null)));
+    }
     const channel = opts.channel;
+    let enough = null;
+    const done = new Promise((resolve) => { enough = resolve; });
+    const onMessage = (m) => {
+        const position = m.ext && m.ext.position;
+        received.push({channel: m.channel, data: m.data, offset: position ? position.offset : null});
+        if (opts.until && received.length >= opts.until) enough();
+    };
     // Subscribed again after each re-handshake (CometD drops subscriptions then).
     a.cometd.addListener("/meta/handshake", (m) => {
         if (m.successful && a.handshakes.filter((h) => h.successful).length > 1) {
-            a.cometd.subscribe(channel, (msg) => received.push({channel: msg.channel, data: msg.data}));
+            a.cometd.subscribe(channel, onMessage);
         }
     });
     await a.connect();
-    const {reply} = await a.subscribe(channel, (m) => received.push({channel: m.channel, data: m.data}));
+    const {reply} = await a.subscribe(channel, onMessage);
     ctx.results.subscribe_reply = reply;
     expectSuccess(reply, "subscribe " + channel);
     if (opts.readyFile) {
         writeFileSync(opts.readyFile, a.cometd.getClientId());
     }
-    await sleep(opts.duration);
+    // --until N: as soon as N messages arrived (--duration bounds the wait).
+    await Promise.race([sleep(opts.duration), opts.until ? done : new Promise(() => {})]);
+    if (opts.until) await sleep(300);  // (a duplicate would come right behind)
     ctx.results.received = received;
+    ctx.results.recovery_failed = recoveryFailed;
+    ctx.results.subscribe_answers = subscribeAnswers;
+    ctx.results.client_ids = a.handshakes.filter((h) => h.successful).map((h) => h.clientId);
     ctx.results.client_id = a.cometd.getClientId();
     ctx.results.handshakes = a.handshakes.map((m) => ({successful: m.successful, error: m.error || null}));
     ctx.results.failures = failures.map((m) => ({channel: m.channel, error: m.error || null, advice: m.advice || null}));
@@ -1011,6 +1033,8 @@ runDriver({
         "ready-file": {metavar: "PATH", default: null},
         "tokens": {metavar: "JSON", default: null},
         "cookie": {metavar: "NAME=VALUE", default: null},
+        "recovery": {flag: true, default: false},
+        "until": {int: true, metavar: "N", default: 0},
     },
     setup: installNodeAdapter,
     newPeer: (label, opts, options) => new Peer(label, opts, options),

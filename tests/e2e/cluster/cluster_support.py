@@ -7,13 +7,16 @@ from __future__ import annotations
 import ast
 import http.client
 import json
+import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import redis
 from harness import ServerProcess
 from redis_server import RedisServer
@@ -168,3 +171,13 @@ def worker_pids(process: ServerProcess) -> dict[int, int]:
     for m in re.finditer(r"worker (\d+) \(node \w+, pid (\d+)\) started", process.stderr):
         pids[int(m.group(1))] = int(m.group(2))
     return pids
+
+
+def require_haproxy() -> str:
+    path = shutil.which("haproxy")
+    if path is None:
+        message = "haproxy is not installed (apt-get install -y haproxy)"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: an error, not a skip)", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+    return path

@@ -10,7 +10,6 @@ The HAProxy settings are those the README recommends for Bayeux.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_support import require_haproxy
 from harness import ServerProcess, start_server
 from interop.helpers import describe_js_failure, run_js
 from redis_server import RedisServer, free_port
@@ -50,16 +50,6 @@ backend engines
     balance roundrobin
 {servers}
 """
-
-
-def require_haproxy() -> str:
-    path = shutil.which("haproxy")
-    if path is None:
-        message = "haproxy is not installed (apt-get install -y haproxy)"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: an error, not a skip)", pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-    return path
 
 
 @pytest.fixture(scope="module")
