@@ -15,8 +15,8 @@ from engine.routing._channels import CHANNEL_INVALID, normalize_channel, validat
 __all__ = ["ServerOptions", "TRANSPORTS"]
 
 HISTORY_WITH_BROKER = (
-    "history_channels with a broker: channel history is kept in one process for now "
-    "(positions would differ from node to node); run one node, or no history"
+    "history_channels with a broker (replay_channels too): channel history is kept in one "
+    "process for now (positions would differ from node to node); run one node, or no history"
 )
 # Transport names in our order of preference, as listed in handshake replies.
 TRANSPORTS: tuple[str, ...] = ("websocket", "long-polling", "callback-polling")
@@ -60,6 +60,14 @@ class ServerOptions:
         metadata={
             "help": "comma-separated channel patterns whose recent messages are kept for "
             "recovery (ext.position on each message, ext.recover on /meta/subscribe)"
+        },
+    )
+    replay_channels: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated channel patterns that speak the Salesforce replay dialect "
+            "(data.event.replayId on each message, ext.replay on /meta/subscribe); they keep "
+            "history too"
         },
     )
     history_size: int = field(default=100, metadata={"help": "messages kept per history channel"})
@@ -501,13 +509,17 @@ class ServerOptions:
             problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
         if not self.transports:
             problems.append("allowed_transports lists no transport")
-        if self.history_patterns and self.broker:
+        if (self.history_patterns or self.replay_patterns) and self.broker:
             problems.append(HISTORY_WITH_BROKER)
-        for pattern in self.history_patterns:
-            name = normalize_channel(pattern)
-            reserved = name.startswith(("/meta/", "/service/"))
-            if validate_channel(name) == CHANNEL_INVALID or reserved:
-                problems.append(f"history_channels: {pattern!r} is not a channel or pattern")
+        for option, patterns in (
+            ("history_channels", self.history_patterns),
+            ("replay_channels", self.replay_patterns),
+        ):
+            for pattern in patterns:
+                name = normalize_channel(pattern)
+                reserved = name.startswith(("/meta/", "/service/"))
+                if validate_channel(name) == CHANNEL_INVALID or reserved:
+                    problems.append(f"{option}: {pattern!r} is not a channel or pattern")
         if self.node_id and not (self.node_id.isascii() and self.node_id.isalnum()):
             problems.append("node_id must be ASCII letters and digits")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
@@ -574,6 +586,10 @@ class ServerOptions:
     @property
     def history_patterns(self) -> list[str]:
         return [p.strip() for p in self.history_channels.split(",") if p.strip()]
+
+    @property
+    def replay_patterns(self) -> list[str]:
+        return [p.strip() for p in self.replay_channels.split(",") if p.strip()]
 
     @property
     def transports(self) -> tuple[str, ...]:

@@ -188,7 +188,7 @@ class BayeuxServer(Application):
                 )
             policy = JwtPolicy.from_options(o) if o.jwt else BackendHooks.from_options(o)
 
-        if o.broker and self.hooks.history_patterns:
+        if o.broker and (self.hooks.history_patterns or self.hooks.replay_patterns):
             raise ValueError(HISTORY_WITH_BROKER)
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=policy, hooks=self.hooks
