@@ -894,7 +894,8 @@ class BayeuxCore(SessionCore):
         fresh: list[str] = []
         self._fresh = fresh
         ext = message.get("ext")
-        session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+        client_id = message.get("clientId")
+        session = self.sessions.get(client_id) if type(client_id) is str else None
         queued = len(session.queue) if session is not None and session.queue else 0
         replaying = self._replaying = self.replay.request(ext, self.options.max_queue - queued)
         try:
@@ -902,7 +903,7 @@ class BayeuxCore(SessionCore):
         finally:
             self._fresh = None
             self._replaying = None
-        session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+        session = self.sessions.get(client_id) if type(client_id) is str else None
         if session is None or session.removed:
             return reply
         if replaying is not None:

@@ -183,6 +183,20 @@ def test_not_a_replay_channel_not_a_map_too_many_and_wildcards() -> None:
         assert events(resp, "/topic/q") == [] and drain(b, "/topic/q") == []
 
 
+def test_replay_subscribes_from_no_session() -> None:
+    with running_server(**REPLAY) as server:
+        b = Browser(server).ready()
+        for client_id in ("nope", ["x"], None, 5):
+            message = {
+                "channel": "/meta/subscribe",
+                "clientId": client_id,
+                "subscription": "/topic/a",
+                "ext": {"replay": {"/topic/a": -2}},
+            }
+            reply = b.send([message]).reply("/meta/subscribe")
+            assert reply["successful"] is False and reply["error"].startswith("402::")
+
+
 def test_replay_ids_do_not_repeat_across_streams() -> None:
     """A stream made again (a restart, an eviction) starts above every
     replayId of the one before: an old replayId is invalid, never replayed
