@@ -8,7 +8,8 @@
 //        [--version V] [--timeout MS]
 //
 // Prints JSON lines on stdout: {"subscribed": true} once the subscribe
-// succeeded (the test publishes the live events then), then ONE result line:
+// succeeded (the test publishes the live events then), {"event": data} for
+// each event as it comes, then ONE result line:
 // {"ok", "received": [event data...], "error": {code, message, text} | null,
 //  "wire": [every Bayeux message sent and received]}.
 // It ends after N events (ok: true), a failed subscribe (ok: false, error),
@@ -83,6 +84,7 @@ setTimeout(() => finish(false, {text: `timeout: ${received.length} of ${count} e
 
 const subscription = client.subscribe(channel, (data) => {
     received.push(data);
+    console.log(JSON.stringify({event: data}));
     if (received.length >= count) {
         finish(true);
     }

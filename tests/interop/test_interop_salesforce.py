@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -106,7 +109,9 @@ class Jsforce:
         count: int,
         live: tuple[Any, ...] = (),
         token: str = TOKEN,
+        on_event: Callable[[subprocess.Popen[str], int], None] | None = None,
     ) -> dict[str, Any]:
+        """`on_event(process, n)` after the n-th event (from 1)."""
         cmd = [self.node, str(JSFORCE_CLIENT), instance_url(self.server), token, self.channel]
         cmd += ["--count", str(count), "--version", VERSION, "--timeout", "15000"]
         if replay is not None:
@@ -116,10 +121,15 @@ class Jsforce:
         )
         assert proc.stdout is not None
         result: dict[str, Any] | None = None
+        seen = 0
         for line in proc.stdout:
             message = json.loads(line)
             if message.get("subscribed"):
                 publish(self.server, self.channel, *live)
+            elif "event" in message:
+                seen += 1
+                if on_event is not None:
+                    on_event(proc, seen)
             else:
                 result = message
         stderr = proc.stderr.read() if proc.stderr else ""
@@ -178,6 +188,58 @@ def test_jsforce_resumes_from_a_stored_replay_id(jsforce: Jsforce) -> None:
         if e["dir"] == "send" and e["message"]["channel"] == "/meta/connect"
     )
     assert connect["connectionType"] == "long-polling"
+
+
+def test_jsforce_rehandshakes_and_resubscribes_from_its_last_replay_id(
+    node_bin: str,
+) -> None:
+    """The client is frozen (SIGSTOP) past max_interval: its session expires
+    and events are published meanwhile.  Thawed, Faye is told to handshake
+    again and resubscribes; jsforce's Replay extension sends the last replayId
+    it saw, and the missed events come, each once."""
+    server = start(
+        "--allowed-transports", "long-polling", "--timeout", "800", "--max-interval", "800"
+    )
+    try:
+        jsforce = Jsforce(node_bin, server, "/topic/Frozen")
+
+        def freeze(proc: subprocess.Popen[str], n: int) -> None:
+            if n != 2:
+                return
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 10
+                while subscribers(server, "/topic/Frozen"):  # until its session expired
+                    assert time.monotonic() < deadline, "the frozen session did not expire"
+                    time.sleep(0.1)
+                publish(server, "/topic/Frozen", 3, 4, 5)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+
+        result = jsforce.run(-1, 5, live=(1, 2), on_event=freeze)
+        assert result["ok"], result
+        assert payloads(result["received"]) == [1, 2, 3, 4, 5]
+        ids = replay_ids(result["received"])
+        assert ids == [ids[0] + n for n in range(5)]
+        sent = [e["message"] for e in result["wire"] if e["dir"] == "send"]
+        handshakes = [m for m in sent if m["channel"] == "/meta/handshake"]
+        subscribes = [m for m in sent if m["channel"] == "/meta/subscribe"]
+        assert len(handshakes) == 2, sent
+        assert [m["ext"]["replay"] for m in subscribes] == [
+            {"/topic/Frozen": -1},
+            {"/topic/Frozen": ids[1]},  # the last one it saw before the freeze
+        ]
+    finally:
+        server.stop()
+
+
+def subscribers(server: ServerProcess, channel: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/api/channels" + channel, headers={"X-API-Key": KEY})
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    return int(answer["result"]["subscribers"])
 
 
 def test_jsforce_with_an_expired_or_unknown_replay_id(jsforce: Jsforce) -> None:
