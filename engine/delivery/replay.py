@@ -66,6 +66,7 @@ go back across a restart.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.routing._channels import ChannelTrie, normalize_channel
@@ -134,20 +135,18 @@ class Replay:
 
 class ReplayRequest:
     """One subscribe's `ext.replay`: checked channel by channel as the
-    subscribe adds them (after the policy allowed each), the events to
-    queue collected in order."""
+    subscribe adds them (after the policy allowed each)."""
 
-    __slots__ = ("replay", "wanted", "room", "missed")
+    __slots__ = ("replay", "wanted", "room")
 
     def __init__(self, replay: Replay, wanted: Any, room: int) -> None:
         self.replay = replay
         self.wanted = wanted
-        self.room = room
-        self.missed: list[tuple[str, list[bytes]]] = []
+        self.room = room  # events the session may still queue
 
-    def plan(self, channel: str) -> str | None:
-        """Before `channel` is subscribed: the error that fails the
-        subscribe, or None (its missed events, if any, are kept)."""
+    def plan(self, channel: str, queue: Callable[[bytes], None]) -> str | None:
+        """Just before `channel` is subscribed: the error that fails the
+        subscribe, or None once its missed events (if any) went to `queue`."""
         wanted = self.wanted
         if type(wanted) is not dict:
             self.replay.stats.replay_refused += 1
@@ -155,12 +154,12 @@ class ReplayRequest:
         if channel not in wanted:
             return None
         replay_id = wanted[channel]
-        error = self._plan(channel, replay_id)
+        error = self._plan(channel, replay_id, queue)
         if error is not None:
             self.replay.stats.replay_refused += 1
         return error
 
-    def _plan(self, channel: str, replay_id: Any) -> str | None:
+    def _plan(self, channel: str, replay_id: Any, queue: Callable[[bytes], None]) -> str | None:
         if type(replay_id) is not int:  # (bool is not int here)
             return invalid(replay_id)
         if replay_id == NEW_EVENTS:
@@ -195,6 +194,6 @@ class ReplayRequest:
             return invalid(replay_id)  # expired, future_offset
         self.room -= len(missed)
         self.replay.stats.replay_subscribes += 1
-        if missed:
-            self.missed.append((channel, missed))
+        for encoded in missed:
+            queue(encoded)
         return None

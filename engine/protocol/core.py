@@ -897,7 +897,7 @@ class BayeuxCore(SessionCore):
         client_id = message.get("clientId")
         session = self.sessions.get(client_id) if type(client_id) is str else None
         queued = len(session.queue) if session is not None and session.queue else 0
-        replaying = self._replaying = self.replay.request(ext, self.options.max_queue - queued)
+        self._replaying = self.replay.request(ext, self.options.max_queue - queued)
         try:
             reply = self._on_subscriptions(message, exchange, self._subscribe_all)
         finally:
@@ -906,11 +906,6 @@ class BayeuxCore(SessionCore):
         session = self.sessions.get(client_id) if type(client_id) is str else None
         if session is None or session.removed:
             return reply
-        if replaying is not None:
-            # Each was read when its channel was subscribed, in this same step.
-            for _channel, missed in replaying.missed:
-                for encoded in missed:
-                    self.deliver(session, encoded)
         requested = ext.get("recover") if type(ext) is dict else None
         if not fresh and requested is None:
             return reply
@@ -972,7 +967,9 @@ class BayeuxCore(SessionCore):
             if len(subs) >= self.options.max_subscriptions:
                 return errors.TOO_MANY_SUBSCRIPTIONS
             if self._replaying is not None:
-                refusal = self._replaying.plan(pattern)
+                # The missed events are queued now, then the channel is
+                # subscribed: none between the two, none before them.
+                refusal = self._replaying.plan(pattern, lambda e: self.deliver(session, e))
                 if refusal is not None:
                     return refusal
             subs.add(pattern)

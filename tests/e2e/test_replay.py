@@ -183,6 +183,26 @@ def test_not_a_replay_channel_not_a_map_too_many_and_wildcards() -> None:
         assert events(resp, "/topic/q") == [] and drain(b, "/topic/q") == []
 
 
+def test_replayed_events_come_before_one_published_on_subscription() -> None:
+    """A subscribe listener that publishes (a welcome message): the missed
+    events first, then it, each once."""
+
+    def setup(server: BayeuxServer) -> None:
+        @server.on_subscribe("/topic/w")
+        def welcome(session: Any, channel: str) -> None:
+            server.publish(channel, "welcome")
+
+    with running_server(setup=setup, **REPLAY) as server:
+        pub = Browser(server).ready()
+        pub.publish("/topic/w", 1)
+        pub.publish("/topic/w", 2)
+        b = Browser(server).ready()
+        resp = subscribe(b, "/topic/w", {"/topic/w": -2})
+        got = events(resp, "/topic/w") + drain(b, "/topic/w")
+        assert payloads(got) == [1, 2, "welcome"]
+        assert ids(got) == [ids(got)[0] + n for n in range(3)]
+
+
 def test_replay_subscribes_from_no_session() -> None:
     with running_server(**REPLAY) as server:
         b = Browser(server).ready()
