@@ -298,6 +298,12 @@ async def _aiosfstream_scenario(org: ServerProcess) -> None:
     got = await receive(auth, channel, ReplayOption.ALL_EVENTS, 6)
     assert [m["data"]["payload"] for m in got] == [1, 2, 3, 4, 5, 6]
 
+    # -1 (ReplayOption.NEW_EVENTS, the Client's default): only what follows.
+    got = await receive(
+        auth, channel, ReplayOption.NEW_EVENTS, 1, live=lambda: publish(org, channel, 7)
+    )
+    assert [m["data"]["payload"] for m in got] == [7]
+
 
 def test_aiosfstream_after_a_restart_falls_back(org: ServerProcess) -> None:
     """A marker stored before the server restarted is from an older stream:
