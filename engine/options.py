@@ -14,6 +14,10 @@ from engine.routing._channels import CHANNEL_INVALID, normalize_channel, validat
 
 __all__ = ["ServerOptions", "TRANSPORTS"]
 
+REPLAY_WITH_BROKER = (
+    "replay_channels with a broker: the Salesforce replay dialect runs in one process for now "
+    "(history and recovery, --history-channels, work across nodes); run one node, or no replay"
+)
 # Transport names in our order of preference, as listed in handshake replies.
 TRANSPORTS: tuple[str, ...] = ("websocket", "long-polling", "callback-polling")
 
@@ -56,6 +60,14 @@ class ServerOptions:
         metadata={
             "help": "comma-separated channel patterns whose recent messages are kept for "
             "recovery (ext.position on each message, ext.recover on /meta/subscribe)"
+        },
+    )
+    replay_channels: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated channel patterns that speak the Salesforce replay dialect "
+            "(data.event.replayId on each message, ext.replay on /meta/subscribe); they keep "
+            "history too"
         },
     )
     history_size: int = field(default=100, metadata={"help": "messages kept per history channel"})
@@ -527,11 +539,17 @@ class ServerOptions:
             problems.append(f"unknown transports {sorted(unknown)}; known: {list(TRANSPORTS)}")
         if not self.transports:
             problems.append("allowed_transports lists no transport")
-        for pattern in self.history_patterns:
-            name = normalize_channel(pattern)
-            reserved = name.startswith(("/meta/", "/service/"))
-            if validate_channel(name) == CHANNEL_INVALID or reserved:
-                problems.append(f"history_channels: {pattern!r} is not a channel or pattern")
+        if self.replay_patterns and self.broker:
+            problems.append(REPLAY_WITH_BROKER)
+        for option, patterns in (
+            ("history_channels", self.history_patterns),
+            ("replay_channels", self.replay_patterns),
+        ):
+            for pattern in patterns:
+                name = normalize_channel(pattern)
+                reserved = name.startswith(("/meta/", "/service/"))
+                if validate_channel(name) == CHANNEL_INVALID or reserved:
+                    problems.append(f"{option}: {pattern!r} is not a channel or pattern")
         if self.node_id and not (self.node_id.isascii() and self.node_id.isalnum()):
             problems.append("node_id must be ASCII letters and digits")
         if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
@@ -614,6 +632,10 @@ class ServerOptions:
     @property
     def history_patterns(self) -> list[str]:
         return [p.strip() for p in self.history_channels.split(",") if p.strip()]
+
+    @property
+    def replay_patterns(self) -> list[str]:
+        return [p.strip() for p in self.replay_channels.split(",") if p.strip()]
 
     @property
     def transports(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from engine.cluster.status import MAX_PATTERNS, ClusterStatus
 from engine.http_api import HttpApi
 from engine.logs import set_node
 from engine.metrics import MetricsListener
-from engine.options import ServerOptions
+from engine.options import REPLAY_WITH_BROKER, ServerOptions
 from engine.presence import PRESENCE_SERVICE, Presence
 from engine.protocol.core import BayeuxCore
 from engine.transport.endpoint import Endpoint
@@ -189,6 +189,8 @@ class BayeuxServer(Application):
                 )
             policy = JwtPolicy.from_options(o) if o.jwt else BackendHooks.from_options(o)
 
+        if o.broker and self.hooks.replay_patterns:
+            raise ValueError(REPLAY_WITH_BROKER)
         self._core = BayeuxCore(
             self.options, loop, node_id=self.node_id, policy=policy, hooks=self.hooks
         )

@@ -92,6 +92,9 @@ class Counters:
     history_recovered: int = 0  # subscribes that recovered every missed message
     history_not_recovered: int = 0  # positions answered recovered: false (with a reason)
     history_replayed: int = 0  # missed messages queued by recoveries
+    # The Salesforce replay dialect (engine.delivery.replay):
+    replay_subscribes: int = 0  # channels subscribed with -2 or a replayId, replayed
+    replay_refused: int = 0  # subscribes failed for their ext.replay
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -134,6 +134,17 @@ class Application:
         if core is not None:
             core.history.add_pattern(name)
 
+    def replay(self, pattern: str) -> None:
+        """Matching channels speak the Salesforce replay dialect (see
+        engine.delivery.replay) and keep history (bounded by history_*)."""
+        name = normalize_channel(pattern)
+        if validate_channel(name) == CHANNEL_INVALID or name.startswith(("/meta/", "/service/")):
+            raise ValueError(f"cannot replay {pattern!r}")
+        self.hooks.replay_patterns.append(name)
+        core = getattr(self, "_core", None)  # (a started server's)
+        if core is not None:
+            core.replay.add_pattern(name)
+
     def add_extension(self, extension: Extension) -> None:
         self.hooks.extensions.append(extension)
 

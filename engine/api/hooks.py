@@ -89,6 +89,7 @@ class Hooks:
         "background",
         "lazy_channels",
         "history_patterns",
+        "replay_patterns",
     )
 
     def __init__(self) -> None:
@@ -101,6 +102,7 @@ class Hooks:
         self.extensions: list[Extension] = []
         self.lazy_channels = ChannelTrie()
         self.history_patterns: list[str] = []  # (the core's History takes them)
+        self.replay_patterns: list[str] = []  # (the core's Replay takes them)
         self.background: set[asyncio.Task[Any]] = set()
 
     # ----------------------------------------------------------- registering

@@ -83,10 +83,13 @@ MAX_EPOCH_LENGTH = 64
 class Stream:
     """One channel's retained messages: offsets `first()`..`top`, contiguous."""
 
-    __slots__ = ("epoch", "top", "messages", "times", "size")
+    __slots__ = ("epoch", "base", "top", "messages", "times", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, base: int = 0) -> None:
         self.epoch = secrets.token_hex(4)
+        # What a message's offset is added to for its Salesforce replayId
+        # (engine.delivery.replay): above the replayIds of older streams.
+        self.base = base
         self.top = 0  # the offset of the newest message (0: none yet)
         self.messages: deque[bytes] = deque()
         self.times: deque[float] = deque()  # when each was kept (monotonic)
@@ -114,6 +117,7 @@ class History:
         stats: Counters,
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.patterns = ChannelTrie()
         self.size = options.history_size
@@ -125,6 +129,9 @@ class History:
         self.stats = stats
         self.limits = CauseLog(log)
         self.clock = clock
+        self.wall = wall
+        # Above every replayId of the streams dropped so far (see _new_stream).
+        self.floor = 0
         # Least recently published first: the first to go past the bounds.
         self.streams: OrderedDict[str, Stream] = OrderedDict()
         self.total = 0  # bytes in every stream
@@ -235,6 +242,7 @@ class History:
             len(self.streams) > self.max_channels or self.total > self.total_limit
         ):
             channel, stream = self.streams.popitem(last=False)
+            self.floor = max(self.floor, stream.base + stream.top + 1)
             self.total -= stream.size
             self.stats.history_dropped += len(stream.messages)
             evicted += 1
@@ -257,7 +265,7 @@ class History:
         first subscriber learns a position it can recover from later."""
         stream = self.streams.get(channel)
         if stream is None:
-            stream = self.streams[channel] = Stream()
+            stream = self.streams[channel] = self._new_stream()
             if len(self.streams) > self.max_channels:
                 self._evict_streams("history_max_channels")
         return stream
@@ -267,6 +275,13 @@ class History:
         stream = self._stream(channel)
         self._expire(stream, self.clock(), channel)
         return stream
+
+    def _new_stream(self) -> Stream:
+        """A stream whose base (creation time in ms x 1000) is above the
+        replayIds of the streams dropped before it: those of a stream from
+        before a restart are below it too, while a stream averages fewer
+        than 1000 messages a millisecond and the clock does not go back."""
+        return Stream(max(int(self.wall() * 1000) * 1000, self.floor))
 
     def position(self, channel: str) -> dict[str, Any] | None:
         """A history channel's position now; None for another channel or

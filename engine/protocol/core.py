@@ -35,6 +35,7 @@ from engine.api.policy import Deny, SecurityPolicy
 from engine.delivery._batch import encode_message
 from engine.delivery.broker import Broker, LocalBroker
 from engine.delivery.history import History
+from engine.delivery.replay import Replay, ReplayRequest
 from engine.metrics import ServerMetrics
 from engine.options import ServerOptions
 from engine.protocol import errors
@@ -135,6 +136,11 @@ class BayeuxCore(SessionCore):
         self.history = History(options, self.stats, log)
         for pattern in self.hooks.history_patterns:
             self.history.add_pattern(pattern)
+        # The Salesforce replay dialect on top of it (engine.delivery.replay).
+        self.replay = Replay(self.history, self.stats)
+        for pattern in [*options.replay_patterns, *self.hooks.replay_patterns]:
+            self.replay.add_pattern(pattern)
+        self._replaying: ReplayRequest | None = None  # a subscribe's ext.replay
         # Set in a cluster: sends HTTP requests for other nodes' sessions there.
         self.forwarder: Forwarder | None = None
         # Set with presence channels (engine.presence): its companion
@@ -874,9 +880,12 @@ class BayeuxCore(SessionCore):
         if message.get("id") is not None:
             reply["id"] = message["id"]
         ext = message.get("ext")
-        if self.options.ack_extension and type(ext) is dict and ext.get("ack") is True:
-            session.ack = AckState()
-            reply["ext"] = {"ack": True}
+        if type(ext) is dict:
+            if self.options.ack_extension and ext.get("ack") is True:
+                session.ack = AckState()
+                reply["ext"] = {"ack": True}
+            if ext.get("replay") is True and self.replay.active:
+                reply.setdefault("ext", {})["replay"] = True  # as Salesforce answers
         return reply
 
     # --------------------------------------------------------------- connect
@@ -946,14 +955,19 @@ class BayeuxCore(SessionCore):
             return self._on_subscriptions(message, exchange, self._subscribe_all)
         fresh: list[str] = []
         self._fresh = fresh
+        ext = message.get("ext")
+        client_id = message.get("clientId")
+        session = self.sessions.get(client_id) if type(client_id) is str else None
+        queued = len(session.queue) if session is not None and session.queue else 0
+        self._replaying = self.replay.request(ext, self.options.max_queue - queued)
         try:
             reply = self._on_subscriptions(message, exchange, self._subscribe_all)
         finally:
             self._fresh = None
-        session = self.sessions.get(message.get("clientId"))  # type: ignore[arg-type]
+            self._replaying = None
+        session = self.sessions.get(client_id) if type(client_id) is str else None
         if session is None or session.removed:
             return reply
-        ext = message.get("ext")
         requested = ext.get("recover") if type(ext) is dict else None
         if not fresh and requested is None:
             return reply
@@ -1021,6 +1035,12 @@ class BayeuxCore(SessionCore):
                 continue
             if len(subs) >= self.options.max_subscriptions:
                 return errors.TOO_MANY_SUBSCRIPTIONS
+            if self._replaying is not None:
+                # The missed events are queued now, then the channel is
+                # subscribed: none between the two, none before them.
+                refusal = self._replaying.plan(pattern, lambda e: self.deliver(session, e))
+                if refusal is not None:
+                    return refusal
             subs.add(pattern)
             self.broker.subscribe(session, pattern)
             self.stats.subscribes += 1
@@ -1175,6 +1195,8 @@ class BayeuxCore(SessionCore):
         self.stats.published += 1
         history = self.history
         stream = history.stamp(channel, delivery) if history.active else None
+        if stream is not None and self.replay.active:
+            self.replay.stamp(channel, delivery, stream)
         # Encoded once, whatever the number of subscribers (its position in
         # the channel's history included).
         encoded = encode_message(delivery)

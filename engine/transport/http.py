@@ -258,7 +258,9 @@ class HttpConnection(HttpProtocol):
         exchange.keep_alive = False  # any refusal below closes the connection
         path = self.url.partition(b"?")[0]
         base = self.context.base_path
-        if not (path == base or path == base + b"/" or (not base and path == b"/")):
+        # The Bayeux path and any path under it, as for the HTTP transports
+        # (Salesforce clients open <instanceUrl>/cometd/<apiVersion>).
+        if not (path == base or path.startswith(base + b"/") or (not base and path == b"/")):
             exchange.fail(404, "no WebSocket endpoint at this path")
             return
         if "websocket" not in self.core.transports:

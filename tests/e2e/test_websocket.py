@@ -467,6 +467,7 @@ def test_bad_frame_closes_only_that_connection(
         pytest.param({"version": None}, 426, id="missing-version"),
         pytest.param({"origin": "http://evil.example"}, 403, id="origin-not-allowed"),
         pytest.param({"path": "/elsewhere"}, 404, id="wrong-path"),
+        pytest.param({"path": "/cometdx"}, 404, id="path-only-prefixed"),
         pytest.param({"method": "POST"}, 400, id="post"),
     ],
 )
@@ -480,6 +481,20 @@ def test_upgrade_refused(server: BayeuxServer, fields: dict[str, Any], status: i
             assert b"\r\nSec-WebSocket-Version: 13\r\n" in head + b"\r\n"
 
     bystander_unharmed(server, bad)
+
+
+def test_upgrade_under_the_bayeux_path(server: BayeuxServer) -> None:
+    """/cometd/45.0, as Salesforce clients (aiosfstream) open it, like the
+    HTTP transports' /cometd/handshake."""
+    with socket.create_connection(server.address, timeout=3) as sock:
+        request = upgrade_request(server, path=server.options.path + "/45.0")
+        sock.sendall(request + text([handshake_message("7")]))
+        data = b""
+        while b'"id":"7"' not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 101 ") and b'"successful":true' in data
 
 
 def test_upgrade_variants_accepted(server: BayeuxServer) -> None:
