@@ -173,7 +173,14 @@ def test_a_client_on_a_killed_node_recovers_every_message_on_the_other(
     res = result["results"]
     msg = describe_js_failure(result)
     data = [m["data"]["n"] for m in res["received"]]
-    assert data == list(range(MESSAGES)), msg  # all, in order, none twice
+    summary = {
+        "missing": sorted(set(range(MESSAGES)) - set(data))[:20],
+        "twice": sorted({n for n in data if data.count(n) > 1})[:20],
+        "answers": res["subscribe_answers"],
+        "client_ids": res["client_ids"],
+        "failures": res["failures"],
+    }
+    assert data == list(range(MESSAGES)), summary  # all, in order, none twice
     offsets = [m["offset"] for m in res["received"]]
     assert offsets == list(range(offsets[0], offsets[0] + MESSAGES)), msg
     ids = res["client_ids"]
