@@ -57,6 +57,14 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _kept_pattern(pattern: str, what: str) -> str:
+    """A channel or pattern whose messages the server keeps (not /meta, /service)."""
+    name = normalize_channel(pattern)
+    if validate_channel(name) == CHANNEL_INVALID or name.startswith(("/meta/", "/service/")):
+        raise ValueError(f"cannot {what} {pattern!r}")
+    return name
+
+
 class Application:
     """Services, listeners, extensions and server-side publishing."""
 
@@ -126,9 +134,7 @@ class Application:
     def history(self, pattern: str) -> None:
         """Keep the recent messages of matching channels for recovery (see
         engine.delivery.history; bounded by the history_* options)."""
-        name = normalize_channel(pattern)
-        if validate_channel(name) == CHANNEL_INVALID or name.startswith(("/meta/", "/service/")):
-            raise ValueError(f"cannot keep the history of {pattern!r}")
+        name = _kept_pattern(pattern, "keep the history of")
         self.hooks.history_patterns.append(name)
         core = getattr(self, "_core", None)  # (a started server's)
         if core is not None:
@@ -137,9 +143,7 @@ class Application:
     def replay(self, pattern: str) -> None:
         """Matching channels speak the Salesforce replay dialect (see
         engine.delivery.replay) and keep history (bounded by history_*)."""
-        name = normalize_channel(pattern)
-        if validate_channel(name) == CHANNEL_INVALID or name.startswith(("/meta/", "/service/")):
-            raise ValueError(f"cannot replay {pattern!r}")
+        name = _kept_pattern(pattern, "replay")
         self.hooks.replay_patterns.append(name)
         core = getattr(self, "_core", None)  # (a started server's)
         if core is not None:

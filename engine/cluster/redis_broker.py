@@ -452,38 +452,16 @@ class RedisBroker(LocalBroker):
         if channel_seq == 1 and len(seqs) >= MAX_CHANNELS:
             del seqs[next(iter(seqs))]
         seqs[name] = channel_seq
-        size = len(encoded)
-        if size > self.max_message_bytes:
-            self.too_big += 1
-            self._lose(
-                1,
-                "redis_too_big",
-                "message of %d bytes above %d for pub/sub",
-                size,
-                self.max_message_bytes,
-            )
-            return delivered
-        if self._backlog_bytes + size > self.buffer_bytes:
-            self._lose(
-                1,
-                "redis_buffer_full",
-                "%d bytes wait for redis already (redis_buffer_bytes)",
-                self._backlog_bytes,
-            )
+        if not self._fits(len(encoded)):
             return delivered
         tag = b"%s%d %d\n" % (self._own, self._seq, channel_seq)
         head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s" % (
             len(name),
             name,
-            len(tag) + size,
+            len(tag) + len(encoded),
             tag,
         )
-        self._backlog.append((self.clock(), head, encoded))
-        self._backlog_bytes += len(head) + size
-        self._queued += 1
-        wake = self._wake
-        if wake is not None and not wake.is_set():
-            wake.set()
+        self._enqueue(head, encoded)
         return delivered
 
     def publish_history(
@@ -495,24 +473,7 @@ class RedisBroker(LocalBroker):
         like every node, in offset order.  Buffered through an outage like a
         publish; a resent one is recognised by the script (origin + seq)."""
         self._seq += 1
-        size = len(prefix)
-        if size > self.max_message_bytes:
-            self.too_big += 1
-            self._lose(
-                1,
-                "redis_too_big",
-                "message of %d bytes above %d for pub/sub",
-                size,
-                self.max_message_bytes,
-            )
-            return
-        if self._backlog_bytes + size > self.buffer_bytes:
-            self._lose(
-                1,
-                "redis_buffer_full",
-                "%d bytes wait for redis already (redis_buffer_bytes)",
-                self._backlog_bytes,
-            )
+        if not self._fits(len(prefix)):
             return
         fields = [
             b"EVAL",
@@ -524,13 +485,36 @@ class RedisBroker(LocalBroker):
             b"%d" % self._seq,
             *args,
         ]
-        head = (
-            b"*%d\r\n" % (len(fields) + 1)
-            + b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-            + b"$%d\r\n" % size
-        )
-        self._backlog.append((self.clock(), head, prefix))
-        self._backlog_bytes += len(head) + size
+        head = b"*%d\r\n" % (len(fields) + 1)
+        head += b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+        self._enqueue(head + b"$%d\r\n" % len(prefix), prefix)
+
+    def _fits(self, size: int) -> bool:
+        """Can a message of `size` bytes go to Redis now? (Lost and counted if not.)"""
+        if size > self.max_message_bytes:
+            self.too_big += 1
+            self._lose(
+                1,
+                "redis_too_big",
+                "message of %d bytes above %d for pub/sub",
+                size,
+                self.max_message_bytes,
+            )
+            return False
+        if self._backlog_bytes + size > self.buffer_bytes:
+            self._lose(
+                1,
+                "redis_buffer_full",
+                "%d bytes wait for redis already (redis_buffer_bytes)",
+                self._backlog_bytes,
+            )
+            return False
+        return True
+
+    def _enqueue(self, head: bytes, body: bytes) -> None:
+        """Into the backlog until Redis acknowledges it; wake the sender."""
+        self._backlog.append((self.clock(), head, body))
+        self._backlog_bytes += len(head) + len(body)
         self._queued += 1
         wake = self._wake
         if wake is not None and not wake.is_set():

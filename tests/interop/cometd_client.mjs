@@ -991,7 +991,7 @@ SCENARIOS.receive = async (opts, ctx) => {
     const done = new Promise((resolve) => { enough = resolve; });
     const onMessage = (m) => {
         const position = m.ext && m.ext.position;
-        received.push({channel: m.channel, data: m.data, offset: position ? position.offset : null});
+        received.push(position ? {channel: m.channel, data: m.data, offset: position.offset} : {channel: m.channel, data: m.data});
         if (opts.until && received.length >= opts.until) enough();
     };
     // Subscribed again after each re-handshake (CometD drops subscriptions then).
