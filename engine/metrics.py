@@ -51,6 +51,8 @@ from prometheus_client.core import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from engine.ratelog import CauseLog
+
 if TYPE_CHECKING:
     from engine.server import BayeuxServer
 
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("engine.metrics")
+limits = CauseLog(log)  # one line per cause, with a count, not one per event
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 # Seconds: 100 µs (a fan-out on the loop) to 10 s (an awaited backend hook).
@@ -318,6 +321,11 @@ class MetricsListener:
         self.port = port
         self.server: asyncio.Server | None = None
         self.active = 0
+        self.refused = 0  # connections closed unanswered (bounds, timeouts)
+
+    def _refuse(self, cause: str, why: str, *args: Any) -> None:
+        self.refused += 1
+        limits.warning(cause, "metrics port: connection closed: " + why, *args)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
@@ -341,13 +349,18 @@ class MetricsListener:
         self.active += 1
         try:
             if self.active > MAX_SCRAPERS:
+                self._refuse("metrics_scrapers", "more than %d connections at once", MAX_SCRAPERS)
                 return
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            except asyncio.LimitOverrunError:
+                self._refuse("metrics_head", "a request head over %d bytes", HEAD_LIMIT)
                 return
-            except OSError:
+            except TimeoutError:
+                self._refuse("metrics_timeout", "no request within %g s", SCRAPE_TIMEOUT)
                 return
+            except (asyncio.IncompleteReadError, OSError):
+                return  # (the scraper went away)
             parts = head.split(b"\r\n", 1)[0].split(b" ")
             method, target = (parts[0], parts[1]) if len(parts) == 3 else (b"", b"")
             path = target.split(b"?", 1)[0]

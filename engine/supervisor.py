@@ -42,10 +42,12 @@ from typing import Any
 from engine.logs import set_node
 from engine.metrics import MetricsListener, WorkerAggregate, fetch_metrics, supervisor_gauges
 from engine.options import ServerOptions
+from engine.ratelog import CauseLog
 
 __all__ = ["WORKER_INDEX_ENV", "WORKER_OPTIONS_ENV", "Supervisor", "run_supervisor"]
 
 log = logging.getLogger("engine.supervisor")
+metrics_log = CauseLog(log)
 
 READY_TIMEOUT = 30.0  # s for a worker to print its ready line
 DRAIN_MARGIN = 5.0  # s past the workers' drain_timeout before they are killed
@@ -312,8 +314,13 @@ class Supervisor:
             try:
                 text = await asyncio.wait_for(fetch_metrics(worker.metrics_url), WORKER_SCRAPE_S)
             except (OSError, TimeoutError, ValueError) as exc:
-                # Its last values stand in (counters never fall); it is named.
-                log.warning("%s: metrics not read (%s): its last values are used", worker, exc)
+                # Its last values stand in (counters never fall); logged once per period.
+                metrics_log.warning(
+                    "worker_metrics",
+                    "%s: metrics not read (%s): its last values are used",
+                    worker,
+                    exc,
+                )
                 return
             if worker.proc is not None and worker.proc.pid == pid:
                 self.aggregate.seen(worker.index, pid, text)

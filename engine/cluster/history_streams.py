@@ -117,8 +117,14 @@ class Snapshot:
         self.captured = captured
 
     @property
+    def overflowed(self) -> bool:
+        """Were more live messages captured than kept (the broker's MAX_CAPTURED)?"""
+        return bool(self.captured) and self.captured[-1][0] < 0
+
+    @property
     def top(self) -> int:
-        return max(self.read_top, self.captured[-1][0]) if self.captured else self.read_top
+        last = self.captured[-2 if self.overflowed else -1][0] if self.captured else 0
+        return max(self.read_top, last)
 
     def _run(self) -> list[tuple[int, bytes]]:
         """The entries then the captured messages after them: the newest

@@ -127,6 +127,13 @@ BATCH_BYTES = 1024 * 1024  # publishes written before their replies are read
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 MAX_ORIGINS = 4096  # other node processes whose sequence a receiver tracks
 MAX_CHANNELS = 65536  # channels whose per-channel sequence is tracked (each side)
+# Live messages of one channel kept for one recovery while it reads Redis
+# (a few seconds at most); past it, an (-1, b"") marks the capture as full.
+MAX_CAPTURED = 100_000
+
+
+def name_of_channel(name: bytes, prefix_len: int) -> str:
+    return name[prefix_len:].decode("utf-8", "replace")
 
 
 def glob_escape(text: str) -> str:
@@ -1162,7 +1169,19 @@ class RedisBroker(LocalBroker):
         captures = self._captures.get(channel)
         if captures is not None:
             for captured in captures:
-                captured.append((offset, message))
+                if len(captured) < MAX_CAPTURED:
+                    captured.append((offset, message))
+                elif captured[-1][0] >= 0:
+                    # Bounded: the recovery is then answered too_many.
+                    captured.append((-1, b""))
+                    self.limit_log.warning(
+                        "history_capture_full",
+                        "node %s: more than %d live messages of %s while a recovery read "
+                        "redis: that subscriber is told recovered: false (too_many)",
+                        self.node_id,
+                        MAX_CAPTURED,
+                        name_of_channel(channel, self._prefix_len),
+                    )
         self.received += 1
         try:
             name = channel[self._prefix_len :].decode()

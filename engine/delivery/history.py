@@ -95,6 +95,8 @@ class Stream:
         self.times: deque[float] = deque()  # when each was kept (monotonic)
         self.size = 0  # bytes of the messages
 
+    overflowed = False  # (a Redis snapshot's live messages past their bound)
+
     def first(self) -> int:
         """Offset of the oldest retained message (top + 1 when none is)."""
         return self.top - len(self.messages) + 1
@@ -317,7 +319,7 @@ class History:
         if offset < stream.first() - 1:
             return self._not_recovered(answer, "expired"), []
         missed = stream.top - offset
-        if missed > room:
+        if missed > room or stream.overflowed:
             return self._not_recovered(answer, "too_many"), []
         answer["recovered"] = True
         answer["missed"] = missed

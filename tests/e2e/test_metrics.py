@@ -235,3 +235,28 @@ def test_a_scrape_reads_totals_and_never_walks_the_sessions() -> None:
 
 async def _status(server: BayeuxServer) -> dict[str, Any]:
     return server.status()
+
+
+def test_scrapers_past_their_bound_are_closed_counted_and_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import engine.metrics
+
+    monkeypatch.setattr(engine.metrics, "MAX_SCRAPERS", 1)
+    with running_server(metrics_port=0) as server:
+        assert server.metrics is not None
+        host, port = server.metrics.url.split("//")[1].split("/")[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as holder:
+            holder.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more: held
+            time.sleep(0.2)
+            for _ in range(3):
+                with socket.create_connection((host, int(port)), timeout=5) as extra:
+                    assert extra.recv(100) == b""  # closed, no answer
+        assert server.metrics.refused == 3
+        lines = [r for r in caplog.records if "more than 1 connections" in r.getMessage()]
+        assert len(lines) == 1
+        for _ in range(50):  # the holder gone (its close seen by the server), it serves again
+            if server.metrics.active == 0:
+                break
+            time.sleep(0.02)
+        assert scrape(server.metrics.url)

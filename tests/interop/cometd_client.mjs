@@ -752,6 +752,17 @@ class CuttableProxy {
     }
 }
 
+// Peer A through a CuttableProxy (closed with the scenario), with a small
+// back-off so that it retries promptly once the proxy is back.
+async function peerBehindCut(opts, ctx) {
+    const proxy = new CuttableProxy(opts.url);
+    await proxy.listen(0);
+    ctx.cleanup.push(() => proxy.close());
+    ctx.results.proxy = proxy.stats;
+    const a = ctx.peer("A", {url: proxy.urlFor(opts.url), config: {backoffIncrement: 250, maxBackoff: 1000}});
+    return {proxy, a};
+}
+
 // Acknowledged delivery across a cut connection (server --ack-extension):
 // client A (JS AckExtension) reaches the server through a CuttableProxy, B
 // directly. After one acknowledged warm-up delivery the proxy is cut (--cut,
@@ -761,12 +772,7 @@ class CuttableProxy {
 // sentinel published after the restore.
 SCENARIOS.ack_outage = async (opts, ctx) => {
     const total = opts.messages;
-    const proxy = new CuttableProxy(opts.url);
-    await proxy.listen(0);
-    ctx.cleanup.push(() => proxy.close());
-    ctx.results.proxy = proxy.stats;
-    // Small back-off so that A retries promptly once the proxy is back.
-    const a = ctx.peer("A", {url: proxy.urlFor(opts.url), config: {backoffIncrement: 250, maxBackoff: 1000}});
+    const {proxy, a} = await peerBehindCut(opts, ctx);
     a.cometd.registerExtension("ack", new AckExtension());
     const b = ctx.peer("B");
     const {handshake} = await a.connect();
@@ -857,11 +863,7 @@ SCENARIOS.ack_outage = async (opts, ctx) => {
 // with reason expired, and nothing replayed: 1..3, then the sentinel.
 async function recoveryAfterSessionLoss(opts, ctx, {expect, subscription = "/h/room", channels = [subscription]}) {
     const total = opts.messages;
-    const proxy = new CuttableProxy(opts.url);
-    await proxy.listen(0);
-    ctx.cleanup.push(() => proxy.close());
-    ctx.results.proxy = proxy.stats;
-    const a = ctx.peer("A", {url: proxy.urlFor(opts.url), config: {backoffIncrement: 250, maxBackoff: 1000}});
+    const {proxy, a} = await peerBehindCut(opts, ctx);
     const failed = [];
     const recovery = new RecoveryExtension({onRecoveryFailed: (ch, answer) => failed.push({channel: ch, answer: copy(answer)})});
     a.cometd.registerExtension("recovery", recovery);

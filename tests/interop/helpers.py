@@ -164,3 +164,13 @@ def describe_js_failure(result: dict[str, Any], cmd: list[str] | None = None) ->
         + f"--- wire ---\n{format_wire(result.get('wire'))}\n"
         + f"--- node stderr ---\n{(result.get('stderr') or '')[-3000:]}"
     )
+
+
+def api_publish(port: int, key: str, channel: str, *values: Any) -> None:
+    """Publish each value on `channel` through a server's HTTP API
+    (engine.client.Publisher, as a backend would)."""
+    from engine.client import Publisher
+
+    with Publisher(f"http://127.0.0.1:{port}/api", api_key=key, retries=0) as publisher:
+        for value in values:
+            publisher.publish(channel, value)

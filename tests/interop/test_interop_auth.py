@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 import pytest
 from harness import ServerProcess, start_server
-from interop.helpers import describe_js_failure, run_js
+from interop.helpers import api_publish, describe_js_failure, run_js
 
 from examples import hmac_auth
 
@@ -26,16 +26,7 @@ AUTH_SECRET = "interop-cookie-secret"
 
 
 def publish(server: ServerProcess, channel: str, data: Any) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    conn.request(
-        "POST",
-        "/api/publish",
-        body=json.dumps({"channel": channel, "data": data}),
-        headers={"X-API-Key": KEY},
-    )
-    resp = conn.getresponse()
-    assert resp.status == 200, resp.read()
-    conn.close()
+    api_publish(server.port, KEY, channel, data)
 
 
 def api_get(server: ServerProcess, path: str) -> tuple[int, Any]:

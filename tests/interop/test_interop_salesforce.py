@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from harness import INTEROP_DIR, ServerProcess, start_server
+from interop.helpers import api_publish
 from interop.salesforce_app import TOKEN
 
 KEY = "interop-sf-api-key"
@@ -81,17 +82,7 @@ def aiosfstream_org(server: ServerProcess) -> Any:
 
 
 def publish(server: ServerProcess, channel: str, *values: Any) -> None:
-    for value in values:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request(
-            "POST",
-            "/api/publish",
-            body=json.dumps({"channel": channel, "data": value}),
-            headers={"X-API-Key": KEY},
-        )
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
-        conn.close()
+    api_publish(server.port, KEY, channel, *values)
 
 
 # ------------------------------------------------------------------ jsforce
