@@ -68,7 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--ext", metavar="JSON", default=None, help="the message's ext object")
     publish.add_argument("--idempotency-key", default=None)
     publish.add_argument("--ca-file", default=None, help="CA certificates for an https:// URL")
+    # The tools own their command lines (main() hands them the rest of argv);
+    # they are listed here so that `python -m engine --help` names them.
+    for name, text in TOOLS_HELP.items():
+        commands.add_parser(name, help=text, add_help=False)
     return parser
+
+
+TOOLS_HELP = {
+    "load": "generate load on any Bayeux server (idle, fanout, churn, rate)",
+    "check": "judge any Bayeux server (or, with --client, a client) against the protocol",
+}
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    """`python -m engine load|check ...`: imported only when asked for, so that
+    `serve` never loads the tools' dependencies."""
+    if name == "load":
+        from engine.load.cli import main as load_main
+
+        return load_main(argv)
+    from engine.check.cli import main as check_main
+
+    return check_main(argv)
 
 
 def publish_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -194,7 +216,10 @@ def options_from_args(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given_argv = list(sys.argv[1:] if argv is None else argv)
+    if given_argv and given_argv[0] in TOOLS_HELP:
+        return run_tool(given_argv[0], given_argv[1:])
+    args = build_parser().parse_args(given_argv)
     if args.command == "publish":
         return publish_command(args, os.environ)
     app: BayeuxServer | None = None
