@@ -96,8 +96,7 @@ def text_report(verdicts: Sequence[Verdict], *, title: str, verbose: bool = Fals
                 out.append(f"        {line}")
     counts = _counts(verdicts)
     out.append(
-        f"{counts[Status.PASS]} passed, {counts[Status.FAIL]} failed, "
-        f"{counts[Status.SKIP]} skipped"
+        f"{counts[Status.PASS]} passed, {counts[Status.FAIL]} failed, {counts[Status.SKIP]} skipped"
     )
     return "\n".join(out) + "\n"
 
@@ -131,7 +130,7 @@ def junit_xml(verdicts: Sequence[Verdict], *, suite: str, timestamp: float | Non
         if verdict.exchange is not None and verdict.exchange.lines:
             ET.SubElement(case, "system-out").text = verdict.exchange.render()
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def exit_status(verdicts: Iterable[Verdict]) -> int:
