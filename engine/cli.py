@@ -76,21 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TOOLS_HELP = {
-    "load": "generate load on any Bayeux server (idle, fanout, churn, rate)",
     "check": "judge any Bayeux server (or, with --client, a client) against the protocol",
 }
 
 
 def run_tool(name: str, argv: list[str]) -> int:
-    """`python -m engine load|check ...`: imported only when asked for, so that
-    `serve` never loads the tools' dependencies."""
-    if name == "load":
-        from engine.load.cli import main as load_main
-
-        return load_main(argv)
+    """`python -m engine check ...`: imported only when asked for, so that
+    `serve` never loads the tool's code."""
     from engine.check.cli import main as check_main
 
-    return check_main(argv)
+    return int(check_main(argv))
 
 
 def publish_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
