@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import sys
@@ -232,38 +233,46 @@ async def serve(args: argparse.Namespace) -> int:
         stall_cap=args.stall_cap,
     )
     server = JudgeServer(args.path, timing)
-    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    print(f"judge listening on http://{args.host}:{port}{server.path}", flush=True)
     loop = asyncio.get_running_loop()
-    status = 0
-    round_no = 0
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
     try:
-        while True:
-            round_no += 1
-            task = asyncio.create_task(
-                run_script(server, _script(args.situations), args.timeout_total)
-            )
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, task.cancel)
-            try:
-                verdicts = await task
-            except _Stopped as stopped:
-                report(stopped.verdicts, args, round_no)
-                return max(status, exit_status(stopped.verdicts))
-            report(verdicts, args, round_no)
-            status = max(status, exit_status(verdicts))
-            if args.once:
-                server.done = True
-                return status
+        await runner.setup()
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"judge listening on http://{args.host}:{port}{server.path}", flush=True)
+        return await rounds(server, args, stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner.cleanup(), 5)
+
+
+async def rounds(server: JudgeServer, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Play the script (once, or again and again until `stop`), reporting each round."""
+    status = 0
+    for round_no in itertools.count(1):
+        task = asyncio.create_task(run_script(server, _script(args.situations), args.timeout_total))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        task.cancel()  # (a no-op when the round is over)
+        try:
+            verdicts = await task
+        except _Stopped as stopped:
+            verdicts = stopped.verdicts
+        except asyncio.CancelledError:  # stopped before the round began
+            verdicts = [v for cls in _script(args.situations) for v in _skipped(cls, "stopped")]
+        report(verdicts, args, round_no)
+        status = max(status, exit_status(verdicts))
+        if args.once or stop.is_set():
+            server.done = True
+            break
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -438,7 +438,9 @@ class StalledConnect(Situation):
         if nxt is None:
             return {
                 self.name: failed(
-                    f"still waiting for the connect's reply after {t.stall_cap:.0f} s", "hung"
+                    f"no /meta/connect nor /meta/handshake within {t.stall_cap:.0f} s of a "
+                    "connect never answered (the client waits for ever, or gave up for good)",
+                    "no_retry",
                 )
             }
         return {

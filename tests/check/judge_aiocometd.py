@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin
 
 import aiohttp
@@ -36,6 +37,7 @@ async def one_client(url: str, transport: ConnectionType) -> None:
 
 
 async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel the client, waiting (bounded) for it to close."""
     if task is None:
         return
     task.cancel()
@@ -43,7 +45,8 @@ async def stop(task: asyncio.Task[None] | None) -> None:
         await asyncio.wait_for(task, STOP)
 
 
-async def drive(url: str, transport: ConnectionType) -> None:
+async def drive(url: str, run_client: Callable[[], Awaitable[None]]) -> None:
+    """Run `run_client()` afresh for each situation the judge at `url` plays."""
     state_url = urljoin(url, "/judge/state")
     generation = None
     task: asyncio.Task[None] | None = None
@@ -60,7 +63,7 @@ async def drive(url: str, transport: ConnectionType) -> None:
                 if state["generation"] != generation:
                     await stop(task)
                     generation = state["generation"]
-                    task = asyncio.create_task(one_client(url, transport))
+                    task = asyncio.create_task(run_client())
                 await asyncio.sleep(POLL)
         finally:
             await stop(task)
@@ -69,10 +72,13 @@ async def drive(url: str, transport: ConnectionType) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
-    parser.add_argument("--transport", choices=["long-polling", "websocket"], default="long-polling")
+    parser.add_argument(
+        "--transport", choices=["long-polling", "websocket"], default="long-polling"
+    )
     args = parser.parse_args()
     types = {"long-polling": ConnectionType.LONG_POLLING, "websocket": ConnectionType.WEBSOCKET}
-    asyncio.run(drive(args.url, types[args.transport]))
+    transport = types[args.transport]
+    asyncio.run(drive(args.url, lambda: one_client(args.url, transport)))
 
 
 if __name__ == "__main__":
