@@ -24,6 +24,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +286,21 @@ def test_list_and_unknown_situations() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert unknown.returncode != 0 and "unknown situation 'nope'" in unknown.stderr
+
+
+def test_callback_polling_answers_with_a_jsonp_script(tmp_path: Path) -> None:
+    run = JudgeRun.start("jsonp", tmp_path, "--situations", "baseline")
+    handshake = {"channel": "/meta/handshake", "version": "1.0", "id": "1",
+                 "supportedConnectionTypes": ["callback-polling"]}  # fmt: skip
+    query = urllib.parse.urlencode({"jsonp": "cb_1", "message": json.dumps([handshake])})
+    try:
+        with urllib.request.urlopen(f"{run.url}?{query}", timeout=10) as response:
+            body = response.read().decode()
+            content_type = response.headers["Content-Type"]
+    finally:
+        run.judge.send_signal(signal.SIGTERM)
+        run.finish(bound=30)
+    assert content_type.startswith("text/javascript")
+    assert body.startswith("cb_1(") and body.endswith(")")
+    reply = json.loads(body[len("cb_1(") : -1])[0]
+    assert reply["successful"] is True and reply["clientId"]
