@@ -44,7 +44,7 @@ from engine.check.judge_server import JudgeServer, Timing
 from engine.check.report import Status, Verdict, exit_status, junit_xml, text_report
 from engine.check.situations import SITUATIONS, NotReached, Observed, Outcome, Situation, verdict
 
-__all__ = ["main", "build_parser", "run_script", "Judge"]
+__all__ = ["main", "build_parser", "Judge"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +156,8 @@ class Judge:
         server = self.server
         situation = cls(server, server.timing)
         stage = server.open_stage(cls.name)
-        bound = min(server.timing.handshake_wait + situation.bound(), deadline - stage.now())
+        own = server.timing.handshake_wait + situation.bound()
+        bound = min(own, deadline - stage.now())
         why: str | None = None
         try:
             outcomes = await asyncio.wait_for(situation.play(stage), bound)
@@ -165,7 +166,11 @@ class Judge:
             if not stage.client_ids:
                 why = f"no client ({skip} in {cls.name})"
         except TimeoutError:
-            outcomes = {cls.name: Outcome(Status.FAIL, f"not judged within {bound:.0f} s")}
+            if bound < own:  # the round's bound, not the situation's
+                why = f"--timeout-total ({self.total:.0f} s) reached"
+                outcomes = {cls.name: Outcome(Status.SKIP, why)}
+            else:
+                outcomes = {cls.name: Outcome(Status.FAIL, f"not judged within {bound:.0f} s")}
         finally:
             server.close_stage(stage)
         seconds = stage.now() - stage.start
@@ -183,12 +188,6 @@ def _skipped(cls: type[Situation], reason: str) -> list[Verdict]:
     return [
         verdict(cls, n, Outcome(Status.SKIP, reason), 0.0, None) for n in [cls.name, *cls.extra]
     ]
-
-
-async def run_script(
-    server: JudgeServer, script: Sequence[type[Situation]], total: float
-) -> list[Verdict]:
-    return await Judge(server, script, total).run_script()
 
 
 def report(verdicts: list[Verdict], args: argparse.Namespace, round_no: int) -> None:
@@ -256,7 +255,8 @@ async def rounds(server: JudgeServer, args: argparse.Namespace, stop: asyncio.Ev
     """Play the script (once, or again and again until `stop`), reporting each round."""
     status = 0
     for round_no in itertools.count(1):
-        task = asyncio.create_task(run_script(server, _script(args.situations), args.timeout_total))
+        judge = Judge(server, _script(args.situations), args.timeout_total)
+        task = asyncio.create_task(judge.run_script())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()

@@ -248,15 +248,17 @@ class JudgeServer:
         return self.stage
 
     def close_stage(self, stage: Stage) -> None:
-        for session in self.sessions.values():
-            if session.stage is stage and session.gone is None:
-                session.gone = "none"
+        for client_id in stage.client_ids:
+            self.forget(client_id, reconnect="none")
         stage.release()
         if self.stage is stage:
             self.stage = None
 
-    def session_of(self, client_id: str) -> Session | None:
-        return self.sessions.get(client_id)
+    def forget(self, client_id: str, reconnect: str) -> None:
+        """From now on, answer the session's messages 402 with this `reconnect` advice."""
+        session = self.sessions.get(client_id)
+        if session is not None:
+            session.gone = reconnect
 
     # ------------------------------------------------------------ HTTP
 

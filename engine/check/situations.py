@@ -31,8 +31,6 @@ from engine.check.report import Status, Verdict
 
 __all__ = ["Observed", "Situation", "SITUATIONS", "Outcome", "NotReached", "verdict"]
 
-REFERENCE = "https://docs.cometd.org/current/reference/"
-
 
 @dataclasses.dataclass
 class Observed(Verdict):
@@ -175,7 +173,8 @@ class AdviceHandshake(Situation):
     async def play(self, stage: Stage) -> dict[str, Outcome]:
         held = await self.held_connect(stage)
         held.answer(advice={"reconnect": "handshake", "interval": 0})
-        return {self.name: await _rehandshake(self, stage, held)}
+        outcome, _ = await _rehandshake(self, stage, held)
+        return {self.name: outcome}
 
 
 class SessionUnknown(Situation):
@@ -194,19 +193,17 @@ class SessionUnknown(Situation):
         hs = await self.handshake(stage)
         sub = await stage.first(on(SUBSCRIBE), since=hs.at, within=t.window)
         held = await self.held_connect(stage)
-        session = self.server.session_of(held.client_id)
-        if session is not None:
-            session.gone = "handshake"
+        self.server.forget(held.client_id, reconnect="handshake")
         held.answer(
             successful=False,
             error="402::session_unknown",
             advice={"reconnect": "handshake", "interval": 0},
         )
-        out = {self.name: await _rehandshake(self, stage, held)}
-        again = await stage.first(on(HANDSHAKE), since=held.at, within=0)
-        if sub is None or again is None or out[self.name].status is not Status.PASS:
-            raise_note = "no first subscription" if sub is None else "no re-handshake"
-            out["resubscribe"] = Outcome(Status.SKIP, f"{raise_note} to observe")
+        outcome, again = await _rehandshake(self, stage, held)
+        out = {self.name: outcome}
+        if sub is None or again is None:
+            missing = "no first subscription" if sub is None else "no re-handshake"
+            out["resubscribe"] = Outcome(Status.SKIP, f"{missing} to observe")
             return out
         subscription = sub.message.get("subscription")
         resub = await stage.first(
@@ -228,21 +225,20 @@ class SessionUnknown(Situation):
         return out
 
 
-async def _rehandshake(situation: Situation, stage: Stage, held: Arrival) -> Outcome:
-    """After handshake advice on `held`: a /meta/handshake must come, and no
-    /meta/connect with the old clientId before it."""
+async def _rehandshake(
+    situation: Situation, stage: Stage, held: Arrival
+) -> tuple[Outcome, Arrival | None]:
+    """After handshake advice on `held`: a /meta/handshake must come next, no
+    /meta/connect with the old clientId before it. Also the new handshake."""
     t = situation.timing
     nxt = await situation.next_move(stage, held, t.window)
     if nxt is None:
-        return failed(
-            f"neither /meta/handshake nor /meta/connect within {t.window:.0f} s", "stopped"
-        )
+        message = f"neither /meta/handshake nor /meta/connect within {t.window:.0f} s"
+        return failed(message, "stopped"), None
     if nxt.channel == CONNECT:
-        return failed(
-            f"sent /meta/connect again ({_gap(held.at, nxt)} later) instead of a handshake",
-            "connected",
-        )
-    return passed(f"handshook again {_gap(held.at, nxt)} after the advice", "handshook")
+        message = f"sent /meta/connect again ({_gap(held.at, nxt)} later), not a handshake"
+        return failed(message, "connected"), None
+    return passed(f"handshook again {_gap(held.at, nxt)} after the advice", "handshook"), nxt
 
 
 class AdviceNone(Situation):
@@ -270,9 +266,7 @@ class ServerDisconnect(Situation):
 
     async def play(self, stage: Stage) -> dict[str, Outcome]:
         held = await self.held_connect(stage)
-        session = self.server.session_of(held.client_id)
-        if session is not None:
-            session.gone = "none"
+        self.server.forget(held.client_id, reconnect="none")
         held.answer(
             successful=False, error="403::disconnected_by_server", advice={"reconnect": "none"}
         )

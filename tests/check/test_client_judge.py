@@ -304,3 +304,12 @@ def test_callback_polling_answers_with_a_jsonp_script(tmp_path: Path) -> None:
     assert body.startswith("cb_1(") and body.endswith(")")
     reply = json.loads(body[len("cb_1(") : -1])[0]
     assert reply["successful"] is True and reply["clientId"]
+
+
+def test_timeout_total_bounds_the_round(tmp_path: Path) -> None:
+    run = JudgeRun.start("total", tmp_path, "--once", "--timeout-total", "2")
+    status, verdicts = run.finish(bound=60)
+    assert status == 0
+    assert {v["status"] for v in verdicts} == {"SKIP"}
+    assert all("--timeout-total (2 s) reached" in v["reason"] for v in verdicts)
+    assert sum(v["seconds"] for v in verdicts) < 10
