@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         for cls in SITUATIONS.values():
             print(f"{cls.name:18} {cls.rule}")
             for name, rule in cls.extra.items():
-                print(f"{name:18} {rule}")
+                print(f"{name:18} (with {cls.name}) {rule}")
         return 0
     _script(args.situations)  # unknown names: an error before listening
     return asyncio.run(serve(args))
