@@ -196,10 +196,12 @@ async def handshake_single_object(ctx: Context) -> None:
 # --------------------------------------------------------------------------- connect
 
 
-@check("connect.first_not_held", "connect")
+@check("connect.first_not_held", "connect", feature="strict")
 async def connect_first_not_held(ctx: Context) -> None:
-    """MUST: the first /meta/connect after a handshake is answered at once
-    (not held), successful true with the request's id [meta: connect]."""
+    """Engine rule (--strict; the CometD Java server does it, Faye and
+    cometd-nodejs-server hold it, and CometD clients send the first connect
+    with advice timeout 0 anyway): the first /meta/connect after a handshake
+    is answered at once, not held [meta: connect]."""
     session = await ctx.handshake()
     limit = quick(ctx)
     reply, took = await timed(session.connect())
@@ -874,15 +876,15 @@ async def websocket_publish_reply(ctx: Context) -> None:
 
 @check("websocket.resume_session", "websocket", feature="websocket", transport="websocket")
 async def websocket_resume(ctx: Context) -> None:
-    """MUST for websocket: a new socket whose first message is a connect
-    for a live session (handshaken on another socket) is served, successful
-    true: a client whose socket dropped reconnects without a new handshake
+    """MUST for websocket: when a session's socket drops (no close frame),
+    a new socket whose first message is a connect for that session is
+    served, successful true: the client goes on without a new handshake
     [ws]."""
     first = await ctx.websocket()
     await first.handshake()
+    first.ws.abort()
     second = await ctx.websocket()
     second.client_id = first.client_id
-    first.ws.close()
     reply = await second.call(second.connect_message(advice={"timeout": 0}))
     expect(reply.get("successful") is True, f"connect on a new socket answered {reply}")
 

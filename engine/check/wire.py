@@ -370,6 +370,10 @@ class WebSocket:
         self.exchange.note(f"[ws] no frame within {timeout:.1f} s")
         raise WireError(f"no WebSocket message within {timeout:.1f} s")
 
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame, like a lost network."""
+        self._writer.transport.abort()
+
     def close(self) -> None:
         try:
             self._writer.write(encode_client_frame(OP_CLOSE, b"\x03\xe8", os.urandom(4)))
