@@ -747,6 +747,8 @@ async def browser_cookie_binding(ctx: Context) -> None:
     """Engine rule (--strict): a session is bound to the BAYEUX_BROWSER
     cookie it was created under; its clientId under another cookie gets
     "402::session_unknown" [multi]."""
+    if "browser_cookie" not in ctx.features:
+        raise CheckSkipped("needs " + FEATURES["browser_cookie"][1])
     owner = ctx.browser()
     session = await ctx.session(owner)
     expect(browser_cookies(owner.set_cookies), "no BAYEUX_BROWSER cookie set at all")
