@@ -211,3 +211,41 @@ def test_garbage_server_fails_the_checks(
     # server gets those right.
     assert set(passed) <= {"errors.failure_http_200", "long_polling.content_type"}
     assert "probe handshake failed" in capsys.readouterr().out
+
+
+def test_default_engine_reads_its_advice(tmp_path: Path) -> None:
+    """Against the engine with default options (30 s holds) and a 20 s cap,
+    the checks that wait out a hold SKIP, saying why, and the rest PASS."""
+    from harness import start_server
+
+    server = start_server(target="engine")
+    try:
+        junit = tmp_path / "default.xml"
+        code = cli.main([server.url, "--check-timeout", "20", "--junit", str(junit)])
+    finally:
+        server.stop()
+    assert code == 0
+    skipped = {
+        str(c.get("name")): c.find("skipped").get("message", "")  # type: ignore[union-attr]
+        for c in ET.parse(junit).getroot().findall("testcase")
+        if c.find("skipped") is not None
+    }
+    waits = {n for n, c in CHECKS.items() if c.holds}
+    optional = {n for n, c in CHECKS.items() if c.feature in ("strict", "ack", "timesync")}
+    assert set(skipped) == waits | optional
+    for name in waits:
+        assert "30 s connect hold" in skipped[name] and "--check-timeout 20" in skipped[name]
+
+
+def test_client_flag_hands_over_to_the_client_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import engine.check
+
+    calls: list[list[str]] = []
+    judge = types.ModuleType("engine.check.client_judge")
+    judge.main = lambda argv: calls.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "engine.check.client_judge", judge)
+    monkeypatch.setattr(engine.check, "client_judge", judge, raising=False)
+    assert cli.main(["--client", "--port", "9000"]) == 0
+    assert calls == [["--port", "9000"]]
