@@ -341,6 +341,13 @@ def ws_bad_json_kills_all(flow: Flow) -> None:
             close()
 
 
+def drop_publish_replies(flow: Flow) -> None:
+    if flow.messages is not None:
+        flow.messages[:] = [
+            m for m in flow.messages if m not in flow.replies() or m["channel"].startswith("/meta/")
+        ]
+
+
 def ack_constant(reply: Message) -> None:
     if isinstance(reply.get("ext"), dict) and "ack" in reply["ext"]:
         reply["ext"]["ack"] = 1
@@ -447,22 +454,7 @@ fault("refuse_subpaths", request=refuse_subpaths)
 fault("jsonp_as_json", response=content_type("application/json", jsonp=True))
 fault("ws_refuse_upgrade")  # handled in the upgrade itself
 fault("ws_delay_events", response=only_ws(delay_if(lambda f: bool(f.events()))))
-fault(
-    "ws_drop_publish_replies",
-    response=only_ws(
-        lambda f: (
-            f.messages is not None
-            and f.messages.__setitem__(
-                slice(None),
-                [
-                    m
-                    for m in f.messages
-                    if m not in f.replies() or m["channel"].startswith("/meta/")
-                ],
-            )
-        )
-    ),
-)
+fault("ws_drop_publish_replies", response=only_ws(drop_publish_replies))
 fault("ws_require_handshake", request=ws_require_handshake)
 fault("ws_bad_json_kills_all", request=ws_bad_json_kills_all)
 fault("drop_ack_ext", response=each_reply("/meta/handshake", pop("ack", "ext")))
