@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from engine.check.bayeux import CheckFailed, CheckSkipped, Context, Facts, reply_to
+from engine.check.bayeux import CheckFailed, CheckSkipped, Context, Facts
 from engine.check.report import Exchange, Status, Verdict, exit_status, junit_xml, text_report
 from engine.check.server_checks import CHECKS, FEATURES, Check
 from engine.check.wire import Endpoint, WireError
 
 __all__ = ["main", "build_parser", "Settings", "run_checks", "select"]
 
+MAX_ADVISED_TIMEOUT = 600_000  # ms; beyond it the hold-waiting checks skip anyway
 # Rough traffic per check, for the notice before a non-loopback run.
 REQUESTS_PER_CHECK = 12
 SESSIONS_PER_CHECK = 3
@@ -159,13 +160,11 @@ async def probe(endpoint: Endpoint, settings: Settings) -> Facts:
         reply = await session.connect(hold=False)
         for source in (reply.get("advice"), advice):
             if isinstance(source, dict) and isinstance(source.get("timeout"), int | float):
-                facts.timeout_ms = int(source["timeout"])
+                # Bounded: a server advising hours must not make the run take hours.
+                facts.timeout_ms = max(0, min(int(source["timeout"]), MAX_ADVISED_TIMEOUT))
                 facts.interval_ms = int(source.get("interval") or 0)
                 break
-        reply_to(
-            await session.send(session.message("/meta/disconnect")),
-            {"channel": "/meta/disconnect", "id": str(int(ctx.next_id()) - 1)},
-        )
+        await session.disconnect()
     except (CheckFailed, WireError, KeyError, ValueError) as exc:
         facts.probe_error = str(exc)
     finally:

@@ -193,6 +193,25 @@ async def handshake_single_object(ctx: Context) -> None:
     expect(reply.get("successful") is True, f"single-object handshake refused: {reply}")
 
 
+@check("handshake.batched_publish_ignored", "handshake", feature="strict")
+async def handshake_batched_publish(ctx: Context) -> None:
+    """Engine rule (--strict; the Bayeux spec says the server MUST ignore the
+    other messages, CometD fails the whole request): a handshake sent with a
+    publish in one request is answered alone, and the publish is not
+    delivered [meta: handshake]."""
+    channel, sentinel = ctx.channel(), ctx.channel("sentinel")
+    subscriber = await ctx.subscriber(channel, sentinel)
+    handshake = ctx.handshake_message()
+    publish = {"channel": channel, "data": {"batched": 1}, "id": ctx.next_id()}
+    answer = await ctx.browser().post([handshake, publish])
+    expect(reply_to(answer, handshake).get("successful") is True, f"handshake failed: {answer}")
+    expect([m["channel"] for m in answer] == ["/meta/handshake"], f"answered {answer}")
+    await publish_then_sentinel(await ctx.session(), [], sentinel)
+    await subscriber.receive(sentinel)
+    stray = [e for e in subscriber.events if e["channel"] == channel]
+    expect(not stray, f"the publish batched with the handshake was delivered: {stray}")
+
+
 # --------------------------------------------------------------------------- connect
 
 
@@ -285,6 +304,26 @@ async def connect_queued_at_once(ctx: Context) -> None:
     got = [e for e in holder.events if e["channel"] == channel]
     expect(got, "the connect returned without the queued event")
     expect(took < limit, f"queued event came after {took:.2f} s (limit {limit:.1f} s)")
+
+
+@check("connect.second_releases_first", "connect")
+async def connect_second_releases_first(ctx: Context) -> None:
+    """MUST: a session has one outstanding connect; when a second connect of
+    the same session arrives (on another connection, as after a page's
+    network hiccup) the held first one is answered at once [meta: connect]."""
+    session = await ctx.session()
+    first = asyncio.create_task(session.send(session.connect_message()))
+    await asyncio.sleep(0.3)
+    limit = quick(ctx)
+    second = asyncio.create_task(session.send(session.connect_message()))
+    # Finished means answered: with a reply, an HTTP error or a closed connection.
+    done, _ = await asyncio.wait({first}, timeout=limit)
+    second.cancel()
+    if not done:
+        first.cancel()
+        raise CheckFailed(f"first connect still held {limit:.1f} s after the second arrived")
+    if not first.cancelled():
+        first.exception()  # retrieved: any outcome is an answer here
 
 
 @check("connect.advice", "advice")
@@ -406,6 +445,17 @@ async def unsubscribe_reply(ctx: Context) -> None:
     reply = await session.unsubscribe(channel)
     expect(reply.get("successful") is True, f"unsubscribe failed: {reply}")
     expect(reply.get("subscription") == channel, f"subscription echoed as {reply!r}")
+
+
+@check("unsubscribe.never_subscribed", "subscribe", feature="strict")
+async def unsubscribe_never_subscribed(ctx: Context) -> None:
+    """Engine rule (--strict; Faye and cometd-nodejs-server do it, the CometD
+    Java server answers 400::channel_missing):
+    unsubscribing from a channel never subscribed is answered successful true
+    [meta: unsubscribe]."""
+    session = await ctx.session()
+    reply = await session.unsubscribe(ctx.channel("never"))
+    expect(reply.get("successful") is True, f"unsubscribe answered {reply}")
 
 
 @check("unsubscribe.stops_delivery", "subscribe")
@@ -821,9 +871,11 @@ async def jsonp_handshake(ctx: Context) -> None:
 @check("jsonp.bad_callback_400", "callback-polling", feature="strict", transport="callback-polling")
 async def jsonp_bad_callback(ctx: Context) -> None:
     """Engine rule (--strict): a `jsonp` callback that is not a plain name
-    (alert(1)) gets HTTP 400, so the endpoint cannot run script [jsonp]."""
-    response = await jsonp_get(ctx, "alert(1)", [ctx.handshake_message(["callback-polling"])])
-    expect(response.status == 400, f"HTTP {response.status} for callback alert(1)")
+    (alert(1)) or is longer than 64 characters gets HTTP 400, so the endpoint
+    cannot be made to run script [jsonp]."""
+    for callback in ("alert(1)", "a" * 65):
+        response = await jsonp_get(ctx, callback, [ctx.handshake_message(["callback-polling"])])
+        expect(response.status == 400, f"HTTP {response.status} for callback {callback!r}")
 
 
 # --------------------------------------------------------------------------- WebSocket

@@ -192,6 +192,10 @@ def delay_if(predicate: Callable[[Flow], bool], seconds: float = 2.5) -> Hook:
     return hook
 
 
+def has_request(flow: Flow, channel: str) -> bool:
+    return any(m.get("channel") == channel for m in flow.requests())
+
+
 def repeat_client_id(flow: Flow) -> None:
     for reply in flow.replies("/meta/handshake"):
         if "clientId" in reply:
@@ -348,6 +352,16 @@ def drop_publish_replies(flow: Flow) -> None:
         ]
 
 
+def answer_batched_with_handshake(flow: Flow) -> None:
+    requests = flow.requests()
+    if flow.messages is not None and any(m.get("channel") == "/meta/handshake" for m in requests):
+        flow.messages.extend(
+            {"channel": m.get("channel"), "id": m.get("id"), "successful": True}
+            for m in requests
+            if m.get("channel") != "/meta/handshake"
+        )
+
+
 def ack_constant(reply: Message) -> None:
     if isinstance(reply.get("ext"), dict) and "ack" in reply["ext"]:
         reply["ext"]["ack"] = 1
@@ -393,9 +407,11 @@ def not_meta(channel: str) -> bool:
 fault("handshake_no_version", response=each_reply("/meta/handshake", pop("version")))
 fault("handshake_no_advice", response=each_reply("/meta/handshake", pop("advice")))
 fault("repeat_client_id", response=repeat_client_id)
+fault("answer_batched_with_handshake", response=answer_batched_with_handshake)
 fault("accept_any_transport", request=only_long_polling)
 fault("refuse_single_object", request=refuse_single_object)
-fault("delay_connect", response=delay_if(lambda f: bool(f.replies("/meta/connect"))))
+fault("delay_connect", response=delay_if(lambda f: has_request(f, "/meta/connect")))
+fault("unsubscribe_fails", response=each_reply("/meta/unsubscribe", put("successful", False)))
 fault("answer_connect_at_once", request=connect_timeout_zero)
 fault("drop_request_advice", request=drop_request_advice)
 fault("unknown_client_retry", response=each_reply("/meta/connect", unknown_client_retry))
