@@ -37,12 +37,13 @@ from engine.check.bayeux import (
     Context,
     Message,
     Session,
+    WsSession,
     error_code,
     expect,
     parse_messages,
     reply_to,
 )
-from engine.check.wire import cookie_pairs
+from engine.check.wire import Response, cookie_pairs
 
 __all__ = ["Check", "CHECKS", "FEATURES", "check"]
 
@@ -844,7 +845,7 @@ async def long_polling_content_type(ctx: Context) -> None:
 JSONP = re.compile(r"^\s*(?:/\*\*/)?\s*([A-Za-z_$][\w$.]*)\((.*)\)\s*;?\s*$", re.S)
 
 
-async def jsonp_get(ctx: Context, callback: str, messages: list[Message]) -> Any:
+async def jsonp_get(ctx: Context, callback: str, messages: list[Message]) -> Response:
     query = urlencode({"jsonp": callback, "message": json.dumps(messages)})
     return await ctx.browser().request("GET", f"{ctx.target()}?{query}", content_type=None)
 
@@ -890,7 +891,7 @@ async def websocket_handshake(ctx: Context) -> None:
     await ws.handshake()
 
 
-async def websocket_subscriber(ctx: Context, channel: str) -> Any:
+async def websocket_subscriber(ctx: Context, channel: str) -> WsSession:
     """A WebSocket session subscribed to `channel`, its first connect done."""
     ws = await ctx.websocket()
     await ws.handshake()

@@ -210,6 +210,10 @@ def test_garbage_server_fails_the_checks(
     # Only the checks of HTTP status and Content-Type alone can pass: this
     # server gets those right.
     assert set(passed) <= {"errors.failure_http_200", "long_polling.content_type"}
+    # A failure carries the wire exchange: what was sent, what came back.
+    handshake = next(c for c in cases if c.get("name") == "handshake.reply")
+    wire_log = handshake.findtext("system-out") or ""
+    assert "> [b1.1] POST /cometd" in wire_log and "< [b1.1] 200" in wire_log
     assert "probe handshake failed" in capsys.readouterr().out
 
 
