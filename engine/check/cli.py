@@ -266,9 +266,12 @@ def print_report(text: str) -> None:
         sys.stdout.flush()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine check ...`, and the `bayeux-check` console script
+    (which passes no argv: the process's own)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if "--client" in argv:
-        from engine.check import client_judge  # type: ignore[attr-defined,unused-ignore]
+        from engine.check import client_judge
 
         rest = [a for a in argv if a != "--client"]
         return int(client_judge.main(rest))

@@ -253,3 +253,13 @@ def test_client_flag_hands_over_to_the_client_judge(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(engine.check, "client_judge", judge, raising=False)
     assert cli.main(["--client", "--port", "9000"]) == 0
     assert calls == [["--port", "9000"]]
+
+
+def test_console_script_and_python_m_list_the_checks() -> None:
+    """`bayeux-check` (installed beside this interpreter) and `python -m engine
+    check` take the process's own argv."""
+    script = Path(sys.executable).parent / "bayeux-check"
+    for argv in ([str(script), "--list"], [sys.executable, "-m", "engine", "check", "--list"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert "handshake.reply" in out.stdout

@@ -39,9 +39,15 @@ def peer(request: pytest.FixtureRequest) -> Iterator[str]:
     name: str = request.param
     node = shutil.which("node")
     if node is None:
-        pytest.skip("the peer servers need node")
+        pytest.fail("the peer servers need node (./scripts/test installs it)")
     if name == "faye" and not (PEERS_DIR / "node_modules" / "faye").is_dir():
-        pytest.skip("Faye is not installed: (cd bench/peers && npm ci)")
+        # ./scripts/test installs it; a run of this file alone does it here
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=PEERS_DIR,
+            check=True,
+            timeout=600,
+        )
     if name != "faye":
         ensure_node_modules()
     script, _ = PEERS[name]
