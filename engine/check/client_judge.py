@@ -67,53 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON there")
     parser.add_argument("--verbose", action="store_true", help="the exchange under every verdict")
     d = Timing()
-    parser.add_argument(
-        "--hold",
-        type=float,
-        default=d.hold,
-        help=f"advised timeout: how long a connect is held, s (default {d.hold})",
-    )
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=d.window,
-        help=f"how long the client's next move is waited for, s (default {d.window})",
-    )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=d.interval,
-        help=f"the interval advised in interval, multiple_clients, s (default {d.interval})",
-    )
-    parser.add_argument(
-        "--handshake-wait",
-        type=float,
-        default=d.handshake_wait,
-        help=f"how long a new client is waited for, s (default {d.handshake_wait})",
-    )
-    parser.add_argument(
-        "--backoff",
-        type=float,
-        default=d.backoff,
-        help=f"how long a client may back off before retrying after a failure, s "
-        f"(default {d.backoff})",
-    )
-    parser.add_argument(
-        "--slow-extra",
-        type=float,
-        default=d.slow_extra,
-        help=f"slow_connect answers this long after the hold, s (default {d.slow_extra})",
-    )
-    parser.add_argument(
-        "--stall-cap",
-        type=float,
-        default=d.stall_cap,
-        help=f"stalled_connect waits this long for a retry, s (default {d.stall_cap})",
-    )
+    # Every wait of the judge is an option, its default the Timing field's.
+    for field, text in TIMING_HELP.items():
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            type=float,
+            default=getattr(d, field),
+            help=f"{text}, s (default {getattr(d, field)})",
+        )
     parser.add_argument(
         "--timeout-total", type=float, default=600.0, help="bound on a whole round, s (default 600)"
     )
     return parser
+
+
+TIMING_HELP = {
+    "hold": "advised timeout: how long a connect is held",
+    "window": "how long the client's next move is waited for",
+    "interval": "the interval advised in interval, multiple_clients",
+    "handshake_wait": "how long a new client is waited for",
+    "backoff": "how long a client may back off before retrying after a failure",
+    "slow_extra": "slow_connect answers this long after the hold",
+    "stall_cap": "stalled_connect waits this long for a retry",
+}
 
 
 class Judge:
@@ -222,15 +198,7 @@ def _script(names: str) -> list[type[Situation]]:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    timing = Timing(
-        hold=args.hold,
-        window=args.window,
-        interval=args.interval,
-        handshake_wait=args.handshake_wait,
-        backoff=args.backoff,
-        slow_extra=args.slow_extra,
-        stall_cap=args.stall_cap,
-    )
+    timing = Timing(**{field: getattr(args, field) for field in TIMING_HELP})
     server = JudgeServer(args.path, timing)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
