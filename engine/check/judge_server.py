@@ -118,6 +118,13 @@ class Arrival:
             self.outcome.set_result(Answer(cut=True))
 
 
+#: What one situation keeps of a client that floods the judge: messages
+#: recorded, and sessions handshaken. Past either, the rest is counted and
+#: noted once in the exchange (a verdict then rests on what was kept).
+MAX_ARRIVALS = 10_000
+MAX_SESSIONS = 100
+
+
 class Stage:
     """One situation's view: what the client sent, in order, and the exchange."""
 
@@ -129,6 +136,8 @@ class Stage:
         self.arrivals: list[Arrival] = []
         self.exchange = Exchange()
         self.client_ids: set[str] = set()
+        self.dropped_arrivals = 0  # past MAX_ARRIVALS
+        self.refused_sessions = 0  # handshakes past MAX_SESSIONS
         self._changed = asyncio.Condition()
 
     def now(self) -> float:
@@ -144,6 +153,11 @@ class Stage:
         self.exchange.note(f"{self._stamp()} {text}")
 
     async def arrived(self, arrival: Arrival) -> None:
+        if len(self.arrivals) >= MAX_ARRIVALS:
+            self.dropped_arrivals += 1
+            if self.dropped_arrivals == 1:
+                self.note(f"over {MAX_ARRIVALS} messages in this situation: the rest not kept")
+            return
         self.exchange.received(f"{self._stamp()} {arrival.transport} {_dumps(arrival.message)}")
         self.arrivals.append(arrival)
         async with self._changed:
@@ -398,6 +412,13 @@ class JudgeServer:
             reply["advice"] = {"reconnect": "handshake", "interval": 1000}
             return reply, None
         await stage.arrived(Arrival(message, stage.now(), transport, False))
+        if len(stage.client_ids) >= MAX_SESSIONS:
+            stage.refused_sessions += 1
+            if stage.refused_sessions == 1:
+                stage.note(f"over {MAX_SESSIONS} handshakes in this situation: refused")
+            reply.update(successful=False, error="503::judge_too_many_sessions")
+            reply["advice"] = {"reconnect": "none"}
+            return reply, None
         client_id = f"judge{stage.generation}x{next(self._ids)}"
         session = Session(client_id, stage)
         self.sessions[client_id] = session

@@ -313,3 +313,33 @@ def test_timeout_total_bounds_the_round(tmp_path: Path) -> None:
     assert {v["status"] for v in verdicts} == {"SKIP"}
     assert all("--timeout-total (2 s) reached" in v["reason"] for v in verdicts)
     assert sum(v["seconds"] for v in verdicts) < 10
+
+
+def test_a_flooding_client_is_bounded_counted_and_noted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past MAX_SESSIONS handshakes in one situation the judge refuses more
+    (503, reconnect none); past MAX_ARRIVALS messages it keeps no more. Each
+    is counted and noted once in the exchange."""
+    from engine.check import judge_server
+    from engine.check.judge_server import JudgeServer, Timing
+
+    monkeypatch.setattr(judge_server, "MAX_SESSIONS", 5)
+    monkeypatch.setattr(judge_server, "MAX_ARRIVALS", 20)
+
+    async def flood() -> None:
+        server = JudgeServer("/cometd", Timing())
+        stage = server.open_stage("baseline")
+        handshake = {"channel": "/meta/handshake", "version": "1.0", "id": "1",
+                     "supportedConnectionTypes": ["long-polling"]}  # fmt: skip
+        replies = [(await server._batch([dict(handshake)], "long-polling"))[0] for _ in range(30)]
+        assert [r["successful"] for r in replies] == [True] * 5 + [False] * 25
+        assert replies[-1]["error"] == "503::judge_too_many_sessions"
+        assert replies[-1]["advice"] == {"reconnect": "none"}
+        assert len(stage.client_ids) == 5 and stage.refused_sessions == 25
+        assert len(stage.arrivals) == 20 and stage.dropped_arrivals == 10
+        notes = stage.exchange.render()
+        assert notes.count("over 5 handshakes") == 1 and notes.count("over 20 messages") == 1
+        server.close_stage(stage)
+
+    asyncio.run(flood())
