@@ -36,9 +36,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from engine.client import AsyncPublisher, Publisher
+from engine.load.common import (
     ChildGuard,
     ServerProcess,
     add_results_dir_arg,
@@ -51,8 +50,6 @@ from common import (  # noqa: E402
     utc_stamp,
     write_record,
 )
-
-from engine.client import AsyncPublisher, Publisher  # noqa: E402
 
 KEY = "bench-api-key"
 CHANNEL = "/bench/api"

@@ -50,9 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from churn import (  # noqa: E402
+from engine.load.churn import (
     cores_mean,
     cpu_plan,
     limiter,
@@ -60,7 +58,7 @@ from churn import (  # noqa: E402
     start_pinned,
     worker_specs,
 )
-from common import (  # noqa: E402
+from engine.load.common import (
     BENCH_DIR,
     DEFAULT_SERVER_CMD,
     ChildGuard,

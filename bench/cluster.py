@@ -28,8 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from engine.load.common import (
     BENCH_DIR,
     ChildGuard,
     RunError,

@@ -35,10 +35,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import fanout  # noqa: E402
-from common import (  # noqa: E402
+from engine.delivery.history import History
+from engine.load import fanout
+from engine.load.common import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
     add_results_dir_arg,
@@ -50,10 +49,8 @@ from common import (  # noqa: E402
     utc_stamp,
     write_record,
 )
-
-from engine.delivery.history import History  # noqa: E402
-from engine.options import ServerOptions  # noqa: E402
-from engine.stats import Counters  # noqa: E402
+from engine.options import ServerOptions
+from engine.stats import Counters
 
 HISTORY_ARGS = " --history-channels /bench/** --history-size {size}"
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import random
 import statistics
@@ -35,11 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The plain-Python twins are test oracles: they live in tests/oracles/.
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from common import (  # noqa: E402
+from engine.load.common import (
     add_results_dir_arg,
     format_comparison,
     format_table,
@@ -51,6 +48,18 @@ from common import (  # noqa: E402
 )
 
 SCENARIO = "micro"
+
+
+def _oracle(name: str) -> Any:
+    """The plain-Python twin of a compiled module. The twins are test oracles
+    in tests/oracles/ (tests/ is not an importable package): loaded by path."""
+    path = Path(__file__).resolve().parent.parent / "tests" / "oracles" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"oracles.{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # --------------------------------------------------------------------------- timing
 
@@ -222,7 +231,7 @@ def bench_validate(args: argparse.Namespace, c: Any, p: Any) -> dict[str, Any]:
 
 
 def bench_channels(args: argparse.Namespace) -> dict[str, Any]:
-    import oracles.channels as p
+    p = _oracle("channels")
 
     import engine.routing._channels as c
 
@@ -357,7 +366,7 @@ def encoded_messages(k: int, seed: int) -> list[bytes]:
 
 
 def bench_batch(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import oracles.batch as p
+    p = _oracle("batch")
 
     import engine.delivery._batch as c
     from engine.transport._http import HEAD_OK
@@ -401,7 +410,7 @@ def text_payload(size: int, seed: int) -> bytes:
 
 
 def bench_wsframe(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import oracles.wsframe as p
+    p = _oracle("wsframe")
 
     import engine.transport._wsframe as c
 

@@ -78,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 TOOLS_HELP = {
     "check": "judge any Bayeux server (or, with --client, a client) against the protocol",
 }
+#: The module whose main(argv) runs each tool.
+TOOL_MODULES = {"check": "engine.check.cli", "load": "engine.load.cli"}
 
 
 def run_tool(name: str, argv: list[str]) -> int:
     """`python -m engine check ...`: imported only when asked for, so that
     `serve` never loads the tool's code."""
-    from engine.check.cli import main as check_main
-
-    return int(check_main(argv))
+    return int(importlib.import_module(TOOL_MODULES[name]).main(argv))
 
 
 def publish_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

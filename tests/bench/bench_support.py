@@ -3,6 +3,7 @@ module, and the tiny idle run they start."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,13 +14,13 @@ BENCH = ROOT / "bench"
 IDLE = BENCH / "idle.py"
 
 
+#: The load tool's module for each old bench/ module name.
+MODULES = {"loadgen": "client", "wsclient": "wsframes", "hostile_workers": "attacks"}
+
+
 def bench_module(name: str) -> ModuleType:
-    """`bench/<name>.py`, imported as the bench scripts import each other."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(BENCH))
+    """The load tool's module that was `bench/<name>.py`."""
+    return importlib.import_module(f"engine.load.{MODULES.get(name, name)}")
 
 
 def idle_command(results: Path, transport: str, clients: int, *extra: str) -> list[str]:

@@ -111,11 +111,7 @@ def test_idle_help_and_refusals() -> None:
 
 
 def test_aggregation_helpers() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import idle
-    finally:
-        sys.path.remove(str(BENCH))
+    idle = bench_module("idle")
     assert idle.split_clients(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert idle.source_addresses(2) == ["127.0.0.1", "127.0.0.2"]
     buckets = [1, 2, 5]

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import time
 from typing import Any
 
 import uvloop
-from harness import ROOT
 
-sys.path.insert(0, str(ROOT / "bench"))
-from stamped import Clock, StampedTransport  # noqa: E402
+from engine.load.stamped import Clock, StampedTransport
 
 
 class Recorder(asyncio.Protocol):

@@ -27,7 +27,7 @@ pytest.importorskip("trustme")
 
 BENCH = ROOT / "bench"
 IDLE = BENCH / "idle.py"
-LOADGEN = BENCH / "loadgen.py"
+LOADGEN = ["-m", "engine.load.client"]
 
 CLIENTS = 20
 
@@ -95,7 +95,7 @@ def test_tls_refusals() -> None:
         assert proc.returncode == 1, (extra, proc.stderr)
         assert why in proc.stderr, (extra, proc.stderr)
     proc = subprocess.run(
-        [sys.executable, str(LOADGEN), "--url", "http://127.0.0.1:9/cometd", "--clients", "1",
+        [sys.executable, *LOADGEN, "--url", "http://127.0.0.1:9/cometd", "--clients", "1",
          "--ca-file", "ca.pem"],
         capture_output=True,
         text=True,
@@ -145,7 +145,7 @@ def tls_engine(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 def _loadgen_final(url: str, transport: str, *extra: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, str(LOADGEN), "--url", url, "--clients", "3", "--transport", transport,
+        [sys.executable, *LOADGEN, "--url", url, "--clients", "3", "--transport", transport,
          "--duration", "2.5", "--report-interval", "10", "--max-attempts", "1", *extra],
         capture_output=True,
         text=True,

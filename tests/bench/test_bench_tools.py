@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_support import bench_module
 from harness import ROOT
 
 BENCH = ROOT / "bench"
@@ -206,7 +207,8 @@ def test_report(results: Path, tmp_path: Path) -> None:
     md, png = tmp_path / "REPORT.md", tmp_path / "report.png"
     proc = _run(
         [
-            str(BENCH / "report"),
+            "-m",
+            "engine.load.report",
             "--results-dir",
             str(results),
             "--markdown",
@@ -296,7 +298,8 @@ def test_report(results: Path, tmp_path: Path) -> None:
     md2, png2 = tmp_path / "R2.md", tmp_path / "r2.png"
     proc = _run(
         [
-            str(BENCH / "report"),
+            "-m",
+            "engine.load.report",
             "--results-dir",
             str(fake_dir),
             "--markdown",
@@ -325,11 +328,7 @@ def test_report(results: Path, tmp_path: Path) -> None:
 
 def test_http_client_parses_split_responses() -> None:
     """The bench's lean HTTP client: responses cut anywhere, several per read."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import churn
-    finally:
-        sys.path.remove(str(BENCH))
+    churn = bench_module("churn")
 
     class Transport:
         def __init__(self) -> None:
@@ -374,11 +373,7 @@ def test_line_child_and_bad_template() -> None:
     """common.LineChild, the handle of every helper process: its JSON lines,
     words on its stdin, its stderr kept, stop; and a malformed server command
     template is a clean ServerStartError, not a traceback."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import common
-    finally:
-        sys.path.remove(str(BENCH))
+    common = bench_module("common")
 
     script = (
         "import json, sys\n"
@@ -438,11 +433,7 @@ def test_other_server_command_runs_its_own_engine(
     server: the bench's own repository (its working directory) must not
     shadow that checkout's `engine` package (an A/B would compare one
     version with itself)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import common
-    finally:
-        sys.path.remove(str(BENCH))
+    common = bench_module("common")
     other = tmp_path / "other" / "engine"
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("")
@@ -481,11 +472,7 @@ def test_generator_processes_default(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
     import resource
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        import idle
-    finally:
-        sys.path.remove(str(BENCH))
+    idle = bench_module("idle")
     monkeypatch.setattr(resource, "getrlimit", lambda _: (20000, 20000))
 
     def procs(clients: int, cpus: int, workers: int | None = None, given: int | None = None) -> int:

@@ -53,9 +53,7 @@ import httptools
 import orjson
 import uvloop
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from wsclient import (  # noqa: E402
+from engine.load.wsframes import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,

@@ -126,11 +126,9 @@ import httptools
 import orjson
 import uvloop
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import hist_add, read_rss_bytes  # noqa: E402
-from stamped import Clock, StampedTransport  # noqa: E402
-from wsclient import (  # noqa: E402
+from engine.load.common import hist_add, read_rss_bytes
+from engine.load.stamped import Clock, StampedTransport
+from engine.load.wsframes import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

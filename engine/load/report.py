@@ -34,8 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
+REPO_DIR = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO_DIR / "bench"
 
 #: Parameters that do not define a configuration (they change from run to run).
 VOLATILE = {

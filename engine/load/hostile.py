@@ -73,11 +73,8 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from churn import http_get_json, stats_url  # noqa: E402
-from common import (  # noqa: E402
-    BENCH_DIR,
+from engine.load.churn import http_get_json, stats_url
+from engine.load.common import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
     LineChild,
@@ -98,8 +95,8 @@ from common import (  # noqa: E402
     tree_cpu_seconds,
     tree_rss_bytes,
 )
-from fanout import latency_stats, read_file_of  # noqa: E402
-from idle import (  # noqa: E402
+from engine.load.fanout import latency_stats, read_file_of
+from engine.load.idle import (
     Generator,
     PublisherChild,
     RunError,
@@ -112,7 +109,7 @@ from idle import (  # noqa: E402
 )
 
 SCENARIO = "hostile"
-WORKERS = BENCH_DIR / "hostile_workers.py"
+WORKERS = ["-m", "engine.load.attacks"]
 TRANSPORTS = ("long-polling", "websocket")
 MIB = 1024 * 1024
 #: The targets the hostile run is held to.
@@ -379,7 +376,7 @@ def attack_argv(args: argparse.Namespace, attack: Attack, url: str) -> list[str]
     sources = ",".join(f"127.0.{attack.block}.{i}" for i in range(1, n_sources + 1))
     return [
         sys.executable,
-        str(WORKERS),
+        *WORKERS,
         attack.name,
         "--url",
         url,
@@ -419,7 +416,7 @@ def publisher_child(
         extra=["--payload-bytes", str(payload), "--source-addr", source],
     )
     if canary:
-        child.argv[1:2] = [str(WORKERS), "canary"]
+        child.argv[1:3] = [*WORKERS, "canary"]
         child.label = f"canary {transport}"
     return child
 

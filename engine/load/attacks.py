@@ -65,11 +65,9 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import publisher  # noqa: E402
-from stamped import Clock, StampedTransport  # noqa: E402
-from wsclient import (  # noqa: E402
+from engine.load import publisher
+from engine.load.stamped import Clock, StampedTransport
+from engine.load.wsframes import (
     OP_CLOSE,
     OP_CONT,
     OP_PING,

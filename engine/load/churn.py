@@ -50,9 +50,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from engine.load.common import (
     DEFAULT_SERVER_CMD,
     PEERS,
     ChildGuard,

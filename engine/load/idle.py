@@ -64,10 +64,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    BENCH_DIR,
+from engine.load.common import (
     PEERS,
     ChildGuard,
     LineChild,
@@ -107,8 +104,9 @@ from common import (  # noqa: E402
     write_record,
 )
 
-LOADGEN = BENCH_DIR / "loadgen.py"
-PUBLISHER = BENCH_DIR / "publisher.py"
+#: The generator and publisher processes, run as modules of this package.
+LOADGEN = ["-m", "engine.load.client"]
+PUBLISHER = ["-m", "engine.load.publisher"]
 SCENARIO = "idle"
 #: Clients setting up at once over all generators, by default: enough for any
 #: ramp rate this box sustains (setups take milliseconds), few enough that a
@@ -227,7 +225,7 @@ def loadgen_argv(
     scenario passes, then the scenario's own ``extra`` ones."""
     return [
         sys.executable,
-        str(LOADGEN),
+        *LOADGEN,
         "--url",
         url,
         "--clients",
@@ -683,7 +681,7 @@ class PublisherChild(LineChild):
         super().__init__(
             [
                 sys.executable,
-                str(PUBLISHER),
+                *PUBLISHER,
                 "--url",
                 url,
                 "--transport",

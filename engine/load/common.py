@@ -113,8 +113,9 @@ __all__ = [
     "percentile_ms",
 ]
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
+#: The checkout this package runs from (editable install), with its bench/.
+REPO_DIR = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO_DIR / "bench"
 
 #: Placeholders: {python} {host} {port} {path} {timeout}.
 DEFAULT_SERVER_CMD = (

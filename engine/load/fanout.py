@@ -60,9 +60,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
+from engine.load.common import (
     PEERS,
     ChildGuard,
     ProgressBar,
@@ -88,7 +86,7 @@ from common import (  # noqa: E402
     tree_cpu_split,
     tree_rss_bytes,
 )
-from idle import (  # noqa: E402
+from engine.load.idle import (
     Generator,
     PublisherChild,
     RunError,
