@@ -37,16 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from engine.client import AsyncPublisher, Publisher
-from engine.load.common import (
-    ChildGuard,
-    ServerProcess,
+from engine.load.procs import ChildGuard, ServerProcess, free_port, read_cpu_seconds, stop_server
+from engine.load.records import (
     add_results_dir_arg,
     format_table,
-    free_port,
     machine_info,
-    read_cpu_seconds,
     shell_join,
-    stop_server,
     utc_stamp,
     write_record,
 )

@@ -58,21 +58,23 @@ from engine.load.churn import (
     start_pinned,
     worker_specs,
 )
-from engine.load.common import (
+from engine.load.procs import (
     BENCH_DIR,
     DEFAULT_SERVER_CMD,
     ChildGuard,
     ServerProcess,
+    free_port,
+    tree_rss_bytes,
+)
+from engine.load.records import (
     add_results_dir_arg,
     format_table,
-    free_port,
     human_bytes,
     log,
     na,
     run_scenario,
     save_and_print,
     shell_join,
-    tree_rss_bytes,
 )
 
 SCENARIO = "bound"

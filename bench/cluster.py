@@ -28,15 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.load.common import (
-    BENCH_DIR,
-    ChildGuard,
-    RunError,
-    machine_info,
-    start_redis,
-    utc_stamp,
-    write_record,
-)
+from engine.load.procs import BENCH_DIR, ChildGuard, RunError, start_redis
+from engine.load.records import machine_info, utc_stamp, write_record
 
 SERVER = "{python} -m engine serve --host {host} --port {port} --path {path} --timeout {timeout}"
 

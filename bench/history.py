@@ -37,15 +37,13 @@ from typing import Any
 
 from engine.delivery.history import History
 from engine.load import fanout
-from engine.load.common import (
-    DEFAULT_SERVER_CMD,
-    ChildGuard,
+from engine.load.procs import DEFAULT_SERVER_CMD, ChildGuard, start_redis
+from engine.load.records import (
     add_results_dir_arg,
     format_comparison,
     format_table,
     machine_info,
     na,
-    start_redis,
     utc_stamp,
     write_record,
 )

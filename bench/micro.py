@@ -36,13 +36,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.load.common import (
+from engine.load.procs import read_rss_bytes
+from engine.load.records import (
     add_results_dir_arg,
     format_comparison,
     format_table,
     human_bytes,
     log,
-    read_rss_bytes,
     scenario_record,
     write_record,
 )

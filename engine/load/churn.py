@@ -50,30 +50,32 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from engine.load.common import (
+from engine.load.histogram import percentile_ms
+from engine.load.procs import (
     DEFAULT_SERVER_CMD,
-    PEERS,
     ChildGuard,
     LineChild,
     RunError,
     ServerProcess,
-    add_results_dir_arg,
-    format_table,
     free_port,
-    human_bytes,
-    log,
-    na,
-    percentile_ms,
     process_tree,
-    ratio,
     read_rss_bytes,
-    run_scenario,
-    save_and_print,
-    shell_join,
     source_addresses,
     split_clients,
     tree_cpu_seconds,
     tree_rss_bytes,
+)
+from engine.load.records import (
+    PEERS,
+    add_results_dir_arg,
+    format_table,
+    human_bytes,
+    log,
+    na,
+    ratio,
+    run_scenario,
+    save_and_print,
+    shell_join,
 )
 
 SCENARIO = "churn"

@@ -126,7 +126,8 @@ import httptools
 import orjson
 import uvloop
 
-from engine.load.common import hist_add, read_rss_bytes
+from engine.load.histogram import hist_add
+from engine.load.procs import read_rss_bytes
 from engine.load.stamped import Clock, StampedTransport
 from engine.load.wsframes import (
     OP_BINARY,

@@ -60,32 +60,6 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from engine.load.common import (
-    PEERS,
-    ChildGuard,
-    ProgressBar,
-    ServerProcess,
-    add_listen_args,
-    add_results_dir_arg,
-    add_server_args,
-    check_loopback,
-    format_table,
-    free_port,
-    human_bytes,
-    log,
-    machine_cpu_seconds,
-    na,
-    ratio,
-    run_scenario,
-    save_and_print,
-    shell_join,
-    split_clients,
-    stop_quietly,
-    stop_server,
-    tree_cpu_seconds,
-    tree_cpu_split,
-    tree_rss_bytes,
-)
 from engine.load.idle import (
     Generator,
     PublisherChild,
@@ -101,6 +75,34 @@ from engine.load.idle import (
     resolve_generators,
     start_server,
     wait_ramp,
+)
+from engine.load.procs import (
+    ChildGuard,
+    ServerProcess,
+    free_port,
+    machine_cpu_seconds,
+    split_clients,
+    stop_quietly,
+    stop_server,
+    tree_cpu_seconds,
+    tree_cpu_split,
+    tree_rss_bytes,
+)
+from engine.load.records import (
+    PEERS,
+    ProgressBar,
+    add_listen_args,
+    add_results_dir_arg,
+    add_server_args,
+    check_loopback,
+    format_table,
+    human_bytes,
+    log,
+    na,
+    ratio,
+    run_scenario,
+    save_and_print,
+    shell_join,
 )
 
 SCENARIO = "fanout"

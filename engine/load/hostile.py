@@ -74,27 +74,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.load.churn import http_get_json, stats_url
-from engine.load.common import (
-    DEFAULT_SERVER_CMD,
-    ChildGuard,
-    LineChild,
-    ServerProcess,
-    add_listen_args,
-    add_results_dir_arg,
-    add_server_args,
-    check_loopback,
-    free_port,
-    human_bytes,
-    log,
-    machine_cpu_seconds,
-    na,
-    run_scenario,
-    save_and_print,
-    shell_join,
-    stop_quietly,
-    tree_cpu_seconds,
-    tree_rss_bytes,
-)
 from engine.load.fanout import latency_stats, read_file_of
 from engine.load.idle import (
     Generator,
@@ -106,6 +85,29 @@ from engine.load.idle import (
     read_latencies,
     start_server,
     wait_ramp,
+)
+from engine.load.procs import (
+    DEFAULT_SERVER_CMD,
+    ChildGuard,
+    LineChild,
+    ServerProcess,
+    free_port,
+    machine_cpu_seconds,
+    stop_quietly,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
+from engine.load.records import (
+    add_listen_args,
+    add_results_dir_arg,
+    add_server_args,
+    check_loopback,
+    human_bytes,
+    log,
+    na,
+    run_scenario,
+    save_and_print,
+    shell_join,
 )
 
 SCENARIO = "hostile"

@@ -64,35 +64,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.load.common import (
-    PEERS,
+from engine.load.histogram import hist_count, hist_merge, hist_percentile, hist_sub, percentile_ms
+from engine.load.procs import (
     ChildGuard,
     LineChild,
-    ProgressBar,
     RedisServer,
     RunError,
     ServerProcess,
-    add_listen_args,
-    add_results_dir_arg,
-    add_server_args,
-    check_loopback,
-    format_comparison,
-    format_table,
     free_port,
-    hist_count,
-    hist_merge,
-    hist_percentile,
-    hist_sub,
-    human_bytes,
-    log,
     machine_cpu_seconds,
-    na,
-    percentile_ms,
     process_tree,
-    ratio,
-    run_scenario,
-    save_and_print,
-    shell_join,
     source_addresses,
     split_clients,
     start_redis,
@@ -101,6 +82,23 @@ from engine.load.common import (
     tree_cpu_seconds,
     tree_pss_bytes,
     tree_rss_bytes,
+)
+from engine.load.records import (
+    PEERS,
+    ProgressBar,
+    add_listen_args,
+    add_results_dir_arg,
+    add_server_args,
+    check_loopback,
+    format_comparison,
+    format_table,
+    human_bytes,
+    log,
+    na,
+    ratio,
+    run_scenario,
+    save_and_print,
+    shell_join,
     write_record,
 )
 

@@ -133,20 +133,20 @@ def test_aggregation_helpers() -> None:
     assert agg["lateness_hist"] == {} and agg["lateness_min_ms"] is None
 
     # Heartbeat lateness: signed log buckets, merged over generators through JSON.
-    common = bench_module("common")
+    hist = bench_module("histogram")
     h1: dict[int, int] = {}
     for v in range(-3000, 3001, 10):
-        common.hist_add(h1, v)
+        hist.hist_add(h1, v)
     assert sum(h1.values()) == 601
-    assert common.hist_bucket(0.5) == 0 and common.hist_bucket(-0.5) == 0
-    assert common.hist_bucket(-250.0) == -common.hist_bucket(250.0) < 0
+    assert hist.hist_bucket(0.5) == 0 and hist.hist_bucket(-0.5) == 0
+    assert hist.hist_bucket(-250.0) == -hist.hist_bucket(250.0) < 0
     for v in (1.5, 37.0, 950.0, 29_999.0, -2.5, -1234.0):
-        lo, hi = common.hist_edges(common.hist_bucket(v))
+        lo, hi = hist.hist_edges(hist.hist_bucket(v))
         assert lo <= v <= hi and (hi - lo) <= 0.07 * abs(v)  # ~6 % buckets
-    p50 = common.hist_percentile(h1, 0.5)
+    p50 = hist.hist_percentile(h1, 0.5)
     assert -100 < p50 < 100
-    assert common.hist_percentile(h1, 1.0) >= 3000 > common.hist_percentile(h1, 0.9)
-    assert common.hist_percentile({}, 0.5) is None
+    assert hist.hist_percentile(h1, 1.0) >= 3000 > hist.hist_percentile(h1, 0.9)
+    assert hist.hist_percentile({}, 0.5) is None
     wire = {str(k): v for k, v in h1.items()}  # as in a stats line
     agg = idle.aggregate(
         [
@@ -154,9 +154,9 @@ def test_aggregation_helpers() -> None:
             {"lateness_hist": wire, "lateness_min_ms": -10.0, "lateness_max_ms": 4000.0},
         ]
     )
-    assert common.hist_count(agg["lateness_hist"]) == 2 * 601
+    assert hist.hist_count(agg["lateness_hist"]) == 2 * 601
     assert agg["lateness_min_ms"] == -3000.0 and agg["lateness_max_ms"] == 4000.0
-    assert common.hist_sub(agg["lateness_hist"], wire) == h1
+    assert hist.hist_sub(agg["lateness_hist"], wire) == h1
 
 
 @pytest.mark.timeout(120)

@@ -373,7 +373,7 @@ def test_line_child_and_bad_template() -> None:
     """common.LineChild, the handle of every helper process: its JSON lines,
     words on its stdin, its stderr kept, stop; and a malformed server command
     template is a clean ServerStartError, not a traceback."""
-    common = bench_module("common")
+    common = bench_module("procs")
 
     script = (
         "import json, sys\n"
@@ -433,7 +433,7 @@ def test_other_server_command_runs_its_own_engine(
     server: the bench's own repository (its working directory) must not
     shadow that checkout's `engine` package (an A/B would compare one
     version with itself)."""
-    common = bench_module("common")
+    common = bench_module("procs")
     other = tmp_path / "other" / "engine"
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("")
