@@ -138,7 +138,7 @@ class Outcome:
         self.errors: dict[str, int] = {}
         #: Durations in seconds, by name: "cut_after" (a connection's start, or
         #: the start of the attack on it, to its cut) and the workers' own.
-        self.series: dict[str, array] = {"cut_after": array("d")}
+        self.series: dict[str, array[float]] = {"cut_after": array("d")}
         self.first_cut_s: float | None = None
         self.bytes_sent = 0
         self.counts: dict[str, int] = {}
@@ -205,7 +205,7 @@ class Outcome:
         return d
 
 
-def seconds_stats(values: array) -> dict[str, Any]:
+def seconds_stats(values: array[float]) -> dict[str, Any]:
     """count, min, p50, p99, max (nearest rank) of durations in seconds."""
     s = sorted(values)
     n = len(s)
@@ -217,6 +217,11 @@ def seconds_stats(values: array) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- sockets
+
+
+def _resolve(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def open_socket(
@@ -241,7 +246,7 @@ async def open_socket(
         at = time.monotonic()
         if err == errno.EINPROGRESS:
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            loop.add_writer(sock.fileno(), _resolve, ready)
             try:
                 await asyncio.wait_for(ready, timeout)
             finally:

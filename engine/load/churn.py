@@ -939,7 +939,8 @@ def http_get_json(url: str, token: str | None, timeout: float = 5.0) -> dict[str
     try:
         req = urllib.request.Request(url, headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
+            reply: dict[str, Any] = json.loads(r.read())
+            return reply
     except (OSError, ValueError):
         return None
 

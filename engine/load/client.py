@@ -137,11 +137,11 @@ from engine.load.wsframes import (
     OP_PONG,
     OP_TEXT,
     FrameError,
-    _encode_client_frame,
     check_upgrade_response,
     split_frames,
     upgrade_request,
 )
+from engine.transport._wsframe import encode_client_frame as _encode_client_frame
 
 __all__ = [
     "BayeuxClient",
@@ -1232,8 +1232,8 @@ class LoadGenerator:
         self.hot_channel: str | None = args.hot_channel or None
         hot_k = args.hot_clients if self.hot_channel else 0
         total = max(args.total_clients or (args.index_start + args.clients), 1)
-        self.latencies: array | None = array("q") if args.latency_file else None
-        self.read_latencies: array | None = array("q") if args.read_latency_file else None
+        self.latencies: array[int] | None = array("q") if args.latency_file else None
+        self.read_latencies: array[int] | None = array("q") if args.read_latency_file else None
         self.clock = Clock()  # the kernel's receive stamps to monotonic_ns
 
         # One string per channel, shared by its clients.

@@ -63,7 +63,6 @@ from typing import Any
 from engine.load.idle import (
     Generator,
     PublisherChild,
-    RunError,
     _HelpFormatter,
     add_ramp_timeout_arg,
     add_source_addrs_arg,
@@ -78,6 +77,7 @@ from engine.load.idle import (
 )
 from engine.load.procs import (
     ChildGuard,
+    RunError,
     ServerProcess,
     free_port,
     machine_cpu_seconds,
@@ -218,7 +218,7 @@ def read_file_of(latency_file: Path) -> Path:
     return latency_file.with_suffix(".read")
 
 
-def latency_stats(values: array) -> dict[str, Any]:
+def latency_stats(values: array[int]) -> dict[str, Any]:
     """Exact percentiles (ms) of every delivery's latency, and a histogram."""
     if not values:
         return {"count": 0}
@@ -226,7 +226,7 @@ def latency_stats(values: array) -> dict[str, Any]:
     n = len(s)
 
     def q(p: float) -> float:
-        return s[nearest_rank(n, p)] / 1e6
+        return float(s[nearest_rank(n, p)]) / 1e6
 
     hist = [0] * (len(HIST_EDGES_MS) + 1)
     j = 0
@@ -461,8 +461,8 @@ def compute(
     publisher: dict[str, Any],
     publisher_final: dict[str, Any],
     hot_last_ns: int | None,
-    latencies: array,
-    read_latencies: array,
+    latencies: array[int],
+    read_latencies: array[int],
     all_delivered: bool,
     rss_baseline: int | None,
     rss_start: int | None,

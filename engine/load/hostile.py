@@ -78,7 +78,6 @@ from engine.load.fanout import latency_stats, read_file_of
 from engine.load.idle import (
     Generator,
     PublisherChild,
-    RunError,
     _HelpFormatter,
     aggregate,
     loadgen_argv,
@@ -90,6 +89,7 @@ from engine.load.procs import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
     LineChild,
+    RunError,
     ServerProcess,
     free_port,
     machine_cpu_seconds,

@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import importlib.metadata
 import math
 import os
 import sys
@@ -211,7 +212,7 @@ class Generator(LineChild):
 
 
 def loadgen_argv(
-    args: argparse.Namespace,
+    args: Any,
     url: str,
     start: int,
     count: int,
@@ -574,7 +575,7 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, str]:
     ca_pem = directory / "ca.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
     ca.cert_pem.write_to_path(str(ca_pem))
-    return server_pem, ca_pem, f"{key_type.name} (trustme {trustme.__version__})"
+    return server_pem, ca_pem, f"{key_type.name} (trustme {importlib.metadata.version('trustme')})"
 
 
 def tls_url(url: str, transport: str) -> str:
@@ -719,7 +720,7 @@ class PublisherChild(LineChild):
         return self.lines[kind]
 
 
-def read_latencies(paths: list[Path]) -> array:
+def read_latencies(paths: list[Path]) -> array[int]:
     """Every fan-out delivery's latency (int64 ns) the generators wrote
     (--latency-file), a missing file counting for none."""
     values = array("q")
@@ -1112,7 +1113,8 @@ async def time_scrapes(url: str, count: int, cpu: Callable[[], float | None]) ->
 
     def get() -> bytes:
         with urllib.request.urlopen(url, timeout=30) as resp:
-            return resp.read()
+            body: bytes = resp.read()
+            return body
 
     quiet_start, t_quiet = cpu(), time.perf_counter()
     await asyncio.sleep(1.0)
@@ -1513,11 +1515,11 @@ def report_table(record: dict[str, Any]) -> str:
         ]
     sc = r.get("scrapes")
     if sc:
-        for key, label in (("idle_server", "no client"), ("clients_held", "clients held")):
+        for key, what in (("idle_server", "no client"), ("clients_held", "clients held")):
             t = sc[key]
             rows.append(
                 (
-                    f"GET /metrics, {label}: wall p50 / max, server CPU each (less idle)",
+                    f"GET /metrics, {what}: wall p50 / max, server CPU each (less idle)",
                     f"{t['wall_ms_p50']:.2f} / {t['wall_ms_max']:.2f} ms, "
                     + na(t["server_cpu_ms_each"], "{:.2f}")
                     + " ms",

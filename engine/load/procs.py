@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 #: The checkout this package runs from (editable install), with its bench/.
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -156,17 +156,14 @@ def process_tree(root: int, max_procs: int = 4096) -> list[int]:
     return out
 
 
-def _tree_sum(root: int, read: Callable[[int], Any]) -> Any:
+_Num = TypeVar("_Num", int, float)
+
+
+def _tree_sum(root: int, read: Callable[[int], _Num | None]) -> _Num | None:
     """``read(pid)`` summed over ``root`` and its live descendants; None when
     no process of the tree could be read (one walk for RSS, PSS and CPU)."""
-    total = 0
-    seen = False
-    for pid in process_tree(root):
-        value = read(pid)
-        if value is not None:
-            total += value
-            seen = True
-    return total if seen else None
+    values = [v for v in map(read, process_tree(root)) if v is not None]
+    return sum(values[1:], values[0]) if values else None
 
 
 def tree_rss_bytes(root: int) -> int | None:

@@ -94,7 +94,9 @@ def _git_dirty() -> bool | None:
     return None if out is None else bool(out.strip())
 
 
-def machine_info(packages: Iterable[str] = ("engine", "uvloop", "httptools", "orjson")) -> dict:
+def machine_info(
+    packages: Iterable[str] = ("engine", "uvloop", "httptools", "orjson"),
+) -> dict[str, Any]:
     import resource
 
     try:
@@ -126,7 +128,7 @@ def machine_info(packages: Iterable[str] = ("engine", "uvloop", "httptools", "or
     }
 
 
-def write_record(results_dir: Path, name: str, record: dict) -> Path:
+def write_record(results_dir: Path, name: str, record: dict[str, Any]) -> Path:
     """Write ``record`` as ``<results_dir>/<name>.json`` (never overwrites)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
@@ -384,7 +386,7 @@ def run_scenario(
     argv: list[str] | None,
     once: Callable[[Any, ChildGuard], dict[str, Any]],
     *,
-    comparison: Callable[[str, dict, dict], dict] | None = None,
+    comparison: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
     say: Callable[[str], Any] | None = None,
 ) -> dict[str, Any] | int:
     """Run `once(args, guard)` against `--peer` first (when the scenario has
@@ -405,7 +407,7 @@ def run_scenario(
     guard.install_signals()
     started = time.time()
     peer = getattr(args, "peer", None)
-    peer_record: dict | None = None
+    peer_record: dict[str, Any] | None = None
     try:
         if peer is not None:
             try:
@@ -436,7 +438,9 @@ def run_scenario(
     return scenario_record(scenario, started, argv, script, outcome, peer_record, comparison)
 
 
-def record_header(scenario: str, started: float, argv: list[str] | None, script: str) -> dict:
+def record_header(
+    scenario: str, started: float, argv: list[str] | None, script: str
+) -> dict[str, Any]:
     """The fields every record starts with; `command` reruns the scenario."""
     machine = machine_info()
     machine["platform"] = platform.platform()
@@ -456,7 +460,7 @@ def scenario_record(
     script: str,
     outcome: dict[str, Any],
     peer_record: dict[str, Any] | None = None,
-    comparison: Callable[[str, dict, dict], dict] | None = None,
+    comparison: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The record of a run: header, the engine's parameters and results, then
     the peer's run and ``comparison(peer name, peer results, engine results)``

@@ -55,7 +55,7 @@ VOLATILE = {
     "admin_token",
 }
 
-TARGETS = {
+TARGETS: dict[str, Any] = {
     "idle_bytes_abs": 4096,
     "idle_vs_faye": 0.25,
     "fanout_fraction": 0.95,

@@ -22,6 +22,8 @@ import base64
 import hashlib
 import os
 
+from engine.transport._wsframe import encode_client_frame as _encode_client_frame
+
 __all__ = [
     "OP_CONT",
     "OP_TEXT",
@@ -49,28 +51,6 @@ OP_PONG = 10
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Largest server message accepted (the engine's default limit is 64 KiB).
 MAX_MESSAGE = 16 << 20
-
-
-def _mask_py(opcode: int, payload: bytes, mask: bytes, fin: bool = True, rsv: int = 0) -> bytes:
-    n = len(payload)
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    if n < 126:
-        head = bytes((first, 0x80 | n))
-    elif n < 65536:
-        head = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
-    if not n:
-        return head + mask
-    key = (mask * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-    return head + mask + masked
-
-
-try:  # the engine's compiled codec (masking in C); the bench also runs without it
-    from engine.transport._wsframe import encode_client_frame as _encode_client_frame
-except ImportError:  # pragma: no cover - engine not importable
-    _encode_client_frame = _mask_py
 
 
 class FrameError(Exception):
