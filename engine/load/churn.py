@@ -689,9 +689,8 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
     per_round = []
     for r in out["rounds"]:
         w = r["window"]
-        s = r["window_s"] or 1.0
+        s = wall = r["window_s"] or 1.0
         hs = w.get("handshakes", 0)
-        wall = r["window_s"] or 1.0
         per_round.append(
             {
                 "round": r["round"],

@@ -100,6 +100,13 @@ row or on ``reconnect: "none"``), ``cycles`` (held connects completed),
 ``heartbeats`` (those without events: the lateness samples), ``messages``
 (events received), ``timeouts_spared`` (sweep candidates whose reply was
 already in), ``loop_lags`` (sweeps more than 100 ms late).
+
+Churn (``--churn``, the churn scenario's storms): each client loops
+handshake, subscribe, first connect, ``/meta/disconnect`` (POST
+``<base>/disconnect``), connection closed, ``--churn-pause-ms``; the report's
+``churn`` object counts the cycles and carries the handshake, handshake ->
+first connect and drop -> reconnect latencies (see the "churn and restart"
+section).
 """
 
 from __future__ import annotations
