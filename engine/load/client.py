@@ -1066,7 +1066,7 @@ class BayeuxClient:
                 self._later(self.interval_ms, self.connect)
             return
         stats.handshake_failures += 1
-        stats.error("handshake:" + str(reply.get("error", "unsuccessful")))
+        stats.error("handshake:" + error_kind(reply))
         self._failed_event()
         action = self.reconnect or "handshake"
         if action == "none":
@@ -1081,7 +1081,7 @@ class BayeuxClient:
         else:
             # The JS client does not retry a subscription; neither do we.
             stats.subscribe_failures += 1
-            stats.error("subscribe:" + str(reply.get("error", "unsuccessful")))
+            stats.error("subscribe:" + error_kind(reply))
             self._failed_event()
         self.zero_timeout = True
         self._later(self.interval_ms, self.connect)
@@ -1091,7 +1091,7 @@ class BayeuxClient:
         stats = gen.stats
         if not ok:
             stats.connect_failures += 1
-            stats.error("connect:" + str(reply.get("error", "unsuccessful")))
+            stats.error("connect:" + error_kind(reply))
             self._lost("connect_unsuccessful")
             action = self.reconnect or "retry"
             if action == "none":
@@ -1345,7 +1345,7 @@ def churn_disconnect_reply(client: BayeuxClient, reply: dict[str, Any], ok: bool
         cs.disconnects += 1
     else:
         cs.disconnect_failures += 1
-        client.gen.stats.error("disconnect:" + str(reply.get("error", "unsuccessful")))
+        client.gen.stats.error("disconnect:" + error_kind(reply))
     _churn_next_cycle(client)
 
 
@@ -1369,6 +1369,18 @@ def _churn_next_cycle(client: BayeuxClient) -> None:
         conn.close()
     client.client_id = None
     client._later(gen.churn.pause_ms, client.handshake)
+
+
+def error_kind(reply: dict[str, Any]) -> str:
+    """The kind a failed reply is counted under: its Bayeux error
+    ``code:args:message`` without the args, which often name the clientId
+    (Faye's ``401:<clientId>:Unknown client``): one kind, not one per client."""
+    error = str(reply.get("error", "unsuccessful"))
+    code, sep, rest = error.partition(":")
+    if not sep:
+        return error
+    _, sep, message = rest.rpartition(":")
+    return f"{code}::{message}" if sep else error
 
 
 def add_churn_args(p: argparse.ArgumentParser) -> None:
