@@ -85,6 +85,7 @@ Control and reports (for ``bench/idle.py``; the tool also runs alone):
   every ``--report-interval`` seconds, on request, and a last one with
   ``"final": true``.
 - stdin (when it is a pipe): ``report TAG`` -> a stats line carrying ``"tag"``;
+  ``churn-window`` -> the churn latencies start anew (the end of a warm-up);
   ``stop`` or end of file -> close every connection, final report, exit.
 - SIGTERM/SIGINT stop the same way; ``--max-seconds`` bounds the whole run.
 
@@ -1275,6 +1276,13 @@ class ChurnStats:
         self.first_connect = Latencies()  # handshake sent -> first connect answered
         self.recovery = Latencies()  # drop -> next successful connect
 
+    def new_window(self) -> None:
+        """Latencies from now on only (``churn-window`` on stdin: the end of a
+        warm-up); the counters go on (windows of them are differences)."""
+        self.handshake = Latencies()
+        self.first_connect = Latencies()
+        self.recovery = Latencies()
+
     def handshake_ms(self, seconds: float) -> None:
         self.handshake.record(seconds)
 
@@ -1711,6 +1719,8 @@ class LoadGenerator:
                 self.stop()
             elif words[0] == "report":
                 self.report(tag=words[1] if len(words) > 1 else "")
+            elif words[0] == "churn-window":
+                self.churn_stats.new_window()
 
 
 class TLSHandshakeTimeout(Exception):

@@ -76,9 +76,10 @@ def test_storm_handshakes_and_no_leak(tmp_path: Path, transport: str) -> None:
     # every cycle ends by a disconnect or is abandoned (the session expires)
     assert rd["disconnects"] > 0 and rd["abandoned"] > 0
     assert rd["disconnects"] + rd["abandoned"] == rd["cycles"]
-    # each cycle's first connect was timed from its handshake
-    assert rd["handshake_to_connect_ms"]["count"] >= rd["cycles"]
+    # latencies from the end of the warm-up on: every handshake of the window,
+    # every cycle's first connect but the 10 (one a client) begun before it
     assert rd["handshake_ms"]["count"] >= rd["handshakes"]
+    assert rd["handshake_to_connect_ms"]["count"] >= rd["cycles"] - 10
     # the server's sessions return to the baseline: nothing leaks
     assert r["sessions_at_start"] == 0
     assert rd["sessions_settled"] == r["sessions_settled"] == 0
@@ -117,6 +118,7 @@ def test_restart_every_client_back(tmp_path: Path, transport: str) -> None:
     ms = rs["reconnect_ms"]
     assert ms["count"] == 12
     assert 0 < ms["p50"] <= ms["p99"] <= ms["max"]
+    assert rs["all_back_after_s"] is not None
     assert "restart: back / re-handshaked / lost" in proc.stdout
 
 
