@@ -9,7 +9,7 @@ first one this process may use; ``--no-pin`` to let the kernel choose):
   request with a fixed ``/meta/connect`` reply, keep-alive: the fastest a
   Python HTTP loop can go.
 
-The same load generator (``bench/churn.py``'s lean HTTP/1.1 client, in
+The same load generator (``bound_client.py``'s lean HTTP/1.1 client, in
 ``--procs`` processes pinned to the other CPUs) runs C keep-alive clients, each
 its own browser (own connection, own ``BAYEUX_BROWSER`` cookie), each looping
 one request at a time:
@@ -50,14 +50,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.load.churn import (
-    cores_mean,
-    cpu_plan,
-    limiter,
-    run_workers,
-    start_pinned,
-    worker_specs,
-)
+from bound_client import run_workers, worker_specs  # bench/, beside this script
+
+from engine.load.churn import cores_mean, cpu_plan, limiter, start_pinned
 from engine.load.procs import (
     BENCH_DIR,
     DEFAULT_SERVER_CMD,

@@ -1,33 +1,48 @@
 #!/usr/bin/env python3
-"""Churn scenario: reconnect storms over long-polling.
+"""Churn scenario: reconnect storms, then reconnection after a server restart.
 
-C clients, spread over ``--procs`` load-generator processes, loop for
-``--duration`` seconds, each cycle being what a browser does on a page load:
+Storms (``--rounds`` of ``--duration`` seconds): C clients of the load tool's
+one client (``engine/load/client.py --churn``, over ``--transport``
+long-polling or websocket, in ``--procs`` generator processes) each loop
+through what a browser does on a page load:
 
-    open a TCP connection (keep-alive for the cycle), from 127.0.0.x
-    POST <path>/handshake   -> clientId (the BAYEUX_BROWSER cookie is kept per client)
-    POST <path>/            /meta/subscribe to /bench/churn/<k>
-    POST <path>/connect     first /meta/connect, advice {"timeout": 0} (answered at once)
-    POST <path>/disconnect  /meta/disconnect       (or, for --abandon of the cycles, nothing:
-                                                    the session must expire on its own)
-    close the connection    (--reuse-connection keeps it for the next cycle)
+    handshake -> clientId (the BAYEUX_BROWSER cookie is kept per client)
+    /meta/subscribe to /bench/churn/<k>
+    a first /meta/connect, advice {"timeout": 0} (answered at once)
+    /meta/disconnect (or, for --abandon of the cycles, nothing: the session
+                      must expire on its own), the connection closed
+    a pause of --churn-pause-ms, and again
 
-It reports handshakes and cycles per second, errors by kind, handshake and cycle
-latency, server CPU per handshake, and, for leaks, the server's RSS and its
-``/stats`` session count: at the start, at the end of each storm and after the
-storm settles (every session disconnected or expired). With ``--rounds 2`` or
-more, the RSS after each settled round shows whether memory keeps growing with
-the number of sessions ever created (a leak) or plateaus (allocator reuse).
+It reports handshakes and cycles per second (over the measured window, after
+``--warmup``), errors by kind, the latency of the handshake and of handshake ->
+first connect (of the cycles after the warm-up), server CPU
+per handshake, and, for leaks, the server's RSS and its ``/stats`` session
+count: at the start, at the end of each storm and after the storm settles
+(every session disconnected or expired). With ``--rounds 2`` or more, the RSS
+after each settled round shows whether memory keeps growing with the number
+of sessions ever created (a leak) or plateaus (allocator reuse).
 
-The server is started as ``python -m engine serve ... --admin-token T
+Restart (``--restart-clients N``, 0 to skip): N clients connect and hold
+long-polls (or WebSocket connects) as usual; the server is restarted (the one
+the scenario started: stopped and started again on the same port; a server
+given by ``--url``: ``--restart-command CMD`` is run, and without it the phase
+is skipped with a note). The record says how long each client took from its
+drop to its next successful connect (p50 / p99 / max), how many re-handshaked
+(a restarted server answers ``402::session_unknown`` with ``reconnect:
+handshake``, which the client follows) and how many were lost (not connected
+again within ``--restart-timeout``), and how long after the restart began
+the last one was back.
+
+The server it starts is ``python -m engine serve ... --admin-token T
 --max-interval MS`` (``/stats`` needs the token; a short max-interval lets
-abandoned sessions expire within the run).
+abandoned sessions expire within the run). With ``--url`` the server is
+someone else's: sessions come from its ``/stats`` when ``--admin-token`` is
+given (the engine's), CPU and RSS when ``--server-pid`` is. A URL that does not
+answer a Bayeux handshake is an error before anything starts.
 
-This module also holds the lean HTTP/1.1 client and the load-generator worker
-that ``bench/bound.py`` uses (``--worker SPEC``, internal).
-
-Exit status: 0 when the run completed (with --check: no errors and 0 sessions
-after the last settle), 1 when it could not run, 2 when --check failed.
+Exit status: 0 when the run completed (with --check: no errors, 0 sessions
+after the last settle and no client lost by the restart), 1 when it could not
+run, 2 when --check failed.
 """
 
 from __future__ import annotations
@@ -37,29 +52,24 @@ import asyncio
 import contextlib
 import json
 import os
-import random
-import resource
 import secrets
-import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
-from engine.load.histogram import percentile_ms
+from engine.load.client import Latencies
+from engine.load.idle import Generator
 from engine.load.procs import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
-    LineChild,
     RunError,
     ServerProcess,
     free_port,
     process_tree,
-    read_rss_bytes,
     source_addresses,
     split_clients,
     tree_cpu_seconds,
@@ -68,6 +78,7 @@ from engine.load.procs import (
 from engine.load.records import (
     PEERS,
     add_results_dir_arg,
+    check_loopback,
     format_table,
     human_bytes,
     log,
@@ -79,655 +90,13 @@ from engine.load.records import (
 )
 
 SCENARIO = "churn"
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-MAX_HEAD = 65536
-#: Latency histogram bucket upper edges, ms (log scale, 0.05 ms .. 60 s).
-HIST_EDGES_MS = [round(0.05 * 1.25**i, 4) for i in range(64) if 0.05 * 1.25**i <= 60000]
+LOADGEN = ["-m", "engine.load.client"]
+#: Counters of the generators' reports that are summed and windowed.
+COUNTED = ("handshakes", "responses", "requests", "tcp_opens", "gave_up", "timeouts")
+CHURN_COUNTED = ("cycles", "disconnects", "disconnect_failures", "abandoned")
 
 
-# =========================================================================== client
-
-
-class ClientError(Exception):
-    """One failed exchange; ``kind`` is the key it is counted under."""
-
-    def __init__(self, kind: str, detail: str = "") -> None:
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind = kind
-
-
-class Stats:
-    """Counters of one worker process (plain ints: cheap to bump)."""
-
-    __slots__ = (
-        "responses",
-        "handshakes",
-        "subscribes",
-        "connects",
-        "disconnects",
-        "abandoned",
-        "cycles",
-        "tcp_opens",
-        "errors",
-        "hs_hist",
-        "cycle_hist",
-    )
-
-    def __init__(self) -> None:
-        self.responses = 0
-        self.handshakes = 0
-        self.subscribes = 0
-        self.connects = 0
-        self.disconnects = 0
-        self.abandoned = 0
-        self.cycles = 0
-        self.tcp_opens = 0
-        self.errors: dict[str, int] = {}
-        self.hs_hist = [0] * (len(HIST_EDGES_MS) + 1)
-        self.cycle_hist = [0] * (len(HIST_EDGES_MS) + 1)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "responses": self.responses,
-            "handshakes": self.handshakes,
-            "subscribes": self.subscribes,
-            "connects": self.connects,
-            "disconnects": self.disconnects,
-            "abandoned": self.abandoned,
-            "cycles": self.cycles,
-            "tcp_opens": self.tcp_opens,
-            "errors": dict(self.errors),
-            "hs_hist": list(self.hs_hist),
-            "cycle_hist": list(self.cycle_hist),
-        }
-
-
-def hist_add(hist: list[int], ms: float) -> None:
-    import bisect
-
-    hist[bisect.bisect_left(HIST_EDGES_MS, ms)] += 1
-
-
-class HttpConn(asyncio.Protocol):
-    """A lean HTTP/1.1 keep-alive client connection (one request at a time).
-
-    Two ways to use it:
-
-    * ``await conn.request(data)`` -> ``(status, head, body)``; a sweep of the
-      worker fails requests older than their deadline (no timer per request);
-    * loop mode (``start_loop``): every complete 200 response whose body holds
-      ``"successful":true`` is answered at once by the same request bytes and
-      counted; anything else leaves loop mode and calls ``on_loop_failure``.
-
-    Responses must carry ``Content-Length`` (the engine and the bound server
-    always do). Only what the bench needs is parsed: status, header block, body.
-    """
-
-    __slots__ = (
-        "transport",
-        "buf",
-        "waiter",
-        "deadline",
-        "stats",
-        "loop_req",
-        "on_loop_failure",
-        "closed",
-        "lost",
-        "last",
-    )
-
-    def __init__(self, stats: Stats) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = b""
-        self.waiter: asyncio.Future[tuple[int, bytes, bytes]] | None = None
-        self.deadline = 0.0
-        self.stats = stats
-        self.loop_req: bytes | None = None
-        self.on_loop_failure: Any = None
-        self.closed = False
-        self.lost: asyncio.Future[None] | None = None
-        self.last = b""  # loop mode: the last whole, checked response read alone
-
-    # -- asyncio callbacks
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.transport = None
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_exception(ClientError("closed_in_flight" if exc is None else "tcp_error"))
-        self.waiter = None
-        if self.loop_req is not None:
-            self._leave_loop("closed_in_flight", b"")
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        req = self.loop_req
-        if req is not None and data == self.last and not self.buf:
-            # Byte for byte the previous response, which passed every check
-            # below: count it and loop (a memcmp instead of a parse).
-            self.stats.responses += 1
-            self.transport.write(req)  # type: ignore[union-attr]
-            return
-        buf = self.buf + data if self.buf else data
-        while True:
-            hend = buf.find(b"\r\n\r\n")
-            if hend < 0:
-                if len(buf) > MAX_HEAD:
-                    self._protocol_error("head_too_large")
-                    return
-                break
-            i = buf.find(b"\r\nContent-Length: ", 0, hend)
-            if i >= 0:
-                j = i + 18
-            else:
-                i = buf[:hend].lower().find(b"\r\ncontent-length:")
-                if i < 0:
-                    self._protocol_error("no_content_length")
-                    return
-                j = i + 17
-            k = buf.find(b"\r\n", j, hend + 2)
-            try:
-                length = int(buf[j : k if 0 <= k < hend else hend])
-                status = int(buf[9:12])
-            except ValueError:
-                self._protocol_error("bad_response")
-                return
-            end = hend + 4 + length
-            if len(buf) < end:
-                break
-            self.stats.responses += 1
-            req = self.loop_req
-            if req is not None:
-                if status == 200 and buf.find(b'"successful":true', hend, end) >= 0:
-                    self.last = data if end == len(buf) == len(data) else b""
-                    self.transport.write(req)  # type: ignore[union-attr]
-                else:
-                    kind = "unsuccessful" if status == 200 else f"http_{status}"
-                    self._leave_loop(kind, buf[hend + 4 : end])
-            else:
-                w = self.waiter
-                self.waiter = None
-                if w is not None and not w.done():
-                    w.set_result((status, buf[:hend], buf[hend + 4 : end]))
-                else:
-                    self.stats.error("unexpected_response")
-            buf = buf[end:]
-            if self.transport is None:
-                return
-        self.buf = buf
-
-    # -- use
-    def request(self, data: bytes, timeout: float) -> asyncio.Future[tuple[int, bytes, bytes]]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[int, bytes, bytes]] = loop.create_future()
-        if self.transport is None or self.closed:
-            fut.set_exception(ClientError("closed_idle"))
-            return fut
-        self.waiter = fut
-        self.deadline = time.monotonic() + timeout
-        self.transport.write(data)
-        return fut
-
-    def start_loop(self, req: bytes, on_failure: Any) -> None:
-        self.loop_req = req
-        self.on_loop_failure = on_failure
-        self.deadline = 0.0
-        if self.transport is not None:
-            self.transport.write(req)
-
-    def stop_loop(self) -> None:
-        self.loop_req = None
-
-    def _leave_loop(self, kind: str, body: bytes) -> None:
-        self.loop_req = None
-        cb, self.on_loop_failure = self.on_loop_failure, None
-        if cb is not None:
-            cb(self, kind, body)
-
-    def _protocol_error(self, kind: str) -> None:
-        self.stats.error(kind)
-        self.close()
-
-    def expire(self, now: float) -> None:
-        w = self.waiter
-        if w is not None and self.deadline and now > self.deadline and not w.done():
-            self.waiter = None
-            w.set_exception(ClientError("timeout"))
-            self.close()
-
-    def close(self) -> None:
-        t = self.transport
-        if t is not None and not t.is_closing():
-            t.close()
-
-
-async def open_conn(
-    host: str, port: int, source: str | None, stats: Stats, timeout: float
-) -> HttpConn:
-    """A connected HttpConn from ``source`` (IP_BIND_ADDRESS_NO_PORT before bind)."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if source:
-            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((source, 0))
-        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
-        conn = HttpConn(stats)
-        await loop.create_connection(lambda: conn, sock=sock)
-    except (OSError, TimeoutError) as exc:
-        sock.close()
-        kind = "tcp_timeout" if isinstance(exc, TimeoutError) else "tcp_connect"
-        raise ClientError(kind, str(exc)) from None
-    stats.tcp_opens += 1
-    return conn
-
-
-class Requests:
-    """Prebuilt request bytes for one server URL."""
-
-    def __init__(self, url: str) -> None:
-        u = urlsplit(url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 80
-        self.path = (u.path or "/cometd").rstrip("/") or ""
-        self.hostport = f"{self.host}:{self.port}".encode()
-
-    def post(self, suffix: str, body: bytes, cookie: str | None) -> bytes:
-        head = (
-            b"POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json;charset=UTF-8\r\n"
-            % ((self.path or "").encode(), suffix.encode(), self.hostport)
-        )
-        if cookie:
-            head += b"Cookie: BAYEUX_BROWSER=%s\r\n" % cookie.encode()
-        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-    def handshake(self, cookie: str | None, mid: int) -> bytes:
-        body = (
-            b'[{"channel":"/meta/handshake","version":"1.0","minimumVersion":"1.0",'
-            b'"supportedConnectionTypes":["long-polling"],"id":"%d"}]' % mid
-        )
-        return self.post("/handshake", body, cookie)
-
-    def subscribe(self, cookie: str | None, client_id: str, channel: str, mid: int) -> bytes:
-        body = b'[{"channel":"/meta/subscribe","subscription":"%s","clientId":"%s","id":"%d"}]' % (
-            channel.encode(),
-            client_id.encode(),
-            mid,
-        )
-        return self.post("/", body, cookie)
-
-    def connect(self, cookie: str | None, client_id: str, mid: int) -> bytes:
-        body = (
-            b'[{"channel":"/meta/connect","connectionType":"long-polling","clientId":"%s",'
-            b'"advice":{"timeout":0},"id":"%d"}]' % (client_id.encode(), mid)
-        )
-        return self.post("/connect", body, cookie)
-
-    def disconnect(self, cookie: str | None, client_id: str, mid: int) -> bytes:
-        body = b'[{"channel":"/meta/disconnect","clientId":"%s","id":"%d"}]' % (
-            client_id.encode(),
-            mid,
-        )
-        return self.post("/disconnect", body, cookie)
-
-
-def _reply(status: int, body: bytes, what: str) -> dict[str, Any]:
-    """The first message of a Bayeux reply; ClientError unless successful."""
-    if status != 200:
-        raise ClientError(f"{what}_http_{status}")
-    try:
-        messages = orjson.loads(body)
-        msg = messages[0]
-    except (ValueError, IndexError, TypeError, KeyError):
-        raise ClientError(f"{what}_bad_json") from None
-    if not isinstance(msg, dict):
-        raise ClientError(f"{what}_bad_json")
-    if msg.get("successful") is not True:
-        err = str(msg.get("error") or "unsuccessful")
-        code = err.split(":", 1)[0]
-        raise ClientError(f"{what}_failed_{code}", err)
-    return msg
-
-
-def _cookie(head: bytes) -> str | None:
-    i = head.find(b"BAYEUX_BROWSER=")
-    if i < 0:
-        return None
-    j = i + 15
-    k = j
-    while k < len(head) and head[k : k + 1] not in (b";", b"\r", b"\n", b" "):
-        k += 1
-    return head[j:k].decode("ascii", "replace") or None
-
-
-# =========================================================================== worker
-
-
-class Worker:
-    """One load-generator process: churn clients, or connect/bound loops."""
-
-    def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec = spec
-        self.mode: str = spec["mode"]
-        self.req = Requests(spec["url"])
-        self.stats = Stats()
-        self.conns: set[HttpConn] = set()
-        self.stopping = False
-        self.timeout = float(spec.get("request_timeout", 10.0))
-        self.sources: list[str] = spec.get("source_addrs") or ["127.0.0.1"]
-        self.rng = random.Random(spec.get("seed", 0) + spec.get("index_start", 0))
-        self.ready_clients = 0
-        self.loopers: list[tuple[HttpConn, bytes]] = []
-        self.window: dict[str, Any] = {}
-
-    def out(self, obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    async def sweep(self) -> None:
-        while True:  # ended by cancellation at exit
-            await asyncio.sleep(0.25)
-            now = time.monotonic()
-            for c in list(self.conns):
-                c.expire(now)
-
-    async def _open(self, idx: int) -> HttpConn:
-        conn = await open_conn(
-            self.req.host,
-            self.req.port,
-            self.sources[idx % len(self.sources)],
-            self.stats,
-            self.timeout,
-        )
-        self.conns.add(conn)
-        return conn
-
-    def _drop(self, conn: HttpConn | None) -> None:
-        if conn is not None:
-            conn.close()
-            self.conns.discard(conn)
-
-    # -- churn ------------------------------------------------------------------
-    async def churn_client(self, idx: int) -> None:
-        sp = self.spec
-        r, st = self.req, self.stats
-        cookie: str | None = None
-        conn: HttpConn | None = None
-        mid = 0
-        channel = f"{sp.get('channel', '/bench/churn')}/{idx % max(1, sp.get('channels', 16))}"
-        abandon = float(sp.get("abandon", 0.0))
-        while not self.stopping:
-            t0 = time.perf_counter()
-            try:
-                if conn is None or conn.closed:
-                    conn = await self._open(idx)
-                mid += 1
-                status, head, body = await conn.request(r.handshake(cookie, mid), self.timeout)
-                msg = _reply(status, body, "handshake")
-                client_id = msg.get("clientId")
-                if not isinstance(client_id, str):
-                    raise ClientError("handshake_no_client_id")
-                cookie = _cookie(head) or cookie
-                st.handshakes += 1
-                hist_add(st.hs_hist, (time.perf_counter() - t0) * 1000)
-                if sp.get("subscribe", True):
-                    mid += 1
-                    req = r.subscribe(cookie, client_id, channel, mid)
-                    status, _, body = await conn.request(req, self.timeout)
-                    _reply(status, body, "subscribe")
-                    st.subscribes += 1
-                if sp.get("connect", True):
-                    mid += 1
-                    req = r.connect(cookie, client_id, mid)
-                    status, _, body = await conn.request(req, self.timeout)
-                    _reply(status, body, "connect")
-                    st.connects += 1
-                if abandon and self.rng.random() < abandon:
-                    st.abandoned += 1
-                    self._drop(conn)
-                    conn = None
-                else:
-                    mid += 1
-                    req = r.disconnect(cookie, client_id, mid)
-                    status, _, body = await conn.request(req, self.timeout)
-                    _reply(status, body, "disconnect")
-                    st.disconnects += 1
-                    if not sp.get("reuse_connection", False):
-                        self._drop(conn)
-                        conn = None
-                st.cycles += 1
-                hist_add(st.cycle_hist, (time.perf_counter() - t0) * 1000)
-            except ClientError as exc:
-                st.error(exc.kind)
-                self._drop(conn)
-                conn = None
-                if not self.stopping:
-                    await asyncio.sleep(0.05 + 0.1 * self.rng.random())
-        self._drop(conn)
-
-    # -- connect / bound loops ---------------------------------------------------
-    async def setup_looper(self, idx: int) -> None:
-        r = self.req
-        conn = await self._open(idx)
-        if self.mode == "bound":
-            # Same request shape and size as the engine's connect, fake clientId.
-            req = r.connect(None, "0" * 38, 1)
-        else:
-            status, head, body = await conn.request(r.handshake(None, 1), self.timeout)
-            msg = _reply(status, body, "handshake")
-            cookie = _cookie(head)
-            self.stats.handshakes += 1
-            req = r.connect(cookie, str(msg["clientId"]), 2)
-            # The CometD client's first connect; then the measured loop.
-            status, _, body = await conn.request(req, self.timeout)
-            _reply(status, body, "connect")
-        self.loopers.append((conn, req))
-
-    def loop_failed(self, conn: HttpConn, kind: str, body: bytes) -> None:
-        self.stats.error(kind)
-        if not self.stopping:
-            # Re-establish this client from scratch (rare; counted above).
-            self._drop(conn)
-            asyncio.get_running_loop().create_task(self._relaunch())
-
-    async def _relaunch(self) -> None:
-        await asyncio.sleep(0.1)
-        if self.stopping:
-            return
-        try:
-            await self.setup_looper(self.rng.randrange(1 << 16))
-        except ClientError as exc:
-            self.stats.error(exc.kind)
-            return
-        conn, req = self.loopers[-1]
-        if not self.stopping:
-            conn.start_loop(req, self.loop_failed)
-
-    # -- phases -------------------------------------------------------------------
-    async def setup(self) -> None:
-        if self.mode == "churn":
-            return
-        n = int(self.spec["clients"])
-        sem = asyncio.Semaphore(int(self.spec.get("max_pending", 100)))
-        base = int(self.spec.get("index_start", 0))
-
-        async def one(i: int) -> None:
-            async with sem:
-                for _attempt in range(3):
-                    try:
-                        await self.setup_looper(base + i)
-                        return
-                    except ClientError as exc:
-                        self.stats.error("setup_" + exc.kind)
-                        await asyncio.sleep(0.2)
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-
-    async def run(self, warmup: float, measure: float) -> None:
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[None]] = []
-        if self.mode == "churn":
-            base = int(self.spec.get("index_start", 0))
-            tasks = [
-                loop.create_task(self.churn_client(base + i))
-                for i in range(int(self.spec["clients"]))
-            ]
-        else:
-            for conn, req in self.loopers:
-                conn.start_loop(req, self.loop_failed)
-        await asyncio.sleep(warmup)
-        self.window["start"] = self._mark()
-        await asyncio.sleep(measure)
-        self.window["end"] = self._mark()
-        self.stopping = True
-        for conn, _ in self.loopers:
-            conn.stop_loop()
-        if tasks:
-            # In-flight cycles finish (bounded by the request timeout + sweep).
-            done, pending = await asyncio.wait(tasks, timeout=self.timeout + 1.0)
-            for t in pending:
-                t.cancel()
-        for c in list(self.conns):
-            c.close()
-        await asyncio.sleep(0.05)
-
-    def _mark(self) -> dict[str, Any]:
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "t": time.monotonic(),
-            "cpu_s": ru.ru_utime + ru.ru_stime,
-            **self.stats.snapshot(),
-        }
-
-
-def _diff(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in end.items():
-        a = start.get(k)
-        if isinstance(v, int | float) and isinstance(a, int | float):
-            out[k] = v - a
-        elif isinstance(v, list) and isinstance(a, list):
-            out[k] = [x - y for x, y in zip(v, a, strict=False)]
-        elif isinstance(v, dict) and isinstance(a, dict):
-            out[k] = {kk: vv - a.get(kk, 0) for kk, vv in v.items() if vv - a.get(kk, 0)}
-    return out
-
-
-async def worker_async(spec: dict[str, Any]) -> int:
-    w = Worker(spec)
-    loop = asyncio.get_running_loop()
-    sweeper = loop.create_task(w.sweep())
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    t0 = time.monotonic()
-    await asyncio.wait_for(w.setup(), float(spec.get("setup_timeout", 60.0)))
-    w.out(
-        {
-            "type": "ready",
-            "clients": len(w.loopers) if w.mode != "churn" else spec["clients"],
-            "setup_s": round(time.monotonic() - t0, 3),
-            "errors": dict(w.stats.errors),
-        }
-    )
-    # bounded: the parent sends go within max_seconds, or we leave
-    try:
-        line = await asyncio.wait_for(reader.readline(), float(spec.get("max_seconds", 600)))
-    except TimeoutError:
-        line = b""
-    words = line.decode().split()
-    if len(words) == 3 and words[0] == "go":
-        await w.run(float(words[1]), float(words[2]))
-        res = _diff(w.window["start"], w.window["end"])
-        res["window_s"] = round(res.pop("t"), 4)
-        w.out(
-            {
-                "type": "result",
-                "window": res,
-                "total": w.stats.snapshot(),
-                "rss_bytes": read_rss_bytes(os.getpid()) or 0,
-            }
-        )
-    sweeper.cancel()
-    return 0
-
-
-def worker_main(spec_json: str) -> int:
-    spec = json.loads(spec_json)
-    cpus = spec.get("cpus")
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, set(cpus))
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(worker_async(spec))
-
-
-# =========================================================================== parent side
-
-
-class WorkerProc(LineChild):
-    """A worker child process (this script, ``--worker SPEC``): ready line,
-    go, result line; its stderr is kept for error reports, not echoed."""
-
-    def __init__(self, index: int, spec: dict[str, Any]) -> None:
-        super().__init__(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            f"worker {index}",
-            echo=False,
-        )
-        self.index = index
-        self.spec = spec
-        self.lines: dict[str, dict[str, Any]] = {}
-        self._events = {"ready": asyncio.Event(), "result": asyncio.Event()}
-
-    def on_line(self, d: dict[str, Any]) -> None:
-        kind = d.get("type")
-        if isinstance(kind, str) and kind in self._events:
-            self.lines[kind] = d
-            self._events[kind].set()
-
-    def on_eof(self) -> None:
-        for event in self._events.values():
-            event.set()
-
-    async def _wait_line(self, kind: str, timeout: float, late: str) -> dict[str, Any]:
-        """Its ``kind`` line, waited for at most ``timeout`` s; RunError when
-        late (``late``) or when the worker exited without printing it."""
-        try:
-            await asyncio.wait_for(self._events[kind].wait(), timeout)
-        except TimeoutError:
-            raise RunError(f"worker {self.index} {late} within {timeout:.0f} s") from None
-        line = self.lines.get(kind)
-        if line is None:
-            raise RunError(f"worker {self.index} died:\n" + "\n".join(self.stderr_tail))
-        return line
-
-    async def wait_ready(self, timeout: float) -> dict[str, Any]:
-        return await self._wait_line("ready", timeout, "not ready")
-
-    def go(self, warmup: float, measure: float) -> None:
-        self.send(f"go {warmup} {measure}")
-
-    async def wait_result(self, timeout: float) -> dict[str, Any]:
-        return await self._wait_line("result", timeout, "gave no result")
-
-
-def split_even(n: int, parts: int) -> list[tuple[int, int]]:
-    """(start index, count) per worker, as even as possible, none empty."""
-    return [x for x in split_clients(n, parts) if x[1] > 0]
+# =========================================================================== helpers
 
 
 def cpu_plan(pin: bool) -> tuple[list[int] | None, list[int] | None]:
@@ -758,28 +127,6 @@ def pin_tree(pid: int, cpus: list[int] | None) -> None:
                 os.sched_setaffinity(tid, set(cpus))
 
 
-def worker_specs(
-    args: argparse.Namespace, mode: str, url: str, cpus: list[int] | None, **extra: Any
-) -> list[dict[str, Any]]:
-    """One ``--worker`` spec per load-generator process: its share of
-    --clients, the options every mode takes, then the mode's own ``extra``."""
-    addrs = source_addresses(args.source_addrs)
-    return [
-        {
-            "mode": mode,
-            "url": url,
-            "clients": count,
-            "index_start": start,
-            "source_addrs": addrs,
-            "cpus": cpus,
-            "request_timeout": args.request_timeout,
-            **extra,
-            "max_seconds": 120,
-        }
-        for start, count in split_even(args.clients, args.procs)
-    ]
-
-
 async def start_pinned(
     server: ServerProcess,
     startup_timeout: float,
@@ -794,87 +141,6 @@ async def start_pinned(
     pin_tree(server.pid, cpus)
     log(progress, f"{label} ready at {url} (pid {server.pid}, cpus {cpus or 'any'})")
     return url
-
-
-async def run_workers(
-    *,
-    specs: list[dict[str, Any]],
-    guard: ChildGuard,
-    warmup: float,
-    measure: float,
-    server_pid: int | None,
-    server_alive: Any,
-    ready_timeout: float,
-    result_timeout: float,
-    on_sample: Any = None,
-) -> dict[str, Any]:
-    """Start workers, wait until ready, run one measured window; aggregate.
-
-    Server CPU is read at the start and end of the window (the parent's clock;
-    the workers' windows start within milliseconds of it).
-    """
-    workers = [WorkerProc(i, s) for i, s in enumerate(specs)]
-    try:
-        for w in workers:
-            await w.start(guard)
-        readies = await asyncio.gather(*(w.wait_ready(ready_timeout) for w in workers))
-        for w in workers:
-            w.go(warmup, measure)
-        t_go = time.monotonic()
-        await asyncio.sleep(warmup)
-        cpu0 = tree_cpu_seconds(server_pid) if server_pid else None
-        cores0 = read_cpu_times()
-        lg0 = sum(tree_cpu_seconds(w.pid) or 0.0 for w in workers if w.pid)
-        t0 = time.monotonic()
-        samples = []
-        # bounded by measure
-        while time.monotonic() < t0 + measure:
-            await asyncio.sleep(min(1.0, max(0.0, t0 + measure - time.monotonic())))
-            if server_alive is not None and not server_alive():
-                raise RunError("server exited during the run")
-            if on_sample is not None:
-                samples.append(on_sample(time.monotonic() - t0))
-        cpu1 = tree_cpu_seconds(server_pid) if server_pid else None
-        cores1 = read_cpu_times()
-        lg1 = sum(tree_cpu_seconds(w.pid) or 0.0 for w in workers if w.pid)
-        wall = time.monotonic() - t0
-        results = await asyncio.gather(*(w.wait_result(result_timeout) for w in workers))
-    finally:
-        for w in workers:
-            with contextlib.suppress(Exception):
-                await w.stop(5.0, word=None)
-    agg: dict[str, Any] = {"errors": {}, "hs_hist": None, "cycle_hist": None}
-    setup_errors: dict[str, int] = {}
-    for rd in readies:
-        for k, v in (rd.get("errors") or {}).items():
-            setup_errors[k] = setup_errors.get(k, 0) + v
-    for res in results:
-        win = res["window"]
-        for k, v in win.items():
-            if isinstance(v, int | float) and k != "window_s":
-                agg[k] = agg.get(k, 0) + v
-            elif k == "errors":
-                for ek, ev in v.items():
-                    agg["errors"][ek] = agg["errors"].get(ek, 0) + ev
-            elif k in ("hs_hist", "cycle_hist"):
-                agg[k] = v if agg[k] is None else [a + b for a, b in zip(agg[k], v, strict=False)]
-    windows = [r["window"]["window_s"] for r in results]
-    agg["window_s"] = round(sum(windows) / len(windows), 4)
-    agg["window_spread_s"] = round(max(windows) - min(windows), 4)
-    agg["total_errors"] = {}
-    for res in results:
-        for k, v in (res["total"].get("errors") or {}).items():
-            agg["total_errors"][k] = agg["total_errors"].get(k, 0) + v
-    agg["setup_errors"] = setup_errors
-    agg["clients_ready"] = sum(int(r.get("clients") or 0) for r in readies)
-    agg["server_cpu_s"] = None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 4)
-    agg["parent_wall_s"] = round(wall, 4)
-    agg["go_to_end_s"] = round(time.monotonic() - t_go, 3)
-    agg["loadgen_cpu_tree_s"] = round(lg1 - lg0, 4)
-    agg["loadgen_rss_bytes"] = sum(int(r.get("rss_bytes") or 0) for r in results)
-    agg["samples"] = samples
-    agg["cores"] = cpu_busy(cores0, cores1)
-    return agg
 
 
 def read_cpu_times() -> dict[int, tuple[int, int, int]]:
@@ -950,86 +216,158 @@ def stats_url(url: str) -> str:
     return f"{u.scheme}://{u.netloc}/stats"
 
 
-# =========================================================================== churn scenario
+def _post_json(
+    url: str, body: Any, timeout: float, cookie: str | None = None
+) -> tuple[bytes, str | None]:
+    """POST a JSON body; (the reply's body, its cookie as a ``Cookie`` value)."""
+    headers = {"Content-Type": "application/json"}
+    if cookie:
+        headers["Cookie"] = cookie
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        data: bytes = r.read(65536)
+        set_cookie = r.headers.get("Set-Cookie")
+    return data, set_cookie.split(";", 1)[0] if set_cookie else cookie
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="churn.py",
-        description="Churn scenario: C long-polling clients handshake, subscribe, connect and "
-        "disconnect in a loop (reconnect storms) for T seconds, in R rounds; report "
-        "handshakes/s, errors by kind, server CPU, RSS and /stats sessions at the start, "
-        "after each storm and after it settles; write a JSON record.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--clients", type=int, default=200, help="concurrent clients (C)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of storm per round (T)")
-    p.add_argument("--rounds", type=int, default=2, help="storm + settle rounds (leak check)")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
-    p.add_argument(
-        "--procs", type=int, default=1, help="load generator processes (2 cores: 1 is right)"
-    )
-    p.add_argument("--source-addrs", type=int, default=4, help="source addresses 127.0.0.1..x")
-    p.add_argument(
-        "--abandon",
-        type=float,
-        default=0.1,
-        help="fraction of cycles that end without /meta/disconnect (sessions must expire)",
-    )
-    p.add_argument("--channels", type=int, default=16, help="distinct channels subscribed to")
-    p.add_argument("--no-subscribe", action="store_true", help="cycles without /meta/subscribe")
-    p.add_argument("--no-connect", action="store_true", help="cycles without the first connect")
-    p.add_argument(
-        "--reuse-connection",
-        action="store_true",
-        help="keep the TCP connection across cycles (default: a new one per cycle)",
-    )
-    p.add_argument(
-        "--max-interval", type=int, default=2000, help="server --max-interval, ms (expiry)"
-    )
-    p.add_argument("--timeout", type=int, default=30000, help="server connect timeout, ms")
-    p.add_argument("--request-timeout", type=float, default=10.0, help="client request bound, s")
-    p.add_argument(
-        "--settle-timeout",
-        type=float,
-        default=None,
-        help="bound on waiting for 0 sessions after a storm, s (default 2 * max-interval + 10)",
-    )
-    p.add_argument("--settle", type=float, default=1.0, help="pause before baseline readings, s")
-    p.add_argument(
-        "--server-cmd",
-        default=DEFAULT_SERVER_CMD,
-        help="server command template ({python} {host} {port} {path} {timeout}); "
-        "--admin-token and --max-interval are appended for the default engine command",
-    )
-    p.add_argument("--admin-token", default=None, help="token for /stats (default random)")
-    p.add_argument(
-        "--peer",
-        choices=sorted(PEERS),
-        default=None,
-        help="first run the identical storm against this peer server (no /stats there: "
-        "sessions n/a, a max-interval wait instead of the settle), then against the engine; "
-        "print both and the ratios, write one record with both",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
-    p.add_argument("--path", default="/cometd", help="server path")
-    p.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pin the server to the first CPU and the generators to the others",
-    )
-    p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
-    add_results_dir_arg(p, "where the record goes")
-    p.add_argument("--check", action="store_true", help="exit 2 on errors or leftover sessions")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
-    p.add_argument("--note", default="", help="free text stored in the record")
-    p.add_argument("--seed", type=int, default=1, help="seed of the abandon draws")
-    return p
+def probe_bayeux(url: str, timeout: float = 5.0) -> None:
+    """RunError unless ``url`` answers a Bayeux handshake (the session made is
+    disconnected at once): a wrong URL fails here, clearly, not as a storm of
+    errors."""
+    base = url.rstrip("/")
+    hs = [
+        {
+            "channel": "/meta/handshake",
+            "version": "1.0",
+            "supportedConnectionTypes": ["long-polling"],
+            "id": "1",
+        }
+    ]
+    try:
+        raw, cookie = _post_json(base + "/handshake", hs, timeout)
+    except urllib.error.HTTPError as exc:
+        raise RunError(
+            f"{url} is not a Bayeux server: its handshake got HTTP {exc.code} {exc.reason}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"cannot reach {url}: {exc}") from None
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise RunError(
+            f"{url} is not a Bayeux server: its handshake reply is not JSON ({raw[:80]!r})"
+        ) from None
+    first = reply[0] if isinstance(reply, list) and reply else reply
+    if not isinstance(first, dict) or first.get("channel") != "/meta/handshake":
+        raise RunError(f"{url} is not a Bayeux server: handshake reply {raw[:120]!r}")
+    client_id = first.get("clientId")
+    if first.get("successful") is not True or not isinstance(client_id, str):
+        raise RunError(f"{url} refused the handshake: {raw[:200]!r}")
+    with contextlib.suppress(OSError, ValueError):
+        _post_json(
+            base + "/disconnect",
+            [{"channel": "/meta/disconnect", "clientId": client_id, "id": "2"}],
+            timeout,
+            cookie,  # a session is the browser's: the engine wants its cookie
+        )
+
+
+def loadgen_argv(
+    args: argparse.Namespace, url: str, start: int, count: int, extra: list[str]
+) -> list[str]:
+    """The generator command of clients ``start`` .. ``start + count - 1``."""
+    return [
+        sys.executable,
+        *LOADGEN,
+        "--url",
+        url,
+        "--clients",
+        str(count),
+        "--index-start",
+        str(start),
+        "--source-addrs",
+        ",".join(source_addresses(args.source_addrs)),
+        "--transport",
+        args.transport,
+        "--channel",
+        "/bench/churn/{k}",
+        "--channel-count",
+        str(args.channels),
+        "--ramp-rate",
+        f"{args.ramp_rate / args.procs:.3f}",
+        "--network-delay",
+        str(args.request_timeout),
+        "--report-interval",
+        "0.5",
+        *extra,
+    ]
+
+
+async def start_generators(
+    args: argparse.Namespace,
+    url: str,
+    clients: int,
+    extra: list[str],
+    guard: ChildGuard,
+    cpus: list[int] | None,
+) -> list[Generator]:
+    gens: list[Generator] = []
+    for start, count in split_clients(clients, args.procs):
+        if count:
+            g = Generator(len(gens), loadgen_argv(args, url, start, count, extra))
+            await g.start(guard)
+            gens.append(g)
+            if g.pid is not None:
+                pin_tree(g.pid, cpus)
+    return gens
+
+
+def check_generators(gens: list[Generator]) -> None:
+    for g in gens:
+        if not g.alive() and g.final is None:
+            raise RunError(f"loadgen {g.index} exited early:\n" + "\n".join(g.stderr_tail[-10:]))
+
+
+async def stop_generators(gens: list[Generator]) -> list[dict[str, Any]]:
+    """Stop every generator; their final reports."""
+    await asyncio.gather(*(g.stop(10.0) for g in gens))
+    finals = []
+    for g in gens:
+        if g.final is None:
+            raise RunError(f"loadgen {g.index} gave no final report:\n" + "\n".join(g.stderr_tail))
+        finals.append(g.final)
+    return finals
+
+
+def summed(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The counters of several generators' reports, added up."""
+    out: dict[str, Any] = {k: 0 for k in (*COUNTED, *CHURN_COUNTED)}
+    out["errors"] = {}
+    out["recovered_clients"] = out["rehandshaked"] = out["ever_connected"] = 0
+    out["connected"] = 0
+    for r in reports:
+        for k in COUNTED + ("ever_connected", "connected"):
+            out[k] += int(r.get(k) or 0)
+        churn = r.get("churn") or {}
+        for k in CHURN_COUNTED + ("recovered_clients", "rehandshaked"):
+            out[k] += int(churn.get(k) or 0)
+        for k, v in (r.get("errors") or {}).items():
+            out["errors"][k] = out["errors"].get(k, 0) + v
+    return out
+
+
+def window(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v - start.get(k, 0) for k, v in end.items() if isinstance(v, int)}
+    errs = {k: v - start["errors"].get(k, 0) for k, v in end["errors"].items()}
+    out["errors"] = {k: v for k, v in errs.items() if v}
+    return out
+
+
+# =========================================================================== the phases
 
 
 async def settle_sessions(
-    url: str, token: str, bound: float, server_alive: Any
+    url: str, token: str | None, bound: float, server_alive: Any
 ) -> tuple[int | None, float, dict[str, Any] | None]:
     """Poll /stats until sessions == 0 (bounded); (sessions, seconds waited, stats)."""
     t0 = time.monotonic()
@@ -1044,83 +382,279 @@ async def settle_sessions(
         await asyncio.sleep(0.25)
 
 
+class Target:
+    """The server under test: started here (and restartable), or given by --url."""
+
+    def __init__(self, args: argparse.Namespace, guard: ChildGuard, token: str) -> None:
+        self.args = args
+        self.guard = guard
+        self.token: str | None = token if args.url is None else args.admin_token
+        template = args.server_cmd
+        if args.url is None and template == DEFAULT_SERVER_CMD:
+            template += f" --admin-token {token} --max-interval {args.max_interval}"
+        self.template = template
+        self.server: ServerProcess | None = None
+        self.url: str = args.url or ""
+        self.pid: int | None = args.server_pid
+        self.port = free_port(args.host) if args.url is None else 0
+
+    async def start(self, cpus: list[int] | None, progress: bool) -> str:
+        if self.args.url is None:
+            self.server = ServerProcess.for_args(self.template, self.args, self.port, self.guard)
+            self.url = await start_pinned(
+                self.server, self.args.startup_timeout, cpus, "server", progress
+            )
+            self.pid = self.server.pid
+        return self.url
+
+    def alive(self) -> bool:
+        return self.server is None or self.server.alive()
+
+    def check(self) -> None:
+        if not self.alive():
+            tail = self.server.tail() if self.server is not None else ""
+            raise RunError("server exited during the run:\n" + tail)
+
+    def stats(self) -> dict[str, Any] | None:
+        return http_get_json(stats_url(self.url), self.token) if self.token else None
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+
+    def can_restart(self) -> str | None:
+        """Why the restart phase cannot run (None: it can)."""
+        if self.server is None and not self.args.restart_command:
+            return "skipped: the server was given by --url and no --restart-command"
+        return None
+
+    async def restart(self, cpus: list[int] | None, progress: bool) -> dict[str, Any]:
+        """Restart the server; what it took."""
+        t0 = time.monotonic()
+        if self.server is not None:
+            await self.server.stop()
+            log(progress, "server stopped; starting it again on the same port")
+            await self.start(cpus, progress)
+            return {
+                "how": "stopped and started again",
+                "restart_s": round(time.monotonic() - t0, 3),
+            }
+        cmd = self.args.restart_command
+        log(progress, f"restart: {cmd}")
+        proc = await asyncio.create_subprocess_shell(
+            cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), self.args.restart_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise RunError(
+                f"--restart-command did not end within {self.args.restart_timeout:.0f} s"
+            ) from None
+        if proc.returncode:
+            text = err.decode("utf-8", "replace")[-500:]
+            raise RunError(f"--restart-command exited {proc.returncode}: {text}")
+        return {"how": f"--restart-command {cmd}", "restart_s": round(time.monotonic() - t0, 3)}
+
+
+async def run_storm(
+    args: argparse.Namespace,
+    target: Target,
+    guard: ChildGuard,
+    cpus: tuple[list[int] | None, list[int] | None],
+    rnd: int,
+) -> dict[str, Any]:
+    """One storm: generators in --churn mode for warm-up + duration seconds."""
+    extra = [
+        "--churn",
+        "--churn-pause-ms",
+        str(args.churn_pause_ms),
+        "--churn-abandon",
+        str(args.abandon),
+        "--max-seconds",
+        f"{args.warmup + args.duration + 60:.0f}",
+        "--max-pending",
+        str(args.clients),
+    ]
+    pid = target.pid
+    peak = [tree_rss_bytes(pid) or 0 if pid else 0]
+    gens = await start_generators(args, target.url, args.clients, extra, guard, cpus[1])
+    try:
+        await asyncio.sleep(args.warmup)
+        check_generators(gens)
+        target.check()
+        for g in gens:
+            g.send("churn-window")  # latencies of the measured window (and its last ms)
+        start = summed(await asyncio.gather(*(g.report("start", 10.0) for g in gens)))
+        cpu0 = tree_cpu_seconds(pid) if pid else None
+        lg0 = sum(tree_cpu_seconds(g.pid) or 0.0 for g in gens if g.pid)
+        cores0 = read_cpu_times()
+        t0 = time.monotonic()
+        samples = []
+        # bounded by --duration
+        while time.monotonic() < t0 + args.duration:
+            await asyncio.sleep(min(1.0, max(0.0, t0 + args.duration - time.monotonic())))
+            check_generators(gens)
+            target.check()
+            rss = tree_rss_bytes(pid) if pid else None
+            if rss:
+                peak[0] = max(peak[0], rss)
+            samples.append(
+                {
+                    "t": round(time.monotonic() - t0, 2),
+                    "rss": rss,
+                    "cpu": tree_cpu_seconds(pid) if pid else None,
+                }
+            )
+        end = summed(await asyncio.gather(*(g.report("end", 10.0) for g in gens)))
+        wall = time.monotonic() - t0
+        cpu1 = tree_cpu_seconds(pid) if pid else None
+        lg1 = sum(tree_cpu_seconds(g.pid) or 0.0 for g in gens if g.pid)
+        cores = cpu_busy(cores0, read_cpu_times())
+    finally:
+        finals = await stop_generators(gens)
+    total = summed(finals)
+    return {
+        "round": rnd,
+        "window": window(start, end),
+        "window_s": round(wall, 3),
+        "total": total,
+        "handshake_ms": Latencies.summary([f["churn"]["handshake_hist"] for f in finals]),
+        "first_connect_ms": Latencies.summary([f["churn"]["first_connect_hist"] for f in finals]),
+        "server_cpu_s": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 4),
+        "loadgen_cpu_s": round(lg1 - lg0, 4),
+        "cores": cores,
+        "samples": samples,
+        "rss_peak_bytes": peak[0] or None,
+    }
+
+
+async def run_restart(
+    args: argparse.Namespace,
+    target: Target,
+    guard: ChildGuard,
+    cpus: tuple[list[int] | None, list[int] | None],
+    progress: bool,
+) -> dict[str, Any]:
+    """N connected clients, the server restarted, every client back (bounded)."""
+    n = args.restart_clients
+    why_not = target.can_restart()
+    if why_not is not None:
+        log(progress, f"restart phase {why_not}")
+        return {"clients": n, "skipped": why_not}
+    extra = [
+        # The JS client never gives up; the phase is bounded by --restart-timeout.
+        "--max-attempts",
+        "1000000",
+        "--backoff-ms",
+        str(args.restart_backoff_ms),
+        "--max-seconds",
+        f"{args.restart_timeout * 3 + 60:.0f}",
+    ]
+    log(progress, f"restart phase: {n} clients connect")
+    gens = await start_generators(args, target.url, n, extra, guard, cpus[1])
+    try:
+        deadline = time.monotonic() + args.restart_timeout
+        # bounded by --restart-timeout
+        while True:
+            await asyncio.sleep(0.25)
+            check_generators(gens)
+            target.check()
+            now = summed([g.latest for g in gens])
+            if now["connected"] >= n or time.monotonic() > deadline:
+                break
+        connected_before = now["connected"]
+        if connected_before < n:
+            raise RunError(
+                f"restart phase: only {connected_before} of {n} clients connected "
+                f"within {args.restart_timeout:.0f} s, before any restart"
+            )
+        await asyncio.sleep(0.5)  # the clients' long-polls are held now
+        t_restart = time.monotonic()
+        restart = await target.restart(cpus[0], progress)
+        deadline = time.monotonic() + args.restart_timeout
+        all_back_s = None
+        # bounded by --restart-timeout
+        while True:
+            await asyncio.sleep(0.25)
+            check_generators(gens)
+            target.check()
+            now = summed([g.latest for g in gens])
+            if now["recovered_clients"] >= connected_before:
+                # as the reports show it: within their 0.5 s period
+                all_back_s = round(time.monotonic() - t_restart, 2)
+                break
+            if time.monotonic() > deadline:
+                break
+        await asyncio.sleep(0.5)  # a last report after the last reconnection
+        sessions = target.stats()
+    finally:
+        finals = await stop_generators(gens)
+    total = summed(finals)
+    recovered = min(total["recovered_clients"], connected_before)
+    out = {
+        "clients": n,
+        "connected_before": connected_before,
+        **restart,
+        "reconnected": recovered,
+        "rehandshaked": total["rehandshaked"],
+        "lost": connected_before - recovered,
+        "all_back_after_s": all_back_s,
+        "gave_up": total["gave_up"],
+        "reconnect_ms": Latencies.summary([f["churn"]["recovery_hist"] for f in finals]),
+        "sessions_after": None if sessions is None else sessions.get("sessions"),
+        "errors": dict(sorted(total["errors"].items(), key=lambda kv: -kv[1])),
+    }
+    ms = out["reconnect_ms"]
+    log(
+        progress,
+        f"  {recovered}/{connected_before} back ({out['rehandshaked']} re-handshaked, "
+        f"{out['lost']} lost), reconnect p50/p99/max {ms['p50']}/{ms['p99']}/{ms['max']} ms",
+    )
+    return out
+
+
 async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     progress = not args.no_progress
     token = args.admin_token or secrets.token_hex(12)
-    template = args.server_cmd
-    if template == DEFAULT_SERVER_CMD:
-        template += f" --admin-token {token} --max-interval {args.max_interval}"
-    server_cpus, gen_cpus = cpu_plan(args.pin)
-    port = free_port(args.host)
-    server = ServerProcess.for_args(template, args, port, guard)
+    cpus = cpu_plan(args.pin and args.url is None)
+    target = Target(args, guard, token)
     try:
-        url = await start_pinned(server, args.startup_timeout, server_cpus, "server", progress)
-        pid = server.pid
-        assert pid is not None
+        url = await target.start(cpus[0], progress)
+        await asyncio.to_thread(probe_bayeux, url)
         await asyncio.sleep(args.settle)
-        base_stats = await asyncio.to_thread(http_get_json, stats_url(url), token)
-        rss_base = tree_rss_bytes(pid)
-        rounds = []
+        pid = target.pid
+        base_stats = await asyncio.to_thread(target.stats)
+        rss_base = tree_rss_bytes(pid) if pid else None
         settle_bound = (
             args.settle_timeout
             if args.settle_timeout is not None
             else 2 * args.max_interval / 1000 + 10
         )
+        rounds = []
         for rnd in range(1, args.rounds + 1):
-            specs = worker_specs(
-                args,
-                "churn",
-                url,
-                gen_cpus,
-                abandon=args.abandon,
-                channels=args.channels,
-                subscribe=not args.no_subscribe,
-                connect=not args.no_connect,
-                reuse_connection=args.reuse_connection,
-                seed=args.seed + 1000 * rnd,
-            )
             log(
                 progress,
-                f"round {rnd}/{args.rounds}: {args.clients} clients for "
+                f"round {rnd}/{args.rounds}: {args.clients} {args.transport} clients for "
                 f"{args.warmup + args.duration:.0f} s",
             )
-            peak = [rss_base or 0]
-
-            def sample(t: float, peak: list[int] = peak) -> dict[str, Any]:
-                r = tree_rss_bytes(pid)
-                if r:
-                    peak[0] = max(peak[0], r)
-                return {"t": round(t, 2), "rss": r, "cpu": tree_cpu_seconds(pid)}
-
-            agg = await run_workers(
-                specs=specs,
-                guard=guard,
-                warmup=args.warmup,
-                measure=args.duration,
-                server_pid=pid,
-                server_alive=server.alive,
-                ready_timeout=30.0,
-                result_timeout=args.request_timeout + 15.0,
-                on_sample=sample,
-            )
-            rss_end = tree_rss_bytes(pid)
-            end_stats = await asyncio.to_thread(http_get_json, stats_url(url), token)
+            storm = await run_storm(args, target, guard, cpus, rnd)
+            rss_end = tree_rss_bytes(pid) if pid else None
+            end_stats = await asyncio.to_thread(target.stats)
             if base_stats is None:  # no /stats (another server): wait for expiry instead
-                await asyncio.sleep(args.max_interval / 1000 + 1.0)
-                sessions_left, waited, settled_stats = None, args.max_interval / 1000 + 1.0, None
+                waited = args.max_interval / 1000 + 1.0
+                await asyncio.sleep(waited)
+                sessions_left, settled_stats = None, None
             else:
                 sessions_left, waited, settled_stats = await settle_sessions(
-                    url, token, settle_bound, server.alive
+                    url, target.token, settle_bound, target.alive
                 )
             await asyncio.sleep(0.5)
-            rss_settled = tree_rss_bytes(pid)
-            rounds.append(
+            storm.update(
                 {
-                    "round": rnd,
-                    "window": agg,
-                    "rss_peak_bytes": peak[0],
                     "rss_end_bytes": rss_end,
-                    "rss_settled_bytes": rss_settled,
+                    "rss_settled_bytes": tree_rss_bytes(pid) if pid else None,
                     "sessions_at_end": None if end_stats is None else end_stats.get("sessions"),
                     "sessions_settled": sessions_left,
                     "settle_s": waited,
@@ -1132,36 +666,41 @@ async def run_churn(args: argparse.Namespace, guard: ChildGuard) -> dict[str, An
                     else settled_stats.get("connections"),
                 }
             )
-            w = agg
+            rounds.append(storm)
+            w = storm["window"]
             log(
                 progress,
-                f"  {w.get('handshakes', 0) / w['window_s']:,.0f} handshakes/s, "
+                f"  {w['handshakes'] / storm['window_s']:,.0f} handshakes/s, "
                 f"errors {sum(w['errors'].values())}, sessions after settle {sessions_left} "
-                f"({waited} s), RSS {human_bytes(rss_settled)}",
+                f"({waited} s), RSS {human_bytes(storm['rss_settled_bytes'])}",
             )
+        restart = None
+        if args.restart_clients:
+            restart = await run_restart(args, target, guard, cpus, progress)
         return {
             "url": url,
-            "server_argv": server.argv,
+            "server_argv": target.server.argv if target.server is not None else None,
             "server_pid": pid,
             "token": token,
-            "cpus": {"server": server_cpus, "loadgen": gen_cpus},
+            "cpus": {"server": cpus[0], "loadgen": cpus[1]},
             "rss_baseline": rss_base,
             "base_stats": base_stats,
             "rounds": rounds,
+            "restart": restart,
         }
     finally:
-        await server.stop()
+        await target.stop()
+
+
+# =========================================================================== record
 
 
 def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
-    rounds = out["rounds"]
     per_round = []
-    for r in rounds:
+    for r in out["rounds"]:
         w = r["window"]
-        s = w["window_s"] or 1.0
+        s = wall = r["window_s"] or 1.0
         hs = w.get("handshakes", 0)
-        hsh = w.get("hs_hist") or []
-        cyh = w.get("cycle_hist") or []
         per_round.append(
             {
                 "round": r["round"],
@@ -1176,23 +715,23 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
                 "abandoned": w.get("abandoned", 0),
                 "errors": w["errors"],
                 "errors_total": sum(w["errors"].values()),
-                "errors_whole_run": w["total_errors"],
-                "handshake_ms": {q: percentile_ms(hsh, HIST_EDGES_MS, v) for q, v in _QS},
-                "cycle_ms": {q: percentile_ms(cyh, HIST_EDGES_MS, v) for q, v in _QS},
-                "server_cpu_s": w["server_cpu_s"],
+                "errors_whole_run": r["total"]["errors"],
+                "handshake_ms": r["handshake_ms"],
+                "handshake_to_connect_ms": r["first_connect_ms"],
+                "server_cpu_s": r["server_cpu_s"],
                 "server_cpu_percent": None
-                if w["server_cpu_s"] is None
-                else round(100 * w["server_cpu_s"] / w["parent_wall_s"], 1),
+                if r["server_cpu_s"] is None
+                else round(100 * r["server_cpu_s"] / wall, 1),
                 "server_cpu_per_handshake_us": None
-                if not hs or w["server_cpu_s"] is None
-                else round(1e6 * w["server_cpu_s"] / hs, 1),
-                "loadgen_cpu_percent": round(100 * w["loadgen_cpu_tree_s"] / w["parent_wall_s"], 1),
-                "cores": w.get("cores"),
+                if not hs or r["server_cpu_s"] is None
+                else round(1e6 * r["server_cpu_s"] / hs, 1),
+                "loadgen_cpu_percent": round(100 * r["loadgen_cpu_s"] / wall, 1),
+                "cores": r["cores"],
                 "server_core_busy_percent": cores_mean(
-                    w.get("cores") or {}, out["cpus"]["server"], "busy_percent"
+                    r["cores"], out["cpus"]["server"], "busy_percent"
                 ),
                 "loadgen_cores_busy_percent": cores_mean(
-                    w.get("cores") or {}, out["cpus"]["loadgen"], "busy_percent"
+                    r["cores"], out["cpus"]["loadgen"], "busy_percent"
                 ),
                 "rss_peak_bytes": r["rss_peak_bytes"],
                 "rss_end_bytes": r["rss_end_bytes"],
@@ -1203,7 +742,7 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
                 "connections_settled": r["connections_settled"],
                 "sessions_expired_total": (r["counters_settled"] or {}).get("sessions_expired"),
                 "handshakes_total_server": (r["counters_settled"] or {}).get("handshakes"),
-                "samples": w["samples"],
+                "samples": r["samples"],
             }
         )
     for pr in per_round:
@@ -1222,6 +761,7 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
     total_s = sum(r["window_s"] for r in per_round)
     results = {
         "clients": args.clients,
+        "transport": args.transport,
         "handshakes_per_s": round(total_hs / total_s, 1) if total_s else None,
         "cycles_per_s": (
             round(sum(r["cycles"] for r in per_round) / total_s, 1) if total_s else None
@@ -1229,12 +769,13 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
         "errors_total": sum(r["errors_total"] for r in per_round),
         "errors": _merge([r["errors_whole_run"] for r in per_round]),
         "handshake_ms": last["handshake_ms"],
+        "handshake_to_connect_ms": last["handshake_to_connect_ms"],
         "server_cpu_per_handshake_us": last["server_cpu_per_handshake_us"],
         "server_cpu_percent": last["server_cpu_percent"],
         "loadgen_cpu_percent": last["loadgen_cpu_percent"],
         "limited_by": last["limited_by"],
         "rss_baseline_bytes": base,
-        "rss_peak_bytes": max((r["rss_peak_bytes"] or 0) for r in per_round),
+        "rss_peak_bytes": max((r["rss_peak_bytes"] or 0) for r in per_round) or None,
         "rss_settled_bytes": last["rss_settled_bytes"],
         "rss_settled_over_baseline": None
         if not base or not last["rss_settled_bytes"]
@@ -1243,6 +784,7 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
         "sessions_at_start": (out["base_stats"] or {}).get("sessions"),
         "sessions_settled": last["sessions_settled"],
         "rounds": per_round,
+        "restart": out["restart"],
         "server_pid": out["server_pid"],
         "cpus": out["cpus"],
     }
@@ -1252,7 +794,8 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
         if k not in ("admin_token",)
     }
     parameters["url"] = out["url"]
-    parameters["server_cmd"] = shell_join(out["server_argv"]).replace(out["token"], "TOKEN")
+    if out["server_argv"] is not None:
+        parameters["server_cmd"] = shell_join(out["server_argv"]).replace(out["token"], "TOKEN")
     return {"parameters": parameters, "results": results}
 
 
@@ -1265,65 +808,6 @@ def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
         for k, v in d.items():
             out[k] = out.get(k, 0) + v
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
-def churn_table(record: dict[str, Any]) -> str:
-    r = record["results"]
-    p = record["parameters"]
-    rows: list[tuple[str, str]] = [
-        ("clients / rounds x seconds", f"{p['clients']} / {p['rounds']} x {p['duration']:.0f}"),
-        ("handshakes / s", f"{r['handshakes_per_s']:,.0f}"),
-        ("cycles / s", f"{r['cycles_per_s']:,.0f}"),
-        ("errors (all rounds)", f"{r['errors_total']:,}"),
-    ]
-    for rd in r["rounds"]:
-        n = rd["round"]
-        rows += [
-            (
-                f"round {n}: handshakes/s, req/s",
-                f"{rd['handshakes_per_s']:,.0f}, {rd['requests_per_s']:,.0f}",
-            ),
-            (
-                f"round {n}: handshake p50/p99 ms",
-                f"<= {na(rd['handshake_ms']['p50'], '{:.2f}')} / "
-                f"<= {na(rd['handshake_ms']['p99'], '{:.2f}')}",
-            ),
-            (
-                f"round {n}: server CPU, per handshake",
-                f"{rd['server_cpu_percent']} %, {rd['server_cpu_per_handshake_us']} us",
-            ),
-            (f"round {n}: loadgen CPU", f"{rd['loadgen_cpu_percent']} %"),
-            (
-                f"round {n}: cores busy server / loadgen",
-                f"{rd['server_core_busy_percent']} / {rd['loadgen_cores_busy_percent']} %",
-            ),
-            (f"round {n}: limited by", rd["limited_by"]),
-            (
-                f"round {n}: sessions end / settled",
-                f"{rd['sessions_at_end']} / {rd['sessions_settled']} ({rd['settle_s']} s)",
-            ),
-            (
-                f"round {n}: RSS peak / settled",
-                f"{human_bytes(rd['rss_peak_bytes'])} / {human_bytes(rd['rss_settled_bytes'])}",
-            ),
-        ]
-    rows += [
-        ("server RSS baseline", human_bytes(r["rss_baseline_bytes"])),
-        ("server RSS settled / baseline", f"{r['rss_settled_over_baseline']}"),
-        (
-            "RSS growth after round 1, per handshake",
-            "n/a"
-            if r["rss_growth_after_first_round_per_handshake_bytes"] is None
-            else f"{r['rss_growth_after_first_round_per_handshake_bytes']:.2f} B",
-        ),
-        ("sessions at start / settled", f"{r['sessions_at_start']} / {r['sessions_settled']}"),
-    ]
-    label = record.get("label")
-    title = f"churn scenario, {p['clients']} clients" + (f" -- {label}" if label else "")
-    table = format_table(rows, title=title)
-    if r["errors"]:
-        table += "\n  errors: " + ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:10])
-    return table
 
 
 def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
@@ -1360,10 +844,221 @@ def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> 
     }
 
 
+def _ms(d: dict[str, Any] | None, key: str) -> str:
+    return na((d or {}).get(key), "{:.2f}")
+
+
+def churn_table(record: dict[str, Any]) -> str:
+    r = record["results"]
+    p = record["parameters"]
+    rows: list[tuple[str, str]] = [
+        ("clients / rounds x seconds", f"{p['clients']} / {p['rounds']} x {p['duration']:.0f}"),
+        ("transport", str(r.get("transport", "long-polling"))),
+        ("handshakes / s", na(r["handshakes_per_s"], "{:,.0f}")),
+        ("cycles / s", na(r["cycles_per_s"], "{:,.0f}")),
+        ("errors (all rounds)", f"{r['errors_total']:,}"),
+    ]
+    for rd in r["rounds"]:
+        n = rd["round"]
+        hs, hc = rd["handshake_ms"], rd["handshake_to_connect_ms"]
+        rows += [
+            (
+                f"round {n}: handshakes/s, req/s",
+                f"{rd['handshakes_per_s']:,.0f}, {rd['requests_per_s']:,.0f}",
+            ),
+            (f"round {n}: handshake p50/p99 ms", f"{_ms(hs, 'p50')} / {_ms(hs, 'p99')}"),
+            (
+                f"round {n}: handshake -> connect p50/p99 ms",
+                f"{_ms(hc, 'p50')} / {_ms(hc, 'p99')}",
+            ),
+            (
+                f"round {n}: server CPU, per handshake",
+                f"{rd['server_cpu_percent']} %, {rd['server_cpu_per_handshake_us']} us",
+            ),
+            (f"round {n}: loadgen CPU", f"{rd['loadgen_cpu_percent']} %"),
+            (
+                f"round {n}: cores busy server / loadgen",
+                f"{rd['server_core_busy_percent']} / {rd['loadgen_cores_busy_percent']} %",
+            ),
+            (f"round {n}: limited by", rd["limited_by"]),
+            (
+                f"round {n}: sessions end / settled",
+                f"{rd['sessions_at_end']} / {rd['sessions_settled']} ({rd['settle_s']} s)",
+            ),
+            (
+                f"round {n}: RSS peak / settled",
+                f"{human_bytes(rd['rss_peak_bytes'])} / {human_bytes(rd['rss_settled_bytes'])}",
+            ),
+        ]
+    rows += [
+        ("server RSS baseline", human_bytes(r["rss_baseline_bytes"])),
+        ("server RSS settled / baseline", f"{r['rss_settled_over_baseline']}"),
+        (
+            "RSS growth after round 1, per handshake",
+            "n/a"
+            if r["rss_growth_after_first_round_per_handshake_bytes"] is None
+            else f"{r['rss_growth_after_first_round_per_handshake_bytes']:.2f} B",
+        ),
+        ("sessions at start / settled", f"{r['sessions_at_start']} / {r['sessions_settled']}"),
+    ]
+    rs = r.get("restart")
+    if rs and rs.get("skipped"):
+        rows.append(("restart", rs["skipped"]))
+    elif rs:
+        ms = rs["reconnect_ms"]
+        rows += [
+            (
+                "restart: back / re-handshaked / lost",
+                f"{rs['reconnected']} / {rs['rehandshaked']} / {rs['lost']} "
+                f"of {rs['connected_before']}",
+            ),
+            (
+                "restart: drop -> connect p50/p99/max ms",
+                f"{_ms(ms, 'p50')} / {_ms(ms, 'p99')} / {_ms(ms, 'max')}",
+            ),
+            ("restart: server restart took", f"{rs['restart_s']} s ({rs['how']})"),
+            ("restart: all back after", f"{na(rs.get('all_back_after_s'), '{:.1f}')} s"),
+        ]
+    label = record.get("label")
+    title = f"churn scenario, {p['clients']} clients" + (f" -- {label}" if label else "")
+    table = format_table(rows, title=title)
+    if r["errors"]:
+        table += "\n  errors: " + ", ".join(f"{k}={v}" for k, v in list(r["errors"].items())[:10])
+    return table
+
+
+# =========================================================================== command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="churn.py",
+        description="Churn scenario: C clients (long-polling or WebSocket) handshake, subscribe, "
+        "connect and disconnect in a loop (reconnect storms) for T seconds, in R rounds; then "
+        "N clients connected through a server restart. Reports handshakes/s, errors by kind, "
+        "latencies, server CPU, RSS and /stats sessions (leaks), the time every client took to "
+        "reconnect after the restart; writes a JSON record.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--clients", type=int, default=200, help="concurrent clients (C)")
+    p.add_argument("--transport", default="long-polling", choices=("long-polling", "websocket"))
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of storm per round (T)")
+    p.add_argument("--rounds", type=int, default=2, help="storm + settle rounds (leak check)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before the measured window")
+    p.add_argument(
+        "--procs", type=int, default=1, help="load generator processes (2 cores: 1 is right)"
+    )
+    p.add_argument("--source-addrs", type=int, default=4, help="source addresses 127.0.0.1..x")
+    p.add_argument("--ramp-rate", type=float, default=2000.0, help="clients started per second")
+    p.add_argument(
+        "--abandon",
+        type=float,
+        default=0.1,
+        help="fraction of cycles that end without /meta/disconnect (sessions must expire)",
+    )
+    p.add_argument(
+        "--churn-pause-ms", type=float, default=0.0, help="pause of a client between cycles, ms"
+    )
+    p.add_argument("--channels", type=int, default=16, help="distinct channels subscribed to")
+    p.add_argument(
+        "--restart-clients",
+        type=int,
+        default=50,
+        help="clients connected through the server restart (0: no restart phase)",
+    )
+    p.add_argument(
+        "--restart-command",
+        default=None,
+        help="with --url: shell command that restarts that server (without it the restart "
+        "phase is skipped); the server the scenario starts is restarted by the scenario",
+    )
+    p.add_argument(
+        "--restart-timeout",
+        type=float,
+        default=30.0,
+        help="bound on the clients connecting, on --restart-command and on every client "
+        "being back after the restart, s",
+    )
+    p.add_argument(
+        "--restart-backoff-ms",
+        type=int,
+        default=1000,
+        help="the clients' back-off added per failed reconnect (the CometD JS client's "
+        "default), ms",
+    )
+    p.add_argument(
+        "--max-interval", type=int, default=2000, help="server --max-interval, ms (expiry)"
+    )
+    p.add_argument("--timeout", type=int, default=30000, help="server connect timeout, ms")
+    p.add_argument("--request-timeout", type=float, default=10.0, help="client reply bound, s")
+    p.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=None,
+        help="bound on waiting for 0 sessions after a storm, s (default 2 * max-interval + 10)",
+    )
+    p.add_argument("--settle", type=float, default=1.0, help="pause before baseline readings, s")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--server-cmd",
+        default=DEFAULT_SERVER_CMD,
+        help="server command template ({python} {host} {port} {path} {timeout}); "
+        "--admin-token and --max-interval are appended for the default engine command",
+    )
+    src.add_argument("--url", default=None, help="use an already running server at this URL")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: pid of the server (RSS and CPU of it and its descendants)",
+    )
+    p.add_argument(
+        "--admin-token",
+        default=None,
+        help="token for the engine's /stats (default: random for the server started here; "
+        "with --url: sessions are read only when it is given)",
+    )
+    p.add_argument(
+        "--peer",
+        choices=sorted(PEERS),
+        default=None,
+        help="first run the identical storm against this peer server (no /stats there: "
+        "sessions n/a, a max-interval wait instead of the settle), then against the engine; "
+        "print both and the ratios, write one record with both",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    p.add_argument("--path", default="/cometd", help="server path")
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the server to the first CPU and the generators to the others",
+    )
+    p.add_argument("--startup-timeout", type=float, default=30.0, help="server start bound, s")
+    add_results_dir_arg(p, "where the record goes")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 2 on errors, leftover sessions or clients lost by the restart",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--note", default="", help="free text stored in the record")
+    return p
+
+
+def check_failed(results: dict[str, Any]) -> str | None:
+    """Why --check fails (None: it passes)."""
+    if results["errors_total"]:
+        return f"{results['errors_total']} errors"
+    if results["sessions_settled"] not in (0, None):
+        return f"{results['sessions_settled']} sessions left after settling"
+    restart = results.get("restart") or {}
+    if restart.get("lost"):
+        return f"{restart['lost']} clients not back after the restart"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    raw = sys.argv[1:] if argv is None else argv
-    if raw[:1] == ["--worker"] and len(raw) == 2:
-        return worker_main(raw[1])
     args = build_parser().parse_args(argv)
     if args.clients < 1 or args.duration <= 0 or args.rounds < 1 or args.procs < 1:
         raise SystemExit("churn.py: --clients, --duration, --rounds and --procs must be positive")
@@ -1371,8 +1066,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("churn.py: --abandon is a fraction in 0..1")
     if not 1 <= args.source_addrs <= 254:
         raise SystemExit("churn.py: --source-addrs must be in 1..254")
-    if not args.host.startswith("127."):
-        raise SystemExit("churn.py: --host must be a loopback address")
+    if args.restart_clients < 0 or args.restart_timeout <= 0 or args.churn_pause_ms < 0:
+        raise SystemExit(
+            "churn.py: --restart-clients and --churn-pause-ms must be >= 0, "
+            "--restart-timeout positive"
+        )
+    if args.restart_command and args.url is None:
+        raise SystemExit("churn.py: --restart-command is for a server given by --url")
+    if args.server_pid is not None and args.url is None:
+        raise SystemExit("churn.py: --server-pid is for a server given by --url")
+    if args.url is not None and not args.url.startswith(("http://", "https://")):
+        raise SystemExit(f"churn.py: --url must be an http:// URL, got {args.url!r}")
+    check_loopback("churn.py", args)
     args.procs = min(args.procs, args.clients)
     record = run_scenario(
         SCENARIO,
@@ -1391,9 +1096,9 @@ def main(argv: list[str] | None = None) -> int:
         churn_table,
         f"churn side by side, {args.clients} clients",
     )
-    r = record["results"]
-    if args.check and (r["errors_total"] or r["sessions_settled"] != 0):
-        sys.stderr.write("churn.py: --check failed: errors or sessions left after settling\n")
+    why = check_failed(record["results"]) if args.check else None
+    if why is not None:
+        sys.stderr.write(f"churn.py: --check failed: {why}\n")
         return 2
     return 0
 

@@ -85,6 +85,7 @@ Control and reports (for ``bench/idle.py``; the tool also runs alone):
   every ``--report-interval`` seconds, on request, and a last one with
   ``"final": true``.
 - stdin (when it is a pipe): ``report TAG`` -> a stats line carrying ``"tag"``;
+  ``churn-window`` -> the churn latencies start anew (the end of a warm-up);
   ``stop`` or end of file -> close every connection, final report, exit.
 - SIGTERM/SIGINT stop the same way; ``--max-seconds`` bounds the whole run.
 
@@ -100,6 +101,13 @@ row or on ``reconnect: "none"``), ``cycles`` (held connects completed),
 ``heartbeats`` (those without events: the lateness samples), ``messages``
 (events received), ``timeouts_spared`` (sweep candidates whose reply was
 already in), ``loop_lags`` (sweeps more than 100 ms late).
+
+Churn (``--churn``, the churn scenario's storms): each client loops
+handshake, subscribe, first connect, ``/meta/disconnect`` (POST
+``<base>/disconnect``), connection closed, ``--churn-pause-ms``; the report's
+``churn`` object counts the cycles and carries the handshake, handshake ->
+first connect and drop -> reconnect latencies (see the "churn and restart"
+section).
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ import bisect
 import errno
 import gc
 import os
+import random
 import resource
 import signal
 import socket
@@ -125,6 +134,7 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 import uvloop
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from engine.load.histogram import hist_add
 from engine.load.procs import read_rss_bytes
@@ -158,8 +168,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0o4000)
 
 # What a client is waiting for (the kind of the request in flight).
-HANDSHAKE, SUBSCRIBE, CONNECT = 0, 1, 2
-KIND_NAMES = ("handshake", "subscribe", "connect")
+HANDSHAKE, SUBSCRIBE, CONNECT, DISCONNECT = 0, 1, 2, 3  # DISCONNECT: --churn only
+KIND_NAMES = ("handshake", "subscribe", "connect", "disconnect")
 
 # Client life cycle.
 NEW, ACTIVE, STOPPED = 0, 1, 2
@@ -746,6 +756,8 @@ class BayeuxClient:
         "timer",
         "start_time",
         "last_seq",
+        "handshake_at",  # churn/restart section: when the last handshake was sent
+        "dropped_at",  # churn/restart section: when the connected client last dropped
     )
 
     def __init__(self, gen: LoadGenerator, index: int, source: str, channel: str | None) -> None:
@@ -773,6 +785,8 @@ class BayeuxClient:
         self.timer: asyncio.TimerHandle | None = None
         self.start_time = 0.0
         self.last_seq = -1  # fan-out: the last hot event's data.seq
+        self.handshake_at = 0.0
+        self.dropped_at: float | None = None
 
     # life cycle -------------------------------------------------------------
 
@@ -806,6 +820,7 @@ class BayeuxClient:
     # requests ----------------------------------------------------------------
 
     def handshake(self) -> None:
+        self.handshake_at = self.gen.loop.time()
         self.client_id = None
         self.timeout_ms = DEFAULT_TIMEOUT_MS  # JS resets advice before a handshake
         self.interval_ms = DEFAULT_INTERVAL_MS
@@ -1003,6 +1018,8 @@ class BayeuxClient:
         ok = reply.get("successful") is True
         if kind == CONNECT:
             self._connect_reply(reply, ok, events)
+        elif kind == DISCONNECT:
+            churn_disconnect_reply(self, reply, ok)
         elif kind == HANDSHAKE:
             self._handshake_reply(reply, ok)
         else:
@@ -1038,6 +1055,7 @@ class BayeuxClient:
         cid = reply.get("clientId")
         if ok and type(cid) is str and cid:
             stats.handshakes += 1
+            self.gen.churn_stats.handshake_ms(self.gen.loop.time() - self.sent_at)
             self.client_id = cid
             if self.reconnect == "none":
                 self.give_up("handshake_reconnect_none")
@@ -1049,7 +1067,7 @@ class BayeuxClient:
                 self._later(self.interval_ms, self.connect)
             return
         stats.handshake_failures += 1
-        stats.error("handshake:" + str(reply.get("error", "unsuccessful")))
+        stats.error("handshake:" + error_kind(reply))
         self._failed_event()
         action = self.reconnect or "handshake"
         if action == "none":
@@ -1064,7 +1082,7 @@ class BayeuxClient:
         else:
             # The JS client does not retry a subscription; neither do we.
             stats.subscribe_failures += 1
-            stats.error("subscribe:" + str(reply.get("error", "unsuccessful")))
+            stats.error("subscribe:" + error_kind(reply))
             self._failed_event()
         self.zero_timeout = True
         self._later(self.interval_ms, self.connect)
@@ -1074,7 +1092,7 @@ class BayeuxClient:
         stats = gen.stats
         if not ok:
             stats.connect_failures += 1
-            stats.error("connect:" + str(reply.get("error", "unsuccessful")))
+            stats.error("connect:" + error_kind(reply))
             self._lost("connect_unsuccessful")
             action = self.reconnect or "retry"
             if action == "none":
@@ -1103,12 +1121,15 @@ class BayeuxClient:
                 if held < 0.5 * advised:
                     stats.early_returns += 1
         self.attempts = 0
+        if gen.churn is not None and churn_connected(self, now):
+            return
         if not self.connected:
             self.connected = True
             stats.connected += 1
             stats.last_connected_at = time.time()
             if self.ever_connected:
                 stats.recovered += 1
+                gen.churn_stats.recovered(self, now)
             else:
                 self.ever_connected = True
                 stats.ever_connected += 1
@@ -1142,6 +1163,7 @@ class BayeuxClient:
             stats.connected -= 1
             stats.dropped += 1
             stats.error("drop:" + reason)
+            self.dropped_at = self.gen.loop.time()
 
     def _count_attempt(self) -> bool:
         self.attempts += 1
@@ -1159,7 +1181,9 @@ class BayeuxClient:
         kind = self.pending_kind
         self.pending_id = None
         stats.error(KIND_NAMES[kind] + ":" + reason)
-        if kind == CONNECT:
+        if kind == DISCONNECT:
+            churn_disconnect_failed(self)
+        elif kind == CONNECT:
             self._lost(reason)
             if not self.ever_connected:
                 stats.failed += 1
@@ -1176,6 +1200,212 @@ class BayeuxClient:
                 if self.client_id is not None:
                     stats.rehandshakes += 1
                 self._later(self.interval_ms + self._backoff(), self.handshake)
+
+
+# --------------------------------------------------------------------------- churn and restart
+#
+# ``--churn``: every client loops through what a browser does on a page load
+# (handshake, subscribe, a first connect, ``/meta/disconnect``, the connection
+# closed), pauses ``--churn-pause-ms`` and starts again; ``--churn-abandon F``
+# skips the disconnect of that fraction of cycles (the session must then
+# expire at the server). Without ``--churn`` the same section still times how
+# long a connected client that dropped (a server restart) took to connect
+# again. The hooks in BayeuxClient are one line each; the logic is here.
+
+
+class Latencies:
+    """Durations of one kind, one per event, as an HdrHistogram (1 us .. 1 h,
+    3 significant digits); shipped between processes as its base64 encoding.
+
+    The one place churn and restart latencies are recorded and summarised:
+    moving them to another histogram means changing this class only.
+    """
+
+    __slots__ = ("hist",)
+
+    LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
+
+    def __init__(self) -> None:
+        self.hist = HdrHistogram(self.LOWEST_US, self.HIGHEST_US, self.DIGITS)
+
+    def record(self, seconds: float) -> None:
+        us = int(seconds * 1e6)
+        self.hist.record_value(min(max(us, self.LOWEST_US), self.HIGHEST_US))
+
+    def encode(self) -> str:
+        return str(self.hist.encode().decode("ascii"))
+
+    @classmethod
+    def summary(cls, encoded: list[str | None]) -> dict[str, Any]:
+        """count, p50 / p90 / p99 / max in ms of several encoded histograms merged."""
+        total = HdrHistogram(cls.LOWEST_US, cls.HIGHEST_US, cls.DIGITS)
+        for e in encoded:
+            if e:
+                total.add(HdrHistogram.decode(e.encode("ascii")))
+        n = int(total.get_total_count())
+        out: dict[str, Any] = {"count": n}
+        for name, q in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0)):
+            out[name] = round(total.get_value_at_percentile(q) / 1000.0, 3) if n else None
+        out["max"] = round(total.get_max_value() / 1000.0, 3) if n else None
+        return out
+
+
+class ChurnStats:
+    """Counters and latencies of the churn cycles and of reconnections."""
+
+    __slots__ = (
+        "cycles",
+        "disconnects",
+        "disconnect_failures",
+        "abandoned",
+        "recovered_clients",
+        "rehandshaked",
+        "handshake",
+        "first_connect",
+        "recovery",
+    )
+
+    def __init__(self) -> None:
+        self.cycles = 0  # cycles ended (disconnected, abandoned or disconnect failed)
+        self.disconnects = 0  # successful /meta/disconnect replies
+        self.disconnect_failures = 0  # unsuccessful, or no reply
+        self.abandoned = 0  # cycles ended without a disconnect (--churn-abandon)
+        self.recovered_clients = 0  # dropped clients connected again (restart)
+        self.rehandshaked = 0  # ... of which with a new handshake first
+        self.handshake = Latencies()  # handshake sent -> its successful reply
+        self.first_connect = Latencies()  # handshake sent -> first connect answered
+        self.recovery = Latencies()  # drop -> next successful connect
+
+    def new_window(self) -> None:
+        """Latencies from now on only (``churn-window`` on stdin: the end of a
+        warm-up); the counters go on (windows of them are differences)."""
+        self.handshake = Latencies()
+        self.first_connect = Latencies()
+        self.recovery = Latencies()
+
+    def handshake_ms(self, seconds: float) -> None:
+        self.handshake.record(seconds)
+
+    def recovered(self, client: BayeuxClient, now: float) -> None:
+        """A dropped client connected again: time it from its drop, once."""
+        if client.dropped_at is None:
+            return
+        self.recovery.record(now - client.dropped_at)
+        self.recovered_clients += 1
+        if client.handshake_at > client.dropped_at:
+            self.rehandshaked += 1
+        client.dropped_at = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "cycles": self.cycles,
+            "disconnects": self.disconnects,
+            "disconnect_failures": self.disconnect_failures,
+            "abandoned": self.abandoned,
+            "recovered_clients": self.recovered_clients,
+            "rehandshaked": self.rehandshaked,
+            "handshake_hist": self.handshake.encode(),
+            "first_connect_hist": self.first_connect.encode(),
+            "recovery_hist": self.recovery.encode(),
+        }
+
+
+class ChurnMode:
+    """The ``--churn`` options of a generator (None without ``--churn``)."""
+
+    __slots__ = ("pause_ms", "abandon", "rng")
+
+    def __init__(self, pause_ms: float, abandon: float, seed: int) -> None:
+        self.pause_ms = pause_ms
+        self.abandon = abandon
+        self.rng = random.Random(seed)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ChurnMode | None:
+        if not getattr(args, "churn", False):
+            return None
+        return cls(float(args.churn_pause_ms), float(args.churn_abandon), args.index_start)
+
+
+def churn_connected(client: BayeuxClient, now: float) -> bool:
+    """--churn: the first connect of a cycle succeeded: disconnect (or
+    abandon) instead of holding connects. True: the reply is handled."""
+    gen = client.gen
+    mode = gen.churn
+    assert mode is not None
+    cs = gen.churn_stats
+    cs.first_connect.record(now - client.handshake_at)
+    if not client.ever_connected:
+        # The ramp counts clients that set up once; after that, cycles.
+        client.ever_connected = True
+        gen.stats.ever_connected += 1
+    if mode.abandon and mode.rng.random() < mode.abandon:
+        cs.abandoned += 1
+        _churn_next_cycle(client)
+        return True
+    client._send(DISCONNECT, {"channel": "/meta/disconnect", "clientId": client.client_id})
+    return True
+
+
+def churn_disconnect_reply(client: BayeuxClient, reply: dict[str, Any], ok: bool) -> None:
+    cs = client.gen.churn_stats
+    if ok:
+        cs.disconnects += 1
+    else:
+        cs.disconnect_failures += 1
+        client.gen.stats.error("disconnect:" + error_kind(reply))
+    _churn_next_cycle(client)
+
+
+def churn_disconnect_failed(client: BayeuxClient) -> None:
+    """No reply to the disconnect (already counted as an error by kind)."""
+    client.gen.churn_stats.disconnect_failures += 1
+    _churn_next_cycle(client)
+
+
+def _churn_next_cycle(client: BayeuxClient) -> None:
+    """End the cycle as a page unload does (the connection closed), then a
+    new page load after the pause, keeping the browser's cookie."""
+    gen = client.gen
+    assert gen.churn is not None
+    gen.churn_stats.cycles += 1
+    conn = client.conn
+    client.conn = None
+    client.pending_id = None
+    if conn is not None:
+        conn.client = None
+        conn.close()
+    client.client_id = None
+    client._later(gen.churn.pause_ms, client.handshake)
+
+
+def error_kind(reply: dict[str, Any]) -> str:
+    """The kind a failed reply is counted under: its Bayeux error
+    ``code:args:message`` without the args, which often name the clientId
+    (Faye's ``401:<clientId>:Unknown client``): one kind, not one per client."""
+    error = str(reply.get("error", "unsuccessful"))
+    code, sep, rest = error.partition(":")
+    if not sep:
+        return error
+    _, sep, message = rest.rpartition(":")
+    return f"{code}::{message}" if sep else error
+
+
+def add_churn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--churn",
+        action="store_true",
+        help="each client loops: handshake, subscribe, first connect, disconnect, pause",
+    )
+    p.add_argument(
+        "--churn-pause-ms", type=float, default=100.0, help="--churn: pause between cycles, ms"
+    )
+    p.add_argument(
+        "--churn-abandon",
+        type=float,
+        default=0.0,
+        help="--churn: fraction of cycles that end without /meta/disconnect (sessions expire)",
+    )
 
 
 # --------------------------------------------------------------------------- generator
@@ -1208,6 +1438,7 @@ class LoadGenerator:
             HANDSHAKE: (base + "/handshake").encode(),
             SUBSCRIBE: (base + "/").encode(),
             CONNECT: (base + "/connect").encode(),
+            DISCONNECT: (base + "/disconnect").encode(),
         }
         # WebSocket: the endpoint itself (the JS client upgrades on the base URL).
         self.ws_path = (base or "/").encode()
@@ -1258,6 +1489,8 @@ class LoadGenerator:
         self.tag_queue: list[str] = []
         self._stdin_buf = b""
         self.t0 = loop.time()
+        self.churn = ChurnMode.from_args(args)
+        self.churn_stats = ChurnStats()
 
     # connections ---------------------------------------------------------------
 
@@ -1447,6 +1680,7 @@ class LoadGenerator:
         d["opening"] = self.opening
         d["tls"] = self.tls
         d["latency_at"] = self.latency_at
+        d["churn"] = self.churn_stats.snapshot()
         if tag is not None:
             d["tag"] = tag
         if final:
@@ -1485,6 +1719,8 @@ class LoadGenerator:
                 self.stop()
             elif words[0] == "report":
                 self.report(tag=words[1] if len(words) > 1 else "")
+            elif words[0] == "churn-window":
+                self.churn_stats.new_window()
 
 
 class TLSHandshakeTimeout(Exception):
@@ -1606,6 +1842,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stop after this many seconds (0: on 'stop' / EOF on stdin, or --max-seconds)",
     )
+    add_churn_args(p)
     return p
 
 
@@ -1668,6 +1905,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.clients < 0 or args.ramp_rate <= 0:
         raise SystemExit("loadgen: --clients must be >= 0 and --ramp-rate > 0")
+    if not 0 <= args.churn_abandon <= 1 or args.churn_pause_ms < 0:
+        raise SystemExit("loadgen: --churn-abandon is a fraction in 0..1, --churn-pause-ms >= 0")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

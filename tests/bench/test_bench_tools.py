@@ -1,5 +1,5 @@
 """Smoke tests of bench/micro.py, bench/churn.py, bench/bound.py (with
-bench/bound_server.py) and bench/report, at tiny sizes, into a temporary
+bench/bound_server.py and bench/bound_client.py) and bench/report, at tiny sizes, into a temporary
 results directory.
 
 They check that each tool runs, writes its record and that the numbers are
@@ -10,6 +10,7 @@ anything is.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -327,8 +328,11 @@ def test_report(results: Path, tmp_path: Path) -> None:
 
 
 def test_http_client_parses_split_responses() -> None:
-    """The bench's lean HTTP client: responses cut anywhere, several per read."""
-    churn = bench_module("churn")
+    """bound.py's lean HTTP client: responses cut anywhere, several per read."""
+    spec = importlib.util.spec_from_file_location("bound_client", BENCH / "bound_client.py")
+    assert spec is not None and spec.loader is not None
+    churn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(churn)
 
     class Transport:
         def __init__(self) -> None:
