@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from engine.load.histogram import percentile_ms
+from engine.load.histogram import Latency, summary_with_hist
 from engine.load.procs import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
@@ -81,8 +81,8 @@ from engine.load.records import (
 SCENARIO = "churn"
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 MAX_HEAD = 65536
-#: Latency histogram bucket upper edges, ms (log scale, 0.05 ms .. 60 s).
-HIST_EDGES_MS = [round(0.05 * 1.25**i, 4) for i in range(64) if 0.05 * 1.25**i <= 60000]
+#: The worker's histograms (engine/load/histogram.py), encoded in its snapshots.
+HISTS = ("hs_hist", "cycle_hist")
 
 
 # =========================================================================== client
@@ -123,8 +123,8 @@ class Stats:
         self.cycles = 0
         self.tcp_opens = 0
         self.errors: dict[str, int] = {}
-        self.hs_hist = [0] * (len(HIST_EDGES_MS) + 1)
-        self.cycle_hist = [0] * (len(HIST_EDGES_MS) + 1)
+        self.hs_hist = Latency()
+        self.cycle_hist = Latency()
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -140,15 +140,9 @@ class Stats:
             "cycles": self.cycles,
             "tcp_opens": self.tcp_opens,
             "errors": dict(self.errors),
-            "hs_hist": list(self.hs_hist),
-            "cycle_hist": list(self.cycle_hist),
+            "hs_hist": self.hs_hist.encode(),
+            "cycle_hist": self.cycle_hist.encode(),
         }
-
-
-def hist_add(hist: list[int], ms: float) -> None:
-    import bisect
-
-    hist[bisect.bisect_left(HIST_EDGES_MS, ms)] += 1
 
 
 class HttpConn(asyncio.Protocol):
@@ -466,7 +460,7 @@ class Worker:
         channel = f"{sp.get('channel', '/bench/churn')}/{idx % max(1, sp.get('channels', 16))}"
         abandon = float(sp.get("abandon", 0.0))
         while not self.stopping:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter_ns()
             try:
                 if conn is None or conn.closed:
                     conn = await self._open(idx)
@@ -478,7 +472,7 @@ class Worker:
                     raise ClientError("handshake_no_client_id")
                 cookie = _cookie(head) or cookie
                 st.handshakes += 1
-                hist_add(st.hs_hist, (time.perf_counter() - t0) * 1000)
+                st.hs_hist.record_ns(time.perf_counter_ns() - t0)
                 if sp.get("subscribe", True):
                     mid += 1
                     req = r.subscribe(cookie, client_id, channel, mid)
@@ -505,7 +499,7 @@ class Worker:
                         self._drop(conn)
                         conn = None
                 st.cycles += 1
-                hist_add(st.cycle_hist, (time.perf_counter() - t0) * 1000)
+                st.cycle_hist.record_ns(time.perf_counter_ns() - t0)
             except ClientError as exc:
                 st.error(exc.kind)
                 self._drop(conn)
@@ -613,7 +607,9 @@ def _diff(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in end.items():
         a = start.get(k)
-        if isinstance(v, int | float) and isinstance(a, int | float):
+        if k in HISTS and isinstance(v, str) and isinstance(a, str):
+            out[k] = Latency.decode(v).minus(Latency.decode(a)).encode()
+        elif isinstance(v, int | float) and isinstance(a, int | float):
             out[k] = v - a
         elif isinstance(v, list) and isinstance(a, list):
             out[k] = [x - y for x, y in zip(v, a, strict=False)]
@@ -856,8 +852,9 @@ async def run_workers(
             elif k == "errors":
                 for ek, ev in v.items():
                     agg["errors"][ek] = agg["errors"].get(ek, 0) + ev
-            elif k in ("hs_hist", "cycle_hist"):
-                agg[k] = v if agg[k] is None else [a + b for a, b in zip(agg[k], v, strict=False)]
+            elif k in HISTS:
+                h = Latency.decode(v)
+                agg[k] = h.encode() if agg[k] is None else h.merge(Latency.decode(agg[k])).encode()
     windows = [r["window"]["window_s"] for r in results]
     agg["window_s"] = round(sum(windows) / len(windows), 4)
     agg["window_spread_s"] = round(max(windows) - min(windows), 4)
@@ -1160,8 +1157,8 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
         w = r["window"]
         s = w["window_s"] or 1.0
         hs = w.get("handshakes", 0)
-        hsh = w.get("hs_hist") or []
-        cyh = w.get("cycle_hist") or []
+        hsh = Latency.decode(w["hs_hist"]) if w.get("hs_hist") else Latency()
+        cyh = Latency.decode(w["cycle_hist"]) if w.get("cycle_hist") else Latency()
         per_round.append(
             {
                 "round": r["round"],
@@ -1177,8 +1174,8 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
                 "errors": w["errors"],
                 "errors_total": sum(w["errors"].values()),
                 "errors_whole_run": w["total_errors"],
-                "handshake_ms": {q: percentile_ms(hsh, HIST_EDGES_MS, v) for q, v in _QS},
-                "cycle_ms": {q: percentile_ms(cyh, HIST_EDGES_MS, v) for q, v in _QS},
+                "handshake_ms": summary_with_hist(hsh),
+                "cycle_ms": summary_with_hist(cyh),
                 "server_cpu_s": w["server_cpu_s"],
                 "server_cpu_percent": None
                 if w["server_cpu_s"] is None
@@ -1254,9 +1251,6 @@ def compute_churn(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, An
     parameters["url"] = out["url"]
     parameters["server_cmd"] = shell_join(out["server_argv"]).replace(out["token"], "TOKEN")
     return {"parameters": parameters, "results": results}
-
-
-_QS = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
