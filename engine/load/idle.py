@@ -1349,7 +1349,7 @@ def report_table(record: dict[str, Any]) -> str:
         ),
         (
             "setup latency p50 / p99",
-            f"<= {na(lat['p50'], '{:.0f}')} / <= {na(lat['p99'], '{:.0f}')} ms",
+            f"{na(lat['p50'], '{:.1f}')} / {na(lat['p99'], '{:.1f}')} ms",
         ),
         ("server timeout", f"{r['server_timeout_ms']} ms"),
         ("hold", f"{r['hold_seconds']:.1f} s = {r['timeout_cycles']:.2f} timeout cycles"),
@@ -1538,7 +1538,7 @@ def tls_comparison(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]
     rows = comparison_rows(p, t) + [
         row("server CPU during ramp, s", "ramp_server_cpu_s", "{:.2f}"),
         row("loadgen CPU during ramp, s", "ramp_loadgen_cpu_s", "{:.2f}"),
-        row("setup latency p99 (bucket edge), ms", "setup_p99_ms", "{:,.0f}"),
+        row("setup latency p99, ms", "setup_p99_ms", "{:,.1f}"),
         row("heartbeat lateness p99, ms", "lateness_p99_ms", "{:,.0f}"),
         row("loadgen CPU during hold, %", "loadgen_cpu_percent_hold", "{:.1f}"),
         row("loadgen RSS per client", "loadgen_rss_per_client_bytes", "{:,.0f}"),

@@ -3,7 +3,13 @@ the wire form, merging and snapshot differences."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
+from harness import ROOT, ServerProcess
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -147,3 +153,30 @@ def test_nearest_rank() -> None:
     assert nearest_rank(30, 0.1) == 3
     assert nearest_rank(1, 0.0) == 1
     assert nearest_rank(7, 1.0) == 7
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.server_args("--timeout", "1000")
+def test_generator_lines_carry_histograms(server: ServerProcess) -> None:
+    """A real generator against a real server: the per-line histograms add
+    up to the whole-run ones of its final line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.load.client", "--url",
+         f"http://127.0.0.1:{server.port}/cometd", "--clients", "4", "--duration", "3",
+         "--report-interval", "0.5", "--max-attempts", "1"],
+        capture_output=True, text=True, timeout=30, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    final = lines[-1]
+    assert final.get("final") and final["connected"] == 4, final
+    assert all("hist_total" not in d for d in lines[:-1])  # only final (and tagged) lines
+    deltas = merge_field(lines, "hist")
+    totals = merge_field([final], "hist_total")
+    assert set(deltas) == set(totals) == {"setup", "lateness"}
+    for name in ("setup", "lateness"):
+        assert deltas[name].summary() == totals[name].summary(), name
+    assert totals["setup"].count == 4
+    assert totals["lateness"].count == final["heartbeats"] > 0
+    assert final["latency_at"] == "arrival" and final["hist_clamped"] == {}
