@@ -65,6 +65,7 @@ it under ``"hist"``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -113,14 +114,22 @@ class Latency:
     # recording -------------------------------------------------------------------
 
     def record_ns(self, ns: int) -> None:
-        us = (ns + UNIT_NS // 2) // UNIT_NS
-        if ns < 0 or us > HIGHEST_US:
-            self.clamped += 1
-            us = 0 if ns < 0 else HIGHEST_US
-        self._h.record_value(us)
+        self.record_us((ns + UNIT_NS // 2) // UNIT_NS)
+
+    def record_many_ns(self, values_ns: Iterable[int]) -> None:
+        """Record many values at once: one histogram update per distinct µs
+        value (a generator buffers its fan-out latencies in an ``array`` and
+        records them here at its next stats line, about 10 x cheaper than
+        :meth:`record_ns` per value, and outside the burst being timed)."""
+        half = UNIT_NS // 2
+        for us, n in Counter((v + half) // UNIT_NS for v in values_ns).items():
+            self.record_us(us, n)
 
     def record_us(self, us: int, count: int = 1) -> None:
-        """``count`` values of ``us`` µs each (already in range)."""
+        """``count`` values of ``us`` µs each; out of range: clamped, counted."""
+        if us < 0 or us > HIGHEST_US:
+            self.clamped += count
+            us = 0 if us < 0 else HIGHEST_US
         self._h.record_value(us, count)
 
     def merge(self, *others: Latency) -> Latency:

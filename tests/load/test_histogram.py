@@ -96,6 +96,15 @@ def test_merge_through_the_wire_is_the_histogram_of_the_union(a: list[int], b: l
     assert merged.minus(ha).summary() == hb.summary()
 
 
+@given(st.lists(st.integers(min_value=-2 * HOUR_NS, max_value=2 * HOUR_NS), max_size=200))
+def test_recording_in_bulk_equals_recording_one_by_one(values: list[int]) -> None:
+    one, bulk = Latency(), Latency()
+    for v in values:
+        one.record_ns(v)
+    bulk.record_many_ns(values)
+    assert bulk.summary() == one.summary() and bulk.clamped == one.clamped
+
+
 def test_stats_lines_merge_by_name_and_missing_ones_count_as_empty() -> None:
     fan, late = Latency(), SignedLatency()
     for ms in (1, 2, 3):
@@ -116,15 +125,16 @@ def test_stats_lines_merge_by_name_and_missing_ones_count_as_empty() -> None:
 
 def test_out_of_range_values_are_clamped_and_counted() -> None:
     h = Latency()
-    h.record_ns(-5)  # clock skew: recorded as 0
+    h.record_ns(-5)  # within the rounding of 0: not clamped
+    h.record_ns(-5000)  # clock skew: recorded as 0
     h.record_ns(2 * HOUR_NS)  # past the range: recorded as one hour
     h.record_ns(1_000_000)
     assert h.clamped == 2
     s = summary_with_hist(h)
-    assert s["count"] == 3 and s["clamped"] == 2
+    assert s["count"] == 4 and s["clamped"] == 2
     assert summary_with_hist(Latency())["clamped"] == 0
     assert s["min"] == 0.0 and s["max"] == pytest.approx(HIGHEST_US / 1000, rel=1e-3)
-    assert Latency.decode(s["hist"]).count == 3
+    assert Latency.decode(s["hist"]).count == 4
     # The clamped counts travel beside the histograms (hist_clamped).
     line = {"hist_total": {"fanout": h.encode()}, "hist_clamped": {"fanout": 2}}
     assert merge_field([line, line], "hist_total")["fanout"].clamped == 4
