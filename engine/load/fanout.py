@@ -57,7 +57,7 @@ import sys
 import time
 from typing import Any
 
-from engine.load.histogram import Histogram, summary_with_hist
+from engine.load.histogram import Histogram, current, summary_with_hist
 from engine.load.idle import (
     Generator,
     PublisherChild,
@@ -69,6 +69,7 @@ from engine.load.idle import (
     loadgen_argv,
     resolve_generators,
     start_server,
+    take_recent,
     wait_ramp,
 )
 from engine.load.procs import (
@@ -294,6 +295,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         hard_end = t_go + publish_bound
         done_at: float | None = None
         next_sample = t_go + 1.0
+        take_recent(gens)  # the samples start with the publishing
         last_delivered = 0
         all_delivered = False
         # bounded by hard_end, and by drain-timeout after the publisher's 'done'
@@ -314,6 +316,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "rss": rss(),
                         "cpu": cpu(),
                         "loadgen_cpu": agg["cpu_s"],
+                        # deliveries the generators reported since the last sample
+                        "latency_ms": current(take_recent(gens), "fanout"),
                     }
                 )
                 last_delivered = delivered

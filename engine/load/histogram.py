@@ -377,6 +377,16 @@ def minus(later: Histogram | None, earlier: Histogram | None) -> Histogram | Non
     raise ValueError("minus: a signed and an unsigned histogram")
 
 
+def current(hists: Mapping[str, Histogram], name: str) -> dict[str, Any]:
+    """count, p50, p99 (ms) of one histogram of recent values, for a
+    scenario's once-a-second samples (a chart of latency over time)."""
+    h = hists.get(name)
+    if h is None:
+        return {"count": 0, "p50": None, "p99": None}
+    s = h.summary()
+    return {"count": s["count"], "p50": s["p50"], "p99": s["p99"]}
+
+
 def summary_with_hist(h: Histogram | None, signed: bool = False) -> dict[str, Any]:
     """:meth:`summary`, the count of clamped values (``"clamped"``) and the
     encoded histogram (``"hist"``): what a record stores for one measured

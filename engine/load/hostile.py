@@ -72,7 +72,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.load.churn import http_get_json, stats_url
-from engine.load.histogram import Histogram, Latency, fold, merge_field, summary_with_hist
+from engine.load.histogram import (
+    Histogram,
+    Latency,
+    current,
+    fold,
+    merge_field,
+    summary_with_hist,
+)
 from engine.load.idle import (
     Generator,
     PublisherChild,
@@ -80,6 +87,7 @@ from engine.load.idle import (
     aggregate,
     loadgen_argv,
     start_server,
+    take_recent,
     wait_ramp,
 )
 from engine.load.procs import (
@@ -572,6 +580,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         log(progress, f"attacking for {args.duration:g} s: {', '.join(args.attack_list) or 'none'}")
         rss_peak = rss_baseline or 0
         next_sample = t_go
+        take_recent(gens)  # the samples start with the attack
         next_log = t_go + 5.0
         t_end = t_go + args.duration
         # bounded by t_end (and the server's death)
@@ -599,6 +608,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "ordinary_connected": agg["connected"],
                         "ordinary_dropped": agg["dropped"] - before["dropped"],
                         "delivered": agg["hot_messages"] - before["hot_messages"],
+                        # ordinary clients' deliveries since the previous sample
+                        "latency_ms": current(take_recent(gens), "fanout"),
                         "attack_open": {w.attack.name: w.latest.get("open_now") for w in attackers},
                         "attack_cut": {w.attack.name: w.latest.get("cut") for w in attackers},
                         "newcomers_ok": newcomers.latest.get("newcomers_ok"),

@@ -63,7 +63,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.load.histogram import merge_field, minus, summary_with_hist
+from engine.load.histogram import (
+    Histogram,
+    current,
+    decode_histogram,
+    fold,
+    merge_field,
+    minus,
+    summary_with_hist,
+)
 from engine.load.procs import (
     ChildGuard,
     LineChild,
@@ -186,11 +194,16 @@ class Generator(LineChild):
         self.latest: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
         self.tagged: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # The histograms of the values since the last take_recent() (the
+        # lines' "hist"): what the scenario's next sample reports.
+        self.recent: dict[str, Histogram] = {}
 
     def on_line(self, d: dict[str, Any]) -> None:
         if d.get("type") != "stats":
             return
         self.latest = d
+        for name, value in (d.get("hist") or {}).items():
+            self.recent[name] = fold(self.recent.get(name), decode_histogram(value))
         if d.get("final"):
             self.final = d
         tag = d.get("tag")
@@ -198,6 +211,10 @@ class Generator(LineChild):
             fut = self.tagged.get(tag)
             if fut is not None and not fut.done():
                 fut.set_result(d)
+
+    def take_recent(self) -> dict[str, Histogram]:
+        out, self.recent = self.recent, {}
+        return out
 
     async def report(self, tag: str, timeout: float) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -207,6 +224,15 @@ class Generator(LineChild):
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RunError(f"loadgen {self.index} did not report within {timeout} s") from None
+
+
+def take_recent(gens: Sequence[Generator]) -> dict[str, Histogram]:
+    """The generators' histograms since the last call, merged by name."""
+    out: dict[str, Histogram] = {}
+    for g in gens:
+        for name, h in g.take_recent().items():
+            out[name] = fold(out.get(name), h)
+    return out
 
 
 def loadgen_argv(
@@ -837,6 +863,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         bar = ProgressBar("hold", args.hold, progress)
         hold_end_at = t_hold + args.hold
         next_sample = t_hold
+        take_recent(gens)  # the samples start with the hold
         # bounded by hold_end_at
         while (now := time.monotonic()) < hold_end_at:
             await asyncio.sleep(min(0.5, max(0.0, hold_end_at - now)))
@@ -855,6 +882,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "rss": r,
                         "cpu": cpu(),
                         "loadgen_cpu": agg["cpu_s"],
+                        # heartbeats answered since the previous sample
+                        "lateness_ms": current(take_recent(gens), "lateness"),
                     }
                 )
             bar.update(

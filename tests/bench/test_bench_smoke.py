@@ -70,6 +70,10 @@ def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> Non
     assert r["server_timeout_ms"] == 2000  # the server's own advice
     assert r["hold_seconds"] >= 2.0
     assert r["connect_cycles"] > 0  # at least one held connect completed
+    # Samples carry the lateness of the heartbeats since the previous one
+    # (the generators' per-line histograms), never more than the whole run's.
+    seen = [s["lateness_ms"]["count"] for s in r["samples"]]
+    assert 0 < sum(seen) <= r["heartbeat_lateness_ms"]["run"]["count"], r["samples"]
     assert r["rss_baseline_bytes"] > 0
     assert r["rss_loaded_bytes"] > 0
     assert r["bytes_per_client"] > 0
