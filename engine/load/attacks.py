@@ -66,6 +66,7 @@ import orjson
 import uvloop
 
 from engine.load import publisher
+from engine.load.histogram import Latency, summary_with_hist
 from engine.load.stamped import Clock, StampedTransport
 from engine.load.wsframes import (
     OP_CLOSE,
@@ -1026,7 +1027,8 @@ class Canary(publisher.Publisher):
         self.acked_seqs: set[int] = set()
         self.received_seqs: set[int] = set()
         self.duplicates = 0
-        self.latencies_ms: list[float] = []
+        # Publish stamp -> this client read the event (no kernel stamps here).
+        self.latency = Latency()
         self.subscribes = 0
 
     async def open(self) -> None:
@@ -1116,23 +1118,18 @@ class Canary(publisher.Publisher):
             return
         self.received_seqs.add(seq)
         if type(t) is int:
-            self.latencies_ms.append((time.monotonic_ns() - t) / 1e6)
+            self.latency.record_ns(time.monotonic_ns() - t)
 
     def summary(self) -> dict[str, Any]:
         d = super().summary()
-        lat = sorted(self.latencies_ms)
-        n = len(lat)
-
-        def q(p: float) -> float | None:
-            return round(lat[min(n - 1, max(0, math.ceil(p * n) - 1))], 2) if n else None
-
         d.update(
             role="canary",
             subscribes=self.subscribes,
             received=len(self.received_seqs),
             lost=len(self.acked_seqs - self.received_seqs),
             duplicates=self.duplicates,
-            latency_ms={"count": n, "p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+            latency_at="read",
+            latency_ms=summary_with_hist(self.latency),
         )
         return d
 

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.load.client import Latencies
+from engine.load.histogram import Latency
 from engine.load.idle import Generator
 from engine.load.procs import (
     DEFAULT_SERVER_CMD,
@@ -94,6 +94,11 @@ LOADGEN = ["-m", "engine.load.client"]
 #: Counters of the generators' reports that are summed and windowed.
 COUNTED = ("handshakes", "responses", "requests", "tcp_opens", "gave_up", "timeouts")
 CHURN_COUNTED = ("cycles", "disconnects", "disconnect_failures", "abandoned")
+
+
+def merged_summary(encoded: list[str | None]) -> dict[str, Any]:
+    """The summary of several generators' encoded histograms of one kind."""
+    return Latency().merge(*(Latency.decode(e) for e in encoded if e)).summary()
 
 
 # =========================================================================== helpers
@@ -520,8 +525,8 @@ async def run_storm(
         "window": window(start, end),
         "window_s": round(wall, 3),
         "total": total,
-        "handshake_ms": Latencies.summary([f["churn"]["handshake_hist"] for f in finals]),
-        "first_connect_ms": Latencies.summary([f["churn"]["first_connect_hist"] for f in finals]),
+        "handshake_ms": merged_summary([f["churn"]["handshake_hist"] for f in finals]),
+        "first_connect_ms": merged_summary([f["churn"]["first_connect_hist"] for f in finals]),
         "server_cpu_s": None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 4),
         "loadgen_cpu_s": round(lg1 - lg0, 4),
         "cores": cores,
@@ -602,7 +607,7 @@ async def run_restart(
         "lost": connected_before - recovered,
         "all_back_after_s": all_back_s,
         "gave_up": total["gave_up"],
-        "reconnect_ms": Latencies.summary([f["churn"]["recovery_hist"] for f in finals]),
+        "reconnect_ms": merged_summary([f["churn"]["recovery_hist"] for f in finals]),
         "sessions_after": None if sessions is None else sessions.get("sessions"),
         "errors": dict(sorted(total["errors"].items(), key=lambda kv: -kv[1])),
     }

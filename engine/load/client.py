@@ -48,10 +48,21 @@ socket.
 
 Heartbeat lateness: every held ``/meta/connect`` answered successfully with
 no events adds (reply time - send time - the advised timeout it was sent
-with), ms, to one per-process histogram of signed log buckets
-(``common.hist_bucket``, ~6 %); reported as ``lateness_hist`` with its exact
-min and max. Negative values are connects answered early (the engine ends
-held connects up to ``--timeout-jitter``, 10 %, early on purpose).
+with) to the process's signed histogram ``lateness``. Negative values are
+connects answered early (the engine ends held connects up to
+``--timeout-jitter``, 10 %, early on purpose).
+
+Histograms (``engine/load/histogram.py``, HdrHistogram): one per measured
+thing and process, nothing per client: ``setup`` (a client's start to its
+first successful connect), ``lateness``, and with a hot channel ``fanout`` and
+``fanout_read``. Every stats line carries under ``"hist"`` the values recorded
+since the previous line, the final and every tagged line under
+``"hist_total"`` those of the whole run (the field names are defined there).
+Fan-out latencies are appended to an ``array`` in the hot path and recorded
+into their histograms at the next stats line (one update per distinct µs
+value). ``setup`` and ``lateness`` are timed with the event loop's clock
+(uvloop's: 1 ms steps), fan-out with ``time.monotonic_ns()`` and the kernel's
+stamps.
 
 Over WebSocket (``--transport websocket``) the same messages travel as masked
 text frames on one socket to the endpoint (``GET <base>`` with ``Upgrade:
@@ -72,12 +83,12 @@ Fan-out measurements (``bench/fanout.py``): with ``--hot-channel CH
 --hot-clients K --total-clients N``, K of the N global client indexes, evenly
 spread, subscribe to CH instead of ``--channel``; every event on CH whose
 ``data.t`` is a ``time.monotonic_ns()`` stamp (CLOCK_MONOTONIC, shared by all
-processes of the machine) adds its latency to the ones written to
-``--latency-file`` (int64 ns, native order) when the process stops: the time
-its data arrived in the client's socket (the kernel's receive time, see
-``stamped.py``) minus ``t``. ``--read-latency-file`` gets the same events
-timed when this process read them instead, which adds the queue of replies
-that waited while it served the clients ahead of them.
+processes of the machine) adds its latency to the histogram ``fanout``: the
+time its data arrived in the client's socket (the kernel's receive time, see
+``stamped.py``; over TLS when this process read it, ``latency_at: "read"``)
+minus ``t``. ``fanout_read`` gets the same events timed when this process
+read them, which adds the queue of replies that waited while it served the
+clients ahead of them.
 
 Control and reports (for ``bench/idle.py``; the tool also runs alone):
 
@@ -115,7 +126,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import bisect
 import errno
 import gc
 import os
@@ -134,9 +144,8 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 import uvloop
-from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
-from engine.load.histogram import hist_add
+from engine.load.histogram import NAMES, Histogram, Latency, SignedLatency, fold, new_histogram
 from engine.load.procs import read_rss_bytes
 from engine.load.stamped import Clock, StampedTransport
 from engine.load.wsframes import (
@@ -180,14 +189,6 @@ DEFAULT_INTERVAL_MS = 0
 
 #: Sweep wake-ups later than this (ms) count as event-loop lag events.
 LAG_EVENT_MS = 100.0
-
-#: Fan-out latencies kept per process (8 bytes each); beyond, only counted.
-MAX_LATENCIES = 50_000_000
-
-#: Upper bounds (ms) of the setup-latency histogram buckets; last is +inf.
-LATENCY_BUCKETS_MS = (
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 60000,
-)  # fmt: skip
 
 
 class Stats:
@@ -247,7 +248,17 @@ class Stats:
         self.hold_sum = 0.0
         self.hold_min: float | None = None
         self.hold_max = 0.0
-        self.latency_hist = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        # Histograms of the values since the last stats line (the "hist" of
+        # engine/load/histogram.py); each line folds them into ``totals``.
+        self.setup = Latency()
+        self.lateness = SignedLatency()
+        self.fanout = Latency()
+        self.fanout_read = Latency()
+        # Fan-out latencies (ns) since the last line: appended in the hot
+        # path, recorded into the two histograms above by histograms().
+        self.fanout_ns = array("q")
+        self.fanout_read_ns = array("q")
+        self.totals: dict[str, Histogram] = {}
         self.advice_timeout: int | None = None
         self.advice_interval: int | None = None
         self.first_start_at: float | None = None
@@ -255,12 +266,6 @@ class Stats:
         # Fan-out: CLOCK_MONOTONIC ns of the first and last hot event received.
         self.hot_first_ns: int | None = None
         self.hot_last_ns: int | None = None
-        # Heartbeat lateness: held connects answered successfully without
-        # events, (reply - send - advised timeout) in ms, signed log buckets
-        # (common.hist_bucket); one dict per process, nothing per client.
-        self.lateness: dict[int, int] = {}
-        self.lateness_min_ms: float | None = None
-        self.lateness_max_ms: float | None = None
         # Event-loop lag seen by the once-a-second sweep (how late it woke).
         self.loop_lag_max_ms = 0.0
         # TLS: what the first completed handshake negotiated (None: plain TCP).
@@ -281,15 +286,33 @@ class Stats:
             self.hold_max = seconds
 
     def setup_latency(self, seconds: float) -> None:
-        self.latency_hist[bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000.0)] += 1
+        self.setup.record_ns(int(seconds * 1e9))
 
-    def heartbeat(self, late_ms: float) -> None:
+    def heartbeat(self, late_s: float) -> None:
+        """A held connect answered without events, ``late_s`` after its timeout."""
         self.heartbeats += 1
-        hist_add(self.lateness, late_ms)
-        if self.lateness_min_ms is None or late_ms < self.lateness_min_ms:
-            self.lateness_min_ms = late_ms
-        if self.lateness_max_ms is None or late_ms > self.lateness_max_ms:
-            self.lateness_max_ms = late_ms
+        self.lateness.record_ns(int(late_s * 1e9))
+
+    def histograms(self, total: bool) -> dict[str, Any]:
+        """The stats line's histogram fields: ``hist`` (the values since the
+        last call, then started afresh) and with ``total`` ``hist_total``."""
+        delta: dict[str, Any] = {}
+        clamped: dict[str, int] = {}
+        self.fanout.record_many_ns(self.fanout_ns)
+        self.fanout_read.record_many_ns(self.fanout_read_ns)
+        del self.fanout_ns[:], self.fanout_read_ns[:]
+        for name in NAMES:
+            h: Histogram = getattr(self, name)
+            if h.count:
+                delta[name] = h.encode()
+                self.totals[name] = fold(self.totals.get(name), h)
+                setattr(self, name, new_histogram(name))
+            if name in self.totals and self.totals[name].clamped:
+                clamped[name] = self.totals[name].clamped
+        out: dict[str, Any] = {"hist": delta, "hist_clamped": clamped}
+        if total:
+            out["hist_total"] = {name: h.encode() for name, h in self.totals.items()}
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         d: dict[str, Any] = {name: getattr(self, name) for name in self.COUNTERS}
@@ -297,21 +320,12 @@ class Stats:
         d["hold_sum_s"] = round(self.hold_sum, 3)
         d["hold_min_s"] = None if self.hold_min is None else round(self.hold_min, 3)
         d["hold_max_s"] = round(self.hold_max, 3)
-        d["latency_buckets_ms"] = list(LATENCY_BUCKETS_MS)
-        d["latency_hist"] = list(self.latency_hist)
         d["advice_timeout"] = self.advice_timeout
         d["advice_interval"] = self.advice_interval
         d["first_start_at"] = self.first_start_at
         d["last_connected_at"] = self.last_connected_at
         d["hot_first_ns"] = self.hot_first_ns
         d["hot_last_ns"] = self.hot_last_ns
-        d["lateness_hist"] = {str(k): v for k, v in self.lateness.items()}
-        d["lateness_min_ms"] = (
-            None if self.lateness_min_ms is None else round(self.lateness_min_ms, 1)
-        )
-        d["lateness_max_ms"] = (
-            None if self.lateness_max_ms is None else round(self.lateness_max_ms, 1)
-        )
         d["loop_lag_max_ms"] = round(self.loop_lag_max_ms, 1)
         d["gc_full"] = self.gc_full
         d["gc_full_max_ms"] = round(self.gc_full_max_ms, 2)
@@ -978,7 +992,7 @@ class BayeuxClient:
                 reply = m
             elif "data" in m and "successful" not in m:
                 events += 1
-                if channel == self.gen.hot_channel and self.gen.latencies is not None:
+                if channel == self.gen.hot_channel:
                     # StampedTransport: the kernel's receive time; uvloop's
                     # TLS transport has none: now, the read (see the docstring).
                     arrived = getattr(conn.transport, "arrived_ns", 0) or time.monotonic_ns()
@@ -1038,10 +1052,9 @@ class BayeuxClient:
         if type(data) is not dict:
             return
         t = data.get("t")
-        if type(t) is int and gen.latencies is not None and len(gen.latencies) < MAX_LATENCIES:
-            gen.latencies.append(arrived - t)
-            if gen.read_latencies is not None:
-                gen.read_latencies.append(now - t)
+        if type(t) is int:
+            stats.fanout_ns.append(arrived - t)
+            stats.fanout_read_ns.append(now - t)
         seq = data.get("seq")
         if type(seq) is int:
             if seq <= self.last_seq:
@@ -1117,7 +1130,7 @@ class BayeuxClient:
                 # force; this reply's advice is already applied): its deadline
                 # was sent_at + timeout + network delay.
                 advised = self.deadline - self.sent_at - gen.network_delay
-                stats.heartbeat((held - advised) * 1000.0)
+                stats.heartbeat(held - advised)
                 if held < 0.5 * advised:
                     stats.early_returns += 1
         self.attempts = 0
@@ -1213,43 +1226,6 @@ class BayeuxClient:
 # again. The hooks in BayeuxClient are one line each; the logic is here.
 
 
-class Latencies:
-    """Durations of one kind, one per event, as an HdrHistogram (1 us .. 1 h,
-    3 significant digits); shipped between processes as its base64 encoding.
-
-    The one place churn and restart latencies are recorded and summarised:
-    moving them to another histogram means changing this class only.
-    """
-
-    __slots__ = ("hist",)
-
-    LOWEST_US, HIGHEST_US, DIGITS = 1, 3_600_000_000, 3
-
-    def __init__(self) -> None:
-        self.hist = HdrHistogram(self.LOWEST_US, self.HIGHEST_US, self.DIGITS)
-
-    def record(self, seconds: float) -> None:
-        us = int(seconds * 1e6)
-        self.hist.record_value(min(max(us, self.LOWEST_US), self.HIGHEST_US))
-
-    def encode(self) -> str:
-        return str(self.hist.encode().decode("ascii"))
-
-    @classmethod
-    def summary(cls, encoded: list[str | None]) -> dict[str, Any]:
-        """count, p50 / p90 / p99 / max in ms of several encoded histograms merged."""
-        total = HdrHistogram(cls.LOWEST_US, cls.HIGHEST_US, cls.DIGITS)
-        for e in encoded:
-            if e:
-                total.add(HdrHistogram.decode(e.encode("ascii")))
-        n = int(total.get_total_count())
-        out: dict[str, Any] = {"count": n}
-        for name, q in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0)):
-            out[name] = round(total.get_value_at_percentile(q) / 1000.0, 3) if n else None
-        out["max"] = round(total.get_max_value() / 1000.0, 3) if n else None
-        return out
-
-
 class ChurnStats:
     """Counters and latencies of the churn cycles and of reconnections."""
 
@@ -1272,25 +1248,25 @@ class ChurnStats:
         self.abandoned = 0  # cycles ended without a disconnect (--churn-abandon)
         self.recovered_clients = 0  # dropped clients connected again (restart)
         self.rehandshaked = 0  # ... of which with a new handshake first
-        self.handshake = Latencies()  # handshake sent -> its successful reply
-        self.first_connect = Latencies()  # handshake sent -> first connect answered
-        self.recovery = Latencies()  # drop -> next successful connect
+        self.handshake = Latency()  # handshake sent -> its successful reply
+        self.first_connect = Latency()  # handshake sent -> first connect answered
+        self.recovery = Latency()  # drop -> next successful connect
 
     def new_window(self) -> None:
         """Latencies from now on only (``churn-window`` on stdin: the end of a
         warm-up); the counters go on (windows of them are differences)."""
-        self.handshake = Latencies()
-        self.first_connect = Latencies()
-        self.recovery = Latencies()
+        self.handshake = Latency()
+        self.first_connect = Latency()
+        self.recovery = Latency()
 
     def handshake_ms(self, seconds: float) -> None:
-        self.handshake.record(seconds)
+        self.handshake.record_ns(int(seconds * 1e9))
 
     def recovered(self, client: BayeuxClient, now: float) -> None:
         """A dropped client connected again: time it from its drop, once."""
         if client.dropped_at is None:
             return
-        self.recovery.record(now - client.dropped_at)
+        self.recovery.record_ns(int((now - client.dropped_at) * 1e9))
         self.recovered_clients += 1
         if client.handshake_at > client.dropped_at:
             self.rehandshaked += 1
@@ -1334,7 +1310,7 @@ def churn_connected(client: BayeuxClient, now: float) -> bool:
     mode = gen.churn
     assert mode is not None
     cs = gen.churn_stats
-    cs.first_connect.record(now - client.handshake_at)
+    cs.first_connect.record_ns(int((now - client.handshake_at) * 1e9))
     if not client.ever_connected:
         # The ramp counts clients that set up once; after that, cycles.
         client.ever_connected = True
@@ -1463,8 +1439,6 @@ class LoadGenerator:
         self.hot_channel: str | None = args.hot_channel or None
         hot_k = args.hot_clients if self.hot_channel else 0
         total = max(args.total_clients or (args.index_start + args.clients), 1)
-        self.latencies: array[int] | None = array("q") if args.latency_file else None
-        self.read_latencies: array[int] | None = array("q") if args.read_latency_file else None
         self.clock = Clock()  # the kernel's receive stamps to monotonic_ns
 
         # One string per channel, shared by its clients.
@@ -1681,6 +1655,7 @@ class LoadGenerator:
         d["tls"] = self.tls
         d["latency_at"] = self.latency_at
         d["churn"] = self.churn_stats.snapshot()
+        d.update(self.stats.histograms(total=final or tag is not None))
         if tag is not None:
             d["tag"] = tag
         if final:
@@ -1815,17 +1790,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="fan-out: N, clients over all generators (hot ones are spread evenly over them)",
     )
-    p.add_argument(
-        "--latency-file",
-        default="",
-        help="fan-out: write hot-event latencies (int64 ns, native order) here on exit, "
-        "timed at their arrival in the socket",
-    )
-    p.add_argument(
-        "--read-latency-file",
-        default="",
-        help="fan-out, with --latency-file: the same latencies timed when this process read them",
-    )
     p.add_argument("--ramp-rate", type=float, default=1000.0, help="clients started per second")
     p.add_argument("--max-pending", type=int, default=1000, help="clients setting up at once")
     p.add_argument("--max-attempts", type=int, default=5, help="failures in a row before giving up")
@@ -1889,14 +1853,6 @@ async def run(args: argparse.Namespace) -> int:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.05)  # let transports finish closing
-    for path, values in (
-        (args.latency_file, gen.latencies),
-        (args.read_latency_file, gen.read_latencies),
-    ):
-        if path and values is not None:
-            with open(path + ".tmp", "wb") as f:
-                values.tofile(f)
-            os.replace(path + ".tmp", path)
     gen.report(final=True)
     return 0
 

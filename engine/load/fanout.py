@@ -54,12 +54,10 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
-from array import array
-from pathlib import Path
 from typing import Any
 
+from engine.load.histogram import Histogram, current, summary_with_hist
 from engine.load.idle import (
     Generator,
     PublisherChild,
@@ -69,10 +67,9 @@ from engine.load.idle import (
     aggregate,
     check_running,
     loadgen_argv,
-    nearest_rank,
-    read_latencies,
     resolve_generators,
     start_server,
+    take_recent,
     wait_ramp,
 )
 from engine.load.procs import (
@@ -106,10 +103,6 @@ from engine.load.records import (
 )
 
 SCENARIO = "fanout"
-#: Latency histogram edges (ms) stored in the record, for charts; last is +inf.
-HIST_EDGES_MS = (
-    0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
-)  # fmt: skip
 #: Delivered rate / demanded rate at or above which the server kept up.
 KEPT_UP_FRACTION = 0.95
 
@@ -213,43 +206,6 @@ def resolve(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- run
 
 
-def read_file_of(latency_file: Path) -> Path:
-    """Where a generator writes the same deliveries timed when it read them."""
-    return latency_file.with_suffix(".read")
-
-
-def latency_stats(values: array[int]) -> dict[str, Any]:
-    """Exact percentiles (ms) of every delivery's latency, and a histogram."""
-    if not values:
-        return {"count": 0}
-    s = sorted(values)
-    n = len(s)
-
-    def q(p: float) -> float:
-        return float(s[nearest_rank(n, p)]) / 1e6
-
-    hist = [0] * (len(HIST_EDGES_MS) + 1)
-    j = 0
-    edges_ns = [e * 1e6 for e in HIST_EDGES_MS]
-    for v in s:  # sorted: one pass
-        while j < len(edges_ns) and v > edges_ns[j]:
-            j += 1
-        hist[j] += 1
-    return {
-        "count": n,
-        "min": s[0] / 1e6,
-        "p50": q(0.50),
-        "p90": q(0.90),
-        "p99": q(0.99),
-        "p999": q(0.999),
-        "max": s[-1] / 1e6,
-        "mean": sum(s) / n / 1e6,
-        "negative": sum(1 for v in s if v < 0),
-        "hist_edges_ms": list(HIST_EDGES_MS),
-        "hist": hist,
-    }
-
-
 async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     n, k = args.clients, args.subscribers
     progress = not args.no_progress
@@ -261,8 +217,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     phases: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
     t_start = time.monotonic()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-fanout-")
-    lat_files: list[Path] = []
 
     def check() -> None:
         check_running(server, gens)
@@ -292,8 +246,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         publish_bound = args.messages / args.rate + args.drain_timeout + 60.0
         max_seconds = args.ramp_timeout + publish_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
-            lat_file = Path(tmp.name) / f"latencies-{i}.bin"
-            lat_files.append(lat_file)
             hot = [
                 "--hot-channel",
                 args.hot_channel,
@@ -301,10 +253,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 str(k),
                 "--total-clients",
                 str(n),
-                "--latency-file",
-                str(lat_file),
-                "--read-latency-file",
-                str(read_file_of(lat_file)),
             ]
             g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, hot))
             await g.start(guard)
@@ -347,6 +295,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         hard_end = t_go + publish_bound
         done_at: float | None = None
         next_sample = t_go + 1.0
+        take_recent(gens)  # the samples start with the publishing
         last_delivered = 0
         all_delivered = False
         # bounded by hard_end, and by drain-timeout after the publisher's 'done'
@@ -367,6 +316,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "rss": rss(),
                         "cpu": cpu(),
                         "loadgen_cpu": agg["cpu_s"],
+                        # deliveries the generators reported since the last sample
+                        "latency_ms": current(take_recent(gens), "fanout"),
                     }
                 )
                 last_delivered = delivered
@@ -400,8 +351,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         final = aggregate(final_stats)
         server_exit = await stop_server(server)
         phases["total_s"] = round(time.monotonic() - t_start, 3)
-        latencies = read_latencies(lat_files)
-        read_lat = read_latencies([read_file_of(f) for f in lat_files])
 
         hot_last = max((d.get("hot_last_ns") or 0 for d in final_stats), default=0) or None
         return compute(
@@ -419,8 +368,11 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             publisher=done or pub_final or {},
             publisher_final=pub_final or {},
             hot_last_ns=hot_last,
-            latencies=latencies,
-            read_latencies=read_lat,
+            latency=final["hists"].get("fanout"),
+            read_latency=final["hists"].get("fanout_read"),
+            latency_at=next(
+                (d["latency_at"] for d in final_stats if d.get("latency_at")), "arrival"
+            ),
             all_delivered=all_delivered,
             rss_baseline=rss_baseline,
             rss_start=rss_start,
@@ -442,7 +394,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         )
     finally:
         await stop_quietly([pub, *gens], server)
-        tmp.cleanup()
 
 
 def compute(
@@ -461,8 +412,9 @@ def compute(
     publisher: dict[str, Any],
     publisher_final: dict[str, Any],
     hot_last_ns: int | None,
-    latencies: array[int],
-    read_latencies: array[int],
+    latency: Histogram | None,
+    read_latency: Histogram | None,
+    latency_at: str,
     all_delivered: bool,
     rss_baseline: int | None,
     rss_start: int | None,
@@ -492,7 +444,7 @@ def compute(
         publish_rate = (published - 1) / ((last_send - first_send) / 1e9)
     demanded = k * args.rate
     fraction = None if delivered_rate is None else delivered_rate / demanded
-    lat = latency_stats(latencies)
+    lat = summary_with_hist(latency)
     lg_cpu = after["cpu_s"] - before["cpu_s"]
     # Machine CPU not spent by the server, the generators or the publisher
     # (the publisher's whole-run CPU is an upper bound of its share here).
@@ -524,11 +476,12 @@ def compute(
         "missing": max(0, expected - delivered),
         "all_delivered": all_delivered or (expected > 0 and delivered >= expected),
         "out_of_order": final["hot_out_of_order"],
-        # Arrival in the client's socket (the kernel's receive time); the
-        # same deliveries timed when the generator read them add its queue.
-        "latency_at": "arrival",
+        # Arrival in the client's socket (the kernel's receive time; over
+        # TLS "read"); the same deliveries timed when the generator read
+        # them add its queue.
+        "latency_at": latency_at,
         "latency_ms": lat,
-        "read_latency_ms": latency_stats(read_latencies),
+        "read_latency_ms": summary_with_hist(read_latency),
         "delivery_window_s": None if window_s is None else round(window_s, 3),
         "delivered_per_s": None if delivered_rate is None else round(delivered_rate, 1),
         "demanded_per_s": demanded,

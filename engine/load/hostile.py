@@ -64,25 +64,30 @@ import math
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 from engine.load.churn import http_get_json, stats_url
-from engine.load.fanout import latency_stats, read_file_of
+from engine.load.histogram import (
+    Histogram,
+    Latency,
+    current,
+    fold,
+    merge_field,
+    summary_with_hist,
+)
 from engine.load.idle import (
     Generator,
     PublisherChild,
     _HelpFormatter,
     aggregate,
     loadgen_argv,
-    read_latencies,
     start_server,
+    take_recent,
     wait_ramp,
 )
 from engine.load.procs import (
@@ -441,8 +446,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     workers: list[WorkerChild] = []
     phases: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
-    tmp = tempfile.TemporaryDirectory(prefix="bench-hostile-")
-    lat_files: dict[str, Path] = {}
     server_died_at: float | None = None
     t_start = time.monotonic()
     stats_state: dict[str, Any] = {"last": None, "task": None, "failures": 0}
@@ -496,8 +499,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         for i, (transport, count) in enumerate(split.items()):
             if count <= 0:
                 continue
-            lat_file = Path(tmp.name) / f"latencies-{transport}.bin"
-            lat_files[transport] = lat_file
             ns = SimpleNamespace(
                 source_addrs=1,
                 transport=transport,
@@ -514,10 +515,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 str(count),
                 "--total-clients",
                 str(count),
-                "--latency-file",
-                str(lat_file),
-                "--read-latency-file",
-                str(read_file_of(lat_file)),
             ]
             g = Generator(i, loadgen_argv(ns, url, 0, count, max_seconds, hot))
             await g.start(guard)
@@ -583,6 +580,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         log(progress, f"attacking for {args.duration:g} s: {', '.join(args.attack_list) or 'none'}")
         rss_peak = rss_baseline or 0
         next_sample = t_go
+        take_recent(gens)  # the samples start with the attack
         next_log = t_go + 5.0
         t_end = t_go + args.duration
         # bounded by t_end (and the server's death)
@@ -610,6 +608,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "ordinary_connected": agg["connected"],
                         "ordinary_dropped": agg["dropped"] - before["dropped"],
                         "delivered": agg["hot_messages"] - before["hot_messages"],
+                        # ordinary clients' deliveries since the previous sample
+                        "latency_ms": current(take_recent(gens), "fanout"),
                         "attack_open": {w.attack.name: w.latest.get("open_now") for w in attackers},
                         "attack_cut": {w.attack.name: w.latest.get("cut") for w in attackers},
                         "newcomers_ok": newcomers.latest.get("newcomers_ok"),
@@ -675,8 +675,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 server_died_at = round(time.monotonic() - t_go, 3)
             server_exit = await server.stop()
         phases["total_s"] = round(time.monotonic() - t_start, 3)
-        latencies = {t: read_latencies([f]) for t, f in lat_files.items()}
-        read_lat = {t: read_latencies([read_file_of(f)]) for t, f in lat_files.items()}
+        # Each transport's whole-run histograms (one generator per transport).
+        hists = {t: merge_field([d], "hist_total") for t, d in finals.items()}
         return compute(
             args=args,
             url=url,
@@ -691,8 +691,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             final=final,
             finals=finals,
             expected=expected,
-            latencies=latencies,
-            read_latencies=read_lat,
+            hists=hists,
             pubs={k: p.lines.get("final") or p.lines.get("done") or {} for k, p in pubs.items()},
             workers=workers,
             rss_baseline=rss_baseline,
@@ -718,7 +717,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 5.0)
         await stop_quietly([*workers, *pubs.values(), *gens], server)
-        tmp.cleanup()
 
 
 # --------------------------------------------------------------------------- figures
@@ -749,8 +747,7 @@ def compute(
     final: dict[str, Any],
     finals: dict[str, dict[str, Any]],
     expected: int,
-    latencies: dict[str, Any],
-    read_latencies: dict[str, Any],
+    hists: dict[str, dict[str, Histogram]],
     pubs: dict[str, dict[str, Any]],
     workers: list[WorkerChild],
     rss_baseline: int | None,
@@ -764,14 +761,14 @@ def compute(
     phases: dict[str, float],
     samples: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    from array import array
-
-    every = array("q")
-    every_read = array("q")
-    for t in latencies:
-        every.extend(latencies[t])
-        every_read.extend(read_latencies[t])
-    lat = latency_stats(every)
+    # Over both transports (fresh ones: merging changes the first argument).
+    every, every_read = Latency(), Latency()
+    for by_name in hists.values():
+        for total, name in ((every, "fanout"), (every_read, "fanout_read")):
+            if name in by_name:
+                fold(total, by_name[name])
+    lat = summary_with_hist(every)
+    latency_at = next((d["latency_at"] for d in finals.values() if d.get("latency_at")), "arrival")
     delivered = after["hot_messages"] - before["hot_messages"]
     dropped = after["dropped"] - before["dropped"]
     ordinary = {
@@ -788,12 +785,11 @@ def compute(
         "delivered": delivered,
         "missing": max(0, expected - delivered),
         "out_of_order": final["hot_out_of_order"],
-        "latency_at": "arrival",
+        "latency_at": latency_at,
         "latency_ms": lat,
-        "read_latency_ms": latency_stats(every_read),
+        "read_latency_ms": summary_with_hist(every_read),
         "latency_ms_by_transport": {
-            t: {k: v for k, v in latency_stats(v).items() if not k.startswith("hist")}
-            for t, v in latencies.items()
+            t: summary_with_hist(by_name.get("fanout")) for t, by_name in hists.items()
         },
         "dropped_by_transport": {t: d.get("dropped") for t, d in finals.items()},
         "errors": final["errors"],

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
 import importlib.metadata
 import math
@@ -60,12 +59,19 @@ import sys
 import tempfile
 import time
 import urllib.request
-from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.load.histogram import hist_count, hist_merge, hist_percentile, hist_sub, percentile_ms
+from engine.load.histogram import (
+    Histogram,
+    current,
+    decode_histogram,
+    fold,
+    merge_field,
+    minus,
+    summary_with_hist,
+)
 from engine.load.procs import (
     ChildGuard,
     LineChild,
@@ -188,11 +194,16 @@ class Generator(LineChild):
         self.latest: dict[str, Any] = {}
         self.final: dict[str, Any] | None = None
         self.tagged: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # The histograms of the values since the last take_recent() (the
+        # lines' "hist"): what the scenario's next sample reports.
+        self.recent: dict[str, Histogram] = {}
 
     def on_line(self, d: dict[str, Any]) -> None:
         if d.get("type") != "stats":
             return
         self.latest = d
+        for name, value in (d.get("hist") or {}).items():
+            self.recent[name] = fold(self.recent.get(name), decode_histogram(value))
         if d.get("final"):
             self.final = d
         tag = d.get("tag")
@@ -200,6 +211,10 @@ class Generator(LineChild):
             fut = self.tagged.get(tag)
             if fut is not None and not fut.done():
                 fut.set_result(d)
+
+    def take_recent(self) -> dict[str, Histogram]:
+        out, self.recent = self.recent, {}
+        return out
 
     async def report(self, tag: str, timeout: float) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -209,6 +224,15 @@ class Generator(LineChild):
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RunError(f"loadgen {self.index} did not report within {timeout} s") from None
+
+
+def take_recent(gens: Sequence[Generator]) -> dict[str, Histogram]:
+    """The generators' histograms since the last call, merged by name."""
+    out: dict[str, Histogram] = {}
+    for g in gens:
+        for name, h in g.take_recent().items():
+            out[name] = fold(out.get(name), h)
+    return out
 
 
 def loadgen_argv(
@@ -310,19 +334,16 @@ async def wait_ramp(
 
 
 def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the generators' counters; merge histograms, errors, advice, times."""
+    """Sum the generators' counters; merge errors, advice, times, and under
+    ``hists`` the whole-run histograms of the lines that carry them (tagged
+    and final ones: ``hist_total``, engine/load/histogram.py)."""
     out: dict[str, Any] = {k: 0 for k in SUMMED}
     errors: dict[str, int] = {}
-    hist: list[int] | None = None
-    buckets: list[int] = []
     hold_min: float | None = None
     hold_max = 0.0
     timeouts: list[int] = []
     first_start: list[float] = []
     last_connected: list[float] = []
-    lateness: list[dict[str, int]] = []
-    late_min: list[float] = []
-    late_max: list[float] = []
     lag_max = 0.0
     tls_version: str | None = None
     tls_cipher: str | None = None
@@ -331,12 +352,6 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         tls_version = tls_version or d.get("tls_version")
         tls_cipher = tls_cipher or d.get("tls_cipher")
-        if d.get("lateness_hist"):
-            lateness.append(d["lateness_hist"])
-        if d.get("lateness_min_ms") is not None:
-            late_min.append(d["lateness_min_ms"])
-        if d.get("lateness_max_ms") is not None:
-            late_max.append(d["lateness_max_ms"])
         lag_max = max(lag_max, d.get("loop_lag_max_ms") or 0.0)
         for k in SUMMED:
             v = d.get(k)
@@ -344,10 +359,6 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
                 out[k] += v
         for k, v in (d.get("errors") or {}).items():
             errors[k] = errors.get(k, 0) + v
-        h = d.get("latency_hist")
-        if h:
-            hist = list(h) if hist is None else [a + b for a, b in zip(hist, h, strict=False)]
-            buckets = d.get("latency_buckets_ms") or buckets
         if d.get("hold_min_s") is not None:
             hold_min = d["hold_min_s"] if hold_min is None else min(hold_min, d["hold_min_s"])
         hold_max = max(hold_max, d.get("hold_max_s") or 0.0)
@@ -358,16 +369,12 @@ def aggregate(stats: list[dict[str, Any]]) -> dict[str, Any]:
         if d.get("last_connected_at"):
             last_connected.append(d["last_connected_at"])
     out["errors"] = dict(sorted(errors.items(), key=lambda kv: -kv[1]))
-    out["latency_hist"] = hist or []
-    out["latency_buckets_ms"] = buckets
     out["hold_min_s"] = hold_min
     out["hold_max_s"] = hold_max
     out["advice_timeout"] = max(timeouts) if timeouts else None
     out["first_start_at"] = min(first_start) if first_start else None
     out["last_connected_at"] = max(last_connected) if last_connected else None
-    out["lateness_hist"] = hist_merge(*lateness)
-    out["lateness_min_ms"] = min(late_min) if late_min else None
-    out["lateness_max_ms"] = max(late_max) if late_max else None
+    out["hists"] = merge_field(stats, "hist_total")
     out["loop_lag_max_ms"] = lag_max
     out["tls_version"] = tls_version
     out["tls_cipher"] = tls_cipher
@@ -720,34 +727,6 @@ class PublisherChild(LineChild):
         return self.lines[kind]
 
 
-def read_latencies(paths: list[Path]) -> array[int]:
-    """Every fan-out delivery's latency (int64 ns) the generators wrote
-    (--latency-file), a missing file counting for none."""
-    values = array("q")
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-            data = f.read()
-            values.frombytes(data[: len(data) - len(data) % values.itemsize])
-    return values
-
-
-def read_latencies_ms(paths: list[Path]) -> list[float]:
-    """Every fan-out delivery's latency (ms) the generators wrote, sorted."""
-    return sorted(v / 1e6 for v in read_latencies(paths))
-
-
-def nearest_rank(n: int, q: float) -> int:
-    """Index of the q-quantile among n sorted values (nearest rank)."""
-    return min(n - 1, max(0, math.ceil(q * n) - 1))
-
-
-def exact_percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank q-quantile of sorted values; None when empty."""
-    if not sorted_values:
-        return None
-    return sorted_values[nearest_rank(len(sorted_values), q)]
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -764,7 +743,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     t_start = time.monotonic()
     workdir = tempfile.TemporaryDirectory(prefix="bench-idle-")
-    lat_files: list[Path] = []
     tls: dict[str, Any] | None = None
     ca_file: Path | None = None
     metrics_url: str | None = None
@@ -842,8 +820,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             if ca_file is not None:
                 extra += ["--ca-file", str(ca_file)]
             if args.hot_clients:
-                lat_file = Path(workdir.name) / f"latencies-{i}.bin"
-                lat_files.append(lat_file)
                 extra += [
                     "--hot-channel",
                     args.hot_channel,
@@ -851,8 +827,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                     str(args.hot_clients),
                     "--total-clients",
                     str(n),
-                    "--latency-file",
-                    str(lat_file),
                 ]
             g = Generator(i, loadgen_argv(args, gen_url, start, count, max_seconds, extra))
             await g.start(guard)
@@ -889,6 +863,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         bar = ProgressBar("hold", args.hold, progress)
         hold_end_at = t_hold + args.hold
         next_sample = t_hold
+        take_recent(gens)  # the samples start with the hold
         # bounded by hold_end_at
         while (now := time.monotonic()) < hold_end_at:
             await asyncio.sleep(min(0.5, max(0.0, hold_end_at - now)))
@@ -907,6 +882,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "rss": r,
                         "cpu": cpu(),
                         "loadgen_cpu": agg["cpu_s"],
+                        # heartbeats answered since the previous sample
+                        "lateness_ms": current(take_recent(gens), "lateness"),
                     }
                 )
             bar.update(
@@ -947,7 +924,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             if fan is not None and final_pub is not None:
                 fan["publisher_final"] = final_pub
         await asyncio.gather(*(g.stop(15.0) for g in gens))
-        final = aggregate([g.final or g.latest for g in gens])
+        final_lines = [g.final or g.latest for g in gens]
+        final = aggregate(final_lines)
         server_exit = await stop_server(server)
         server_problems: dict[str, Any] | None = None
         if server is not None:
@@ -961,17 +939,12 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             tls["handshakes"] = final.get("tls_handshakes")
             tls["errors"] = final.get("tls_errors")
         if fan is not None:
-            lat = read_latencies_ms(lat_files)
-            fan["latency_at"] = "arrival"  # in the client's socket (bench/stamped.py)
-            fan["latency_ms"] = {
-                "count": len(lat),
-                "min": lat[0] if lat else None,
-                "p50": exact_percentile(lat, 0.50),
-                "p90": exact_percentile(lat, 0.90),
-                "p99": exact_percentile(lat, 0.99),
-                "max": lat[-1] if lat else None,
-                "negative": sum(1 for v in lat if v < 0),
-            }
+            # In the client's socket (stamped.py), over TLS when read.
+            fan["latency_at"] = next(
+                (d["latency_at"] for d in final_lines if d.get("latency_at")), "arrival"
+            )
+            fan["latency_ms"] = summary_with_hist(final["hists"].get("fanout"))
+            fan["read_latency_ms"] = summary_with_hist(final["hists"].get("fanout_read"))
 
         return compute(
             args=args,
@@ -1191,8 +1164,6 @@ def compute(
     if rss_baseline is not None and rss_loaded is not None and connected > 0:
         bytes_per_client = (rss_loaded - rss_baseline) / connected
     cpu_per_cycle = cpu_hold / timeout_cycles if cpu_hold is not None else None
-    hist = final["latency_hist"]
-    buckets = final["latency_buckets_ms"]
     lg_cpu_hold = hold_end["cpu_s"] - hold_start["cpu_s"]
     # CPU the machine spent outside the server and the generators during the
     # hold: other load on the box, which the figures above do not account for.
@@ -1218,11 +1189,8 @@ def compute(
         "ramp_cpu_s": ramp_cpu,
         "connected_after_ramp": ramp_stats["connected"],
         "setup_latency_ms": {
-            "p50": percentile_ms(hist, buckets, 0.50),
-            "p90": percentile_ms(hist, buckets, 0.90),
-            "p99": percentile_ms(hist, buckets, 0.99),
-            "note": "upper bucket edge of the time from a client's start to its first "
-            "successful connect",
+            **summary_with_hist(final["hists"].get("setup")),
+            "note": "time from a client's start to its first successful connect",
         },
         "server_timeout_ms": timeout_ms,
         "hold_seconds": round(hold_s, 3),
@@ -1251,7 +1219,7 @@ def compute(
         "rehandshakes": final["rehandshakes"],
         "messages_received": final["messages"],
         "errors": final["errors"],
-        "counters": {k: final[k] for k in final if k not in ("errors", "latency_hist")},
+        "counters": {k: final[k] for k in final if k not in ("errors", "hists")},
         "loadgen": {
             "procs": args.procs,
             "rss_bytes": hold_end["rss_bytes"],
@@ -1278,29 +1246,15 @@ def compute(
     # Heartbeats: held connects answered successfully without events,
     # lateness = reply - send - advised timeout (negative: answered early, as
     # the server does on purpose by up to its --timeout-jitter).
-    late_hold = hist_sub(hold_end["lateness_hist"], hold_start["lateness_hist"])
-    late_all = final["lateness_hist"]
-
-    def lateness(h: dict[int, int]) -> dict[str, Any]:
-        return {
-            "count": hist_count(h),
-            "p50": hist_percentile(h, 0.50),
-            "p90": hist_percentile(h, 0.90),
-            "p99": hist_percentile(h, 0.99),
-            "max_bucket": hist_percentile(h, 1.0),
-        }
-
+    # The hold's histogram: the whole-run ones at its end minus those at its start.
+    late_hold = minus(hold_end["hists"].get("lateness"), hold_start["hists"].get("lateness"))
     cpu_count = os.cpu_count() or 1
     results["heartbeat_lateness_ms"] = {
-        "hold": lateness(late_hold),
-        "run": {
-            **lateness(late_all),
-            "min": final["lateness_min_ms"],
-            "max": final["lateness_max_ms"],
-        },
-        "hist_hold": {str(k): v for k, v in sorted(late_hold.items())},
+        "hold": summary_with_hist(late_hold, signed=True),
+        "run": summary_with_hist(final["hists"].get("lateness"), signed=True),
         "note": "held connect answered successfully without events: reply - send - advised "
-        "timeout, ms; percentiles are upper edges of ~6 % log buckets; 'run' covers the ramp too",
+        "timeout, ms (HdrHistogram, 3 significant digits; 'hist' its encoded form, 'early' "
+        "the negative ones); 'run' covers the ramp too",
     }
     results["dropped_during_ramp"] = hold_start["dropped"]
     results["dropped_fraction"] = round(final["dropped"] / n, 6)
@@ -1424,7 +1378,7 @@ def report_table(record: dict[str, Any]) -> str:
         ),
         (
             "setup latency p50 / p99",
-            f"<= {na(lat['p50'], '{:.0f}')} / <= {na(lat['p99'], '{:.0f}')} ms",
+            f"{na(lat['p50'], '{:.1f}')} / {na(lat['p99'], '{:.1f}')} ms",
         ),
         ("server timeout", f"{r['server_timeout_ms']} ms"),
         ("hold", f"{r['hold_seconds']:.1f} s = {r['timeout_cycles']:.2f} timeout cycles"),
@@ -1467,11 +1421,11 @@ def report_table(record: dict[str, Any]) -> str:
     ]
     late = (r.get("heartbeat_lateness_ms") or {}).get("hold")
     if late:
+        top = late.get("max", late.get("max_bucket"))  # (records before HdrHistogram)
         rows.append(
             (
                 "heartbeat lateness p50 / p99 / max",
-                f"{ms(late['p50'])} / {ms(late['p99'])} / {ms(late['max_bucket'])} ms "
-                f"({late['count']:,})",
+                f"{ms(late['p50'])} / {ms(late['p99'])} / {ms(top)} ms ({late['count']:,})",
             )
         )
     rows += [
@@ -1614,7 +1568,7 @@ def tls_comparison(plain: dict[str, Any], tls: dict[str, Any]) -> dict[str, Any]
     rows = comparison_rows(p, t) + [
         row("server CPU during ramp, s", "ramp_server_cpu_s", "{:.2f}"),
         row("loadgen CPU during ramp, s", "ramp_loadgen_cpu_s", "{:.2f}"),
-        row("setup latency p99 (bucket edge), ms", "setup_p99_ms", "{:,.0f}"),
+        row("setup latency p99, ms", "setup_p99_ms", "{:,.1f}"),
         row("heartbeat lateness p99, ms", "lateness_p99_ms", "{:,.0f}"),
         row("loadgen CPU during hold, %", "loadgen_cpu_percent_hold", "{:.1f}"),
         row("loadgen RSS per client", "loadgen_rss_per_client_bytes", "{:,.0f}"),

@@ -53,6 +53,7 @@ import httptools
 import orjson
 import uvloop
 
+from engine.load.histogram import Latency, summary_with_hist
 from engine.load.wsframes import (
     OP_CLOSE,
     OP_PING,
@@ -329,7 +330,8 @@ class Publisher:
         self.first_send_ns: int | None = None
         self.last_send_ns: int | None = None
         self.max_lag_s = 0.0
-        self.ack_latencies_us: list[int] = []
+        # Publish -> successful reply, timed when the reply was read.
+        self.ack_latency = Latency()
         self.sent_at: dict[str, int] = {}
         self.pad = "x" * max(0, args.payload_bytes)
 
@@ -511,7 +513,7 @@ class Publisher:
     def _count_reply(self, reply: dict[str, Any], sent_ns: int) -> None:
         if reply.get("successful") is True:
             self.acked += 1
-            self.ack_latencies_us.append((time.monotonic_ns() - sent_ns) // 1000)
+            self.ack_latency.record_ns(time.monotonic_ns() - sent_ns)
         else:
             self.failed += 1
             self.error("publish:" + str(reply.get("error"))[:60])
@@ -585,11 +587,6 @@ class Publisher:
         emit({"type": "done", **self.summary()})
 
     def summary(self) -> dict[str, Any]:
-        lat = sorted(self.ack_latencies_us)
-
-        def q(p: float) -> float | None:
-            return None if not lat else lat[min(len(lat) - 1, int(p * len(lat)))] / 1000.0
-
         return {
             "transport": self.transport,
             "messages": self.args.messages,
@@ -607,7 +604,7 @@ class Publisher:
             "max_lag_ms": round(self.max_lag_s * 1000, 2),
             "publish_requests": self.publish_requests or self.published,
             "max_batch": self.max_batch or (1 if self.published else 0),
-            "ack_ms": {"p50": q(0.5), "p99": q(0.99), "max": lat[-1] / 1000.0 if lat else None},
+            "ack_ms": summary_with_hist(self.ack_latency),
             "handshakes": self.handshakes,
             "connects": self.connects,
             "connect_failures": self.connect_failures,

@@ -70,6 +70,10 @@ def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> Non
     assert r["server_timeout_ms"] == 2000  # the server's own advice
     assert r["hold_seconds"] >= 2.0
     assert r["connect_cycles"] > 0  # at least one held connect completed
+    # Samples carry the lateness of the heartbeats since the previous one
+    # (the generators' per-line histograms), never more than the whole run's.
+    seen = [s["lateness_ms"]["count"] for s in r["samples"]]
+    assert 0 < sum(seen) <= r["heartbeat_lateness_ms"]["run"]["count"], r["samples"]
     assert r["rss_baseline_bytes"] > 0
     assert r["rss_loaded_bytes"] > 0
     assert r["bytes_per_client"] > 0
@@ -114,49 +118,49 @@ def test_aggregation_helpers() -> None:
     idle = bench_module("idle")
     assert idle.split_clients(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert idle.source_addresses(2) == ["127.0.0.1", "127.0.0.2"]
-    buckets = [1, 2, 5]
-    assert idle.percentile_ms([0, 0, 0, 0], buckets, 0.5) is None
-    assert idle.percentile_ms([1, 1, 2, 0], buckets, 0.5) == 2.0
-    assert idle.percentile_ms([0, 0, 0, 1], buckets, 0.99) == math.inf
     agg = idle.aggregate(
         [
-            {"connected": 3, "dropped": 1, "errors": {"a": 1}, "latency_hist": [1, 0],
+            {"connected": 3, "dropped": 1, "errors": {"a": 1},
              "advice_timeout": 2000, "hold_min_s": 2.0, "hold_max_s": 2.1},
-            {"connected": 4, "dropped": 0, "errors": {"a": 2, "b": 1}, "latency_hist": [0, 2],
+            {"connected": 4, "dropped": 0, "errors": {"a": 2, "b": 1},
              "advice_timeout": 2000, "hold_min_s": 1.9, "hold_max_s": 2.0},
         ]
     )  # fmt: skip
     assert agg["connected"] == 7 and agg["dropped"] == 1
     assert agg["errors"] == {"a": 3, "b": 1}
-    assert agg["latency_hist"] == [1, 2]
     assert agg["hold_min_s"] == 1.9 and agg["hold_max_s"] == 2.1
-    assert agg["lateness_hist"] == {} and agg["lateness_min_ms"] is None
+    assert agg["hists"] == {}  # untagged lines carry no whole-run histograms
 
-    # Heartbeat lateness: signed log buckets, merged over generators through JSON.
+    # The generator's histograms, as its stats lines carry them: "hist" the
+    # values since the last line, "hist_total" (tagged and final lines) all.
+    client = bench_module("loadgen")
+    stats = client.Stats()
+    for ms in range(-3000, 3001, 10):  # heartbeat lateness, signed
+        stats.heartbeat(ms / 1000)
+    stats.setup_latency(0.004)
+    first = json.loads(json.dumps(stats.histograms(total=True)))  # as on the wire
+    assert set(first["hist"]) == {"lateness", "setup"} == set(first["hist_total"])
+    stats.heartbeat(4.0)
+    second = json.loads(json.dumps(stats.histograms(total=True)))
+    assert set(second["hist"]) == {"lateness"}  # only what came since the first line
+    assert json.loads(json.dumps(stats.histograms(total=False))) == {
+        "hist": {},
+        "hist_clamped": {},
+    }
+
+    agg = idle.aggregate([second, first])  # two generators
+    late = agg["hists"]["lateness"].summary()
+    assert late["count"] == 2 * 601 + 1 and late["early"] == 2 * 300
+    assert late["min"] == pytest.approx(-3000, rel=1e-3)
+    assert late["max"] == pytest.approx(4000, rel=1e-3)
+    assert -10 <= late["p50"] <= 10
+    assert agg["hists"]["setup"].summary()["p99"] == pytest.approx(4.0, rel=1e-3)
+    # A hold's histogram: whole-run ones at its end minus those at its start.
     hist = bench_module("histogram")
-    h1: dict[int, int] = {}
-    for v in range(-3000, 3001, 10):
-        hist.hist_add(h1, v)
-    assert sum(h1.values()) == 601
-    assert hist.hist_bucket(0.5) == 0 and hist.hist_bucket(-0.5) == 0
-    assert hist.hist_bucket(-250.0) == -hist.hist_bucket(250.0) < 0
-    for v in (1.5, 37.0, 950.0, 29_999.0, -2.5, -1234.0):
-        lo, hi = hist.hist_edges(hist.hist_bucket(v))
-        assert lo <= v <= hi and (hi - lo) <= 0.07 * abs(v)  # ~6 % buckets
-    p50 = hist.hist_percentile(h1, 0.5)
-    assert -100 < p50 < 100
-    assert hist.hist_percentile(h1, 1.0) >= 3000 > hist.hist_percentile(h1, 0.9)
-    assert hist.hist_percentile({}, 0.5) is None
-    wire = {str(k): v for k, v in h1.items()}  # as in a stats line
-    agg = idle.aggregate(
-        [
-            {"lateness_hist": wire, "lateness_min_ms": -3000.0, "lateness_max_ms": 3000.0},
-            {"lateness_hist": wire, "lateness_min_ms": -10.0, "lateness_max_ms": 4000.0},
-        ]
-    )
-    assert hist.hist_count(agg["lateness_hist"]) == 2 * 601
-    assert agg["lateness_min_ms"] == -3000.0 and agg["lateness_max_ms"] == 4000.0
-    assert hist.hist_sub(agg["lateness_hist"], wire) == h1
+    hold_start = idle.aggregate([first])["hists"]
+    hold_end = idle.aggregate([second])["hists"]
+    during = hist.minus(hold_end["lateness"], hold_start["lateness"]).summary()
+    assert during["count"] == 1 and during["p50"] == pytest.approx(4000, rel=1e-3)
 
 
 @pytest.mark.timeout(120)
@@ -219,7 +223,7 @@ def test_idle_workers_over_redis_with_fanout(tmp_path: Path, transport: str) -> 
 
     late = r["heartbeat_lateness_ms"]["hold"]
     assert late["count"] > 0  # held connects answered without events during the hold
-    assert late["p50"] <= late["p99"] <= late["max_bucket"]
+    assert late["p50"] <= late["p99"] <= late["max"]
     assert -2000 < late["p50"] < 2000  # within one timeout of the advised one
     run = r["heartbeat_lateness_ms"]["run"]
     assert run["count"] >= late["count"] and run["min"] <= run["max"]
@@ -230,7 +234,7 @@ def test_idle_workers_over_redis_with_fanout(tmp_path: Path, transport: str) -> 
     assert fan["expected"] == 30 * messages == fan["delivered"] and fan["missing"] == 0
     assert fan["complete"] is True and r["held_cleanly"] is True
     lat = fan["latency_ms"]
-    assert lat["count"] == 30 * messages and lat["negative"] == 0
+    assert lat["count"] == 30 * messages and lat["clamped"] == 0
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
 
     # Nothing is left running: the server, its workers, redis.
@@ -290,9 +294,12 @@ def _check_fanout_results(r: dict, transport: str) -> None:  # type: ignore[type
         assert r["out_of_order"] == 0
     lat = r["latency_ms"]
     assert lat["count"] == expected  # one latency per delivery
-    assert lat["negative"] == 0
-    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert sum(lat["hist"]) == expected
+    assert lat["clamped"] == 0  # none negative (nor over an hour)
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+    hist = bench_module("histogram")
+    assert hist.Latency.decode(lat["hist"]).summary() == {
+        k: v for k, v in lat.items() if k not in ("hist", "clamped")
+    }
     # Timed at arrival in the socket; the generator reads each delivery later.
     read = r["read_latency_ms"]
     assert r["latency_at"] == "arrival" and read["count"] == expected
@@ -440,13 +447,16 @@ def test_fanout_helpers() -> None:
         assert len(hot) == k
         if k > 1:  # evenly spread, not bunched at the start
             assert hot[-1] >= n - n // k - 1
-    from array import array
-
-    stats = fanout.latency_stats(array("q", [v * 1_000_000 for v in range(1, 101)]))
-    assert stats["count"] == 100
-    assert (stats["p50"], stats["p90"], stats["p99"], stats["max"]) == (50.0, 90.0, 99.0, 100.0)
-    assert sum(stats["hist"]) == 100 and stats["negative"] == 0
-    assert fanout.latency_stats(array("q"))["count"] == 0
+    # Every hot event's latency goes into the generator's fanout histograms.
+    stats = loadgen.Stats()
+    for v in range(1, 101):
+        stats.fanout_ns.append(v * 1_000_000)  # as the hot path does
+    line = json.loads(json.dumps(stats.histograms(total=True)))
+    s = fanout.summary_with_hist(fanout.aggregate([line])["hists"].get("fanout"))
+    assert s["count"] == 100 and s["clamped"] == 0
+    exact = (50.0, 90.0, 99.0, 100.0)  # nearest rank; HdrHistogram keeps 3 digits
+    assert (s["p50"], s["p90"], s["p99"], s["max"]) == pytest.approx(exact, rel=1e-3)
+    assert fanout.summary_with_hist(None)["count"] == 0
 
 
 def test_cluster_scenario_single_and_two_workers(tmp_path: Path) -> None:
