@@ -16,7 +16,7 @@ table gives the median publishes/s, the median and p99 call latency, and the
 server's CPU time per publish. The subscriber's deliveries are counted, so a
 publish that did not arrive is seen (``delivered`` must equal the publishes).
 
-    python bench/api_publish.py --messages 5000 --repeats 3
+    python bench/api_publish.py        # README Performance, row 8: 5,000 publishes x 5
 
 writes ``bench/results/api-publish-<timestamp>.json``.
 """
@@ -214,7 +214,7 @@ def main() -> int:
     )
     p.add_argument("--messages", type=int, default=5000, help="publishes per run and mode")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight (async mode)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians reported)")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each mode (medians reported)")
     add_results_dir_arg(p)
     args = p.parse_args()
     if not 1 <= args.messages <= 1_000_000 or not 1 <= args.repeats <= 20:
