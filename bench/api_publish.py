@@ -42,7 +42,6 @@ from engine.load.records import (
     add_results_dir_arg,
     format_table,
     machine_info,
-    shell_join,
     utc_stamp,
     write_record,
 )
@@ -243,7 +242,7 @@ def main() -> int:
     )
     record = {
         "scenario": "api-publish",
-        "command": shell_join(sys.argv),
+        "command": [sys.executable, *sys.argv],
         "machine": machine_info(("engine", "urllib3", "aiohttp", "uvloop", "orjson")),
         "parameters": vars(args) | {"results_dir": str(args.results_dir)},
         "timestamp": utc_stamp(),

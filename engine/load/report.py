@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Turn bench records into a Markdown report and a PNG chart.
 
-    bench/report                                   # bench/results/*.json
-    bench/report bench/results/idle-*.json         # chosen records
-    bench/report --results-dir /tmp/r --markdown /tmp/r/REPORT.md --chart /tmp/r/report.png
+    python -m engine.load.report                           # bench/results/*.json
+    python -m engine.load.report bench/results/idle-*.json # chosen records
+    python -m engine.load.report --results-dir /tmp/r      # /tmp/r/REPORT.md, /tmp/r/report.png
+    python -m engine.load.report --readme docs/benchmarks.md   # also into that file
+
+``--results-dir`` is bench/results/ when the package runs from a checkout
+(python -m from the repository, or an editable install), else the current
+directory.
 
 Reads the JSON records the scenarios write (idle, fanout, churn, micro, bound;
 any other scenario gets a generic row), keeps the newest record of each
@@ -36,6 +41,14 @@ from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO_DIR / "bench"
+PROG = "python -m engine.load.report"
+
+
+def default_results_dir() -> Path:
+    """bench/results/ of the checkout this package runs from, else the current directory."""
+    results = BENCH_DIR / "results"
+    return results if (REPO_DIR / "pyproject.toml").is_file() and results.is_dir() else Path(".")
+
 
 #: Parameters that do not define a configuration (they change from run to run).
 VOLATILE = {
@@ -107,9 +120,9 @@ def command_line(rec: dict[str, Any]) -> str:
     cmd = rec.get("command")
     if not cmd:
         return ""
-    if isinstance(cmd, str):
-        return cmd
-    words = [str(w) for w in cmd]
+    words = shlex.split(cmd) if isinstance(cmd, str) else [str(w) for w in cmd]
+    if words and words[0].endswith(".py"):  # (a command recorded without its interpreter)
+        words.insert(0, "python")
     out: list[str] = []
     skip = False
     for i, w in enumerate(words):
@@ -759,7 +772,7 @@ def markdown(records: list[dict[str, Any]], chart_rel: str | None, sources: str)
     out = [
         "# Benchmark report",
         "",
-        f"Generated {now} by `bench/report` from {len(records)} record(s) in {sources}.",
+        f"Generated {now} by `{PROG}` from {len(records)} record(s) in {sources}.",
         f"Machine of the newest record: {machine_line(records)}.",
         "Each row gives the command that reproduces it (from the repository root).",
     ]
@@ -966,7 +979,7 @@ def markdown(records: list[dict[str, Any]], chart_rel: str | None, sources: str)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench/report",
+        prog=PROG,
         description="Read bench JSON records and write a Markdown report (key figures per "
         "scenario, engine vs Faye, the command of each) and a PNG chart (latency percentiles "
         "and RSS per client against N, engine vs Faye).",
@@ -981,8 +994,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--results-dir",
         type=Path,
-        default=BENCH_DIR / "results",
-        help="where records are read from when none are named",
+        default=default_results_dir(),
+        help="where records are read from when none are named (bench/results/ in a checkout)",
     )
     p.add_argument(
         "--markdown",

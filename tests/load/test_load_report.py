@@ -139,3 +139,11 @@ def test_every_kept_record_renders(tmp_path: Path) -> None:
     for rec in records:
         assert report.command_line(rec) in text.replace("\\|", "|"), rec["command"]
         assert rec.get("timestamp", "") in text, rec["command"]
+
+
+def test_defaults_in_a_checkout() -> None:
+    """Run from this checkout, the report reads bench/results/ (elsewhere: the
+    current directory); a command recorded as one string still reads back."""
+    assert report.build_parser().parse_args([]).results_dir == RESULTS
+    rec = {"command": "bench/api_publish.py --messages 5000 --note 'a b'"}
+    assert report.command_line(rec) == "python bench/api_publish.py --messages 5000 --note 'a b'"
