@@ -17,13 +17,12 @@ Options it does not know go to each fan-out run (`python -m engine.load.fanout
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.load import fanout
+from engine.load import fanout, recipe
 from engine.load.procs import DEFAULT_SERVER_CMD, ChildGuard, RunError, start_redis
 from engine.load.records import (
     add_results_dir_arg,
@@ -42,13 +41,7 @@ def fanout_once(args: argparse.Namespace, extra: list[str], server_cmd: str) -> 
         "--messages", str(args.messages), "--rate", str(args.rate),
         "--transport", args.transport, "--no-progress", *extra, "--server-cmd", server_cmd,
     ]  # fmt: skip
-    fargs = fanout.build_parser().parse_args(argv)
-    fanout.resolve(fargs)
-    guard = ChildGuard()
-    try:
-        results: dict[str, Any] = asyncio.run(fanout.run(fargs, guard))["results"]
-    finally:
-        guard.kill_all()
+    results: dict[str, Any] = recipe.run_once(fanout, argv)["results"]
     return results
 
 

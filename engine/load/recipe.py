@@ -13,12 +13,19 @@ scenario itself still means what it meant.
 
 The record's command line is the recipe's with the figure's options written
 out: it reruns the same run whatever the recipe's defaults become.
+:func:`run_once` runs a scenario inside a recipe that compares several runs
+(bench/cluster.py, bench/history.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from engine.load.procs import ChildGuard
 
 
 def _named(option: str, argv: Sequence[str]) -> bool:
@@ -55,3 +62,17 @@ def run(
     defaults written out (``sys.argv`` is what the scenario parses and records)."""
     sys.argv[1:] = expand(figure, sys.argv[1:], without_peer)
     return main()
+
+
+def run_once(scenario: ModuleType, argv: list[str]) -> dict[str, Any]:
+    """One run of a scenario module (`engine.load.fanout`, ...) in this
+    process, against the server its arguments name, without writing a record:
+    its parameters and results. Every child it started is killed after."""
+    args = scenario.build_parser().parse_args(argv)
+    scenario.resolve(args)
+    guard = ChildGuard()
+    try:
+        outcome: dict[str, Any] = asyncio.run(scenario.run(args, guard))
+    finally:
+        guard.kill_all()
+    return outcome
