@@ -81,6 +81,23 @@ TARGETS: dict[str, Any] = {
 # --------------------------------------------------------------------------- loading
 
 
+def from_load_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of `python -m engine load` (one entry per server under
+    ``targets``, run in the order URL2, URL) read as the scenarios' records
+    are: URL's parameters and results as the main ones, URL2's (--compare) as
+    the peer, each named by its label. Other records are returned as they are."""
+    targets = [t for t in rec.get("targets") or [] if isinstance(t, dict)]
+    if "results" in rec or not targets or not isinstance(targets[-1].get("results"), dict):
+        return rec
+    main = targets[-1]
+    out = {**rec, "parameters": main.get("parameters") or {}, "results": main["results"]}
+    out["server"] = str(main.get("label") or main.get("url") or "URL")
+    if len(targets) > 1 and isinstance(targets[0].get("results"), dict):
+        other = targets[0]
+        out["peer"] = {"name": str(other.get("label") or "URL2"), "results": other["results"]}
+    return out
+
+
 def load(paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     records, problems = [], []
     for p in paths:
@@ -89,8 +106,10 @@ def load(paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
         except (OSError, ValueError) as exc:
             problems.append(f"{p}: {exc}")
             continue
+        if isinstance(rec, dict):
+            rec = from_load_record(rec)
         if not isinstance(rec, dict) or "scenario" not in rec or "results" not in rec:
-            problems.append(f"{p}: not a bench record (no scenario/results)")
+            problems.append(f"{p}: not a load record (no scenario/results)")
             continue
         rec["_path"] = str(p)
         records.append(rec)
@@ -148,7 +167,10 @@ def command_line(rec: dict[str, Any]) -> str:
 
 
 def server_name(rec: dict[str, Any]) -> str:
-    """Which server a record's main results are of: engine, faye, or the command."""
+    """Which server a record's main results are of: engine, faye, the command,
+    or (an `engine load` record) the label of its URL."""
+    if rec.get("server"):
+        return str(rec["server"])
     cmd = str(get(rec, "parameters", "server_cmd") or "")
     if not cmd or "-m engine" in cmd or "engine serve" in cmd:
         return "engine"
@@ -169,6 +191,9 @@ def sides(rec: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
 def engine_and_faye(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The engine's results and Faye's (or the peer's), wherever they are in the record."""
     found = dict(sides(rec))
+    if "engine" not in found:  # an `engine load` record: URL's results, then URL2's
+        both = sides(rec)
+        return both[0][1] or {}, (both[1][1] if len(both) > 1 else None)
     peer = next((v for k, v in found.items() if k != "engine"), None)
     return found.get("engine") or {}, peer
 

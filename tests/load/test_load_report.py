@@ -147,3 +147,35 @@ def test_defaults_in_a_checkout() -> None:
     assert report.build_parser().parse_args([]).results_dir == RESULTS
     rec = {"command": "bench/api_publish.py --messages 5000 --note 'a b'"}
     assert report.command_line(rec) == "python bench/api_publish.py --messages 5000 --note 'a b'"
+
+
+def test_engine_load_records_render_with_their_labels(tmp_path: Path) -> None:
+    """A record of `python -m engine load URL --compare URL2` (servers under
+    `targets`, URL2 run first) reads as URL's run with URL2's beside it; it
+    stays out of the targets, which compare the engine with Faye."""
+    lat = {"p50": 4.0, "p90": 6.0, "p99": 11.5, "max": 30.0}
+    params = {"clients": 300, "subscribers": 30, "rate": 20, "transport": "websocket"}
+    record = {
+        "scenario": "fanout",
+        "timestamp": "20260102T030405Z",
+        "started_at": 1.7e9,
+        "machine": {"cpu_count": 2},
+        "command": [sys.executable, "-m", "engine", "load", "http://127.0.0.1:8080/cometd",
+                    "--scenario", "fanout", "--compare", "http://127.0.0.1:8000/faye"],
+        "complete": True,
+        "targets": [
+            {"label": "127.0.0.1:8000", "url": "http://127.0.0.1:8000/faye", "server_pid": 2,
+             "parameters": params, "results": {"latency_ms": {**lat, "p99": 700.0}}},
+            {"label": "127.0.0.1:8080", "url": "http://127.0.0.1:8080/cometd", "server_pid": 1,
+             "parameters": params, "results": {"latency_ms": lat, "delivered_fraction": 1.0}},
+        ],
+    }  # fmt: skip
+    (tmp_path / "load-fanout.json").write_text(json.dumps(record))
+    md = tmp_path / "REPORT.md"
+    proc = _run(["--results-dir", str(tmp_path), "--markdown", str(md), "--no-chart"])
+    assert "skipped" not in proc.stderr
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if "20260102T030405Z" in line)
+    assert "| 4.0 / 6.0 / 11.5 / 30.0 |" in row and "700.0" in row  # URL's, then URL2's
+    assert "`python -m engine load http://127.0.0.1:8080/cometd --scenario fanout" in row
+    assert "## Targets" not in text
