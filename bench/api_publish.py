@@ -16,7 +16,7 @@ table gives the median publishes/s, the median and p99 call latency, and the
 server's CPU time per publish. The subscriber's deliveries are counted, so a
 publish that did not arrive is seen (``delivered`` must equal the publishes).
 
-    python bench/api_publish.py --messages 5000 --repeats 3
+    python bench/api_publish.py        # README Performance, row 8: 5,000 publishes x 5
 
 writes ``bench/results/api-publish-<timestamp>.json``.
 """
@@ -25,98 +25,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import json
-import multiprocessing
+import itertools
 import statistics
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from engine.client import AsyncPublisher, Publisher
+from engine.load.idle import Generator
 from engine.load.procs import ChildGuard, ServerProcess, free_port, read_cpu_seconds, stop_server
 from engine.load.records import (
     add_results_dir_arg,
     format_table,
     machine_info,
-    shell_join,
     utc_stamp,
     write_record,
 )
 
 KEY = "bench-api-key"
 CHANNEL = "/bench/api"
+REPORT_TAGS = itertools.count()
 
 
-class Subscriber:
-    """One long-polling client counting what it receives, in a process of its
-    own (so that it takes no CPU from the publisher being measured)."""
+def subscriber(base: str) -> Generator:
+    """One long-polling client of the load generator (engine/load/client.py),
+    subscribed to the channel, in a process of its own so that it takes no CPU
+    from the publisher measured; its ``messages`` counter is what arrived."""
+    argv = [sys.executable, "-m", "engine.load.client", "--url", base, "--clients", "1",
+            "--transport", "long-polling", "--channel", CHANNEL, "--report-interval", "1",
+            "--max-seconds", "3600"]  # fmt: skip
+    return Generator(0, argv)
 
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.counter = multiprocessing.Value("q", 0)
-        self.ready = multiprocessing.Event()
-        self.cookie = ""
-        self.client_id = ""
-        self.conn: http.client.HTTPConnection | None = None
-        self.process = multiprocessing.Process(target=self.run, daemon=True)
 
-    @property
-    def count(self) -> int:
-        return int(self.counter.value)
-
-    def start(self) -> None:
-        self.process.start()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.join(5)
-
-    def send(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.conn is None:  # (one keep-alive connection, made in the child)
-            split = urllib.parse.urlsplit(self.base)
-            self.conn = http.client.HTTPConnection(split.hostname, split.port, timeout=30)
-        self.conn.request(
-            "POST",
-            urllib.parse.urlsplit(self.base).path,
-            body=json.dumps(messages).encode(),
-            headers={"Content-Type": "application/json", "Cookie": self.cookie},
-        )
-        response = self.conn.getresponse()
-        cookie = response.headers.get("Set-Cookie")
-        if cookie:
-            self.cookie = cookie.split(";", 1)[0]
-        return json.loads(response.read())  # type: ignore[no-any-return]
-
-    def run(self) -> None:
-        hs = self.send(
-            [
-                {
-                    "channel": "/meta/handshake",
-                    "version": "1.0",
-                    "supportedConnectionTypes": ["long-polling"],
-                }
-            ]
-        )
-        self.client_id = hs[0]["clientId"]
-        connect = {
-            "channel": "/meta/connect",
-            "clientId": self.client_id,
-            "connectionType": "long-polling",
-        }
-        self.send([{**connect, "advice": {"timeout": 0}}])
-        self.send(
-            [{"channel": "/meta/subscribe", "clientId": self.client_id, "subscription": CHANNEL}]
-        )
-        self.ready.set()
-        while True:
-            for message in self.send([connect]):
-                if message.get("channel") == CHANNEL and "data" in message:
-                    with self.counter.get_lock():
-                        self.counter.value += 1
+async def received(sub: Generator) -> int:
+    """Messages the subscriber has received so far (a report tagged anew each time)."""
+    return int((await sub.report(f"r{next(REPORT_TAGS)}", 10.0))["messages"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -171,14 +116,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await server.start(30)
         url = f"http://127.0.0.1:{port}/api"
-        subscriber = Subscriber(f"http://127.0.0.1:{port}/cometd")
-        subscriber.start()
-        if not subscriber.ready.wait(10):
+        sub = subscriber(f"http://127.0.0.1:{port}/cometd")
+        await sub.start(guard)
+        for _ in range(100):  # bounded: 10 s for the client to connect
+            if sub.latest.get("connected"):
+                break
+            await asyncio.sleep(0.1)
+        else:
             raise SystemExit("api_publish: the subscriber could not subscribe")
         for _ in range(args.repeats):
             for mode in ("sync", "async"):
                 before_cpu = read_cpu_seconds(server.pid or 0) or 0.0
-                before_count = subscriber.count
+                before_count = await received(sub)
                 started = time.perf_counter()
                 if mode == "sync":
                     took = await asyncio.to_thread(run_sync, url, args.messages)
@@ -187,21 +136,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 elapsed = time.perf_counter() - started
                 cpu = (read_cpu_seconds(server.pid or 0) or 0.0) - before_cpu
                 deadline = time.monotonic() + 10
-                while (
-                    subscriber.count - before_count < args.messages + 1
-                    and time.monotonic() < deadline
-                ):
-                    await asyncio.sleep(0.05)
+                count = await received(sub)
+                while count - before_count < args.messages + 1 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    count = await received(sub)
                 runs[mode].append(
                     {
                         "publishes_per_s": args.messages / elapsed,
                         "latency_p50_ms": statistics.median(took) * 1000,
                         "latency_p99_ms": percentile(took, 0.99) * 1000,
                         "server_cpu_us_per_publish": cpu / args.messages * 1e6,
-                        "delivered": subscriber.count - before_count - 1,  # (less the warm-up)
+                        "delivered": count - before_count - 1,  # (less the warm-up)
                     }
                 )
-        subscriber.stop()
+        await sub.stop(5.0)
     finally:
         await stop_server(server)
         guard.kill_all()
@@ -214,7 +162,7 @@ def main() -> int:
     )
     p.add_argument("--messages", type=int, default=5000, help="publishes per run and mode")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight (async mode)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each mode (medians reported)")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each mode (medians reported)")
     add_results_dir_arg(p)
     args = p.parse_args()
     if not 1 <= args.messages <= 1_000_000 or not 1 <= args.repeats <= 20:
@@ -243,7 +191,7 @@ def main() -> int:
     )
     record = {
         "scenario": "api-publish",
-        "command": shell_join(sys.argv),
+        "command": [sys.executable, *sys.argv],
         "machine": machine_info(("engine", "urllib3", "aiohttp", "uvloop", "orjson")),
         "parameters": vars(args) | {"results_dir": str(args.results_dir)},
         "timestamp": utc_stamp(),

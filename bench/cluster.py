@@ -1,68 +1,48 @@
 #!/usr/bin/env python3
-"""Scale-out: the fan-out scenario against 1, 2 and 4 workers over Redis,
-with the single-process server (no broker) measured in the same run.
+"""Scale-out: the fan-out scenario (engine/load/fanout.py) against the engine
+in one process (no broker) and as 1, 2 and 4 workers over Redis, in one run
+(docs/benchmarks.md and REPORT.md, "Scale-out").
 
-    python bench/cluster.py                       # 4,000 clients, 400 hot, 50 msg/s, 10 s
+    python bench/cluster.py        # 4,000 WebSocket clients, 400 subscribed, 500 messages at 50/s
     python bench/cluster.py --workers 1,2 --clients 200 --subscribers 20 --messages 20
 
-It starts its own `redis-server` on a free loopback port (Debian package
-`redis-server`; `common.start_redis`, killed on any exit path), then runs
-`bench/fanout.py` once per configuration: `single` (one process, in-process
-broker) and `W workers`
-(`python -m engine serve --workers W --broker redis://...`). With several
-workers the kernel spreads the clients over them (SO_REUSEPORT), so most
-deliveries cross from the publisher's worker to another one through Redis:
-the latency reported is cross-node publish-to-delivery latency. Prints one
-table and writes one record (`cluster-<transport>-<N>-<timestamp>.json`)
-holding each configuration's fan-out results.
+It starts a `redis-server` (Debian package `redis-server`) on a free loopback
+port. With several workers the kernel spreads the clients over them
+(SO_REUSEPORT), so most deliveries cross from the publisher's worker to
+another through Redis: the latency is cross-node publish-to-delivery latency.
+Options it does not know go to each fan-out run (`python -m engine.load.fanout
+--help`). Prints one table and writes `cluster-<transport>-<N>-<timestamp>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.load.procs import BENCH_DIR, ChildGuard, RunError, start_redis
-from engine.load.records import machine_info, utc_stamp, write_record
+from engine.load import fanout, recipe
+from engine.load.procs import DEFAULT_SERVER_CMD, ChildGuard, RunError, start_redis
+from engine.load.records import (
+    add_results_dir_arg,
+    format_comparison,
+    machine_info,
+    na,
+    utc_stamp,
+    write_record,
+)
 
-SERVER = "{python} -m engine serve --host {host} --port {port} --path {path} --timeout {timeout}"
 
-
-def run_fanout(args: argparse.Namespace, server_cmd: str, results: Path) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        str(BENCH_DIR / "fanout.py"),
-        "--clients",
-        str(args.clients),
-        "--subscribers",
-        str(args.subscribers),
-        "--messages",
-        str(args.messages),
-        "--rate",
-        str(args.rate),
-        "--transport",
-        args.transport,
-        "--server-cmd",
-        server_cmd,
-        "--results-dir",
-        str(results),
-        "--no-progress",
-    ]
-    before = set(results.glob("*.json"))
-    done = subprocess.run(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=args.run_timeout
-    )
-    records = sorted(set(results.glob("*.json")) - before)
-    if done.returncode != 0 or not records:
-        sys.stdout.write(done.stdout.decode(errors="replace"))
-        raise SystemExit(f"fanout.py failed for {server_cmd!r}")
-    return json.loads(records[-1].read_text())["results"]
+def fanout_once(args: argparse.Namespace, extra: list[str], server_cmd: str) -> dict[str, Any]:
+    """One fan-out run against `server_cmd`: its results."""
+    argv = [
+        "--clients", str(args.clients), "--subscribers", str(args.subscribers),
+        "--messages", str(args.messages), "--rate", str(args.rate),
+        "--transport", args.transport, "--no-progress", *extra, "--server-cmd", server_cmd,
+    ]  # fmt: skip
+    results: dict[str, Any] = recipe.run_once(fanout, argv)["results"]
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,66 +55,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=500, help="messages to publish (M)")
     parser.add_argument("--rate", type=float, default=50.0, help="publishes per second (R)")
     parser.add_argument("--transport", choices=("websocket", "long-polling"), default="websocket")
-    parser.add_argument("--run-timeout", type=float, default=600.0, help="s per configuration")
-    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
-    args = parser.parse_args(argv)
+    add_results_dir_arg(parser)
+    args, extra = parser.parse_known_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     guard = ChildGuard()
     guard.install_signals()
     runs: dict[str, dict[str, Any]] = {}
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as workdir:
         try:
-            redis = start_redis(workdir, guard)
+            broker = start_redis(Path(workdir), guard).url
+            configurations = [("single process", DEFAULT_SERVER_CMD)] + [
+                (f"{w} worker{'s' if w > 1 else ''} + redis",
+                 f"{DEFAULT_SERVER_CMD} --workers {w} --broker {broker}")
+                for w in workers
+            ]  # fmt: skip
+            for name, server_cmd in configurations:
+                print(f"-- {name}", flush=True)
+                runs[name] = fanout_once(args, extra, server_cmd)
         except RunError as exc:
-            raise SystemExit(f"bench/cluster.py: {exc}") from None
-        broker = redis.url
-        configurations = [("single process", SERVER)] + [
-            (
-                f"{w} worker{'s' if w > 1 else ''} + redis",
-                f"{SERVER} --workers {w} --broker {broker}",
-            )
-            for w in workers
-        ]
-        for name, server_cmd in configurations:
-            print(f"-- {name}", flush=True)
-            runs[name] = run_fanout(args, server_cmd, workdir)
-    finally:
-        guard.kill_all()  # redis-server, whatever happened
-        shutil.rmtree(workdir, ignore_errors=True)
+            raise SystemExit(f"cluster.py: {exc}") from None
+        finally:
+            guard.kill_all()  # redis-server, whatever happened
 
-    header = ("configuration", "p50 ms", "p99 ms", "delivered/s", "kept up", "RSS/client B")
-    rows = [header]
-    for name, result in runs.items():
-        latency = result.get("latency_ms") or {}
-        rows.append(
-            (
-                name,
-                f"{latency.get('p50', float('nan')):.1f}",
-                f"{latency.get('p99', float('nan')):.1f}",
-                f"{result.get('delivered_per_s', 0):,.0f}",
-                "yes" if result.get("kept_up") else "no",
-                f"{result.get('bytes_per_client', 0):,.0f}",
-            )
+    rows = [
+        (
+            name,
+            na((r.get("latency_ms") or {}).get("p50"), "{:.1f}"),
+            na((r.get("latency_ms") or {}).get("p99"), "{:.1f}"),
+            f"{r.get('delivered_per_s', 0):,.0f} ({'kept up' if r.get('kept_up') else 'behind'})",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
+        for name, r in runs.items()
+    ]
+    print(format_comparison(rows, names=("p50 ms", "p99 ms", "delivered/s")))
     record = {
         "scenario": "cluster",
         "timestamp": utc_stamp(),
         "machine": machine_info(),
-        "command": [
-            sys.executable,
-            "bench/cluster.py",
-            *(argv if argv is not None else sys.argv[1:]),
-        ],
+        "command": [sys.executable, *sys.argv] if argv is None else [sys.executable, *argv],
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": {"configurations": runs},
     }
     path = write_record(
-        args.results_dir, f"cluster-{args.transport}-{args.clients}-{utc_stamp()}", record
+        args.results_dir, f"cluster-{args.transport}-{args.clients}-{record['timestamp']}", record
     )
     print(f"record: {path}")
     return 0

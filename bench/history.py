@@ -24,7 +24,6 @@ writes ``bench/results/history-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import os
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.delivery.history import History
-from engine.load import fanout
+from engine.load import fanout, recipe
 from engine.load.procs import DEFAULT_SERVER_CMD, ChildGuard, start_redis
 from engine.load.records import (
     add_results_dir_arg,
@@ -83,14 +82,7 @@ def fanout_once(args: argparse.Namespace, history: bool, broker: str | None) -> 
         "--messages", str(args.messages), "--rate", str(args.rate),
         "--transport", args.transport, "--no-progress", "--server-cmd", template,
     ]  # fmt: skip
-    fargs = fanout.build_parser().parse_args(argv)
-    fanout.resolve(fargs)
-    guard = ChildGuard()
-    try:
-        record = asyncio.run(fanout.run(fargs, guard))
-    finally:
-        guard.kill_all()
-    r = record["results"]
+    r = recipe.run_once(fanout, argv)["results"]
     return {
         "delivered_per_s": r["delivered_per_s"],
         "all_delivered": r["all_delivered"],

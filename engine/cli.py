@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from engine import __version__
@@ -167,18 +170,41 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         help="serve an application's BayeuxServer (or a callable returning one); "
         "the config file, environment and flags override the application's options",
     )
+    parser.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        default=".",
+        help="where --app's module is looked for before the installed packages "
+        "(default: the current directory)",
+    )
 
 
-def load_app(spec: str) -> BayeuxServer:
+def import_app_module(name: str, app_dir: str) -> ModuleType:
+    """Module `name` (dotted) found first in `app_dir`, then in the installed
+    packages, as `python -m` run in `app_dir` would find it. Only the top-level
+    package or module is looked up in `app_dir` (importlib's path finder); its
+    submodules then come from its own __path__. sys.path is left as it is."""
+    top = name.partition(".")[0]
+    if top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.path.abspath(app_dir)])
+        if spec is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module  # as import would, before running it
+            try:
+                if spec.loader is not None:  # (None: a namespace package)
+                    spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(name)
+
+
+def load_app(spec: str, app_dir: str = ".") -> BayeuxServer:
     """`package.module:attr` -> the application's server object."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--app wants MODULE:ATTR, got {spec!r}")
-    sys.path.insert(0, ".")  # as `python -m` would, for an app beside the cwd
-    try:
-        module = importlib.import_module(module_name)
-    finally:
-        sys.path.pop(0)
+    module = import_app_module(module_name, app_dir)
     value = getattr(module, attr, None)
     if value is None:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
@@ -198,7 +224,9 @@ def layered_options(
     if path:
         values.update(from_file(path))
     values.update(from_env(environ, unknown))
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "app")}
+    given = {
+        k: v for k, v in vars(args).items() if k not in ("command", "config", "app", "app_dir")
+    }
     values.update(read_secret_files(given))
     return values
 
@@ -225,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = os.environ.pop(WORKER_OPTIONS_ENV, None)
         overrides = json.loads(given) if given else layered_options(args, os.environ, unknown)
         if args.app:
-            app = load_app(args.app)
+            app = load_app(args.app, args.app_dir)
             app.configure(**overrides)
             options = app.options
         else:
@@ -257,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from engine.supervisor import run_supervisor
 
-        return run_supervisor(options, app=args.app)
+        return run_supervisor(options, app=args.app, app_dir=os.path.abspath(args.app_dir))
 
     def ready(server: BayeuxServer) -> None:
         # The ready line first (tools take the first URL printed), then the

@@ -83,9 +83,10 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, options: ServerOptions, app: str | None = None) -> None:
+    def __init__(self, options: ServerOptions, app: str | None = None, app_dir: str = ".") -> None:
         self.options = options
         self.app = app
+        self.app_dir = app_dir
         self.count = options.workers
         base = options.node_id or secrets.token_hex(3)
         set_node(base)  # the supervisor's own lines; its workers' say <base>w<i>
@@ -132,7 +133,7 @@ class Supervisor:
     # -------------------------------------------------------------- workers
 
     def _command(self, worker: Worker, port: int) -> list[str]:
-        app = ["--app", self.app] if self.app else []
+        app = ["--app", self.app, "--app-dir", self.app_dir] if self.app else []
         return [sys.executable, "-m", "engine", "serve", *app]
 
     def _environment(self, worker: Worker, port: int) -> dict[str, str]:
@@ -375,6 +376,6 @@ class Supervisor:
         return 0 if clean and not self.failed else 1
 
 
-def run_supervisor(options: ServerOptions, app: str | None = None) -> int:
+def run_supervisor(options: ServerOptions, app: str | None = None, app_dir: str = ".") -> int:
     """Run the supervisor until SIGTERM/SIGINT; the process's exit code."""
-    return asyncio.run(Supervisor(options, app).run())
+    return asyncio.run(Supervisor(options, app, app_dir).run())

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Turn bench records into a Markdown report and a PNG chart.
 
-    bench/report                                   # bench/results/*.json
-    bench/report bench/results/idle-*.json         # chosen records
-    bench/report --results-dir /tmp/r --markdown /tmp/r/REPORT.md --chart /tmp/r/report.png
+    python -m engine.load.report                           # bench/results/*.json
+    python -m engine.load.report bench/results/idle-*.json # chosen records
+    python -m engine.load.report --results-dir /tmp/r      # /tmp/r/REPORT.md, /tmp/r/report.png
+    python -m engine.load.report --readme docs/benchmarks.md   # also into that file
+
+``--results-dir`` is bench/results/ when the package runs from a checkout
+(python -m from the repository, or an editable install), else the current
+directory.
 
 Reads the JSON records the scenarios write (idle, fanout, churn, micro, bound;
 any other scenario gets a generic row), keeps the newest record of each
@@ -36,6 +41,14 @@ from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO_DIR / "bench"
+PROG = "python -m engine.load.report"
+
+
+def default_results_dir() -> Path:
+    """bench/results/ of the checkout this package runs from, else the current directory."""
+    results = BENCH_DIR / "results"
+    return results if (REPO_DIR / "pyproject.toml").is_file() and results.is_dir() else Path(".")
+
 
 #: Parameters that do not define a configuration (they change from run to run).
 VOLATILE = {
@@ -68,6 +81,23 @@ TARGETS: dict[str, Any] = {
 # --------------------------------------------------------------------------- loading
 
 
+def from_load_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of `python -m engine load` (one entry per server under
+    ``targets``, run in the order URL2, URL) read as the scenarios' records
+    are: URL's parameters and results as the main ones, URL2's (--compare) as
+    the peer, each named by its label. Other records are returned as they are."""
+    targets = [t for t in rec.get("targets") or [] if isinstance(t, dict)]
+    if "results" in rec or not targets or not isinstance(targets[-1].get("results"), dict):
+        return rec
+    main = targets[-1]
+    out = {**rec, "parameters": main.get("parameters") or {}, "results": main["results"]}
+    out["server"] = str(main.get("label") or main.get("url") or "URL")
+    if len(targets) > 1 and isinstance(targets[0].get("results"), dict):
+        other = targets[0]
+        out["peer"] = {"name": str(other.get("label") or "URL2"), "results": other["results"]}
+    return out
+
+
 def load(paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     records, problems = [], []
     for p in paths:
@@ -76,8 +106,10 @@ def load(paths: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
         except (OSError, ValueError) as exc:
             problems.append(f"{p}: {exc}")
             continue
+        if isinstance(rec, dict):
+            rec = from_load_record(rec)
         if not isinstance(rec, dict) or "scenario" not in rec or "results" not in rec:
-            problems.append(f"{p}: not a bench record (no scenario/results)")
+            problems.append(f"{p}: not a load record (no scenario/results)")
             continue
         rec["_path"] = str(p)
         records.append(rec)
@@ -107,9 +139,9 @@ def command_line(rec: dict[str, Any]) -> str:
     cmd = rec.get("command")
     if not cmd:
         return ""
-    if isinstance(cmd, str):
-        return cmd
-    words = [str(w) for w in cmd]
+    words = shlex.split(cmd) if isinstance(cmd, str) else [str(w) for w in cmd]
+    if words and words[0].endswith(".py"):  # (a command recorded without its interpreter)
+        words.insert(0, "python")
     out: list[str] = []
     skip = False
     for i, w in enumerate(words):
@@ -135,7 +167,10 @@ def command_line(rec: dict[str, Any]) -> str:
 
 
 def server_name(rec: dict[str, Any]) -> str:
-    """Which server a record's main results are of: engine, faye, or the command."""
+    """Which server a record's main results are of: engine, faye, the command,
+    or (an `engine load` record) the label of its URL."""
+    if rec.get("server"):
+        return str(rec["server"])
     cmd = str(get(rec, "parameters", "server_cmd") or "")
     if not cmd or "-m engine" in cmd or "engine serve" in cmd:
         return "engine"
@@ -156,6 +191,9 @@ def sides(rec: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
 def engine_and_faye(rec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The engine's results and Faye's (or the peer's), wherever they are in the record."""
     found = dict(sides(rec))
+    if "engine" not in found:  # an `engine load` record: URL's results, then URL2's
+        both = sides(rec)
+        return both[0][1] or {}, (both[1][1] if len(both) > 1 else None)
     peer = next((v for k, v in found.items() if k != "engine"), None)
     return found.get("engine") or {}, peer
 
@@ -759,7 +797,7 @@ def markdown(records: list[dict[str, Any]], chart_rel: str | None, sources: str)
     out = [
         "# Benchmark report",
         "",
-        f"Generated {now} by `bench/report` from {len(records)} record(s) in {sources}.",
+        f"Generated {now} by `{PROG}` from {len(records)} record(s) in {sources}.",
         f"Machine of the newest record: {machine_line(records)}.",
         "Each row gives the command that reproduces it (from the repository root).",
     ]
@@ -966,7 +1004,7 @@ def markdown(records: list[dict[str, Any]], chart_rel: str | None, sources: str)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bench/report",
+        prog=PROG,
         description="Read bench JSON records and write a Markdown report (key figures per "
         "scenario, engine vs Faye, the command of each) and a PNG chart (latency percentiles "
         "and RSS per client against N, engine vs Faye).",
@@ -981,8 +1019,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--results-dir",
         type=Path,
-        default=BENCH_DIR / "results",
-        help="where records are read from when none are named",
+        default=default_results_dir(),
+        help="where records are read from when none are named (bench/results/ in a checkout)",
     )
     p.add_argument(
         "--markdown",

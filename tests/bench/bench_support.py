@@ -24,7 +24,8 @@ def bench_module(name: str) -> ModuleType:
 
 
 def idle_command(results: Path, transport: str, clients: int, *extra: str) -> list[str]:
-    """A short idle run that checks every client stayed (--check)."""
+    """A short idle run that checks every client stayed (--check), without
+    the recipe's Faye run (--peer none)."""
     return [
         sys.executable,
         str(IDLE),
@@ -45,4 +46,6 @@ def idle_command(results: Path, transport: str, clients: int, *extra: str) -> li
         str(results),
         "--no-progress",
         "--check",
+        "--peer",
+        "none",
     ]

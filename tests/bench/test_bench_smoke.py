@@ -90,6 +90,8 @@ def test_idle_scenario_holds_every_client(tmp_path: Path, transport: str) -> Non
     assert record["parameters"]["timeout_ms"] == 2000
     assert record["parameters"]["transport"] == transport
     assert record["scenario"] == "idle" and record["timestamp"]
+    # The recipe's command, without the Faye run `--peer none` turned off.
+    assert record["command"][1].endswith("bench/idle.py") and "--peer" not in record["command"]
 
     # Nothing is left running.
     assert r["server_pid"] and not pid_alive(r["server_pid"])
@@ -273,7 +275,7 @@ def _fanout_cmd(tmp_path: Path, transport: str, *extra: str) -> list[str]:
         str(tmp_path),
         "--no-progress",
         "--check",
-        *extra,
+        *(extra if "--peer" in extra else (*extra, "--peer", "none")),  # the recipe's Faye run
     ]
     server_cmd = os.environ.get("BENCH_SERVER_CMD")
     if server_cmd and "--peer" not in extra:
@@ -400,43 +402,6 @@ def test_fanout_side_by_side_with_faye(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def test_ws_client_frames() -> None:
-    ws = bench_module("wsclient")
-    # Server frames are never masked: 7-bit, 16-bit and 64-bit lengths, split anywhere.
-    small, mid, big = b"a" * 5, b"b" * 300, b"c" * 70000
-    stream = (
-        bytes([0x81, 5]) + small
-        + bytes([0x81, 126]) + len(mid).to_bytes(2, "big") + mid
-        + bytes([0x01, 127]) + len(big).to_bytes(8, "big") + big
-        + bytes([0x80, 1]) + b"!"
-        + bytes([0x89, 0])
-    )  # fmt: skip
-    for cut in (1, 3, 7, 200, len(stream) - 1):
-        frames, rest = ws.split_frames(stream[:cut])
-        more, rest = ws.split_frames(rest + stream[cut:])
-        got = frames + more
-        assert rest == b""
-        assert [(f & 0x80, f & 0x0F) for f, _ in got] == [
-            (0x80, 1), (0x80, 1), (0, 1), (0x80, 0), (0x80, 9)
-        ]  # fmt: skip
-        assert [p for _, p in got] == [small, mid, big, b"!", b""]
-    with pytest.raises(ws.FrameError):
-        ws.split_frames(bytes([0x81, 0x85]) + b"mask" + small)  # masked server frame
-    with pytest.raises(ws.FrameError):
-        ws.split_frames(bytes([0xC1, 1]) + b"x")  # RSV1 without an extension
-    # Client frames are masked and decode back (the engine's own parser checks).
-    from engine.transport._wsframe import FrameParser
-
-    parser = FrameParser(1 << 20)
-    assert parser.feed(ws.client_frame(ws.OP_TEXT, b'[{"x":1}]')) == [(1, b'[{"x":1}]')]
-    assert ws.client_frame(ws.OP_TEXT, b"abc")[1] & 0x80
-    key = ws.new_key()
-    head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + ws.accept_for(key)
-    assert ws.check_upgrade_response(head, key) is None
-    assert ws.check_upgrade_response(b"HTTP/1.1 400 Bad Request", key) == "http_400"
-    assert ws.check_upgrade_response(head, ws.new_key()) == "bad_accept"
 
 
 def test_fanout_helpers() -> None:

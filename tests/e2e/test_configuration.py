@@ -62,6 +62,39 @@ def test_flags_override_the_app_even_at_their_default(tmp_path: Path) -> None:
     assert layered["max_queue"] == 70 and layered["timeout"] == 8000
 
 
+def test_app_is_found_in_the_app_dir_without_the_cwd_on_sys_path(tmp_path: Path) -> None:
+    """`-P` keeps the cwd off sys.path, as for the `bayeux-engine` console
+    script: --app still finds a module beside the cwd (--app-dir defaults to
+    it), a package's submodule, and a module in another --app-dir."""
+    (tmp_path / "myapp.py").write_text(APP)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "site.py").write_text(APP.replace("max_queue=50", "max_queue=60"))
+
+    def config(*args: str, cwd: Path) -> dict:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+        environ["PYTHONPATH"] = str(ROOT)
+        out = subprocess.run(
+            [sys.executable, "-P", "-m", "engine", "config", *args],
+            cwd=cwd, env=environ, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return tomllib.loads(out.stdout)
+
+    assert config("--app", "myapp:server", cwd=tmp_path)["max_queue"] == 50
+    assert config("--app", "pkg.site:server", cwd=tmp_path)["max_queue"] == 60
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    given = config("--app", "myapp:server", "--app-dir", str(tmp_path), cwd=elsewhere)
+    assert given["max_queue"] == 50
+    missing = subprocess.run(
+        [sys.executable, "-P", "-m", "engine", "config", "--app", "myapp:server"],
+        cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "myapp" in missing.stderr
+
+
 def test_readme_configuration_example(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Configuration: file, environment, flags")[1].split("\n## ")[0]
