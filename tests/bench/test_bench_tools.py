@@ -1,6 +1,6 @@
 """Smoke tests of bench/micro.py, bench/churn.py, bench/bound.py (with
-bench/bound_server.py and bench/bound_client.py) and the report of their records, at tiny sizes, into a temporary
-results directory.
+bench/bound_server.py and bench/bound_client.py) and the report of their
+records, at tiny sizes, into a temporary results directory.
 
 They check that each tool runs, writes its record and that the numbers are
 sane (positive, consistent, no errors, sessions back to 0), never how fast
