@@ -99,6 +99,7 @@ from engine.load.records import (
     human_bytes,
     log,
     na,
+    progress_event,
     ratio,
     run_scenario,
     save_and_print,
@@ -371,6 +372,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 )
                 last_delivered = delivered
             bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
+            progress_event("publish", agg)
             if done_at is None and "done" in pub.lines:
                 done_at = time.monotonic()
             if done_at is not None:
