@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except LoadError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 1
+    except KeyboardInterrupt:  # before the run started (its own Ctrl-C writes a record)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
 
 
 def run(args: argparse.Namespace, raw: list[str]) -> int:
