@@ -10,6 +10,15 @@ local, runs the scenario against ``--compare URL2`` first and then URL
 writes one JSON record (even a partial one, ``"complete": false``), a summary
 table, side by side with ``--compare``, and with ``--chart`` a PNG.
 
+The record (``<results-dir>/load-<scenario>-<transport>-<N>-<labels>-<time>.json``):
+``machine`` (CPU, memory, kernel, open-files limit, package versions, git
+revision), ``command`` and ``command_line``, ``options``, ``complete``
+(false when cut short; ``interrupted`` on Ctrl-C, with ``last_progress``),
+``targets`` (one per server in the order run: ``label``, ``url``,
+``server_pid``, the scenario's ``parameters`` and ``results`` or its
+``error``, and the live display's ``timeline``), and with ``--compare``
+``comparison`` (the side-by-side rows: what, URL, URL2, URL2/URL).
+
 Exit status: 0 done, 1 could not run (bad URL, not a Bayeux server, limits),
 2 usage, 130 interrupted.
 """
@@ -87,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("url", metavar="URL", help="the server's Bayeux URL, http(s)://host:port/path")
     p.add_argument("--scenario", choices=SCENARIOS, default="idle", help="what to run (idle)")
-    p.add_argument("--transport", choices=["websocket", "long-polling"], default="websocket")
+    p.add_argument("--transport", choices=["websocket", "long-polling"], default=None,
+                   help="the clients' transport (websocket; churn: long-polling)")  # fmt: skip
     p.add_argument("--clients", type=int, default=1000, help="clients (sessions) in all, N")
     p.add_argument("--subscribers", type=int, default=None, help="fanout/rate: K hot ones")
     p.add_argument("--messages", type=int, default=None, help="fanout: messages to publish, M")
@@ -106,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-factor", type=float, default=None, help="rate: next step's rate factor")
     p.add_argument("--max-steps", type=int, default=None, help="rate: at most this many steps")
     p.add_argument("--duration", type=float, default=None, help="churn: seconds of storm a round")
+    p.add_argument(
+        "--restart-command", default=None, help="churn: restarts the server mid-run (shell)"
+    )
     p.add_argument("--server-pid", type=int, default=None, help="the server's pid (RSS, CPU)")
     p.add_argument("--name", default=None, help="URL's label in the tables (default host:port)")
     p.add_argument("--compare", metavar="URL2", default=None, help="also run against URL2, first")
@@ -154,43 +167,47 @@ def plan_text(args: argparse.Namespace, url: str) -> str:
     )
 
 
-def scenario_argv(args: argparse.Namespace) -> list[str]:
-    """The scenario module's own options for this command line."""
-    flags = {
-        "clients": "--clients",
-        "procs": "--procs",
-        "source_addrs": "--source-addrs",
-        "ramp_rate": "--ramp-rate",
-        "ramp_timeout": "--ramp-timeout",
-        "timeout": "--timeout",
-    }
-    per = {
-        "idle": {"hold": "--hold"},
-        "fanout": {"subscribers": "--subscribers", "messages": "--messages", "rate": "--rate"},
-        "rate": {
-            "subscribers": "--subscribers",
-            "rate": "--rate",
-            "p99_bound_ms": "--p99-bound-ms",
-            "step_seconds": "--step-seconds",
-            "rate_factor": "--rate-factor",
-            "max_steps": "--max-steps",
-        },
-        "churn": {"duration": "--duration"},
-    }[args.scenario]
-    if args.scenario in ("fanout", "rate", "idle"):
-        flags["drain_timeout"] = "--drain-timeout"
-    if args.scenario == "churn":
-        for key in ("source_addrs", "ramp_rate", "ramp_timeout"):
-            flags.pop(key)
-    out = ["--transport", args.transport] if args.scenario != "churn" else []
-    for key, flag in {**flags, **per}.items():
+#: The tool's options each handed to the scenario module as its own flag.
+PASSED = (
+    "clients",
+    "transport",
+    "subscribers",
+    "messages",
+    "rate",
+    "hold",
+    "timeout",
+    "procs",
+    "source_addrs",
+    "ramp_rate",
+    "ramp_timeout",
+    "drain_timeout",
+    "p99_bound_ms",
+    "step_seconds",
+    "rate_factor",
+    "max_steps",
+    "duration",
+    "restart_command",
+)
+
+
+def scenario_argv(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The scenario module's own options for this command line; LoadError
+    for an option the scenario does not take (it would be ignored)."""
+    known = {s for action in parser._actions for s in action.option_strings}
+    out: list[str] = []
+    for key in PASSED:
         value = getattr(args, key)
-        if value is not None:
-            out += [flag, str(value)]
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if flag not in known:
+            if key == "transport" and value == "long-polling":
+                continue  # a scenario without the option runs long-polling
+            raise LoadError(f"{flag} does not apply to the {args.scenario} scenario")
+        out += [flag, str(value)]
     if args.scenario in ("fanout", "rate") and args.subscribers is None:
         out += ["--subscribers", str(max(1, args.clients // 10))]
-    out += ["--url", args.url, "--no-progress", "--note", args.note]
-    return out
+    return [*out, "--url", args.url, "--no-progress", "--note", args.note]
 
 
 class Scenario:
@@ -212,26 +229,25 @@ class Scenario:
 def load_scenario(args: argparse.Namespace) -> Scenario:
     """Parse the scenario's options with its own parser and check them with
     its own ``resolve`` (its SystemExit text becomes a LoadError)."""
-    argv = scenario_argv(args)
     try:
         if args.scenario == "idle":
             from engine.load import idle
 
-            a = idle.build_parser().parse_args(argv)
+            a = idle.build_parser().parse_args(scenario_argv(args, idle.build_parser()))
             idle.resolve(a)
             return Scenario(a, lambda x, g: asyncio.run(idle.run(x, g)), idle.report_table,
                             idle.comparison)  # fmt: skip
         if args.scenario == "fanout":
             from engine.load import fanout
 
-            a = fanout.build_parser().parse_args(argv)
+            a = fanout.build_parser().parse_args(scenario_argv(args, fanout.build_parser()))
             fanout.resolve(a)
             return Scenario(a, lambda x, g: asyncio.run(fanout.run(x, g)), fanout.report_table,
                             fanout.comparison)  # fmt: skip
         if args.scenario == "rate":
             from engine.load import rate
 
-            a = rate.build_parser().parse_args(argv)
+            a = rate.build_parser().parse_args(scenario_argv(args, rate.build_parser()))
             rate.resolve(a)
             return Scenario(a, lambda x, g: asyncio.run(rate.run(x, g)), rate.report_table,
                             rate.comparison)  # fmt: skip
@@ -241,7 +257,10 @@ def load_scenario(args: argparse.Namespace) -> Scenario:
         if not any("--url" in action.option_strings for action in parser._actions):
             raise LoadError("churn against a running server needs engine.load.churn --url "
                             "(not in this version); run python -m engine.load.churn")  # fmt: skip
-        a = parser.parse_args(argv)
+        a = parser.parse_args(scenario_argv(args, parser))
+        resolve = getattr(churn, "resolve", None)  # main()'s checks, when split out
+        if resolve is not None:
+            resolve(a)
         return Scenario(
             a,
             lambda x, g: churn.compute_churn(x, asyncio.run(churn.run_churn(x, g))),
@@ -425,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, raw: list[str]) -> int:
     from engine.load.live import LiveProgress
 
+    if args.transport is None:  # churn's handshake storms are long-polling by default
+        args.transport = "long-polling" if args.scenario == "churn" else "websocket"
     urls = [args.url] + ([args.compare] if args.compare else [])
     for url in urls:
         check_url(url)

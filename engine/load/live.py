@@ -149,7 +149,8 @@ class LiveProgress:
 
     def _render(self) -> Table:
         d, lat = self.last, self.last.get("latency") or {}
-        table = Table(title=f"engine load: {self.label} ({d.get('phase', 'starting')})")
+        title = f"engine load: {self.label}, {d.get('phase', 'starting')}, {d.get('t', 0):.0f} s"
+        table = Table(title=title)
         for name in ("connected", "failed", "dropped", "msg/s", "latency", "p50", "p90", "p99"):
             table.add_column(name, justify="right")
         table.add_row(

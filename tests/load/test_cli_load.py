@@ -181,6 +181,11 @@ def test_more_clients_than_the_open_files_limit(tmp_path: Path) -> None:
     assert "ulimit -n" in out.stderr and "--procs 5 or more" in out.stderr
 
 
+def test_an_option_the_scenario_does_not_take() -> None:
+    out = load("http://127.0.0.1:9/cometd", "--scenario", "idle", "--rate", "5", timeout=60)
+    assert_clean_error(out, "--rate does not apply to the idle scenario")
+
+
 def test_non_loopback_url_is_refused_without_yes(tmp_path: Path) -> None:
     # 192.0.2.0/24 is reserved for documentation; nothing is sent before --yes
     out = load("http://192.0.2.10:8080/cometd", "--clients", "3", "--results-dir", str(tmp_path))
