@@ -318,10 +318,8 @@ def is_loopback_url(url: str) -> bool:
 def check_loopback(script: str, args: argparse.Namespace) -> None:
     """Refuse a server off 127.0.0.0/8 (--url, --host), and --url with --peer
     (a peer run starts both servers itself)."""
-    # `engine load --yes` has shown what it will send and been told to go on.
-    if args.url is not None and not getattr(args, "allow_remote", False):
-        if not is_loopback_url(args.url):
-            raise SystemExit(f"{script}: only loopback servers (127.0.0.0/8)")
+    if args.url is not None and not is_loopback_url(args.url):
+        raise SystemExit(f"{script}: only loopback servers (127.0.0.0/8)")
     if not args.host.startswith("127."):
         raise SystemExit(f"{script}: --host must be a loopback address (127.0.0.0/8)")
     if args.peer is not None and args.url is not None:

@@ -192,6 +192,10 @@ def test_non_loopback_url_is_refused_without_yes(tmp_path: Path) -> None:
     assert_clean_error(out, "add --yes")
     assert "would open 3 websocket sessions to 192.0.2.10" in out.stderr
     assert not list(tmp_path.glob("*.json"))
+    # with --yes it still sends nothing: this build's generators are loopback-only
+    out = load("http://192.0.2.10:8080/cometd", "--yes", "--results-dir", str(tmp_path))
+    assert_clean_error(out, "connect only from 127.0.0.0/8")
+    assert not list(tmp_path.glob("*.json"))
 
 
 # --------------------------------------------------------------------------- runs
@@ -295,6 +299,7 @@ def test_compare_two_engines_side_by_side(tmp_path: Path) -> None:
         a.stop()
         b.stop()
     assert out.returncode == 0, out.stderr
+    assert "--- " not in out.stderr and "engine load:" not in out.stderr  # --quiet
     lines = out.stdout.splitlines()
     title = next(i for i, line in enumerate(lines) if line.startswith("fanout side by side"))
     header = lines[title + 2].split()
@@ -332,6 +337,8 @@ def test_rate_scenario_records_the_curve(engine_server: ServerProcess, tmp_path:
         "--quiet",
         "--results-dir",
         str(tmp_path),
+        "--chart",
+        str(tmp_path / "curve.png"),
     )
     assert out.returncode == 0, out.stderr
     [record] = records(tmp_path)
@@ -344,3 +351,4 @@ def test_rate_scenario_records_the_curve(engine_server: ServerProcess, tmp_path:
         assert s["latency_ms"]["p99"] is not None
     assert results["stopped_by"] in ("max-steps", "p99 bound")
     assert "step 20.0/s" in out.stdout
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
