@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.load.idle import CLIENTS_PER_SOURCE, FD_MARGIN, PORTS_PER_SOURCE
 from engine.load.records import (
     Target,
     format_comparison,
@@ -57,17 +58,18 @@ SCENARIOS = ("idle", "fanout", "churn", "rate")
 LIMITS_HELP = """\
 limits:
   open files   every client holds one socket, so each generator process needs
-               about clients/procs + 100 open files. The hard limit
+               about clients/procs + {margin} open files. The hard limit
                RLIMIT_NOFILE (`ulimit -Hn`) bounds that; generators raise their
                soft limit to it. Too few: more --procs, or raise the limit
                (ulimit -n, LimitNOFILE=, /etc/security/limits.conf).
-  ports        a source address gives ~28,000 ephemeral ports to one server
+  ports        a source address gives ~{ports:,} ephemeral ports to one server
                address; clients are spread over 127.0.0.1, 127.0.0.2, ...
-               (--source-addrs, one per 5,000 clients by default), bound with
+               (--source-addrs, one per {per_source:,} clients by default), bound with
                IP_BIND_ADDRESS_NO_PORT so the kernel picks the port at connect.
   sizes        25,000 clients run from one command on a 2-core machine; 250,000
-               need --procs 10 or more (25,000 per process) and --source-addrs 50
-               or more, and a server with the open files for them.
+               need --procs of at least N / (open-files limit - {margin}) (this
+               shell's hard limit: {limit}), --source-addrs 50 or more, and a
+               server that holds them (the engine: --workers).
 examples:
   python -m engine load http://127.0.0.1:8080/cometd --scenario idle --clients 5000
   python -m engine load http://127.0.0.1:8080/cometd --scenario fanout --clients 19000 \\
@@ -91,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "idle sessions (idle), fan messages out to subscribers (fanout), storm handshakes "
         "(churn), or publish faster and faster until p99 crosses a bound (rate). Prints a "
         "summary table (side by side with --compare) and writes a JSON record.",
-        epilog=LIMITS_HELP,
+        epilog=LIMITS_HELP.format(
+            limit=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+            margin=FD_MARGIN,
+            ports=PORTS_PER_SOURCE,
+            per_source=CLIENTS_PER_SOURCE,
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="the server's Bayeux URL, http(s)://host:port/path")
@@ -280,8 +287,6 @@ def load_scenario(args: argparse.Namespace) -> Scenario:
 
 def check_open_files(args: argparse.Namespace) -> None:
     """Refuse more clients per generator than the open-files limit allows."""
-    from engine.load.idle import FD_MARGIN
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = soft if hard == resource.RLIM_INFINITY else hard
     procs = args.procs or 1
@@ -477,8 +482,9 @@ def run(args: argparse.Namespace, raw: list[str]) -> int:
         pids.append(args.compare_pid)
         if labels[0] == labels[1]:
             labels = [f"{labels[0]} (URL)", f"{labels[1]} (URL2)"]
+    replies: dict[str, dict[str, Any]] = {}
     for i, url in enumerate(urls):
-        reply = handshake(url, args.handshake_timeout)
+        reply = replies[url] = handshake(url, args.handshake_timeout)
         if pids[i] is None and is_loopback_url(url):
             pids[i] = listening_pid(urlsplit(url).port or 80)
         if not args.quiet:
@@ -500,8 +506,13 @@ def run(args: argparse.Namespace, raw: list[str]) -> int:
             say=(lambda text: None) if args.quiet else (lambda text: sys.stderr.write(text + "\n")),
             on_target=live.start_target,
         )
-        if not record["complete"] and live.timeline is not None:
+        if not record["complete"]:
             record["last_progress"] = live.last
+    for entry in record["targets"]:
+        # what the server says of itself (its Bayeux version, transports, advice, ext)
+        reply = replies[entry["url"]]
+        entry["handshake"] = {k: reply.get(k) for k in ("version", "supportedConnectionTypes",
+                                                         "advice", "ext")}  # fmt: skip
     record["command"] = [sys.executable, "-m", "engine", "load", *raw]
     record["command_line"] = shell_join(["python", "-m", "engine", "load", *raw])
     record["tool"] = "engine load"

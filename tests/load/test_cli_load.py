@@ -314,6 +314,7 @@ def test_compare_two_engines_side_by_side(tmp_path: Path) -> None:
     assert record["command"][1:4] == ["-m", "engine", "load"]
     assert record["machine"]["cpu_count"] and record["machine"]["packages"]["engine"]
     assert record["targets"][1]["timeline"], "no timeline recorded"
+    assert "websocket" in record["targets"][0]["handshake"]["supportedConnectionTypes"]
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
