@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=None, help="fanout: publishes/s; rate: first step")
     p.add_argument("--hold", type=float, default=None, help="idle: seconds the clients are held")
     p.add_argument(
-        "--timeout", type=int, default=None, help="the server's connect timeout, ms (idle's hold)"
+        "--timeout",
+        type=int,
+        default=None,
+        help="the server's connect timeout, ms (default: its handshake's advice; idle's hold)",
     )
     p.add_argument("--procs", type=int, default=None, help="generator processes (see limits)")
     p.add_argument("--source-addrs", type=int, default=None, help="source addresses 127.0.0.x")
@@ -474,7 +477,7 @@ def run(args: argparse.Namespace, raw: list[str]) -> int:
     if args.clients < 1:
         raise LoadError("--clients must be at least 1")
     check_open_files(args)
-    scenario = load_scenario(args)
+    scenario = load_scenario(args)  # the options checked before anything is sent
     labels = [label_of(args.url, args.name)]
     pids = [args.server_pid]
     if args.compare:
@@ -493,6 +496,12 @@ def run(args: argparse.Namespace, raw: list[str]) -> int:
                 f"transports {', '.join(reply.get('supportedConnectionTypes') or [])}, "
                 f"server pid {pids[i] if pids[i] is not None else 'unknown'}\n"
             )
+    advice = [(r.get("advice") or {}).get("timeout") for r in replies.values()]
+    advised = [t for t in advice if isinstance(t, int) and t > 0]
+    if args.timeout is None and advised:
+        # the servers' own connect timeout (idle holds two of them by default)
+        args.timeout = max(advised)
+        scenario = load_scenario(args)
     # --compare URL2 runs first, then URL
     targets = [Target(label, url, pid) for label, url, pid in zip(labels, urls, pids, strict=True)]
     targets.reverse()

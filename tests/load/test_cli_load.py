@@ -353,3 +353,34 @@ def test_rate_scenario_records_the_curve(engine_server: ServerProcess, tmp_path:
     assert results["stopped_by"] in ("max-steps", "p99 bound")
     assert "step 20.0/s" in out.stdout
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- live display
+
+
+def test_live_display_shows_the_current_figures_and_keeps_a_timeline() -> None:
+    from rich.console import Console
+
+    from engine.load.live import LiveProgress, latency_now
+    from engine.load.records import PROGRESS_HOOKS, Target, progress_event
+
+    edges = [1, 2, 5, 10]
+    first = {"latency_hist": [5, 0, 0, 0, 0], "latency_buckets_ms": edges}
+    later = {"latency_hist": [5, 0, 0, 10, 0], "latency_buckets_ms": edges}
+    # the clients connected since the previous poll, not all of them
+    assert latency_now(later, first) == {"kind": "setup", "p50": 10.0, "p90": 10.0, "p99": 10.0}
+    assert latency_now(later, None)["p50"] == 10.0 and latency_now(later, None)["kind"] == "setup"
+    lines = {"delivery_latency_ms": {"p50": 1.5, "p90": 2.0, "p99": 3.0}, **later}
+    assert latency_now(lines, first)["kind"] == "delivery"
+
+    console = Console(record=True, force_terminal=True, width=120)
+    entry: dict[str, object] = {}
+    with LiveProgress(quiet=False, clients=40, console=console) as live:
+        assert live in PROGRESS_HOOKS
+        live.start_target(Target("here", "http://127.0.0.1:1/cometd", None), entry)
+        stats = {"connected": 37, "failed": 2, "dropped": 1, "hot_messages": 0, **first}
+        progress_event("ramp", stats)
+    assert live not in PROGRESS_HOOKS
+    shown = console.export_text()
+    assert "37/40" in shown and "engine load: here, ramp" in shown
+    assert entry["timeline"] == [live.last] and live.last["failed"] == 2
