@@ -36,7 +36,7 @@ def draw(record: dict[str, Any], path: Path) -> Path:
         pts = [(p["t"], p["latency"]) for p in line if (p.get("latency") or {}).get("p99")]
         if pts:
             kind = pts[-1][1]["kind"]
-            for q, style in (("p50", ":"), ("p99", "-")):
+            for q, style in (("p50", ".:"), ("p99", ".-")):
                 lat.plot(
                     [x for x, _ in pts],
                     [v[q] for _, v in pts],
@@ -55,13 +55,26 @@ def draw(record: dict[str, Any], path: Path) -> Path:
             rates = [s["rate"] for s in steps]
             p99 = [s["latency_ms"]["p99"] for s in steps]
             sat.plot(rates, p99, "o-", label=f"{t['label']} p99")
+        kept = sat.twinx()  # delivered / demanded, on its own axis
+        for t in curves:
+            steps = t["results"]["steps"]
+            kept.plot(
+                [s["rate"] for s in steps],
+                [(s["delivered_per_s"] or 0) / s["demanded_per_s"] for s in steps],
+                "s:",
+                alpha=0.6,
+                label=f"{t['label']} delivered/demanded",
+            )
+        kept.set_ylabel("delivered / demanded")
+        kept.set_ylim(0, 1.2)
+        kept.legend(fontsize="small", loc="lower right")
         bound = (curves[0].get("parameters") or {}).get("p99_bound_ms")
         if bound:
             sat.axhline(bound, color="grey", linestyle="--", label="p99 bound")
         sat.set(
             title="saturation curve", xlabel="publishes per second", ylabel="p99 ms", xscale="log"
         )
-        sat.legend(fontsize="small")
+        sat.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -74,6 +74,7 @@ class LiveProgress:
         self._t0 = time.monotonic()
         self._prev: dict[str, Any] | None = None
         self._prev_t = 0.0
+        self._shown_latency: dict[str, Any] | None = None
         self._next_point = 0.0
         self._next_plain = 0.0
 
@@ -103,6 +104,7 @@ class LiveProgress:
         self.last = {}
         self._t0 = time.monotonic()
         self._prev = None
+        self._shown_latency = None
         self._next_point = self._next_plain = 0.0
 
     def __call__(self, phase: str, stats: dict[str, Any]) -> None:
@@ -114,10 +116,8 @@ class LiveProgress:
         if self._prev is not None and now > self._prev_t:
             per_s = (msgs - (self._prev.get("hot_messages") or 0)) / (now - self._prev_t)
         latency = latency_now(stats, self._prev)
-        if latency["kind"] is None and self.last.get("latency"):
-            latency = self.last["latency"]  # nobody connected since: keep the last figures
         t = now - self._t0
-        self.last = {
+        point = {
             "t": round(t, 2),
             "phase": phase,
             "connected": stats.get("connected", 0),
@@ -127,10 +127,17 @@ class LiveProgress:
             "messages_per_s": None if per_s is None else round(per_s, 1),
             "latency": latency,
         }
+        # the timeline has what was measured; the display keeps the last figures
+        # while nothing new comes (nobody connected since the previous poll)
+        self.last = point
+        if latency["kind"] is None and self._shown_latency is not None:
+            self.last = {**point, "latency": self._shown_latency}
+        else:
+            self._shown_latency = latency
         self._prev, self._prev_t = stats, now
         if t >= self._next_point:
             self._next_point = t + TIMELINE_STEP_S
-            self.timeline.append(self.last)
+            self.timeline.append(point)
         if self.live is not None:
             self.live.update(self._render())
         elif not self.quiet and t >= self._next_plain:
