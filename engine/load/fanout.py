@@ -372,7 +372,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 )
                 last_delivered = delivered
             bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
-            progress_event("publish", agg)
+            progress_event("publish", agg, [g.latest for g in gens])
             if done_at is None and "done" in pub.lines:
                 done_at = time.monotonic()
             if done_at is not None:

@@ -12,6 +12,7 @@ first connect) of the clients that connected since the previous poll.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,7 @@ from engine.load.records import PROGRESS_HOOKS, Target
 #: Seconds between two timeline points (and two plain lines off a terminal).
 TIMELINE_STEP_S = 1.0
 PLAIN_STEP_S = 5.0
+RATE_BASE_S = 1.0
 QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -73,7 +75,8 @@ class LiveProgress:
         self.last: dict[str, Any] = {}
         self._t0 = time.monotonic()
         self._prev: dict[str, Any] | None = None
-        self._prev_t = 0.0
+        self._base: tuple[float, int] | None = None
+        self._per_s: float | None = None
         self._shown_latency: dict[str, Any] | None = None
         self._next_point = 0.0
         self._next_plain = 0.0
@@ -104,17 +107,24 @@ class LiveProgress:
         self.last = {}
         self._t0 = time.monotonic()
         self._prev = None
+        self._base = None
+        self._per_s = None
         self._shown_latency = None
         self._next_point = self._next_plain = 0.0
 
-    def __call__(self, phase: str, stats: dict[str, Any]) -> None:
+    def __call__(
+        self, phase: str, stats: dict[str, Any], lines: Sequence[dict[str, Any]] = ()
+    ) -> None:
         now = time.monotonic()
-        if self._prev is not None and now - self._prev_t < 0.2:
-            return  # the loops poll every 0.1-0.5 s; per-s rates need a longer base
         msgs = stats.get("hot_messages") or 0
-        per_s = None
-        if self._prev is not None and now > self._prev_t:
-            per_s = (msgs - (self._prev.get("hot_messages") or 0)) / (now - self._prev_t)
+        # messages/s over the last RATE_BASE_S or more: the generators' lines come
+        # every 0.5 s, the loops poll every 0.1-0.5 s
+        if self._base is None:
+            self._base = (now, msgs)
+        per_s = self._per_s
+        if now - self._base[0] >= RATE_BASE_S:
+            per_s = self._per_s = (msgs - self._base[1]) / (now - self._base[0])
+            self._base = (now, msgs)
         latency = latency_now(stats, self._prev)
         t = now - self._t0
         point = {
@@ -134,7 +144,7 @@ class LiveProgress:
             self.last = {**point, "latency": self._shown_latency}
         else:
             self._shown_latency = latency
-        self._prev, self._prev_t = stats, now
+        self._prev = stats
         if t >= self._next_point:
             self._next_point = t + TIMELINE_STEP_S
             self.timeline.append(point)

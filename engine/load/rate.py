@@ -131,7 +131,7 @@ async def run_step(
             await asyncio.sleep(0.1)
             check_running(None, gens)
             agg = aggregate([g.latest for g in gens])
-            progress_event(f"rate {rate:,.0f}/s", agg)
+            progress_event(f"rate {rate:,.0f}/s", agg, [g.latest for g in gens])
             delivered = agg["hot_messages"] - before["hot_messages"]
             lat = latency_now(agg, None)
             if lat["kind"] == "delivery":

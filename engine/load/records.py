@@ -258,16 +258,16 @@ def format_comparison(
 # --------------------------------------------------------------------------- progress
 
 #: Called with every poll the scenarios make of their generators' stats lines:
-#: (phase, the lines summed by ``idle.aggregate``). engine.load.live's display
-#: and the timeline of an ``engine load`` record hang here; a scenario run
-#: without the tool has none.
-PROGRESS_HOOKS: list[Callable[[str, dict[str, Any]], None]] = []
+#: (phase, the lines summed by ``idle.aggregate``, the lines themselves: each
+#: generator's latest). engine.load.live's display and the timeline of an
+#: ``engine load`` record hang here; a scenario run without the tool has none.
+PROGRESS_HOOKS: list[Callable[[str, dict[str, Any], Sequence[dict[str, Any]]], None]] = []
 
 
-def progress_event(phase: str, stats: dict[str, Any]) -> None:
+def progress_event(phase: str, stats: dict[str, Any], lines: Sequence[dict[str, Any]] = ()) -> None:
     """Hand one poll of the generators' stats to every PROGRESS_HOOKS entry."""
     for hook in PROGRESS_HOOKS:
-        hook(phase, stats)
+        hook(phase, stats, lines)
 
 
 # --------------------------------------------------------------------------- command line
