@@ -4,9 +4,10 @@ from every poll the scenarios make of their generators' stats lines
 (``records.PROGRESS_HOOKS``). The same polls, once a second, make the
 timeline stored in the record and drawn by engine.load.charts.
 
-What latency it shows is decided in one place, ``latency_now``: delivery
-latency when the stats lines carry it, else the setup latency (handshake to
-first connect) of the clients that connected since the previous poll.
+What latency it shows is decided in one place, ``latency_now``: the
+generators' per-line histograms (the values since their previous line):
+delivery latency when there are deliveries, else the setup latency
+(handshake to first connect) of the clients that just connected.
 """
 
 from __future__ import annotations
@@ -20,35 +21,30 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from engine.load.histogram import percentile_ms
+from engine.load.histogram import merge_field
 from engine.load.records import PROGRESS_HOOKS, Target
 
 #: Seconds between two timeline points (and two plain lines off a terminal).
 TIMELINE_STEP_S = 1.0
 PLAIN_STEP_S = 5.0
 RATE_BASE_S = 1.0
-QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+QUANTILES = ("p50", "p90", "p99")
 
 
-def latency_now(stats: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """The current latency percentiles, ms, from one poll of the stats lines.
-
-    ``delivery_latency_ms`` ({"p50":..,"p90":..,"p99":..} over the deltas since the
-    previous line) when the generators report it; else the setup latency of
-    the clients that connected since ``previous`` (bucket upper edges).
+def latency_now(lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The current latency percentiles, ms, from the generators' latest stats
+    lines: their ``hist`` (the values since each one's previous line,
+    engine/load/histogram.py) merged; delivery latency (``fanout``) when there
+    is some, else the setup latency of the clients that just connected.
     Returns {"kind": "delivery"|"setup"|None, "p50":.., "p90":.., "p99":..}.
     """
-    delivery = stats.get("delivery_latency_ms")
-    if isinstance(delivery, dict) and delivery.get("p99") is not None:
-        return {"kind": "delivery", **{q: delivery.get(q) for q, _ in QUANTILES}}
-    hist = list(stats.get("latency_hist") or [])
-    edges = stats.get("latency_buckets_ms") or []
-    if previous is not None:
-        before = previous.get("latency_hist") or []
-        hist = [a - b for a, b in zip(hist, [*before, *[0] * len(hist)], strict=False)]
-    if not edges or not any(hist):
-        return {"kind": None, **{q: None for q, _ in QUANTILES}}
-    return {"kind": "setup", **{q: percentile_ms(hist, edges, v) for q, v in QUANTILES}}
+    hists = merge_field(lines, "hist")
+    for name, kind in (("fanout", "delivery"), ("setup", "setup")):
+        h = hists.get(name)
+        if h is not None and h.count:
+            s = h.summary()
+            return {"kind": kind, **{q: s[q] for q in QUANTILES}}
+    return {"kind": None, **{q: None for q in QUANTILES}}
 
 
 def _ms(v: Any) -> str:
@@ -74,7 +70,6 @@ class LiveProgress:
         self.timeline: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
         self._t0 = time.monotonic()
-        self._prev: dict[str, Any] | None = None
         self._base: tuple[float, int] | None = None
         self._per_s: float | None = None
         self._shown_latency: dict[str, Any] | None = None
@@ -106,7 +101,6 @@ class LiveProgress:
         entry["timeline"] = self.timeline
         self.last = {}
         self._t0 = time.monotonic()
-        self._prev = None
         self._base = None
         self._per_s = None
         self._shown_latency = None
@@ -125,7 +119,7 @@ class LiveProgress:
         if now - self._base[0] >= RATE_BASE_S:
             per_s = self._per_s = (msgs - self._base[1]) / (now - self._base[0])
             self._base = (now, msgs)
-        latency = latency_now(stats, self._prev)
+        latency = latency_now(lines)
         t = now - self._t0
         point = {
             "t": round(t, 2),
@@ -144,7 +138,6 @@ class LiveProgress:
             self.last = {**point, "latency": self._shown_latency}
         else:
             self._shown_latency = latency
-        self._prev = stats
         if t >= self._next_point:
             self._next_point = t + TIMELINE_STEP_S
             self.timeline.append(point)
@@ -176,6 +169,6 @@ class LiveProgress:
             f"{d.get('dropped', 0):,}",
             _ms(d.get("messages_per_s")),
             str(lat.get("kind") or "-"),
-            *(_ms(lat.get(q)) for q, _ in QUANTILES),
+            *(_ms(lat.get(q)) for q in QUANTILES),
         )
         return table

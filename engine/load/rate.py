@@ -10,12 +10,9 @@ second against demanded (K * rate) and the publish-to-delivery latency.
 The steps stop when delivery falls behind (less than KEPT_UP_FRACTION of
 the step's deliveries arrived within ``--drain-timeout`` after its last
 publish), when the step's p99 crosses ``--p99-bound-ms``, at ``--max-rate``
-or after ``--max-steps``. The step's p99 is known while running when the
-generators' stats lines carry delivery latency (``live.latency_now``);
-otherwise the latencies the generators write when they stop are split per
-step afterwards (every generator's deliveries in arrival order, cut at its
-delivery count at each step's start and end) and the curve is cut at the
-first step over the bound then.
+or after ``--max-steps``. A step's latency is the difference of the
+generators' whole-run ``fanout`` histograms at its start and its end (tagged
+reports, engine/load/histogram.py).
 
 The record's results hold the curve: one entry per step, and the rate at
 which the server saturated (None: it kept up to the last step).
@@ -25,24 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import tempfile
 import time
-from array import array
-from pathlib import Path
 from typing import Any
 
 from engine.load import fanout
+from engine.load.histogram import minus
 from engine.load.idle import (
     Generator,
     PublisherChild,
     aggregate,
     check_running,
     loadgen_argv,
-    read_latencies,
     wait_ramp,
 )
-from engine.load.live import latency_now
 from engine.load.procs import (
     ChildGuard,
     RunError,
@@ -81,16 +73,13 @@ def resolve(args: argparse.Namespace) -> None:
         raise SystemExit("rate: need --p99-bound-ms > 0 and --max-rate >= --rate")
 
 
-def latency_ms(values: array[int] | list[int]) -> dict[str, Any]:
-    """p50/p90/p99/max (ms, exact) of one step's deliveries."""
-    s = sorted(values)
-    if not s:
+def step_latency(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """p50/p90/p99/max (ms) of the deliveries between two tagged reports."""
+    h = minus(after["hists"].get("fanout"), before["hists"].get("fanout"))
+    if h is None or not h.count:
         return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
-
-    def q(p: float) -> float:
-        return s[min(len(s) - 1, max(0, math.ceil(p * len(s)) - 1))] / 1e6
-
-    return {"count": len(s), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s[-1] / 1e6}
+    s = h.summary()
+    return {k: s[k] for k in ("count", "p50", "p90", "p99", "max")}
 
 
 async def run_step(
@@ -124,7 +113,6 @@ async def run_step(
         t_go = time.monotonic()
         pub.send("go")
         done_at: float | None = None
-        live_p99: float | None = None
         delivered = 0
         # bounded by `bound`, and by --drain-timeout after the publisher's 'done'
         while time.monotonic() < t_go + bound:
@@ -133,9 +121,6 @@ async def run_step(
             agg = aggregate([g.latest for g in gens])
             progress_event(f"rate {rate:,.0f}/s", agg, [g.latest for g in gens])
             delivered = agg["hot_messages"] - before["hot_messages"]
-            lat = latency_now(agg, None)
-            if lat["kind"] == "delivery":
-                live_p99 = lat["p99"]
             if done_at is None and "done" in pub.lines:
                 done_at = time.monotonic()
             acked = (pub.lines.get("done") or {}).get("acked", messages)
@@ -169,22 +154,8 @@ async def run_step(
         "kept_up": expected > 0 and delivered >= KEPT_UP_FRACTION * hot * messages,
         "finished": done_at is not None,
         "wall_s": round(wall, 3),
-        "live_p99_ms": live_p99,
-        # each generator's delivery count at the step's start and end (see split_steps)
-        "_cuts": [
-            (b.get("hot_messages", 0), a.get("hot_messages", 0))
-            for b, a in zip(before_each, after_each, strict=True)
-        ],
+        "latency_ms": step_latency(before, after),
     }
-
-
-def split_steps(steps: list[dict[str, Any]], per_gen: list[array[int]]) -> None:
-    """Each step's latency from every generator's deliveries in arrival order."""
-    for step in steps:
-        values: list[int] = []
-        for lat, (a, b) in zip(per_gen, step.pop("_cuts"), strict=True):
-            values.extend(lat[a:b])
-        step["latency_ms"] = latency_ms(values)
 
 
 async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
@@ -196,8 +167,6 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
     progress = not args.no_progress
     gens: list[Generator] = []
     steps: list[dict[str, Any]] = []
-    tmp = tempfile.TemporaryDirectory(prefix="load-rate-")
-    lat_files: list[Path] = []
     pid = args.server_pid
     t_start = time.monotonic()
 
@@ -208,10 +177,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         step_bound = args.max_steps * (args.step_seconds + args.drain_timeout + 75.0)
         max_seconds = args.ramp_timeout + step_bound + 120.0
         for i, (start, count) in enumerate(split_clients(n, args.procs)):
-            lat_file = Path(tmp.name) / f"latencies-{i}.bin"
-            lat_files.append(lat_file)
             hot = ["--hot-channel", args.hot_channel, "--hot-clients", str(k)]
-            hot += ["--total-clients", str(n), "--latency-file", str(lat_file)]
+            hot += ["--total-clients", str(n)]
             g = Generator(i, loadgen_argv(args, url, start, count, max_seconds, hot))
             await g.start(guard)
             gens.append(g)
@@ -230,7 +197,8 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
             if not step["kept_up"]:
                 stopped_by = "delivery fell behind"
                 break
-            if step["live_p99_ms"] is not None and step["live_p99_ms"] > args.p99_bound_ms:
+            p99 = step["latency_ms"]["p99"]
+            if p99 is not None and p99 > args.p99_bound_ms:
                 stopped_by = "p99 bound"
                 break
             if rate * args.rate_factor > args.max_rate:
@@ -240,18 +208,14 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
         cpu1 = tree_cpu_seconds(pid) if pid else None
         await asyncio.gather(*(g.stop(15.0) for g in gens))
         final = aggregate([g.final or g.latest for g in gens])
-        split_steps(steps, [read_latencies([f]) for f in lat_files])
     finally:
         await stop_quietly(gens, None)
-        tmp.cleanup()
     saturated_at = None
     for step in steps:
         p99 = step["latency_ms"]["p99"]
         step["p99_over_bound"] = p99 is not None and p99 > args.p99_bound_ms
         if saturated_at is None and (step["p99_over_bound"] or not step["kept_up"]):
             saturated_at = step["rate"]
-            if step["p99_over_bound"] and stopped_by != "delivery fell behind":
-                stopped_by = "p99 bound"
     last_ok = [s["rate"] for s in steps if s["kept_up"] and not s["p99_over_bound"]]
     return {
         "parameters": {

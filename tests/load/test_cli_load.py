@@ -348,7 +348,7 @@ def test_rate_scenario_records_the_curve(engine_server: ServerProcess, tmp_path:
     assert [s["rate"] for s in steps] == [10, 20]
     for s in steps:
         assert s["delivered"] == s["hot_clients"] * s["acked"] == 4 * s["messages"]
-        assert s["latency_ms"]["count"] == s["delivered"]
+        assert s["latency_ms"]["count"] == s["delivered"]  # this step's deliveries only
         assert s["latency_ms"]["p99"] is not None
     assert results["stopped_by"] in ("max-steps", "p99 bound")
     assert "step 20.0/s" in out.stdout
@@ -361,26 +361,39 @@ def test_rate_scenario_records_the_curve(engine_server: ServerProcess, tmp_path:
 def test_live_display_shows_the_current_figures_and_keeps_a_timeline() -> None:
     from rich.console import Console
 
+    from engine.load.histogram import Latency
     from engine.load.live import LiveProgress, latency_now
     from engine.load.records import PROGRESS_HOOKS, Target, progress_event
 
-    edges = [1, 2, 5, 10]
-    first = {"latency_hist": [5, 0, 0, 0, 0], "latency_buckets_ms": edges}
-    later = {"latency_hist": [5, 0, 0, 10, 0], "latency_buckets_ms": edges}
-    # the clients connected since the previous poll, not all of them
-    assert latency_now(later, first) == {"kind": "setup", "p50": 10.0, "p90": 10.0, "p99": 10.0}
-    assert latency_now(later, None)["p50"] == 10.0 and latency_now(later, None)["kind"] == "setup"
-    lines = {"delivery_latency_ms": {"p50": 1.5, "p90": 2.0, "p99": 3.0}, **later}
-    assert latency_now(lines, first)["kind"] == "delivery"
+    def encoded(*ms: float) -> str:
+        h = Latency()
+        for v in ms:
+            h.record_ns(int(v * 1e6))
+        return h.encode()
+
+    # the generators' latest lines: the values since each one's previous line
+    setup_only = [{"hist": {"setup": encoded(1, 1, 1)}}, {"hist": {"setup": encoded(10)}}]
+    # (HdrHistogram at 3 significant digits: the highest value equivalent)
+    approx = pytest.approx
+    want = {"kind": "setup", "p50": approx(1.0, rel=1e-3), "p90": approx(10.0, rel=1e-3)}
+    assert latency_now(setup_only) == {**want, "p99": approx(10.0, rel=1e-3)}
+    both = [{"hist": {"setup": encoded(5), "fanout": encoded(2, 3)}}, {}]
+    assert latency_now(both) == {
+        "kind": "delivery",
+        "p50": approx(2.0, rel=1e-3),
+        "p90": approx(3.0, rel=1e-3),
+        "p99": approx(3.0, rel=1e-3),
+    }
+    assert latency_now([{}, {}])["kind"] is None
 
     console = Console(record=True, force_terminal=True, width=120)
     entry: dict[str, object] = {}
     with LiveProgress(quiet=False, clients=40, console=console) as live:
         assert live in PROGRESS_HOOKS
         live.start_target(Target("here", "http://127.0.0.1:1/cometd", None), entry)
-        stats = {"connected": 37, "failed": 2, "dropped": 1, "hot_messages": 0, **first}
-        progress_event("ramp", stats)
+        stats = {"connected": 37, "failed": 2, "dropped": 1, "hot_messages": 0}
+        progress_event("ramp", stats, setup_only)
     assert live not in PROGRESS_HOOKS
     shown = console.export_text()
-    assert "37/40" in shown and "engine load: here, ramp" in shown
+    assert "37/40" in shown and "engine load: here, ramp" in shown and "setup" in shown
     assert entry["timeline"] == [live.last] and live.last["failed"] == 2
