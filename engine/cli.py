@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 TOOLS_HELP = {
     "check": "judge any Bayeux server (or, with --client, a client) against the protocol",
+    "load": "load any Bayeux server: idle, fanout, churn, rate scenarios (bayeux-load)",
 }
 #: The module whose main(argv) runs each tool.
 TOOL_MODULES = {"check": "engine.check.cli", "load": "engine.load.cli"}

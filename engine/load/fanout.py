@@ -96,6 +96,7 @@ from engine.load.records import (
     human_bytes,
     log,
     na,
+    progress_event,
     ratio,
     run_scenario,
     save_and_print,
@@ -322,6 +323,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                 )
                 last_delivered = delivered
             bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
+            progress_event("publish", agg, [g.latest for g in gens])
             if done_at is None and "done" in pub.lines:
                 done_at = time.monotonic()
             if done_at is not None:

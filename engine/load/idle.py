@@ -102,6 +102,7 @@ from engine.load.records import (
     human_bytes,
     log,
     na,
+    progress_event,
     ratio,
     run_scenario,
     save_and_print,
@@ -325,6 +326,7 @@ async def wait_ramp(
         if show_dropped:
             text += f", {agg['dropped']} dropped"
         bar.update(agg["connected"], text)
+        progress_event("ramp", agg, [g.latest for g in gens])
         if agg["started"] >= n and agg["ever_connected"] + agg["gave_up"] >= n:
             complete = True
             break
@@ -886,6 +888,7 @@ async def run(args: argparse.Namespace, guard: ChildGuard) -> dict[str, Any]:
                         "lateness_ms": current(take_recent(gens), "lateness"),
                     }
                 )
+            progress_event("hold", agg, [g.latest for g in gens])
             bar.update(
                 time.monotonic() - t_hold,
                 f"{agg['connected']} connected, {agg['dropped'] - hold_start['dropped']} dropped, "
@@ -1044,6 +1047,7 @@ async def fanout_phase(
         agg = aggregate([g.latest for g in gens])
         delivered = agg["hot_messages"] - before["hot_messages"]
         bar.update(delivered, f"{delivered:,}/{expected:,} delivered")
+        progress_event("fanout", agg, [g.latest for g in gens])
         if done_at is None and "done" in pub.lines:
             done_at = time.monotonic()
             # the publishes made: expected from what the server accepted

@@ -255,6 +255,21 @@ def format_comparison(
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- progress
+
+#: Called with every poll the scenarios make of their generators' stats lines:
+#: (phase, the lines summed by ``idle.aggregate``, the lines themselves: each
+#: generator's latest). engine.load.live's display and the timeline of an
+#: ``engine load`` record hang here; a scenario run without the tool has none.
+PROGRESS_HOOKS: list[Callable[[str, dict[str, Any], Sequence[dict[str, Any]]], None]] = []
+
+
+def progress_event(phase: str, stats: dict[str, Any], lines: Sequence[dict[str, Any]] = ()) -> None:
+    """Hand one poll of the generators' stats to every PROGRESS_HOOKS entry."""
+    for hook in PROGRESS_HOOKS:
+        hook(phase, stats, lines)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -294,13 +309,17 @@ def add_results_dir_arg(
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help=help_text)
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is on this machine (127.0.0.0/8, localhost, ::1)."""
+    host = urlsplit(url).hostname or ""
+    return host.startswith("127.") or host in ("localhost", "::1")
+
+
 def check_loopback(script: str, args: argparse.Namespace) -> None:
     """Refuse a server off 127.0.0.0/8 (--url, --host), and --url with --peer
     (a peer run starts both servers itself)."""
-    if args.url is not None:
-        u = urlsplit(args.url)
-        if not (u.hostname or "").startswith("127.") and u.hostname != "localhost":
-            raise SystemExit(f"{script}: only loopback servers (127.0.0.0/8)")
+    if args.url is not None and not is_loopback_url(args.url):
+        raise SystemExit(f"{script}: only loopback servers (127.0.0.0/8)")
     if not args.host.startswith("127."):
         raise SystemExit(f"{script}: --host must be a loopback address (127.0.0.0/8)")
     if args.peer is not None and args.url is not None:
@@ -516,3 +535,86 @@ def save_and_print(
     print_tables(record, table, comparison_title)
     print(f"record: {path}")
     return path
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class Target:
+    """One server a run measures: its label in the tables, its URL, its pid
+    (RSS and CPU of it and its descendants; None: not measured)."""
+
+    def __init__(self, label: str, url: str, pid: int | None) -> None:
+        self.label = label
+        self.url = url
+        self.pid = pid
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "url": self.url, "server_pid": self.pid}
+
+
+def run_targets(
+    scenario: str,
+    args: Any,
+    targets: Sequence[Target],
+    once: Callable[[Any, ChildGuard], dict[str, Any]],
+    *,
+    comparison: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+    say: Callable[[str], Any] = lambda _text: None,
+    on_target: Callable[[Target, dict[str, Any]], Any] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Run ``once(args, guard)`` against each already running server of
+    ``targets`` in turn (``args.url``/``args.server_pid`` set to the target's),
+    killing every child in between and at the end (and on SIGTERM/SIGHUP).
+
+    Returns (record, exit code) and always a record, partial when the run was
+    cut short: ``complete`` false, ``interrupted`` on Ctrl-C (exit 130), the
+    ``error`` of a target that could not run (exit 1). ``targets`` in the
+    record: one entry per server, in the order run, each with the parameters
+    and results ``once`` returned; with two, ``comparison`` is the side by
+    side of the second run and the first: ``comparison(label of the second,
+    its results, the first's)``, so the second run's column comes first.
+    ``on_target(target, entry)`` is called before each run with the entry it
+    fills (the tool's live display keeps its timeline there).
+    """
+    guard = ChildGuard()
+    guard.install_signals()
+    started = time.time()
+    record = record_header(scenario, started, None, "")
+    record["complete"] = False
+    entries: list[dict[str, Any]] = []
+    record["targets"] = entries
+    code = 0
+    try:
+        for i, target in enumerate(targets):
+            if i:
+                guard.kill_all()
+            entry = target.as_dict()
+            entries.append(entry)
+            if on_target is not None:
+                on_target(target, entry)
+            say(f"--- {target.label}: {target.url}")
+            t_args = copy.copy(args)
+            t_args.url = target.url
+            t_args.server_pid = target.pid
+            try:
+                entry.update(once(t_args, guard))
+            except (RunError, ServerStartError) as exc:
+                entry["error"] = str(exc)
+                code = 1
+    except KeyboardInterrupt:
+        record["interrupted"] = True
+        code = 130
+    except SystemExit as exc:  # SIGTERM/SIGHUP (ChildGuard's handler)
+        record["interrupted"] = True
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        guard.kill_all()
+    record["finished_at"] = time.time()
+    done = [e for e in entries if "results" in e]
+    record["complete"] = code == 0 and len(done) == len(targets)
+    if len(targets) == 2 and len(done) == 2 and comparison is not None:
+        # `--compare URL2` runs URL2 first; the table reads URL, URL2, URL2/URL
+        first, second = done[1], done[0]
+        record["comparison"] = comparison(first["label"], first["results"], second["results"])
+    return record, code
