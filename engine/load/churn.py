@@ -83,6 +83,7 @@ from engine.load.records import (
     human_bytes,
     log,
     na,
+    progress_event,
     ratio,
     run_scenario,
     save_and_print,
@@ -502,6 +503,8 @@ async def run_storm(
             await asyncio.sleep(min(1.0, max(0.0, t0 + args.duration - time.monotonic())))
             check_generators(gens)
             target.check()
+            latest = [g.latest for g in gens]
+            progress_event("churn", summed(latest), latest)
             rss = tree_rss_bytes(pid) if pid else None
             if rss:
                 peak[0] = max(peak[0], rss)

@@ -702,13 +702,18 @@ def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[
             "{:.1f}",
         ),
         row(
-            "server RSS with N clients",
-            peer.get("rss_publish_start_bytes"),
-            engine.get("rss_publish_start_bytes"),
-            "{:,}",
+            "server RSS with N clients, MiB",
+            mib(peer.get("rss_publish_start_bytes")),
+            mib(engine.get("rss_publish_start_bytes")),
+            "{:,.1f}",
         ),
     ]
     return rows
+
+
+
+def mib(n: float | None) -> float | None:
+    return None if n is None else n / 2**20
 
 
 def comparison(peer_name: str, peer: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
