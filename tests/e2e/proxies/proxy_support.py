@@ -243,6 +243,23 @@ KINDS: dict[str, ProxyKind] = {
                 " Bayeux default: it cuts them)"
             ),
         ),
+        ProxyKind(
+            "trafficserver",
+            "Apache Traffic Server",
+            "trafficserver",
+            "traffic_server",
+            "runroot.yaml",
+            run=lambda b, c, w, p: [b, f"--run-root={c}"],
+            check=None,
+            version=("-V",),
+            settings=(
+                "strategies.yaml `policy: rr_strict` + `ignore_self_detect`, remap `ws://` and "
+                "`http://` to a non-loopback name with `@strategy`, "
+                "`no_dns_just_forward_to_parent`, cache off, "
+                "`transaction_no_activity_timeout_in`/`_out` > Bayeux timeout (default 30 s), "
+                "`insert_squid_x_forwarded_for`"
+            ),
+        ),
     )
 }
 
