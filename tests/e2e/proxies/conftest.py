@@ -6,19 +6,28 @@ which docs/proxies.md's table is made (results_table.py):
         {"outcome": "passed" | "failed" | "xfailed" | "skipped", "reason"}}}}
 
 The file is $PROXY_RESULTS, or build/proxy-results.json; a run updates the
-proxies it ran and keeps the others.
+tests it ran and keeps the others.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e.proxies.proxy_support import KINDS, LIMITS, ROOT, VERSIONS
+
+# The cluster fixture runs the JavaScript clients from threads while the
+# tests start processes too: CPython 3.11's vfork() path (the GIL released
+# around it) then sometimes fails an exec with EFAULT ("Bad address"). fork()
+# is the documented way around it (the subprocess docs, "Disabling use of
+# vfork() or posix_spawn()").
+if hasattr(subprocess, "_USE_VFORK"):
+    subprocess._USE_VFORK = False
 
 RESULTS = pytest.StashKey[dict[str, dict[str, Any]]]()
 
@@ -69,11 +78,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     versions = session.config.stash.get(VERSIONS, {})
     for proxy, tests in results.items():
         kind = KINDS[proxy]
+        tests = {**saved.get(proxy, {}).get("tests", {}), **tests}
         saved[proxy] = {
             "title": kind.title,
             "package": kind.package,
             "version": versions.get(proxy, "?"),
             "settings": kind.settings,
+            "caveats": kind.caveats,
             "tests": dict(sorted(tests.items())),
         }
     path.parent.mkdir(parents=True, exist_ok=True)

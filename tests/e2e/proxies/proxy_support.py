@@ -84,6 +84,7 @@ class ProxyKind:
     check: Callable[[str, Path, Path, int], list[str]] | None
     version: Sequence[str]  # arguments printing the version
     settings: str = ""  # what its template must set for Bayeux (docs/proxies.md)
+    caveats: str = ""  # what was found setting it up (docs/proxies.md)
     env: dict[str, str] = field(default_factory=dict)
 
     def require(self) -> str:
@@ -198,6 +199,10 @@ KINDS: dict[str, ProxyKind] = {
                 "`server.stream-response-body = 2`, backend `read-timeout` and "
                 "`server.max-read-idle`/`max-write-idle` > Bayeux timeout"
             ),
+            caveats=(
+                "checks its timeouts only every few seconds (a 1 s backend read-timeout cut a "
+                "held connect after about 3 s)"
+            ),
         ),
         ProxyKind(
             "caddy",
@@ -211,6 +216,10 @@ KINDS: dict[str, ProxyKind] = {
             settings=(
                 "`lb_policy round_robin`, `flush_interval -1`, `response_header_timeout` > Bayeux"
                 " timeout (default none); WebSocket and `X-Forwarded-For` by itself"
+            ),
+            caveats=(
+                "`response_header_timeout` bounds the wait for a reply's headers: for a held "
+                "connect, its whole wait"
             ),
         ),
         ProxyKind(
@@ -228,6 +237,10 @@ KINDS: dict[str, ProxyKind] = {
                 "`first_byte_timeout`/`between_bytes_timeout` > Bayeux timeout (default 60 s), "
                 "`-p pipe_timeout`"
             ),
+            caveats=(
+                "a WebSocket is a `pipe`: a raw TCP tunnel that VCL no longer sees, bounded by "
+                "`pipe_timeout` only"
+            ),
         ),
         ProxyKind(
             "h2o",
@@ -241,6 +254,10 @@ KINDS: dict[str, ProxyKind] = {
             settings=(
                 "`proxy.websocket: ON`, `proxy.timeout.io` > Bayeux timeout (default 30 s, as the"
                 " Bayeux default: it cuts them)"
+            ),
+            caveats=(
+                "the default `proxy.timeout.io` (30 s) equals the Bayeux default timeout: without"
+                " the setting, held connects are cut"
             ),
         ),
         ProxyKind(
@@ -258,6 +275,12 @@ KINDS: dict[str, ProxyKind] = {
                 "`no_dns_just_forward_to_parent`, cache off, "
                 "`transaction_no_activity_timeout_in`/`_out` > Bayeux timeout (default 30 s), "
                 "`insert_squid_x_forwarded_for`"
+            ),
+            caveats=(
+                "a remap target on loopback bypasses the strategy (ATS sends requests for "
+                "localhost straight there); a node at one of the machine's own addresses is "
+                "marked down unless `ignore_self_detect`; the default 30 s no-activity timeouts "
+                "equal the Bayeux default"
             ),
         ),
     )

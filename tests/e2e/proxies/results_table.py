@@ -4,7 +4,8 @@
 
 prints the Markdown table: each proxy and version, the transports that
 worked end to end, the settings its template needs, and its caveats (the
-expected failures and their reasons, and any test that failed).
+expected failures and their reasons, any test that failed, and what was
+found setting it up).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def short_version(line: str) -> str:
     return match.group(0) if match else line.replace("|", "/")
 
 
-def caveats(tests: dict[str, dict[str, Any]]) -> list[str]:
-    found = []
+def caveats(entry: dict[str, Any]) -> list[str]:
+    """What was found setting the proxy up, then what its tests found."""
+    tests: dict[str, dict[str, Any]] = entry["tests"]
+    found = [entry["caveats"]] if entry.get("caveats") else []
     for test, result in tests.items():
         if result["outcome"] == "xfailed":
             found.append(f"{test}: {result['reason']}")
@@ -65,7 +68,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                     short_version(entry["version"]),
                     ", ".join(transports_that_work(tests)) or "none",
                     entry["settings"],
-                    "; ".join(caveats(tests)).replace("|", "/") or "none found",
+                    "; ".join(caveats(entry)).replace("|", "/") or "none found",
                     NOT_MEASURED,
                     NOT_MEASURED,
                     NOT_MEASURED,

@@ -5,7 +5,8 @@ client (and raw Bayeux requests) going through it.
 One cluster per proxy (a module-scoped, parametrized fixture; pytest runs a
 proxy's tests together).  The engine nodes hold a /meta/connect for 2 s;
 the proxy's timeouts are filled in at 4 s, and a second instance of the
-proxy at 1 s shows that those are the settings that cut a held connect.
+proxy at 1 s (in front of a node holding 5 s) shows that those are the
+settings that cut a held connect.
 What a proxy cannot do is an expected failure with its reason
 (proxy_support.LIMITS); conftest.py writes every outcome to a results file
 (docs/proxies.md's table comes from it).
@@ -80,6 +81,7 @@ def cluster(request: pytest.FixtureRequest, node_bin: str) -> Iterator[Cluster]:
             # The JavaScript client runs (a second or more each) start now,
             # in two chains (runs of one scenario share its channels, so one
             # at a time); the tests wait for their own.
+            url = proxy.url
             idle = ("--duration", str(BAYEUX_TIMEOUT_MS + 700))  # > one held connect
             chains = [
                 [("two_clients", t, ()) for t in TRANSPORTS]
@@ -94,7 +96,6 @@ def cluster(request: pytest.FixtureRequest, node_bin: str) -> Iterator[Cluster]:
                 for scenario, transport, extra in chain:
                     future = js[(scenario, transport)]
                     try:
-                        url = proxy.url if proxy is not None else ""
                         future.set_result(
                             run_js(node_bin, url, scenario, transport, extra=extra, expect_ok=False)
                         )
