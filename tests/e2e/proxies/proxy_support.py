@@ -341,16 +341,16 @@ class RunningProxy:
             {"NAME": f"engine{i}", "HOST": "127.0.0.1", "PORT": str(port)}
             for i, port in enumerate(node_ports, 1)
         ]
-        for template in sorted((TEMPLATES / kind.name).iterdir()):
-            target = self.workdir / template.name
-            target.write_text(render(template.read_text(), values, nodes))
         self.config = self.workdir / kind.config
-        _chown_tree(self.workdir)
         env = {**os.environ, "HOME": str(self.workdir), **kind.env}
         env.update(XDG_CONFIG_HOME=str(self.workdir), XDG_DATA_HOME=str(self.workdir))
         args = (self.binary, self.config, self.workdir, self.port)
         self.proc: subprocess.Popen[bytes] | None = None
-        try:
+        try:  # (stop() removes the workdir, whatever fails)
+            for template in sorted((TEMPLATES / kind.name).iterdir()):
+                target = self.workdir / template.name
+                target.write_text(render(template.read_text(), values, nodes))
+            _chown_tree(self.workdir)
             if kind.check is not None:
                 check = subprocess.run(
                     kind.check(*args),
