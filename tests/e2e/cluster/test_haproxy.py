@@ -4,61 +4,33 @@ official CometD JavaScript client going through it.
 HAProxy balances every HTTP request on its own (no cookie, no source hash),
 so a long-polling client's requests land on any node and are forwarded to
 the node that owns the session; a WebSocket stays on the node it reached.
-The HAProxy settings are those the README recommends for Bayeux.
+The HAProxy configuration is deploy/proxies/haproxy/haproxy.cfg (see
+tests/e2e/proxies/ for it and the other proxies).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cluster_support import require_haproxy
+from e2e.proxies.proxy_support import KINDS, RunningProxy
 from harness import ServerProcess, start_server
 from interop.helpers import describe_js_failure, run_js
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
 
 NODES = ("hpA", "hpB", "hpC")
 TOKEN = "haproxy-test"
 
-HAPROXY_CFG = """\
-global
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 5s
-    # Longer than the Bayeux timeout, so held connects are never cut.
-    timeout client 60s
-    timeout server 60s
-    # An upgraded WebSocket lives as long as the client keeps it.
-    timeout tunnel 1h
-    option http-server-close
-
-frontend bayeux
-    bind 127.0.0.1:{port}
-    default_backend engines
-
-backend engines
-    balance roundrobin
-{servers}
-"""
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, list[ServerProcess]]]:
-    haproxy = require_haproxy()
+    require_haproxy()
     with RedisServer() as redis:
         nodes: list[ServerProcess] = []
-        proxy: subprocess.Popen[bytes] | None = None
-        workdir = Path(tempfile.mkdtemp(prefix="engine-haproxy-"))
+        proxy: RunningProxy | None = None
         try:
             for name in NODES:
                 nodes.append(
@@ -73,31 +45,14 @@ def cluster() -> Iterator[tuple[str, list[ServerProcess]]]:
                         TOKEN,
                     )
                 )
-            port = free_port()
-            servers = "\n".join(
-                f"    server {name} 127.0.0.1:{node.port}"
-                for name, node in zip(NODES, nodes, strict=True)
-            )
-            config = workdir / "haproxy.cfg"
-            config.write_text(HAPROXY_CFG.format(port=port, servers=servers))
-            check = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True)
-            assert check.returncode == 0, check.stderr.decode()
-            proxy = subprocess.Popen([haproxy, "-db", "-f", str(config)], stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}/cometd", nodes
+            # deploy/proxies/haproxy/haproxy.cfg, its timeouts at 60 s.
+            proxy = RunningProxy(KINDS["haproxy"], [node.port for node in nodes], 60)
+            yield proxy.url, nodes
         finally:
             if proxy is not None:
-                proxy.terminate()
-                proxy.wait(10)
+                proxy.stop()
             for node in nodes:
                 node.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.parametrize("transport", ["long-polling", "websocket"])
