@@ -174,6 +174,10 @@ __all__ = [
 
 #: Linux: let connect() pick the port, so bind() does not reserve one per address.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+#: At most this many fan-out values in a plain stats line's live sample.
+LIVE_SAMPLE = 4096
+#: Fan-out values kept unrecorded at the most (8 bytes each, two arrays).
+PENDING_MAX = 2_000_000
 SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0o4000)
 
 # What a client is waiting for (the kind of the request in flight).
@@ -254,10 +258,18 @@ class Stats:
         self.lateness = SignedLatency()
         self.fanout = Latency()
         self.fanout_read = Latency()
-        # Fan-out latencies (ns) since the last line: appended in the hot
-        # path, recorded into the two histograms above by histograms().
+        # Fan-out latencies (ns) not yet in ``totals``: appended in the hot
+        # path (tens of ns each), recorded into the whole-run histograms only
+        # at a line that carries them (a tagged or the final one), or when
+        # PENDING_MAX of them wait. Recording costs about 0.7 us a value in
+        # Python: done every second for 95,000 deliveries a second it took 7 %
+        # of the generator's core and, on a saturated 2-core machine, tripled
+        # the fan-out p99 it measured. A plain line's "hist" holds an evenly
+        # spread sample of the new values instead (at most LIVE_SAMPLE, the
+        # stride in "hist_sample"): what a live display needs.
         self.fanout_ns = array("q")
         self.fanout_read_ns = array("q")
+        self.fanout_seen = 0  # how many of fanout_ns the previous lines sampled
         self.totals: dict[str, Histogram] = {}
         self.advice_timeout: int | None = None
         self.advice_interval: int | None = None
@@ -295,21 +307,38 @@ class Stats:
 
     def histograms(self, total: bool) -> dict[str, Any]:
         """The stats line's histogram fields: ``hist`` (the values since the
-        last call, then started afresh) and with ``total`` ``hist_total``."""
+        last call, then started afresh; the fan-out ones a sample, see
+        ``fanout_ns``) and with ``total`` ``hist_total``."""
         delta: dict[str, Any] = {}
         clamped: dict[str, int] = {}
-        self.fanout.record_many_ns(self.fanout_ns)
-        self.fanout_read.record_many_ns(self.fanout_read_ns)
-        del self.fanout_ns[:], self.fanout_read_ns[:]
+        sample: dict[str, int] = {}
+        new = len(self.fanout_ns) - self.fanout_seen
+        stride = max(1, -(-new // LIVE_SAMPLE))
+        for name, values in (("fanout", self.fanout_ns), ("fanout_read", self.fanout_read_ns)):
+            if new:
+                live = Latency()
+                live.record_many_ns(values[self.fanout_seen :: stride])
+                delta[name] = live.encode()
+                if stride > 1:
+                    sample[name] = stride
+        self.fanout_seen = len(self.fanout_ns)
+        if total or self.fanout_seen >= PENDING_MAX:
+            self.fanout.record_many_ns(self.fanout_ns)
+            self.fanout_read.record_many_ns(self.fanout_read_ns)
+            del self.fanout_ns[:], self.fanout_read_ns[:]
+            self.fanout_seen = 0
         for name in NAMES:
             h: Histogram = getattr(self, name)
             if h.count:
-                delta[name] = h.encode()
+                if name not in delta:
+                    delta[name] = h.encode()
                 self.totals[name] = fold(self.totals.get(name), h)
                 setattr(self, name, new_histogram(name))
             if name in self.totals and self.totals[name].clamped:
                 clamped[name] = self.totals[name].clamped
         out: dict[str, Any] = {"hist": delta, "hist_clamped": clamped}
+        if sample:
+            out["hist_sample"] = sample
         if total:
             out["hist_total"] = {name: h.encode() for name, h in self.totals.items()}
         return out

@@ -48,6 +48,11 @@ Wire format (the generators' stats lines, see ``engine/load/client.py``):
   and in every tagged line (``report TAG`` on stdin: the marks a scenario
   takes, e.g. the start and end of a hold, whose difference is
   :meth:`Latency.minus`);
+- ``"hist_sample"``: ``{name: stride}`` when a line's ``fanout`` /
+  ``fanout_read`` is an evenly spread sample (every stride-th value; a
+  second of a large fan-out is too many values to record in Python every
+  second: the whole-run histograms are recorded at the tagged and final
+  lines), so its count is the sample's;
 - ``"hist_clamped"``: ``{name: count}`` of values clamped so far (only names
   with some);
 - ``"latency_at"``: ``"arrival"`` (fan-out timed when its bytes reached the

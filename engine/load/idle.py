@@ -1501,8 +1501,11 @@ def report_table(record: dict[str, Any]) -> str:
 def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[str, ...]]:
     """(what, peer, engine, engine/peer) rows of the side-by-side table."""
 
-    def row(label: str, key: str, spec: str, with_ratio: bool = True) -> tuple[str, ...]:
+    def row(
+        label: str, key: str, spec: str, with_ratio: bool = True, scale: float = 1.0
+    ) -> tuple[str, ...]:
         a, b = peer.get(key), engine.get(key)
+        a, b = (None if v is None else v * scale for v in (a, b))
         r = ratio(b, a) if with_ratio else None
         return (label, na(a, spec), na(b, spec), "" if not with_ratio else na(r, "{:.2f}"))
 
@@ -1514,8 +1517,8 @@ def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[
             f"{engine.get('failed', 'n/a')} / {engine.get('dropped', 'n/a')}",
             "",
         ),
-        row("server RSS baseline", "rss_baseline_bytes", "{:,}"),
-        row("server RSS loaded", "rss_loaded_bytes", "{:,}"),
+        row("server RSS baseline, MiB", "rss_baseline_bytes", "{:,.1f}", scale=2**-20),
+        row("server RSS loaded, MiB", "rss_loaded_bytes", "{:,.1f}", scale=2**-20),
         row("bytes per idle client", "bytes_per_client", "{:,.0f}"),
         row("server CPU per heartbeat cycle, s", "server_cpu_per_cycle_s", "{:.3f}"),
         row("server CPU per connect, us", "server_cpu_per_connect_us", "{:.0f}"),
