@@ -711,7 +711,6 @@ def comparison_rows(peer: dict[str, Any], engine: dict[str, Any]) -> list[tuple[
     return rows
 
 
-
 def mib(n: float | None) -> float | None:
     return None if n is None else n / 2**20
 

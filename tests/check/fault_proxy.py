@@ -515,10 +515,13 @@ class FaultProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+        server = self._server
+        assert server is not None
 
         async def cancel_all() -> None:
+            # In the proxy's own loop: asyncio.Server is not thread-safe (closed
+            # from this thread, it raced with a connection ending in the loop's).
+            server.close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
