@@ -1,5 +1,5 @@
 """Smoke tests of bench/micro.py, bench/churn.py, bench/bound.py (with
-bench/bound_server.py and bench/bound_client.py) and the report of their
+engine/load/bare_server.py and engine/load/cycler.py) and the report of their
 records, at tiny sizes, into a temporary results directory.
 
 They check that each tool runs, writes its record and that the numbers are
@@ -10,7 +10,6 @@ anything is.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import subprocess
 import sys
@@ -222,10 +221,7 @@ def test_report_of_the_tools_records(results: Path, tmp_path: Path) -> None:
 
 def test_http_client_parses_split_responses() -> None:
     """bound.py's lean HTTP client: responses cut anywhere, several per read."""
-    spec = importlib.util.spec_from_file_location("bound_client", BENCH / "bound_client.py")
-    assert spec is not None and spec.loader is not None
-    churn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(churn)
+    from engine.load import cycler as churn
 
     class Transport:
         def __init__(self) -> None:

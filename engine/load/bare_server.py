@@ -6,7 +6,7 @@ Every request, whatever its method, path or body, gets the same fixed response
 the engine sends), over keep-alive connections (``Connection: close`` and
 HTTP/1.0 are honoured). Nothing else happens per request: httptools parses,
 ``on_message_complete`` writes a prebuilt ``bytes``. A Bayeux server on the
-same loop and parser cannot be faster than this, so ``bench/bound.py`` reports
+same loop and parser cannot be faster than this, so the bound scenario (``bench/bound.py``) reports
 the engine's ``/meta/connect`` cycles per second as a fraction of it.
 
 Prints ``bound serving http://HOST:PORT/`` once it accepts connections; runs
@@ -92,9 +92,14 @@ async def serve(args: argparse.Namespace) -> None:
     )
     host, port = server.sockets[0].getsockname()[:2]
     print(f"bound serving http://{host}:{port}/", flush=True)
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def stopped() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, stopped)
     try:
         if args.max_seconds > 0:
             await asyncio.wait_for(stop, args.max_seconds)
@@ -107,7 +112,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="bound_server.py",
+        prog="python -m engine.load.bare_server",
         description="Minimal uvloop + httptools HTTP/1.1 server answering every request "
         "with one fixed body (keep-alive): the bound a Python HTTP loop can reach.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(args))
     except OSError as exc:
-        print(f"bound_server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"bare_server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

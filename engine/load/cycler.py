@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The lean load generator of ``bound.py``: a minimal HTTP/1.1 keep-alive
-client looping one request at a time, in worker processes.
+"""The lean load generator of the bound scenario (``engine/load/bound.py``):
+a minimal HTTP/1.1 keep-alive client looping one request at a time, in
+worker processes.
 
 ``bound.py`` compares the engine's long-polling ``/meta/connect`` cycles with
 a minimal server answering a fixed body; both must be driven by the same,
@@ -8,7 +9,7 @@ cheapest possible client, so that the generator is not what limits either.
 The load tool's real client (``engine/load/client.py``) parses every reply
 and follows advice: right for scenarios, too costly for this comparison.
 
-Each worker process (``bound_client.py --worker SPEC``, SPEC a JSON object)
+Each worker process (``python -m engine.load.cycler --worker SPEC``, SPEC a JSON object)
 sets up its clients (``mode`` "connect": handshake and a first connect to the
 engine; "bound": nothing, a fake clientId), prints a ``ready`` line, waits
 for ``go WARMUP MEASURE`` on stdin, then loops every client's request for
@@ -28,7 +29,6 @@ import resource
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -556,7 +556,7 @@ class WorkerProc(LineChild):
 
     def __init__(self, index: int, spec: dict[str, Any]) -> None:
         super().__init__(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+            [sys.executable, "-m", "engine.load.cycler", "--worker", json.dumps(spec)],
             f"worker {index}",
             echo=False,
         )
@@ -705,5 +705,5 @@ async def run_workers(
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["--worker"] or len(sys.argv) != 3:
-        sys.exit("bound_client.py: run by bound.py as --worker SPEC")
+        sys.exit("engine.load.cycler: run by the bound scenario as --worker SPEC")
     sys.exit(worker_main(sys.argv[2]))
