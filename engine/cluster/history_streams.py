@@ -20,7 +20,10 @@ offset order everywhere, one Redis round trip after the publish.
 A subscribe that touches a history channel waits for Redis before it is
 processed (`prefetch`): the channel's pub/sub subscription first (so that
 nothing published afterwards is missed), then, in one round trip, the
-stream's epoch and top and the entries after the client's position.  The
+stream's epoch and top and the entries after the client's position, then
+a fence on the subscribed connection (`RedisBroker.fence`: a PING answered
+after every message Redis sent there before it), so that an entry read that
+is also on its way live has arrived by then.  The
 live messages that arrive meanwhile are captured; the subscribe then
 replays the stream's entries and the captured messages after them, deduped
 by offset, in the same step that adds the subscription: no gap and no
@@ -276,7 +279,13 @@ class RedisHistory(History):
         if live:
             try:
                 await self._read(fetched, {name: wanted[name] for name in live})
+                # The entries read may still be on their way here as live
+                # messages: once they are in (captured), the replay dedupes
+                # them by offset; without this a late one was delivered twice.
+                await broker.fence(READ_TIMEOUT)
             except (RedisError, OSError, TimeoutError) as exc:
+                for name in live:
+                    fetched.snapshots[name] = None  # (a replay could duplicate)
                 self.limits.warning(
                     "history_unavailable",
                     "history: the streams could not be read from redis (%s): "

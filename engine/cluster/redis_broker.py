@@ -367,6 +367,12 @@ class RedisBroker(LocalBroker):
         self._captures: dict[bytes, list[list[tuple[int, bytes]]]] = {}
         self._confirmed: set[bytes] = set()
         self._confirm_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # Fences (`fence`): PING <token> on the subscribed connection, each
+        # waiter resolved when its PONG comes back after every message
+        # Redis had queued for this connection before it.
+        self._sub_conn: AbstractConnection | None = None
+        self._fences: dict[bytes, asyncio.Future[None]] = {}
+        self._fence_seq = 0
 
         self.connected = False
         # Connected, but Redis answers nothing (frozen?): see the module docstring.
@@ -552,6 +558,28 @@ class RedisBroker(LocalBroker):
                 waiters.remove(waiter)
                 if not waiters:
                     del self._confirm_waiters[name]
+
+    async def fence(self, timeout: float) -> None:
+        """Return once every message Redis sent this node's subscribed
+        connection before now has been read: a PING with a token of its own
+        on that connection, answered in order after them. A recovery reads a
+        stream on another connection, so a message already in the stream may
+        still be on its way here: after the fence it has either arrived
+        (captured) or will never come (published before the subscription).
+        Raises TimeoutError or ConnectionError."""
+        conn = self._sub_conn
+        if conn is None:
+            raise ConnectionError("not connected to redis")
+        self._fence_seq += 1
+        token = b"fence-%d" % self._fence_seq
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fences[token] = waiter
+        try:
+            await conn.send_packed_command(_pack(b"PING", [token]), check_health=False)
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            self._fences.pop(token, None)
 
     def release_subscription(self, channel: str) -> None:
         _, name = redis_subscription(self.prefix, channel)
@@ -787,6 +815,7 @@ class RedisBroker(LocalBroker):
                 self._last_tag = b""
                 self._last_rx = loop.time()
                 channels, patterns = await self._sync_subscriptions(sub)
+                self._sub_conn = sub
                 self.connected = True
                 if self._down_since is not None:
                     # After an outage (or a start during one) the other nodes
@@ -819,6 +848,11 @@ class RedisBroker(LocalBroker):
             finally:
                 was_connected = self.connected
                 self.connected = False
+                self._sub_conn = None
+                for fence in self._fences.values():
+                    if not fence.done():
+                        fence.set_exception(ConnectionError("redis connection lost"))
+                self._fences.clear()
                 self.stalled = False
                 self._waiting_since = None
                 for task in tasks:
@@ -1089,6 +1123,10 @@ class RedisBroker(LocalBroker):
                     direct(reply[1], reply[2])
                 elif kind == b"subscribe":
                     self._confirm(reply[1])
+                elif kind == b"pong" and len(reply) > 1 and reply[1]:
+                    fence = self._fences.pop(reply[1], None)
+                    if fence is not None and not fence.done():
+                        fence.set_result(None)
                 elif kind == b"unsubscribe":
                     self._confirmed.discard(reply[1])
                 # other confirmations and pongs: liveness only
