@@ -383,8 +383,9 @@ def _listening_inodes(port: int) -> set[str]:
 
 def listening_pid(port: int) -> int | None:
     """The pid of the process listening on TCP ``port`` of this machine
-    (/proc/net/tcp, then every /proc/PID/fd); the eldest when several share
-    it (a server's workers). None when none is found or readable."""
+    (/proc/net/tcp, then every /proc/PID/fd); when several share it, their
+    common parent (a supervisor's workers) or else the eldest. None when none
+    is found or readable."""
     inodes = _listening_inodes(port)
     if not inodes:
         return None
@@ -410,6 +411,13 @@ def listening_pid(port: int) -> int | None:
             return None
 
     roots = [p for p in found if parent(p) not in found]
+    parents = {parent(p) for p in roots}
+    if len(roots) > 1 and len(parents) == 1:
+        # Workers listening each on its own socket (SO_REUSEPORT) under one
+        # supervisor: the server is the supervisor's tree.
+        (supervisor,) = parents
+        if supervisor is not None and supervisor > 1 and supervisor != os.getpid():
+            return supervisor
     return min(roots or found)
 
 

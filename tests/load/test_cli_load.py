@@ -397,3 +397,19 @@ def test_live_display_shows_the_current_figures_and_keeps_a_timeline() -> None:
     shown = console.export_text()
     assert "37/40" in shown and "engine load: here, ramp" in shown and "setup" in shown
     assert entry["timeline"] == [live.last] and live.last["failed"] == 2
+
+
+def test_the_server_pid_of_several_workers_is_their_supervisor() -> None:
+    """Workers listening each on its own socket (SO_REUSEPORT): the pid found
+    from the port is their supervisor's, so RSS and CPU are the whole tree's."""
+    from redis_server import RedisServer
+
+    from engine.load.cli import listening_pid
+
+    with RedisServer() as redis:
+        server = start_server("--workers", "2", "--broker", redis.url)
+        try:
+            assert server.proc is not None
+            assert listening_pid(server.port) == server.proc.pid
+        finally:
+            server.stop()
