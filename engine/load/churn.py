@@ -62,7 +62,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.load.histogram import Latency
-from engine.load.idle import Generator
+from engine.load.idle import Generator, generator_command
 from engine.load.procs import (
     DEFAULT_SERVER_CMD,
     ChildGuard,
@@ -70,7 +70,6 @@ from engine.load.procs import (
     ServerProcess,
     free_port,
     process_tree,
-    source_addresses,
     split_clients,
     tree_cpu_seconds,
     tree_rss_bytes,
@@ -91,7 +90,6 @@ from engine.load.records import (
 )
 
 SCENARIO = "churn"
-LOADGEN = ["-m", "engine.load.client"]
 #: Counters of the generators' reports that are summed and windowed.
 COUNTED = ("handshakes", "responses", "requests", "tcp_opens", "gave_up", "timeouts")
 CHURN_COUNTED = ("cycles", "disconnects", "disconnect_failures", "abandoned")
@@ -283,28 +281,11 @@ def loadgen_argv(
 ) -> list[str]:
     """The generator command of clients ``start`` .. ``start + count - 1``."""
     return [
-        sys.executable,
-        *LOADGEN,
-        "--url",
-        url,
-        "--clients",
-        str(count),
-        "--index-start",
-        str(start),
-        "--source-addrs",
-        ",".join(source_addresses(args.source_addrs)),
-        "--transport",
-        args.transport,
-        "--channel",
-        "/bench/churn/{k}",
+        *generator_command(args, url, start, count, "/bench/churn/{k}"),
         "--channel-count",
         str(args.channels),
-        "--ramp-rate",
-        f"{args.ramp_rate / args.procs:.3f}",
         "--network-delay",
         str(args.request_timeout),
-        "--report-interval",
-        "0.5",
         *extra,
     ]
 

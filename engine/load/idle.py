@@ -236,17 +236,10 @@ def take_recent(gens: Sequence[Generator]) -> dict[str, Histogram]:
     return out
 
 
-def loadgen_argv(
-    args: Any,
-    url: str,
-    start: int,
-    count: int,
-    max_seconds: float,
-    extra: list[str],
-) -> list[str]:
-    """The bench/loadgen.py command of one generator: clients ``start`` ..
-    ``start + count - 1`` of N, its share of --ramp-rate, the options every
-    scenario passes, then the scenario's own ``extra`` ones."""
+def generator_command(args: Any, url: str, start: int, count: int, channel: str) -> list[str]:
+    """What every scenario's generator command holds: clients ``start`` ..
+    ``start + count - 1`` of N on ``channel``, their source addresses and
+    transport, this generator's share of --ramp-rate, a stats line each 0.5 s."""
     return [
         sys.executable,
         *LOADGEN,
@@ -261,18 +254,33 @@ def loadgen_argv(
         "--transport",
         args.transport,
         "--channel",
-        args.channel,
-        *extra,
+        channel,
         "--ramp-rate",
         f"{args.ramp_rate / args.procs:.3f}",
+        "--report-interval",
+        "0.5",
+    ]
+
+
+def loadgen_argv(
+    args: Any,
+    url: str,
+    start: int,
+    count: int,
+    max_seconds: float,
+    extra: list[str],
+) -> list[str]:
+    """The generator command of the scenarios that hold clients: the shared
+    part, the scenario's own ``extra`` options, its bounds."""
+    return [
+        *generator_command(args, url, start, count, args.channel),
+        *extra,
         "--max-pending",
         str(args.max_pending),
         "--max-attempts",
         str(args.max_attempts),
         "--max-seconds",
         f"{max_seconds:.0f}",
-        "--report-interval",
-        "0.5",
     ]
 
 
