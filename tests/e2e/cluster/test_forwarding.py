@@ -258,16 +258,27 @@ def test_unknown_or_forged_node_gets_402_promptly_without_a_loop(
             ("short", a, 0),
         ):
             client.client_id = client_id
-            before = settled_spublish_calls(r)
-            messages, took = client.send(
-                node, [client.connect_message(advice={"timeout": 0})], "connect"
-            )
-            assert_session_unknown(reply_of(messages, "/meta/connect"))
-            assert took < 0.25, (client_id, took)
-            messages, _ = client.send(node, [client.message("/x", data=1)])
-            assert_session_unknown(reply_of(messages, "/x"), meta=False)
             # Request and answer, once each: nothing goes round in circles.
-            assert settled_spublish_calls(r) - before == 2 * spublishes, client_id
+            # The nodes' own background traffic (a probe of an earlier test's
+            # forwarded hold) can fall into one window: a loop would show in
+            # every attempt, a probe in one at most.
+            counts = []
+            for _attempt in range(3):
+                before = settled_spublish_calls(r)
+                messages, took = client.send(
+                    node, [client.connect_message(advice={"timeout": 0})], "connect"
+                )
+                assert_session_unknown(reply_of(messages, "/meta/connect"))
+                assert took < 0.25, (client_id, took)
+                messages, _ = client.send(node, [client.message("/x", data=1)])
+                assert_session_unknown(reply_of(messages, "/x"), meta=False)
+                counts.append(settled_spublish_calls(r) - before)
+                if counts[-1] == 2 * spublishes:
+                    break
+            assert counts[-1] == 2 * spublishes and min(counts) >= 2 * spublishes, (
+                client_id,
+                counts,
+            )
     finally:
         client.close()
         r.close()
